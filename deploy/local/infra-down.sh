@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Stop what deploy/local/infra-up.sh started (by its pid files: TERM, wait, KILL).
+# Usage: deploy/local/infra-down.sh [--purge] [kafka] [mongo] [s3]   (default: all)
+#   --purge  also delete the components' runtime data dirs and logs under $STATE
+# Idempotent: components that are not running are skipped.
+set -euo pipefail
+# shellcheck source=deploy/local/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+purge=0 names=()
+for arg in "$@"; do
+  case "$arg" in
+    --purge) purge=1 ;;
+    kafka) names+=(kafka) ;;
+    mongo | ferretdb) names+=(ferretdb) ;;
+    s3 | seaweedfs | seaweed) names+=(seaweedfs) ;;
+    -h | --help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) die "unknown argument '$arg' (expected: --purge kafka mongo s3)" ;;
+  esac
+done
+((${#names[@]})) || names=(kafka ferretdb seaweedfs)
+
+# pattern that must appear in /proc/PID/cmdline, so a recycled pid is never killed
+declare -A SIGNATURE=([kafka]="kafka.Kafka" [ferretdb]="ferretdb-" [seaweedfs]="weed-")
+declare -A DATA=([kafka]="$STATE/kafka" [ferretdb]="$STATE/ferretdb" [seaweedfs]="$STATE/seaweed")
+
+stop() {
+  local name=$1 pidf="$STATE/$1.pid" pid
+  if ! pid="$(pid_of "$name")"; then
+    [[ -f $pidf ]] && log "$name: not running (stale pid file removed)"
+    rm -f "$pidf"
+    return 0
+  fi
+  if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "${SIGNATURE[$name]}"; then
+    log "$name: pid $pid is not ours any more (pid reused); removing pid file only"
+    rm -f "$pidf"
+    return 0
+  fi
+  # daemons run in their own session (setsid): signal the process group they lead
+  local target=$pid
+  [[ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" == "$pid" ]] && target="-$pid"
+  log "$name: stopping pid $pid"
+  kill -TERM -- "$target" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 300; i++)); do # up to 30s
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name: still alive after 30s, sending KILL"
+    kill -KILL -- "$target" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$pidf"
+  log "$name: stopped"
+}
+
+for n in "${names[@]}"; do
+  stop "$n"
+  if ((purge)); then
+    log "$n: purging ${DATA[$n]} and $LOGS/$n.log"
+    rm -rf "${DATA[$n]}" "$LOGS/$n.log"
+  fi
+done
+if ((purge)) && ((${#names[@]} == 3)); then rm -f "$STATE/infra.env"; fi
+exit 0

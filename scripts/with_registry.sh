@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Usage: with_registry.sh <embedded|distributed> <command...>
+# Starts one registry assembly on a free loopback port with fresh data, exports REGISTRY_ADDR,
+# runs the command, and stops the registry (whatever the command's outcome).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+assembly=$1; shift
+state=${HANZO_INFRA_STATE:-$HOME/.cache/hanzo-registry/infra/run}
+port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+run_id=$(date +%s)-$$
+data=$(mktemp -d "${TMPDIR:-/tmp}/hanzo-registry-$assembly.XXXXXX")
+export HANZO_REGISTRY_ADDR=127.0.0.1:$port HANZO_REGISTRY_DATA_DIR=$data
+export HANZO_REGISTRY_TELEMETRY__LOG_LEVEL=${HANZO_REGISTRY_TELEMETRY__LOG_LEVEL:-WARNING}
+case $assembly in
+  embedded) cmd=(serve) ;;
+  distributed)
+    set -a; source "$state/infra.env"; set +a
+    export HANZO_REGISTRY_METADATA__KIND=mongo HANZO_REGISTRY_METADATA__URI=$HANZO_TEST_MONGO_URI
+    export HANZO_REGISTRY_METADATA__DATABASE=hanzo_registry_${run_id//-/_}
+    export HANZO_REGISTRY_STORAGE__BLOBS__KIND=s3 HANZO_REGISTRY_STORAGE__BLOBS__ENDPOINT=$HANZO_TEST_S3_ENDPOINT
+    export HANZO_REGISTRY_STORAGE__BLOBS__ACCESS_KEY=$HANZO_TEST_S3_ACCESS_KEY
+    export HANZO_REGISTRY_STORAGE__BLOBS__SECRET_KEY=$HANZO_TEST_S3_SECRET_KEY
+    export HANZO_REGISTRY_STORAGE__BLOBS__BUCKET=$HANZO_TEST_S3_BUCKET
+    export HANZO_REGISTRY_STORAGE__BLOBS__PREFIX=run-$run_id
+    export HANZO_REGISTRY_EVENTS__KIND=kafka HANZO_REGISTRY_EVENTS__BOOTSTRAP_SERVERS=$HANZO_TEST_KAFKA
+    cmd=(distribution) ;;
+  *) echo "unknown assembly $assembly" >&2; exit 2 ;;
+esac
+log=$data/registry.log
+.venv/bin/hanzo-registry "${cmd[@]}" >"$log" 2>&1 </dev/null &
+pid=$!
+stop() { kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; }
+trap stop EXIT
+for _ in $(seq 1 100); do
+  if curl -fsS "http://$HANZO_REGISTRY_ADDR/readyz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$pid" 2>/dev/null; then echo "registry ($assembly) exited:"; tail -50 "$log"; exit 1; fi
+  sleep 0.2
+done
+curl -fsS "http://$HANZO_REGISTRY_ADDR/readyz" >/dev/null || { echo "registry ($assembly) not ready:"; tail -50 "$log"; exit 1; }
+export REGISTRY_ADDR=$HANZO_REGISTRY_ADDR REGISTRY_LOG=$log
+status=0
+"$@" || status=$?
+if [ $status -ne 0 ]; then echo "--- registry log ($assembly, last 40 lines)"; tail -40 "$log"; fi
+exit $status

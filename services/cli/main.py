@@ -1,0 +1,83 @@
+"""The `hanzo-registry` command: `serve` (all-in-one) or one service per process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from services.core.bootstrap import Container, container
+from services.core.runtime import ServiceParts, install_signal_handlers, run_parts
+from services.core.settings import Settings, SettingsError, load_settings
+from services.core.telemetry import Metrics, setup_logging, setup_tracing
+from services.distribution import service as distribution
+from services.gc import service as gc
+from services.replicator import service as replicator
+from services.scanner import service as scanner
+from services.signer import service as signer
+
+Builder = Callable[[Container], Awaitable[ServiceParts]]
+SERVICES: dict[str, Builder] = {
+    "distribution": distribution.build,
+    "scanner": scanner.build,
+    "signer": signer.build,
+    "gc": gc.build,
+    "replicator": replicator.build,
+}
+log = logging.getLogger("hanzo-registry")
+
+
+async def _run(settings: Settings, names: Sequence[str]) -> None:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    async with container(settings, metrics=Metrics()) as c:
+        parts = [await SERVICES[name](c) for name in names]
+        await run_parts(c, parts, stop=stop)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hanzo-registry", description=__doc__)
+    parser.add_argument("--config", type=Path, help="YAML settings file (environment variables override it)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="every service in one process (the embedded assembly)")
+    for name in SERVICES:
+        sub.add_parser(name, help=f"run the {name} service alone")
+    sub.add_parser("check-config", help="validate the settings and print them (secrets masked)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"hanzo-registry: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(settings.model_dump_json(indent=2))
+        return 0
+    names = list(SERVICES) if args.command == "serve" else [args.command]
+    service_name = "all-in-one" if args.command == "serve" else args.command
+    setup_logging(settings.telemetry, service_name)
+    setup_tracing(settings.telemetry, f"hanzo-registry-{service_name}")
+    try:
+        import uvloop
+
+        runner: Callable[..., object] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    try:
+        runner(_run(settings, names))
+    except KeyboardInterrupt:
+        pass
+    except (SettingsError, NotImplementedError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

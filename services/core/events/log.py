@@ -1,0 +1,64 @@
+"""EventLog port: durable, keyed, partition-ordered topics with consumer groups (at-least-once)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    key: str
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int = 0
+    offset: int = 0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One record handed to a consumer; `ack` commits it (and every earlier record of its partition)."""
+
+    record: Record
+    _subscription: Subscription = field(repr=False)
+
+    async def ack(self) -> None:
+        await self._subscription.commit(self.record)
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """An open membership of a consumer group on one topic; iterate it for deliveries."""
+
+    def __aiter__(self) -> AsyncIterator[Delivery]: ...
+
+    async def commit(self, record: Record) -> None:
+        """Mark `record` and everything before it in its partition consumed by this group."""
+        ...
+
+    async def close(self) -> None:
+        """Leave the group; unacked records are redelivered to the next member."""
+        ...
+
+
+@runtime_checkable
+class EventLog(Protocol):
+    async def publish(self, topic: str, key: str, value: bytes, *, headers: Headers = ()) -> None:
+        """Append a record. Durable when it returns. Records with the same key keep their order."""
+        ...
+
+    async def subscribe(self, topic: str, group: str) -> Subscription:
+        """Join `group` on `topic`. Each group sees every record at least once; a record not acked
+        before its consumer dies or closes is delivered again. New groups start from the beginning.
+        """
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the backend is unreachable (readiness)."""
+        ...
+
+    async def close(self) -> None: ...

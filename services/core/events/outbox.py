@@ -1,0 +1,313 @@
+"""Durable outbox: a metadata change and its events are written as one intent, so they never part.
+
+There are no multi-document transactions (FerretDB has none), so the outbox is a write-ahead
+intent log:
+
+1. `Outbox.commit` inserts one outbox document holding the change (a list of idempotent
+   single-document operations) and its events, state `pending`. This insert is the commit point.
+2. It applies the operations in order, then flips the document to `ready`.
+3. `OutboxRelay` publishes `ready` documents in sequence order and then deletes them.
+
+A writer that dies after step 1 leaves a `pending` intent; once it is older than `stale_after` the
+relay re-applies its operations (they are idempotent, and a conditional one whose post-condition
+already holds counts as applied) and publishes, or drops it when a conditional operation can no
+longer apply (the change was never stored, so neither is the event). Hence an event is published
+if and only if its change is stored, at least once; consumers deduplicate by envelope id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.core.errors import ConflictError
+from services.core.events.log import EventLog
+from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index
+
+log = logging.getLogger(__name__)
+
+OUTBOX = "outbox"
+LEASES = "leases"
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Insert or replace a whole document. Always applicable."""
+
+    collection: str
+    doc: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    """Create a document that must not exist yet (compare-and-set against absence)."""
+
+    collection: str
+    doc: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Set fields on one document if `expect` holds (compare-and-set)."""
+
+    collection: str
+    key: str
+    changes: Mapping[str, Any]
+    expect: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete one document if `expect` holds. Deleting an absent document succeeds."""
+
+    collection: str
+    key: str
+    expect: Mapping[str, Any] | None = None
+
+
+Operation = Put | Insert | Update | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundEvent:
+    topic: str
+    key: str
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def _encode_op(op: Operation) -> dict[str, Any]:
+    match op:
+        case Put(collection, doc):
+            return {"op": "put", "c": collection, "doc": dict(doc)}
+        case Insert(collection, doc):
+            return {"op": "insert", "c": collection, "doc": dict(doc)}
+        case Update(collection, key, changes, expect):
+            return {
+                "op": "update",
+                "c": collection,
+                "key": key,
+                "set": dict(changes),
+                "expect": dict(expect) if expect is not None else None,
+            }
+        case Delete(collection, key, expect):
+            return {"op": "delete", "c": collection, "key": key, "expect": dict(expect) if expect is not None else None}
+    raise TypeError(f"unknown operation {op!r}")
+
+
+def _decode_op(data: Mapping[str, Any]) -> Operation:
+    kind = data["op"]
+    if kind == "put":
+        return Put(data["c"], data["doc"])
+    if kind == "insert":
+        return Insert(data["c"], data["doc"])
+    if kind == "update":
+        return Update(data["c"], data["key"], data["set"], data.get("expect"))
+    if kind == "delete":
+        return Delete(data["c"], data["key"], data.get("expect"))
+    raise ValueError(f"unknown outbox operation {kind!r}")
+
+
+def _holds(doc: Mapping[str, Any] | None, fields: Mapping[str, Any]) -> bool:
+    return doc is not None and all(doc.get(k) == v for k, v in fields.items())
+
+
+async def apply_operation(docs: DocumentStore, op: Operation) -> bool:
+    """Apply one operation idempotently. False when a condition fails and its effect is absent."""
+    match op:
+        case Put(collection, doc):
+            await docs.put(collection, doc)
+            return True
+        case Insert(collection, doc):
+            try:
+                await docs.insert(collection, doc)
+                return True
+            except DuplicateKeyError:
+                return _holds(await docs.get(collection, doc["_id"]), doc)
+        case Update(collection, key, changes, expect):
+            if await docs.update(collection, key, changes, expect=expect):
+                return True
+            return _holds(await docs.get(collection, key), changes)
+        case Delete(collection, key, expect):
+            if await docs.delete(collection, key, expect=expect):
+                return True
+            return await docs.get(collection, key) is None
+    raise TypeError(f"unknown operation {op!r}")
+
+
+def _sequence() -> str:
+    # Sortable across processes: wall-clock nanoseconds, then a random tiebreak.
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+
+
+class Outbox:
+    """Writes changes together with their events (see the module docstring)."""
+
+    def __init__(self, docs: DocumentStore) -> None:
+        self._docs = docs
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each commit (the local relay wakes up instead of polling)."""
+        self._listeners.append(listener)
+
+    async def setup(self) -> None:
+        await self._docs.ensure_collection(OUTBOX, [Index(("seq",)), Index(("state",))])
+        await self._docs.ensure_collection(LEASES)
+
+    async def commit(self, ops: Sequence[Operation], events: Sequence[OutboundEvent]) -> None:
+        """Store the change and its events. ConflictError when a compare-and-set lost a race
+        (then nothing of the change that failed is published; earlier operations may remain
+        applied, which every operation sequence is designed to tolerate)."""
+        intent_id = uuid.uuid4().hex
+        await self._docs.insert(
+            OUTBOX,
+            {
+                "_id": intent_id,
+                "seq": _sequence(),
+                "state": "pending",
+                "created": time.time(),
+                "ops": [_encode_op(op) for op in ops],
+                "events": [
+                    {"topic": e.topic, "key": e.key, "value": e.value, "headers": [{"k": k, "v": v} for k, v in e.headers]}
+                    for e in events
+                ],
+            },
+        )
+        for op in ops:
+            if not await apply_operation(self._docs, op):
+                await self._docs.delete(OUTBOX, intent_id)
+                raise ConflictError("a concurrent change won; retry the request")
+        await self._docs.update(OUTBOX, intent_id, {"state": "ready"})
+        for listener in self._listeners:
+            listener()
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    dropped: int = 0
+    recovered: int = 0
+    failures: int = 0
+    pending: int = 0
+    last_error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class OutboxRelay:
+    """Publishes committed outbox intents in order; one relay at a time holds the lease."""
+
+    def __init__(
+        self,
+        docs: DocumentStore,
+        events: EventLog,
+        *,
+        stale_after: float = 30.0,
+        lease_seconds: float = 15.0,
+        poll_interval: float = 0.2,
+        batch: int = 100,
+        on_published: Callable[[str], None] | None = None,
+    ) -> None:
+        self._docs = docs
+        self._events = events
+        self._stale_after = stale_after
+        self._lease_seconds = lease_seconds
+        self._poll_interval = poll_interval
+        self._batch = batch
+        self._on_published = on_published
+        self._wake = asyncio.Event()
+        self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.stats = RelayStats()
+
+    def wake(self) -> None:
+        """Called after a local commit so the relay publishes without waiting for its poll."""
+        self._wake.set()
+
+    async def _hold_lease(self) -> bool:
+        now = time.time()
+        lease = await self._docs.get(LEASES, "outbox-relay")
+        doc = {"owner": self._owner, "expires": now + self._lease_seconds}
+        if lease is None:
+            try:
+                await self._docs.insert(LEASES, {"_id": "outbox-relay", **doc})
+                return True
+            except DuplicateKeyError:
+                return False
+        if lease["owner"] == self._owner or lease["expires"] < now:
+            return await self._docs.update(
+                LEASES, "outbox-relay", doc, expect={"owner": lease["owner"], "expires": lease["expires"]}
+            )
+        return False
+
+    async def drain_once(self) -> int:
+        """Publish what is ready (and recover stale intents). Returns how many intents were settled.
+        Raises when the event log is unavailable; nothing is lost, the next call retries."""
+        settled = 0
+        now = time.time()
+        intents = await self._docs.find(OUTBOX, order_by="seq", limit=self._batch)
+        self.stats.pending = len(intents)
+        for intent in intents:
+            if intent["state"] == "pending":
+                if now - intent["created"] < self._stale_after:
+                    # A live writer may still be applying it; later intents wait so order holds.
+                    break
+                if not await self._recover(intent):
+                    settled += 1
+                    continue
+            for event in intent["events"]:
+                await self._events.publish(
+                    event["topic"],
+                    event["key"],
+                    event["value"],
+                    headers=[(h["k"], h["v"]) for h in event["headers"]],
+                )
+                if self._on_published is not None:
+                    self._on_published(event["topic"])
+                self.stats.published += 1
+            await self._docs.delete(OUTBOX, intent["_id"])
+            settled += 1
+        return settled
+
+    async def _recover(self, intent: Mapping[str, Any]) -> bool:
+        """Finish a dead writer's intent. False (and the intent is dropped) if it cannot apply."""
+        for encoded in intent["ops"]:
+            if not await apply_operation(self._docs, _decode_op(encoded)):
+                log.warning("dropping outbox intent %s: its change can no longer apply", intent["_id"])
+                await self._docs.delete(OUTBOX, intent["_id"])
+                self.stats.dropped += 1
+                return False
+        await self._docs.update(OUTBOX, intent["_id"], {"state": "ready"})
+        self.stats.recovered += 1
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set; backs off while the event log is down."""
+        backoff = self._poll_interval
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                if await self._hold_lease():
+                    while await self.drain_once():
+                        pass
+                backoff = self._poll_interval
+            except Exception as exc:  # keep relaying; the intents are durable
+                self.stats.failures += 1
+                self.stats.last_error = str(exc)[:500]
+                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
+                backoff = min(backoff * 2, 10.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff):
+                    stop_task = asyncio.ensure_future(stop.wait())
+                    wake_task = asyncio.ensure_future(self._wake.wait())
+                    try:
+                        await asyncio.wait({stop_task, wake_task}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        stop_task.cancel()
+                        wake_task.cancel()

@@ -1,0 +1,1 @@
+"""Generated protobuf package services.core.proto; do not edit (regenerate with `make proto`)."""

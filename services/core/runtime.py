@@ -1,0 +1,294 @@
+"""The runner every service uses: event consumers, gRPC server, ops HTTP endpoints, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from aiohttp import web
+from opentelemetry import trace
+
+from services.core.bootstrap import Container
+from services.core.events.envelope import EnvelopeDecodeError, decode
+from services.core.events.log import Delivery, EventLog, Subscription
+from services.core.proto.hanzo.registry.v1 import events_pb2
+from services.core.settings import ConsumerSettings
+from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index
+from services.core.telemetry import Metrics, extract_context, kafka_headers_to_dict
+
+log = logging.getLogger(__name__)
+
+PROCESSED = "processed_events"
+EventHandler = Callable[[events_pb2.Envelope], Awaitable[None]]
+Probe = Callable[[], Awaitable[None]]
+
+
+class PoisonEventError(Exception):
+    """A record that can never be handled: it goes straight to the dead-letter topic."""
+
+
+@dataclass
+class EventConsumer:
+    """Consumes one topic in one consumer group: idempotent by event id, retries with backoff,
+    dead-letters after `max_attempts`, acks only after the handler finished (at-least-once)."""
+
+    events: EventLog
+    docs: DocumentStore
+    metrics: Metrics
+    service: str
+    topic: str
+    group: str
+    handler: EventHandler
+    settings: ConsumerSettings
+    dead_letter_suffix: str = ".dlq"
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    _subscription: Subscription | None = field(default=None, init=False, repr=False)
+
+    async def setup(self) -> None:
+        await self.docs.ensure_collection(PROCESSED, [Index(("group",))])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        subscription = await self.events.subscribe(self.topic, self.group)
+        self._subscription = subscription
+        iterator = aiter(subscription)
+        try:
+            while not stop.is_set():
+                next_task = asyncio.ensure_future(anext(iterator))
+                stop_task = asyncio.ensure_future(stop.wait())
+                done, _ = await asyncio.wait({next_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                stop_task.cancel()
+                if next_task not in done:
+                    next_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await next_task
+                    break
+                try:
+                    delivery = next_task.result()
+                except StopAsyncIteration:
+                    break
+                # The in-flight record is finished and acked even when stop arrives meanwhile.
+                await self.handle(delivery)
+        finally:
+            await subscription.close()
+
+    async def handle(self, delivery: Delivery) -> None:
+        record = delivery.record
+        outcome = "ok"
+        try:
+            envelope = decode(record.value)
+        except EnvelopeDecodeError as exc:
+            await self._dead_letter(delivery, f"undecodable: {exc}")
+            outcome = "dead-letter"
+        else:
+            marker = f"{self.group}:{envelope.id}"
+            if await self.docs.get(PROCESSED, marker) is not None:
+                outcome = "duplicate"
+            else:
+                outcome = await self._dispatch(delivery, envelope, marker)
+        await delivery.ack()
+        self.metrics.events_consumed.labels(service=self.service, topic=record.topic, outcome=outcome).inc()
+
+    async def _dispatch(self, delivery: Delivery, envelope: events_pb2.Envelope, marker: str) -> str:
+        ctx = extract_context(kafka_headers_to_dict(delivery.record.headers))
+        tracer = trace.get_tracer(f"hanzo-registry.{self.service}")
+        delay = self.settings.backoff_initial_seconds
+        for attempt in range(1, self.settings.max_attempts + 1):
+            try:
+                with tracer.start_as_current_span(
+                    f"consume {envelope.type}", context=ctx, kind=trace.SpanKind.CONSUMER
+                ):
+                    await self.handler(envelope)
+            except PoisonEventError as exc:
+                await self._dead_letter(delivery, str(exc))
+                return "dead-letter"
+            except Exception as exc:
+                log.warning(
+                    "%s: handling %s failed (attempt %d/%d): %s",
+                    self.service,
+                    envelope.id,
+                    attempt,
+                    self.settings.max_attempts,
+                    exc,
+                )
+                if attempt == self.settings.max_attempts:
+                    await self._dead_letter(delivery, str(exc))
+                    return "dead-letter"
+                await self.sleep(delay)
+                delay = min(delay * 2, self.settings.backoff_max_seconds)
+                continue
+            with contextlib.suppress(DuplicateKeyError):
+                await self.docs.insert(PROCESSED, {"_id": marker, "group": self.group, "at": time.time()})
+            return "ok"
+        return "dead-letter"  # pragma: no cover - the loop always returns
+
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        record = delivery.record
+        topic = record.topic + self.dead_letter_suffix
+        headers = [
+            *record.headers,
+            ("dead-letter-reason", reason[:1000].encode()),
+            ("dead-letter-group", self.group.encode()),
+        ]
+        await self.events.publish(topic, record.key, record.value, headers=headers)
+        self.metrics.dead_letters.labels(service=self.service, topic=record.topic).inc()
+        log.error(
+            "%s: record %s/%d@%d sent to %s: %s",
+            self.service,
+            record.topic,
+            record.partition,
+            record.offset,
+            topic,
+            reason,
+        )
+
+
+def ops_app(metrics: Metrics, probes: Sequence[Probe]) -> web.Application:
+    """A stand-alone app with only the ops endpoints, for headless services."""
+    app = web.Application()
+    add_ops_routes(app, metrics, probes)
+    return app
+
+
+def add_ops_routes(app: web.Application, metrics: Metrics, probes: Sequence[Probe]) -> None:
+    """/metrics, /healthz (alive) and /readyz (every port answers)."""
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        body, content_type = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        failures = await check_probes(probes)
+        if failures:
+            return web.json_response({"status": "unready", "failures": failures}, status=503)
+        return web.json_response({"status": "ready"})
+
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+
+async def check_probes(probes: Sequence[Probe], *, timeout: float = 3.0) -> list[str]:
+    failures: list[str] = []
+    for probe in probes:
+        try:
+            async with asyncio.timeout(timeout):
+                await probe()
+        except Exception as exc:
+            failures.append(f"{getattr(probe, '__qualname__', 'probe')}: {type(exc).__name__}: {exc}"[:300])
+    return failures
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def start_http(app: web.Application, addr: str) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    host, port = split_addr(addr)
+    await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
+    return runner
+
+
+async def start_grpc(addr: str, register: Sequence[Callable[[grpc.aio.Server], None]]) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    for add in register:
+        add(server)
+    port = server.add_insecure_port(addr)
+    await server.start()
+    return server, port
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+@dataclass
+class ServiceParts:
+    """What one service contributes to a process: consumers, gRPC servicers, HTTP routes, loops."""
+
+    name: str
+    consumes: list[tuple[str, EventHandler]] = field(default_factory=list)
+    grpc: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
+    http: web.Application | None = None
+    loops: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
+
+
+async def run_parts(
+    c: Container, parts: Sequence[ServiceParts], *, stop: asyncio.Event, http_addr: str | None = None
+) -> None:
+    """Run services until `stop`, then shut down gracefully: consumers finish their in-flight record
+    and ack it, HTTP stops accepting and drains, gRPC gets a grace period."""
+    settings = c.settings
+    consumers = [
+        EventConsumer(
+            events=c.events,
+            docs=c.docs,
+            metrics=c.metrics,
+            service=p.name,
+            topic=topic,
+            group=f"hanzo-registry.{p.name}",
+            handler=handler,
+            settings=settings.consumer,
+            dead_letter_suffix=settings.topics.dead_letter_suffix,
+        )
+        for p in parts
+        for topic, handler in p.consumes
+    ]
+    for consumer in consumers:
+        await consumer.setup()
+    http_apps = [p.http for p in parts if p.http is not None]
+    app = http_apps[0] if http_apps else ops_app(c.metrics, [c.blobs.ping, c.docs.ping, c.events.ping])
+    runner = await start_http(app, http_addr or (settings.addr if http_apps else settings.server.ops_addr))
+    grpc_regs = [reg for p in parts for reg in p.grpc]
+    grpc_server = None
+    if grpc_regs:
+        grpc_server, grpc_port = await start_grpc(settings.server.grpc_addr, grpc_regs)
+        log.info("gRPC listening on port %d", grpc_port)
+    log.info("%s started", "+".join(p.name for p in parts))
+    tasks = [asyncio.create_task(cons.run(stop), name=f"consumer:{cons.service}:{cons.topic}") for cons in consumers]
+    loops = [loop for p in parts for loop in p.loops]
+    tasks += [asyncio.create_task(loop(stop), name=f"loop:{i}") for i, loop in enumerate(loops)]
+    try:
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter and task.exception() is not None:
+                log.error("%s failed: %s", task.get_name(), task.exception())
+                stop.set()
+        stop.set()
+        async with asyncio.timeout(settings.server.shutdown_grace_seconds):
+            await asyncio.gather(*tasks, return_exceptions=True)
+    except TimeoutError:
+        log.warning("shutdown grace period over; cancelling what is left")
+        for task in tasks:
+            task.cancel()
+    finally:
+        await runner.cleanup()
+        if grpc_server is not None:
+            await grpc_server.stop(grace=2.0)
+        log.info("stopped")
+
+
+def logging_handler(service: str) -> EventHandler:
+    """The handler of a service whose real work is not built yet: it records what it saw."""
+
+    async def handle(envelope: events_pb2.Envelope) -> None:
+        log.info(
+            "%s received %s", service, envelope.type, extra={"event_id": envelope.id, "repository": envelope.repository}
+        )
+
+    return handle

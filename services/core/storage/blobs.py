@@ -1,0 +1,110 @@
+"""BlobStore port: content-addressed blob storage with resumable, verifiable uploads.
+
+Small role protocols compose into `BlobStore`; an optional capability (presigned URLs, a local
+file path for sendfile) is its own protocol, checked with `isinstance`, never a method that raises.
+The repository link of a blob lives in metadata, not here: this store knows digests only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from services.core.oci.digest import Digest
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    digest: Digest
+    size: int
+
+
+@runtime_checkable
+class BlobReader(Protocol):
+    async def stat(self, digest: Digest) -> BlobInfo | None:
+        """Size of a committed blob, or None when absent. Never sees a partial blob."""
+        ...
+
+    def read(self, digest: Digest, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream `length` bytes (all when None) from `offset`. Raises BlobUnknownError when absent.
+
+        The caller validates the range against `stat`; chunks are bounded (<= 1 MiB).
+        """
+        ...
+
+
+@runtime_checkable
+class BlobIngester(Protocol):
+    async def start_upload(self) -> str:
+        """Open an upload session and return its id (opaque, URL-safe, unguessable)."""
+        ...
+
+    async def upload_size(self, upload_id: str) -> int:
+        """Bytes stored so far. Raises BlobUploadUnknownError. Works from any store instance."""
+        ...
+
+    async def append(self, upload_id: str, chunks: AsyncIterable[bytes], *, offset: int) -> int:
+        """Append a stream at `offset`, which must equal the stored size (RangeInvalidError otherwise).
+
+        Returns the new size. Bytes are hashed as they stream. If the stream fails midway
+        the session keeps only what was durably stored and stays usable (the caller reads
+        `upload_size` to resume). Another store instance (another replica) may continue the session.
+        """
+        ...
+
+    async def commit(self, upload_id: str, digest: Digest) -> BlobInfo:
+        """Verify the whole upload hashes to `digest` and publish it atomically under that digest.
+
+        DigestInvalidError on mismatch (the session is discarded, nothing becomes visible).
+        Committing content that already exists is a no-op success (idempotent); the session is gone after.
+        """
+        ...
+
+    async def abort(self, upload_id: str) -> None:
+        """Discard a session and its stored bytes. Idempotent; unknown ids are ignored."""
+        ...
+
+
+@runtime_checkable
+class BlobDeleter(Protocol):
+    async def delete(self, digest: Digest) -> bool:
+        """Remove a blob; False when it was absent. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class BlobLister(Protocol):
+    def iter_all(self) -> AsyncIterator[BlobInfo]:
+        """Every committed blob (for GC and fsck); order unspecified, upload sessions excluded."""
+        ...
+
+    def iter_uploads(self) -> AsyncIterator[tuple[str, float]]:
+        """Every open upload session as (id, last-modified unix time), for expiring stale ones."""
+        ...
+
+
+@runtime_checkable
+class BlobStore(BlobReader, BlobIngester, BlobDeleter, BlobLister, Protocol):
+    """The whole port; adapters implement it plus any optional capability below."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the backend is unreachable (readiness)."""
+        ...
+
+
+@runtime_checkable
+class BlobPresigner(Protocol):
+    async def presign_get(self, digest: Digest, *, expires_seconds: int) -> str:
+        """A time-limited URL from which a client may GET the blob directly."""
+        ...
+
+
+@runtime_checkable
+class LocalBlobFiles(Protocol):
+    def local_path(self, digest: Digest) -> Path | None:
+        """Path of a committed blob on local disk (for sendfile), or None when absent."""
+        ...

@@ -1,0 +1,99 @@
+"""DocumentStore port: the few document operations metadata needs, so each query is written once.
+
+Both adapters (SQLite, MongoDB) honour exactly these semantics. There are no multi-document
+transactions (FerretDB has none): callers order their writes so any crash leaves a repairable state,
+and use the conditional single-document `update`/`delete` for compare-and-set.
+
+Documents are JSON-like dicts with a string `_id`. Values: str, int, float, bool, None, bytes,
+lists and nested dicts of those. Field names in `where`/`expect` are top-level only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+Document = dict[str, Any]
+
+
+class DuplicateKeyError(Exception):
+    """An insert collided with an existing `_id` or a unique index."""
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    fields: tuple[str, ...]
+    unique: bool = False
+
+
+@runtime_checkable
+class DocumentStore(Protocol):
+    async def ensure_collection(self, name: str, indexes: Sequence[Index] = ()) -> None:
+        """Create the collection and its indexes if missing. Idempotent."""
+        ...
+
+    async def get(self, collection: str, key: str) -> Document | None:
+        """The document with `_id == key`, or None."""
+        ...
+
+    async def insert(self, collection: str, doc: Mapping[str, Any]) -> None:
+        """Insert a new document. DuplicateKeyError if `_id` or a unique index collides."""
+        ...
+
+    async def put(self, collection: str, doc: Mapping[str, Any]) -> None:
+        """Insert or wholly replace the document with this `_id`. Idempotent.
+
+        DuplicateKeyError if a unique index (other than `_id`) collides with another document.
+        """
+        ...
+
+    async def update(
+        self,
+        collection: str,
+        key: str,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+        unset: Sequence[str] = (),
+    ) -> bool:
+        """Set `changes` (and remove `unset` fields) on one document, atomically.
+
+        With `expect`, only if every expected field currently equals its value (None matches a
+        missing field). Returns False when no document matched. This is the compare-and-set.
+        """
+        ...
+
+    async def delete(self, collection: str, key: str, *, expect: Mapping[str, Any] | None = None) -> bool:
+        """Delete one document (conditionally, as in `update`). False when nothing matched."""
+        ...
+
+    async def find(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        *,
+        order_by: str = "_id",
+        after: Any = None,
+        limit: int | None = None,
+    ) -> list[Document]:
+        """Documents whose fields equal `where`, ascending by `order_by` (ties by `_id`),
+        strictly greater than `after` when given, at most `limit`. Strings compare by code point.
+        """
+        ...
+
+    async def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int: ...
+
+    async def delete_where(self, collection: str, where: Mapping[str, Any]) -> int:
+        """Delete every matching document; returns how many. Not atomic across documents."""
+        ...
+
+    async def drop_collection(self, name: str) -> None:
+        """Remove a collection and everything in it (tests, resets). Idempotent."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the backend is unreachable (readiness)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,146 @@
+"""The key layout of blob storage, and the upload bookkeeping both BlobStore adapters share.
+
+Every key below is relative to the adapter's root (a directory for `FilesystemBlobStore`,
+`settings.prefix` inside the bucket for `S3BlobStore`)::
+
+    blobs/<alg>/<hex[:2]>/<hex>      a committed blob, named by its digest; immutable and only
+                                     ever visible complete (published by link/rename or by an
+                                     atomic S3 PUT / copy / completed multipart upload)
+    uploads/<id>/                    one upload session; any replica can continue it
+        data                         fs: the bytes received so far, appended in place
+        lock                         fs: flock(2) target; one writer (append/commit) at a time
+        started                      s3: empty marker; the session exists while it does
+        seg/<offset:020d>            s3: bytes [offset, offset + size) of the session, written once
+                                     (PUT If-None-Match: *) so concurrent writers cannot both win
+        tmp/<name>                   s3: commit scratch (merged small segments, composed groups)
+
+The two-hex fan-out keeps directory listings short on file systems; S3 ignores it happily.
+Upload ids come from `new_upload_id` and are checked by `is_upload_id` before they touch a path,
+so a client-supplied id can never escape `uploads/`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import OrderedDict
+from typing import Final
+
+from services.core.errors import DigestInvalidError
+from services.core.oci.digest import SUPPORTED_ALGORITHMS, Digest, Digester
+
+MIB: Final = 1024 * 1024
+READ_CHUNK: Final = MIB
+"""Largest chunk a blob read yields (the port promises <= 1 MiB)."""
+S3_MIN_PART: Final = 5 * MIB
+"""S3's smallest multipart part, except the last one."""
+S3_MAX_PARTS: Final = 10_000
+PART_BUDGET: Final = 9_000
+"""Parts we plan for, leaving headroom under S3_MAX_PARTS for merged and split pieces."""
+
+BLOBS: Final = "blobs"
+UPLOADS: Final = "uploads"
+UPLOAD_DATA: Final = "data"
+UPLOAD_LOCK: Final = "lock"
+UPLOAD_MARKER: Final = "started"
+SEGMENTS: Final = "seg"
+SCRATCH: Final = "tmp"
+
+_UPLOAD_ID: Final = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_OFFSET_WIDTH: Final = 20
+
+
+def blob_key(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+
+def blob_digest(key: str) -> Digest | None:
+    """The digest a `blob_key` names, or None for anything else found under `blobs/`."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != BLOBS or parts[1] not in SUPPORTED_ALGORITHMS:
+        return None
+    _, algorithm, fan, encoded = parts
+    if fan != encoded[:2]:
+        return None
+    try:
+        return Digest.parse(f"{algorithm}:{encoded}")
+    except DigestInvalidError:
+        return None
+
+
+def new_upload_id() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def is_upload_id(upload_id: str) -> bool:
+    return bool(_UPLOAD_ID.match(upload_id))
+
+
+def upload_prefix(upload_id: str) -> str:
+    return f"{UPLOADS}/{upload_id}/"
+
+
+def upload_id_of(key: str) -> str | None:
+    """The session a key under `uploads/` belongs to."""
+    parts = key.split("/", 2)
+    if len(parts) < 2 or parts[0] != UPLOADS or not is_upload_id(parts[1]):
+        return None
+    return parts[1]
+
+
+def segment_prefix(upload_id: str) -> str:
+    return f"{upload_prefix(upload_id)}{SEGMENTS}/"
+
+
+def segment_key(upload_id: str, offset: int) -> str:
+    # Zero-padded so lexicographic listing order is offset order.
+    return f"{segment_prefix(upload_id)}{offset:0{_OFFSET_WIDTH}d}"
+
+
+def segment_offset(key: str) -> int | None:
+    name = key.rsplit("/", 1)[-1]
+    if len(name) != _OFFSET_WIDTH or not name.isdigit():
+        return None
+    return int(name)
+
+
+def scratch_key(upload_id: str, name: str) -> str:
+    return f"{upload_prefix(upload_id)}{SCRATCH}/{name}"
+
+
+def part_size_for(size: int, *, minimum: int) -> int:
+    """Part size that keeps a `size`-byte object within PART_BUDGET parts, whole MiB, >= `minimum`.
+
+    A 1 TB blob at the default 16 MiB would need 65,536 parts; this grows the part instead.
+    """
+    needed = -(-size // PART_BUDGET)
+    return max(minimum, -(-needed // MIB) * MIB)
+
+
+class DigesterCache:
+    """In-process hash state of upload sessions, keyed by (id, size) so a stale entry is never used.
+
+    A miss (another replica appended, or this process restarted) means the adapter rehashes the
+    stored bytes once; a hit is the common case and avoids re-reading. `take` removes the entry,
+    so two concurrent appends in one process never update the same hash object. Bounded (LRU)
+    because abandoned sessions never come back for their entry.
+    """
+
+    def __init__(self, *, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[str, Digester] = OrderedDict()
+
+    def take(self, upload_id: str, *, size: int, algorithm: str = "sha256") -> Digester | None:
+        digester = self._entries.pop(upload_id, None)
+        if digester is None or digester.size != size or digester.algorithm != algorithm:
+            return None
+        return digester
+
+    def put(self, upload_id: str, digester: Digester) -> None:
+        self._entries[upload_id] = digester
+        self._entries.move_to_end(upload_id)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def discard(self, upload_id: str) -> None:
+        self._entries.pop(upload_id, None)

@@ -1,0 +1,365 @@
+"""MongoDB DocumentStore adapter (pymongo's native async client), kept to what FerretDB 1.x supports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from bson import Binary, Int64
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError as MongoDuplicateKeyError
+from pymongo.errors import OperationFailure, PyMongoError
+
+from services.core.settings import MongoMetadataSettings
+from services.core.storage.documents import Document, DuplicateKeyError, Index
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_INT64 = (-(2**63), 2**63 - 1)
+_NAMESPACE_EXISTS = 48
+_DUPLICATE_KEY = 11000
+# Lease locks serialising writes to one document on FerretDB (see MongoDocumentStore).
+LOCKS_COLLECTION = "_documentstore_locks"
+
+
+def _check_collection(name: str) -> str:
+    # The same names the SQLite adapter accepts, so a name valid on one backend is valid on both.
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.lower().startswith("sqlite_"):
+        raise ValueError(f"invalid collection name {name!r}: use [A-Za-z_][A-Za-z0-9_]*, not sqlite_*")
+    return name
+
+
+def _check_field(field: str) -> str:
+    if not isinstance(field, str) or not _FIELD.fullmatch(field):
+        raise ValueError(f"invalid field name {field!r}: use [A-Za-z_][A-Za-z0-9_]*")
+    return field
+
+
+def _check_text(value: Any) -> Any:
+    # SQLite's json_extract cuts a string at U+0000, so where/order_by would see a different value:
+    # refuse it in the fields those compare (top-level ones), on both backends.
+    if isinstance(value, str) and "\0" in value:
+        raise ValueError("top-level string values cannot contain U+0000")
+    return value
+
+
+def _encode_value(value: Any, *, in_list: bool = False) -> Any:
+    """A document value as BSON-ready data, validated exactly as the SQLite adapter does."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError(f"integer {value} does not fit in 64 bits")
+        return int(value)
+    if isinstance(value, float):
+        # MongoDB could store NaN, but SQLite's JSON cannot: refuse it on both backends.
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite float {value!r} is not storable")
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)  # BSON binary, subtype 0
+    if isinstance(value, (list, tuple)):
+        if in_list:
+            raise ValueError("a list directly inside a list is not storable (FerretDB refuses it)")
+        return [_encode_value(v, in_list=True) for v in value]
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not key or key.startswith("$") or "." in key or "\0" in key:
+                raise ValueError(f"invalid document key {key!r}")
+            out[key] = _encode_value(item)
+        return out
+    raise TypeError(f"unsupported document value of type {type(value).__name__}")
+
+
+def _decode_value(value: Any) -> Any:
+    """BSON types back to the port's plain Python values."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Int64):
+        return int(value)
+    if isinstance(value, Binary):
+        return bytes(value)
+    if isinstance(value, list):
+        return [_decode_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _decode_value(v) for k, v in value.items()}
+    return value
+
+
+def _encode_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(doc.get("_id"), str):
+        raise ValueError("a document needs a string _id")
+    for value in doc.values():
+        _check_text(value)
+    encoded: dict[str, Any] = _encode_value(doc)
+    return encoded
+
+
+def _filter(where: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Field-equality filter. `{field: None}` matches a missing field and a null one in MongoDB and
+    in FerretDB alike."""
+    out: dict[str, Any] = {}
+    for field, value in (where or {}).items():
+        _check_field(field)
+        if value is not None and not isinstance(value, (bool, int, float, str, bytes, bytearray, memoryview)):
+            raise TypeError(f"where/expect value for {field!r} must be a scalar, not {type(value).__name__}")
+        out[field] = _encode_value(_check_text(value))
+    return out
+
+
+def _is_unique_violation(exc: OperationFailure) -> bool:
+    # FerretDB 1.x reports a unique index violated by an update or by createIndexes as an
+    # InternalError (code 1) carrying SQLite's message, not as E11000.
+    return exc.code == _DUPLICATE_KEY or "UNIQUE constraint failed" in str(exc)
+
+
+class DocumentLockTimeoutError(PyMongoError):
+    """A document stayed locked by another writer longer than the acquire timeout (FerretDB only)."""
+
+
+class MongoDocumentStore:
+    """DocumentStore on one MongoDB (or FerretDB) database.
+
+    Every operation is a single-document command (no transactions: FerretDB has none), so on
+    MongoDB compare-and-set is `update_one({_id, **expect}, ...)` and its matched count.
+
+    FerretDB 1.x is different: it evaluates the filter and applies the update in its own process and
+    then writes the whole document back by `_id`, so concurrent `update_one`/`replace_one` calls on
+    one document can all "match" and lose each other's changes (measured on v1.24: several
+    winners of one compare-and-set). Its inserts and deletes by `_id` are atomic, though, so on
+    FerretDB (detected from buildInfo, or forced with `serialize_writes`) every write to an existing
+    document first takes a lease lock: a document `{collection}/{key}` inserted into
+    `_documentstore_locks` and deleted afterwards. A crashed holder's lock expires after
+    `lock_lease_seconds`. Real MongoDB never pays for this.
+
+    The client connects lazily; a missing server fails an operation after
+    `server_selection_timeout_ms` with pymongo's ServerSelectionTimeoutError.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        database: str,
+        *,
+        server_selection_timeout_ms: int = 5000,
+        connect_timeout_ms: int = 5000,
+        socket_timeout_ms: int = 30000,
+        serialize_writes: bool | None = None,
+        lock_lease_seconds: float = 15.0,
+        lock_acquire_timeout_seconds: float = 30.0,
+    ) -> None:
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri,
+            serverSelectionTimeoutMS=server_selection_timeout_ms,
+            connectTimeoutMS=connect_timeout_ms,
+            socketTimeoutMS=socket_timeout_ms,
+            appname="hanzo-registry",
+        )
+        self._db: AsyncDatabase[dict[str, Any]] = self._client[database]
+        self._serialize = serialize_writes
+        self._lease = lock_lease_seconds
+        self._acquire_timeout = lock_acquire_timeout_seconds
+
+    @classmethod
+    def from_settings(cls, settings: MongoMetadataSettings) -> MongoDocumentStore:
+        return cls(settings.uri.get_secret_value(), settings.database)
+
+    def _coll(self, name: str) -> AsyncCollection[dict[str, Any]]:
+        return self._db[_check_collection(name)]
+
+    async def _serializes(self) -> bool:
+        if self._serialize is None:
+            info = await self._client.admin.command("buildInfo")
+            self._serialize = "ferretdbVersion" in info
+        return self._serialize
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, collection: str, key: str) -> AsyncIterator[None]:
+        """Hold the write lock of one document (a no-op on MongoDB, whose updates are atomic)."""
+        if not await self._serializes():
+            yield
+            return
+        locks = self._db[LOCKS_COLLECTION]
+        lock_id = f"{collection}/{key}"  # collection names have no "/": unambiguous
+        token = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._acquire_timeout
+        delay = 0.002
+        while True:
+            try:
+                await locks.insert_one({"_id": lock_id, "token": token, "expires": time.time() + self._lease})
+                break
+            except MongoDuplicateKeyError:
+                held = await locks.find_one({"_id": lock_id})
+                if held is not None and held.get("expires", 0) < time.time():
+                    # The holder died (or stalled past its lease): break the lock, by its token so
+                    # a lock taken meanwhile by someone else survives.
+                    await locks.delete_one({"_id": lock_id, "token": held.get("token")})
+                    continue
+                if loop.time() > give_up:
+                    raise DocumentLockTimeoutError(f"document {lock_id} stayed locked") from None
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.05)
+        try:
+            yield
+        finally:
+            await locks.delete_one({"_id": lock_id, "token": token})
+
+    async def ensure_collection(self, name: str, indexes: Sequence[Index] = ()) -> None:
+        coll = self._coll(name)
+        try:
+            await self._db.command("create", name)
+        except OperationFailure as exc:
+            if exc.code != _NAMESPACE_EXISTS:
+                raise
+        for index in indexes:
+            if not index.fields:
+                raise ValueError("an index needs at least one field")
+            keys = [(_check_field(f), ASCENDING) for f in index.fields]
+            try:
+                await coll.create_index(keys, unique=index.unique)
+            except OperationFailure as exc:
+                if _is_unique_violation(exc):
+                    raise DuplicateKeyError(str(exc)) from exc
+                raise
+
+    async def get(self, collection: str, key: str) -> Document | None:
+        doc = await self._coll(collection).find_one({"_id": key})
+        return None if doc is None else _decode_value(doc)
+
+    async def insert(self, collection: str, doc: Mapping[str, Any]) -> None:
+        encoded = _encode_doc(doc)
+        try:
+            await self._coll(collection).insert_one(encoded)
+        except OperationFailure as exc:
+            if _is_unique_violation(exc):
+                raise DuplicateKeyError(str(exc)) from exc
+            raise
+
+    async def put(self, collection: str, doc: Mapping[str, Any]) -> None:
+        encoded = _encode_doc(doc)
+        coll = self._coll(collection)
+        async with self._locked(collection, encoded["_id"]):
+            for attempt in range(2):
+                try:
+                    await coll.replace_one({"_id": encoded["_id"]}, encoded, upsert=True)
+                    return
+                except OperationFailure as exc:
+                    # Two upserts of the same new _id can race; the loser's retry replaces
+                    # instead. A clash on another unique index fails again and is reported.
+                    if not _is_unique_violation(exc):
+                        raise
+                    if attempt:
+                        raise DuplicateKeyError(str(exc)) from exc
+
+    async def update(
+        self,
+        collection: str,
+        key: str,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+        unset: Sequence[str] = (),
+    ) -> bool:
+        coll = self._coll(collection)
+        fields = [*changes, *unset]
+        for field in fields:
+            if _check_field(field) == "_id":
+                raise ValueError("_id cannot be changed")
+        if len(set(fields)) != len(fields):
+            raise ValueError("a field cannot be both set and unset (or listed twice)")
+        query = {**_filter(expect), "_id": key}
+        ops: dict[str, Any] = {}
+        if changes:
+            ops["$set"] = {f: _encode_value(_check_text(v)) for f, v in changes.items()}
+        if unset:
+            ops["$unset"] = dict.fromkeys(unset, "")
+        if not ops:
+            # An empty update document is an error in MongoDB; this is a pure check.
+            return await coll.count_documents(query, limit=1) > 0
+        async with self._locked(collection, key):
+            try:
+                result = await coll.update_one(query, ops)
+            except OperationFailure as exc:
+                if _is_unique_violation(exc):
+                    raise DuplicateKeyError(str(exc)) from exc
+                raise
+        return result.matched_count > 0
+
+    async def delete(self, collection: str, key: str, *, expect: Mapping[str, Any] | None = None) -> bool:
+        query = {**_filter(expect), "_id": key}
+        coll = self._coll(collection)
+        if not expect:
+            # A delete by _id alone is atomic on FerretDB too (one SQL DELETE): no lock needed.
+            return (await coll.delete_one(query)).deleted_count > 0
+        async with self._locked(collection, key):
+            return (await coll.delete_one(query)).deleted_count > 0
+
+    async def find(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        *,
+        order_by: str = "_id",
+        after: Any = None,
+        limit: int | None = None,
+    ) -> list[Document]:
+        coll = self._coll(collection)
+        query = _filter(where)
+        _check_field(order_by)
+        if after is not None:
+            if isinstance(after, bool) or not isinstance(after, (str, int, float)):
+                raise TypeError("after must be a string or a number")
+            if order_by == "_id" and not isinstance(after, str):
+                raise TypeError("after must be a string when ordering by _id")
+            cond: dict[str, Any] = {"$gt": _encode_value(_check_text(after))}
+            if order_by in query:
+                cond["$eq"] = query[order_by]
+            query[order_by] = cond
+        if limit is not None:
+            if limit < 0:
+                raise ValueError("limit must be >= 0")
+            if limit == 0:
+                return []  # MongoDB reads limit 0 as "no limit"
+        sort = [("_id", ASCENDING)] if order_by == "_id" else [(order_by, ASCENDING), ("_id", ASCENDING)]
+        cursor = coll.find(query, sort=sort, limit=limit or 0)
+        return [_decode_value(doc) for doc in await cursor.to_list()]
+
+    async def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
+        return await self._coll(collection).count_documents(_filter(where))
+
+    async def delete_where(self, collection: str, where: Mapping[str, Any]) -> int:
+        query = _filter(where)
+        coll = self._coll(collection)
+        if not await self._serializes():
+            return (await coll.delete_many(query)).deleted_count
+        # FerretDB matches in its own process and then deletes by _id, so a document changed
+        # meanwhile could go although it no longer matches: delete each under its lock instead.
+        deleted = 0
+        async for doc in coll.find(query, projection={"_id": 1}):
+            if await self.delete(collection, doc["_id"], expect=where or None):
+                deleted += 1
+        return deleted
+
+    async def drop_collection(self, name: str) -> None:
+        await self._db.drop_collection(_check_collection(name))
+
+    async def collection_names(self) -> list[str]:
+        """Every collection in the database except the lock table (admin tools, leftover checks)."""
+        return sorted(n for n in await self._db.list_collection_names() if n != LOCKS_COLLECTION)
+
+    async def ping(self) -> None:
+        await self._client.admin.command("ping")
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,375 @@
+"""SQLite DocumentStore adapter: one table of JSON documents per collection, one connection per store."""
+
+# Table and field names are spliced into SQL after _check_collection/_check_field admit only
+# identifiers; every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import re
+import sqlite3
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from services.core.storage.documents import Document, DuplicateKeyError, Index
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_INT64 = (-(2**63), 2**63 - 1)
+_BYTES = "$bytes"
+# json_type() names per Python type of a `where` value: the type guard keeps `True` from matching 1
+# and 5 from matching "5", as MongoDB compares within a type.
+_NUMBER_TYPES = "('integer','real')"
+
+
+def _check_collection(name: str) -> str:
+    # Names are spliced into SQL (tables cannot be bound parameters): only identifiers get through.
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.lower().startswith("sqlite_"):
+        raise ValueError(f"invalid collection name {name!r}: use [A-Za-z_][A-Za-z0-9_]*, not sqlite_*")
+    return name
+
+
+def _check_field(field: str) -> str:
+    if not isinstance(field, str) or not _FIELD.fullmatch(field):
+        raise ValueError(f"invalid field name {field!r}: use [A-Za-z_][A-Za-z0-9_]*")
+    return field
+
+
+def _check_text(value: Any) -> Any:
+    # SQLite's json_extract cuts a string at U+0000, so where/order_by would see a different value:
+    # refuse it in the fields those compare (top-level ones), on both backends.
+    if isinstance(value, str) and "\0" in value:
+        raise ValueError("top-level string values cannot contain U+0000")
+    return value
+
+
+def _encode_value(value: Any, *, in_list: bool = False) -> Any:
+    """A document value as JSON-ready data: bytes become {"$bytes": base64}; types are validated."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError(f"integer {value} does not fit in 64 bits")
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite float {value!r} is not storable")
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {_BYTES: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (list, tuple)):
+        if in_list:
+            raise ValueError("a list directly inside a list is not storable (FerretDB refuses it)")
+        return [_encode_value(v, in_list=True) for v in value]
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            # "$" keys would be ambiguous with the bytes marker (and MongoDB refuses them); "." keys
+            # cannot be addressed by a path in either backend.
+            if not isinstance(key, str) or not key or key.startswith("$") or "." in key or "\0" in key:
+                raise ValueError(f"invalid document key {key!r}")
+            out[key] = _encode_value(item)
+        return out
+    raise TypeError(f"unsupported document value of type {type(value).__name__}")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_encode_value(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _decode_object(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and _BYTES in obj:
+        return base64.b64decode(obj[_BYTES])
+    return obj
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, object_hook=_decode_object)
+
+
+def _split_doc(doc: Mapping[str, Any]) -> tuple[str, str]:
+    """(`_id`, JSON of the other fields): the key lives in its own column, not twice."""
+    key = doc.get("_id")
+    if not isinstance(key, str):
+        raise ValueError("a document needs a string _id")
+    for value in doc.values():
+        _check_text(value)
+    return key, _dumps({k: v for k, v in doc.items() if k != "_id"})
+
+
+def _expr(field: str) -> str:
+    # The exact text of the index expressions, so the planner matches queries to the indexes.
+    _check_field(field)
+    return "_id" if field == "_id" else f"json_extract(doc, '$.{field}')"
+
+
+def _jtype(field: str) -> str:
+    return f"json_type(doc, '$.{field}')"
+
+
+def _conditions(where: Mapping[str, Any] | None) -> tuple[list[str], list[Any]]:
+    """SQL terms (ANDed) and their parameters for field-equality `where`; None matches missing."""
+    terms: list[str] = []
+    params: list[Any] = []
+    for field, value in (where or {}).items():
+        expr = _expr(field)
+        _check_text(value)
+        if field == "_id":
+            if isinstance(value, str):
+                terms.append("_id = ?")
+                params.append(value)
+            else:
+                terms.append("0")  # _id is always a string: nothing else can equal it
+            continue
+        if value is None:
+            terms.append(f"{expr} IS NULL")  # json_extract is NULL for a missing field and for null
+        elif isinstance(value, bool):
+            terms.append(f"{expr} = ? AND {_jtype(field)} = '{'true' if value else 'false'}'")
+            params.append(int(value))
+        elif isinstance(value, (int, float)):
+            terms.append(f"{expr} = ? AND {_jtype(field)} IN {_NUMBER_TYPES}")
+            params.append(_encode_value(value))
+        elif isinstance(value, str):
+            terms.append(f"{expr} = ? AND {_jtype(field)} = 'text'")
+            params.append(value)
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            # json_extract renders a sub-object as minified JSON, exactly as _dumps writes it.
+            terms.append(f"{expr} = ? AND {_jtype(field)} = 'object'")
+            params.append(_dumps(value))
+        else:
+            raise TypeError(f"where/expect value for {field!r} must be a scalar, not {type(value).__name__}")
+    return terms, params
+
+
+def _is_missing_table(exc: sqlite3.OperationalError) -> bool:
+    return "no such table" in str(exc)
+
+
+class SqliteDocumentStore:
+    """DocumentStore on one SQLite file (WAL), safe for many tasks and several processes.
+
+    Every write is one autocommit statement, hence atomic: compare-and-set is a single
+    `UPDATE ... WHERE _id = ? AND <expect>`. SQLite takes the write lock at the start of such a
+    statement and waits up to `busy_timeout` for another process to release it. Like MongoDB, a
+    write to a collection that does not exist creates it; a read of one finds nothing.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._conn: aiosqlite.Connection | None = None
+        self._open_lock = asyncio.Lock()
+        self._closed = False
+
+    async def _db(self) -> aiosqlite.Connection:
+        if self._conn is not None:
+            return self._conn
+        if self._closed:
+            raise RuntimeError("SqliteDocumentStore is closed")
+        async with self._open_lock:
+            if self._conn is None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                # isolation_level=None: no implicit BEGIN (deferred) from the sqlite3 module, whose
+                # read-then-write upgrade could fail with SQLITE_BUSY without waiting.
+                conn = await aiosqlite.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
+                try:
+                    await conn.execute("PRAGMA journal_mode=WAL")
+                    # FULL: the metadata is the registry's source of truth (a tag the client was told
+                    # is pushed must survive a power cut). NORMAL in WAL mode can lose the last
+                    # commits on power loss; FULL costs one WAL fsync per write, cheap at our rates.
+                    await conn.execute("PRAGMA synchronous=FULL")
+                    await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+                except BaseException:
+                    await conn.close()
+                    raise
+                self._conn = conn
+            return self._conn
+
+    async def _write(self, collection: str, sql: str, params: Sequence[Any], *, create: bool = True) -> int:
+        """Run one write statement; returns the row count. An insert creates a missing collection
+        (as MongoDB does); an update or delete of a missing collection matches nothing."""
+        db = await self._db()
+        for attempt in range(2):
+            try:
+                async with db.execute(sql, params) as cursor:
+                    return cursor.rowcount
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateKeyError(str(exc)) from exc
+            except sqlite3.OperationalError as exc:
+                if attempt or not _is_missing_table(exc):
+                    raise
+                if not create:
+                    return 0
+                await self._create_table(collection)
+        raise AssertionError("unreachable")
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        db = await self._db()
+        try:
+            return list(await db.execute_fetchall(sql, params))
+        except sqlite3.OperationalError as exc:
+            if _is_missing_table(exc):
+                return []
+            raise
+
+    async def _create_table(self, name: str) -> None:
+        db = await self._db()
+        await db.execute(
+            f'CREATE TABLE IF NOT EXISTS "{_check_collection(name)}" (_id TEXT PRIMARY KEY NOT NULL, doc TEXT NOT NULL)'
+        )
+
+    async def ensure_collection(self, name: str, indexes: Sequence[Index] = ()) -> None:
+        await self._create_table(name)
+        db = await self._db()
+        for index in indexes:
+            if not index.fields:
+                raise ValueError("an index needs at least one field")
+            exprs = ", ".join(_expr(f) for f in index.fields)
+            index_name = "__".join((name, *index.fields))
+            unique = "UNIQUE " if index.unique else ""
+            try:
+                await db.execute(f'CREATE {unique}INDEX IF NOT EXISTS "{index_name}" ON "{name}" ({exprs})')
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateKeyError(str(exc)) from exc
+
+    async def get(self, collection: str, key: str) -> Document | None:
+        rows = await self._read(f'SELECT _id, doc FROM "{_check_collection(collection)}" WHERE _id = ?', (key,))
+        return self._document(rows[0]) if rows else None
+
+    async def insert(self, collection: str, doc: Mapping[str, Any]) -> None:
+        key, body = _split_doc(doc)
+        await self._write(
+            collection, f'INSERT INTO "{_check_collection(collection)}" (_id, doc) VALUES (?, ?)', (key, body)
+        )
+
+    async def put(self, collection: str, doc: Mapping[str, Any]) -> None:
+        key, body = _split_doc(doc)
+        await self._write(
+            collection,
+            f'INSERT INTO "{_check_collection(collection)}" (_id, doc) VALUES (?, ?) '
+            "ON CONFLICT (_id) DO UPDATE SET doc = excluded.doc",
+            (key, body),
+        )
+
+    async def update(
+        self,
+        collection: str,
+        key: str,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+        unset: Sequence[str] = (),
+    ) -> bool:
+        table = _check_collection(collection)
+        fields = [*changes, *unset]
+        for field in fields:
+            if _check_field(field) == "_id":
+                raise ValueError("_id cannot be changed")
+        if len(set(fields)) != len(fields):
+            raise ValueError("a field cannot be both set and unset (or listed twice)")
+        new_doc = "doc"
+        params: list[Any] = []
+        if changes:
+            # json(?) marks the bound text as JSON, so strings, numbers, bools and objects keep their
+            # types (a plain bound True would become the number 1).
+            pairs = ", ".join(f"'$.{f}', json(?)" for f in changes)
+            new_doc = f"json_set({new_doc}, {pairs})"
+            params.extend(_dumps(_check_text(v)) for v in changes.values())
+        if unset:
+            paths = ", ".join(f"'$.{f}'" for f in unset)
+            new_doc = f"json_remove({new_doc}, {paths})"
+        terms, where_params = _conditions(expect)
+        sql = f'UPDATE "{table}" SET doc = {new_doc} WHERE ' + " AND ".join(["_id = ?", *terms])
+        return await self._write(collection, sql, [*params, key, *where_params], create=False) > 0
+
+    async def delete(self, collection: str, key: str, *, expect: Mapping[str, Any] | None = None) -> bool:
+        terms, params = _conditions(expect)
+        sql = f'DELETE FROM "{_check_collection(collection)}" WHERE ' + " AND ".join(["_id = ?", *terms])
+        return await self._write(collection, sql, [key, *params], create=False) > 0
+
+    async def find(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        *,
+        order_by: str = "_id",
+        after: Any = None,
+        limit: int | None = None,
+    ) -> list[Document]:
+        table = _check_collection(collection)
+        terms, params = _conditions(where)
+        order_expr = _expr(order_by)
+        if after is not None:
+            if isinstance(after, bool) or not isinstance(after, (str, int, float)):
+                raise TypeError("after must be a string or a number")
+            if order_by == "_id":
+                if not isinstance(after, str):
+                    raise TypeError("after must be a string when ordering by _id")
+                terms.append("_id > ?")
+            else:
+                # Like MongoDB's $gt, stay within the type of `after`: SQLite otherwise ranks every
+                # string above every number.
+                guard = "= 'text'" if isinstance(after, str) else f"IN {_NUMBER_TYPES}"
+                terms.append(f"{order_expr} > ? AND {_jtype(order_by)} {guard}")
+            params.append(_encode_value(_check_text(after)))
+        sql = f'SELECT _id, doc FROM "{table}"'
+        if terms:
+            sql += " WHERE " + " AND ".join(terms)
+        # Default BINARY collation: strings compare by UTF-8 bytes, i.e. by code point; numbers
+        # compare numerically (json_extract returns typed values); missing/null sort first.
+        sql += f" ORDER BY {order_expr}" + ("" if order_by == "_id" else ", _id")
+        if limit is not None:
+            if limit < 0:
+                raise ValueError("limit must be >= 0")
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [self._document(row) for row in await self._read(sql, params)]
+
+    async def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
+        terms, params = _conditions(where)
+        sql = f'SELECT count(*) FROM "{_check_collection(collection)}"'
+        if terms:
+            sql += " WHERE " + " AND ".join(terms)
+        rows = await self._read(sql, params)
+        return int(rows[0][0]) if rows else 0
+
+    async def delete_where(self, collection: str, where: Mapping[str, Any]) -> int:
+        terms, params = _conditions(where)
+        sql = f'DELETE FROM "{_check_collection(collection)}"'
+        if terms:
+            sql += " WHERE " + " AND ".join(terms)
+        return await self._write(collection, sql, params, create=False)
+
+    async def drop_collection(self, name: str) -> None:
+        db = await self._db()
+        await db.execute(f'DROP TABLE IF EXISTS "{_check_collection(name)}"')
+
+    async def collection_names(self) -> list[str]:
+        """Every collection in the file (admin tools, tests' leftover checks)."""
+        rows = await self._read(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+            (),
+        )
+        return sorted(str(row[0]) for row in rows)
+
+    async def ping(self) -> None:
+        db = await self._db()
+        await db.execute_fetchall("SELECT 1")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    @staticmethod
+    def _document(row: sqlite3.Row) -> Document:
+        body = _loads(row[1])
+        return {"_id": row[0], **body}

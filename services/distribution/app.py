@@ -1,0 +1,38 @@
+"""The distribution service's aiohttp application factory: OCI /v2/ API plus ops endpoints."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.core.bootstrap import Container
+from services.core.runtime import add_ops_routes
+from services.distribution import oci_api
+from services.distribution.access import AccessControl
+from services.distribution.keys import ACCESS, METRICS, REGISTRY, SETTINGS
+from services.distribution.middleware import errors_middleware, telemetry_middleware
+from services.distribution.registry import Registry
+
+
+def build_registry(c: Container) -> Registry:
+    return Registry(
+        blobs=c.blobs,
+        meta=c.meta,
+        outbox=c.outbox,
+        settings=c.settings.registry,
+        topics=c.settings.topics,
+    )
+
+
+def create_app(c: Container, *, access: AccessControl, registry: Registry | None = None) -> web.Application:
+    # No client_max_size: blob bodies stream through request.content and are never buffered whole.
+    app = web.Application(middlewares=[telemetry_middleware, errors_middleware], client_max_size=1 << 62)
+    app[SETTINGS] = c.settings
+    app[REGISTRY] = registry or build_registry(c)
+    app[ACCESS] = access
+    app[METRICS] = c.metrics
+    app.router.add_get("/v2/", oci_api.base)
+    app.router.add_get("/v2", oci_api.base)
+    app.router.add_get("/v2/_catalog", oci_api.catalog)
+    app.router.add_route("*", "/v2/{tail:.+}", oci_api.dispatch)
+    add_ops_routes(app, c.metrics, [c.blobs.ping, c.docs.ping, c.events.ping])
+    return app

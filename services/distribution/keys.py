@@ -1,0 +1,15 @@
+"""Typed aiohttp application keys of the distribution service."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.core.settings import Settings
+from services.core.telemetry import Metrics
+from services.distribution.access import AccessControl
+from services.distribution.registry import Registry
+
+SETTINGS = web.AppKey("settings", Settings)
+REGISTRY = web.AppKey("registry", Registry)
+ACCESS = web.AppKey("access", AccessControl)
+METRICS = web.AppKey("metrics", Metrics)

@@ -1,0 +1,471 @@
+"""HTTP handlers of the OCI Distribution API (/v2/): parse the request, call Registry, shape the reply."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode
+
+from aiohttp import web
+
+from services.core.errors import (
+    DeniedError,
+    DigestInvalidError,
+    ManifestTooLargeError,
+    ManifestUnknownError,
+    NameInvalidError,
+    PaginationNumberInvalidError,
+    RangeInvalidError,
+    SizeInvalidError,
+    TagInvalidError,
+    UnsupportedError,
+)
+from services.core.oci.digest import Digest
+from services.core.oci.names import RepositoryName, Tag, parse_reference
+from services.core.oci.ranges import parse_content_range, parse_range_header
+from services.core.storage.blobs import BlobPresigner, LocalBlobFiles
+from services.distribution.access import DELETE, PULL, PUSH, AccessControl, Principal
+from services.distribution.keys import ACCESS, METRICS, REGISTRY, SETTINGS
+from services.distribution.registry import Registry
+
+CHUNK = 1 << 20
+REFERRERS_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+MAX_PAGE = 10_000
+_UPLOADS, _BLOBS, _MANIFESTS, _REFERRERS, _TAGS = (
+    "/blobs/uploads",
+    "/blobs/",
+    "/manifests/",
+    "/referrers/",
+    "/tags/list",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: str  # uploads | upload | blob | manifest | referrers | tags
+    name: str
+    rest: str = ""
+
+
+def route_of(path: str) -> Route | None:
+    """Split `/v2/<name>/<kind>/...` on the last kind segment, since names contain `/`."""
+    tail = path[len("/v2/") :]
+    if tail.endswith(_TAGS):
+        return Route("tags", tail[: -len(_TAGS)])
+    for marker, kind in ((_UPLOADS + "/", "upload"), (_MANIFESTS, "manifest"), (_REFERRERS, "referrers")):
+        name, found, rest = tail.rpartition(marker)
+        if found and "/" not in rest:
+            if kind == "upload" and not rest:
+                return Route("uploads", name)
+            return Route(kind, name, rest)
+    if tail.endswith(_UPLOADS):
+        return Route("uploads", tail[: -len(_UPLOADS)])
+    name, found, rest = tail.rpartition(_BLOBS)
+    if found and rest and "/" not in rest:
+        return Route("blob", name, rest)
+    return None
+
+
+def _repo(route: Route) -> RepositoryName:
+    if not route.name:
+        raise NameInvalidError("repository name is empty")
+    return RepositoryName(route.name)
+
+
+def _registry(request: web.Request) -> Registry:
+    return request.app[REGISTRY]
+
+
+def _access(request: web.Request) -> AccessControl:
+    return request.app[ACCESS]
+
+
+async def _allow(request: web.Request, repo: RepositoryName, *actions: str) -> Principal:
+    access = _access(request)
+    principal = await access.authenticate(request)
+    await access.authorize(request, principal, str(repo), actions)
+    return principal
+
+
+def _count(request: web.Request, direction: str, n: int) -> None:
+    request.app[METRICS].blob_bytes.labels(service="distribution", direction=direction).inc(n)
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        total += len(chunk)
+        yield chunk
+    _count(request, "in", total)
+
+
+def _upload_location(repo: RepositoryName, upload_id: str) -> str:
+    return f"/v2/{repo}/blobs/uploads/{upload_id}"
+
+
+def _range_header(size: int) -> str:
+    return f"0-{max(size - 1, 0)}"
+
+
+def _upload_accepted(
+    request: web.Request, repo: RepositoryName, upload_id: str, size: int, status: int
+) -> web.Response:
+    headers = {
+        "Location": _upload_location(repo, upload_id),
+        "Range": _range_header(size),
+        "Docker-Upload-UUID": upload_id,
+        "Content-Length": "0",
+    }
+    min_chunk = request.app[SETTINGS].registry.upload_chunk_min_bytes
+    if min_chunk:
+        headers["OCI-Chunk-Min-Length"] = str(min_chunk)
+    return web.Response(status=status, headers=headers)
+
+
+def _blob_created(repo: RepositoryName, digest: Digest) -> web.Response:
+    return web.Response(
+        status=201,
+        headers={
+            "Location": f"/v2/{repo}/blobs/{digest}",
+            "Docker-Content-Digest": str(digest),
+            "Content-Length": "0",
+        },
+    )
+
+
+def _query_digest(request: web.Request, name: str = "digest") -> Digest | None:
+    value = request.query.get(name)
+    return None if value is None else Digest.parse(value)
+
+
+def _check_length(request: web.Request, start: int, end: int) -> None:
+    if request.content_length is not None and request.content_length != end - start + 1:
+        raise SizeInvalidError(f"Content-Length {request.content_length} does not match Content-Range {start}-{end}")
+
+
+# handlers
+
+
+async def base(request: web.Request) -> web.Response:
+    access = _access(request)
+    principal = await access.authenticate(request)
+    await access.authorize(request, principal, "", ())
+    return web.json_response({})
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    route = route_of(request.path)
+    if route is None:
+        raise web.HTTPNotFound()
+    handler = _HANDLERS.get((route.kind, request.method))
+    if handler is None:
+        raise UnsupportedError(f"{request.method} is not supported on {route.kind} endpoints")
+    return await handler(request, route)
+
+
+async def get_blob(request: web.Request, route: Route) -> web.StreamResponse:
+    repo = _repo(route)
+    digest = Digest.parse(route.rest)
+    await _allow(request, repo, PULL)
+    registry = _registry(request)
+    info = await registry.stat_blob(repo, digest)
+    headers = {
+        "Docker-Content-Digest": str(digest),
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+        "ETag": f'"{digest}"',
+        "Cache-Control": "max-age=31536000",
+    }
+    settings = request.app[SETTINGS]
+    if request.method == "GET" and settings.storage.redirect and isinstance(registry.blobs, BlobPresigner):
+        url = await registry.blobs.presign_get(digest, expires_seconds=settings.storage.redirect_expiry_seconds)
+        return web.Response(status=307, headers={"Location": url, "Docker-Content-Digest": str(digest)})
+    if isinstance(registry.blobs, LocalBlobFiles):
+        path = registry.blobs.local_path(digest)
+        if path is not None:
+            # aiohttp serves Range, HEAD and sendfile itself.
+            if request.method == "GET":
+                _count(request, "out", info.size)
+            return web.FileResponse(path, headers=headers)
+    byte_range = parse_range_header(request.headers.get("Range"), info.size)
+    if byte_range is None:
+        status, offset, length = 200, 0, info.size
+    else:
+        status, offset, length = 206, byte_range.start, byte_range.length
+        headers["Content-Range"] = byte_range.content_range(info.size)
+    headers["Content-Length"] = str(length)
+    response = web.StreamResponse(status=status, headers=headers)
+    if request.method == "HEAD":
+        return response
+    await response.prepare(request)
+    async for chunk in registry.blobs.read(digest, offset=offset, length=length):
+        await response.write(chunk)
+    _count(request, "out", length)
+    await response.write_eof()
+    return response
+
+
+async def delete_blob(request: web.Request, route: Route) -> web.Response:
+    repo = _repo(route)
+    digest = Digest.parse(route.rest)
+    principal = await _allow(request, repo, DELETE)
+    await _registry(request).delete_blob(repo, digest, actor=principal.name)
+    return web.Response(status=202, headers={"Content-Length": "0"})
+
+
+async def start_upload(request: web.Request, route: Route) -> web.Response:
+    repo = _repo(route)
+    principal = await _allow(request, repo, PULL, PUSH)
+    registry = _registry(request)
+    mount = _query_digest(request, "mount")
+    source = request.query.get("from")
+    if mount is not None and source:
+        source_repo = RepositoryName(source)
+        if await _access(request).can_read(principal, str(source_repo)):
+            mounted = await registry.mount(repo, source_repo, mount)
+            if mounted is not None:
+                return _blob_created(repo, mounted.digest)
+    digest = _query_digest(request)
+    upload_id = await registry.start_upload(repo, actor=principal.name)
+    if digest is None:
+        return _upload_accepted(request, repo, upload_id, 0, 202)
+    try:
+        await registry.append(repo, upload_id, _body(request), offset=0)
+        info = await registry.finish_upload(repo, upload_id, digest)
+    except BaseException:
+        await registry.discard_upload(upload_id)
+        raise
+    return _blob_created(repo, info.digest)
+
+
+async def upload_status(request: web.Request, route: Route) -> web.Response:
+    repo = _repo(route)
+    await _allow(request, repo, PULL, PUSH)
+    size = await _registry(request).upload_size(repo, route.rest)
+    return _upload_accepted(request, repo, route.rest, size, 204)
+
+
+async def patch_upload(request: web.Request, route: Route) -> web.Response:
+    repo = _repo(route)
+    await _allow(request, repo, PULL, PUSH)
+    registry = _registry(request)
+    offset: int | None = None
+    content_range = request.headers.get("Content-Range")
+    if content_range:
+        start, end = parse_content_range(content_range)
+        _check_length(request, start, end)
+        offset = start
+    try:
+        size = await registry.append(repo, route.rest, _body(request), offset=offset)
+    except RangeInvalidError:
+        current = await registry.upload_size(repo, route.rest)
+        raise RangeInvalidError(
+            f"chunk does not start at the next expected offset {current} of upload {route.rest}",
+            detail={"range": _range_header(current)},
+        ) from None
+    return _upload_accepted(request, repo, route.rest, size, 202)
+
+
+async def finish_upload(request: web.Request, route: Route) -> web.Response:
+    repo = _repo(route)
+    await _allow(request, repo, PULL, PUSH)
+    digest = _query_digest(request)
+    if digest is None:
+        raise DigestInvalidError("the final PUT of an upload needs ?digest=<digest of the whole blob>")
+    registry = _registry(request)
+    content_range = request.headers.get("Content-Range")
+    offset: int | None = None
+    if content_range:
+        start, end = parse_content_range(content_range)
+        _check_length(request, start, end)
+        offset = start
+    if offset is not None or request.content_length or request.body_exists:
+        await registry.append(repo, route.rest, _body(request), offset=offset)
+    info = await registry.finish_upload(repo, route.rest, digest)
+    return _blob_created(repo, info.digest)
+
+
+async def cancel_upload(request: web.Request, route: Route) -> web.Response:
+    repo = _repo(route)
+    await _allow(request, repo, PUSH)
+    await _registry(request).cancel_upload(repo, route.rest)
+    return web.Response(status=204)
+
+
+def _accepts(request: web.Request, media_type: str) -> bool:
+    accept = request.headers.getall("Accept", [])
+    types = {part.split(";", 1)[0].strip() for header in accept for part in header.split(",")}
+    types.discard("")
+    return not types or media_type in types or "*/*" in types or _docker_compat(types, media_type)
+
+
+def _docker_compat(types: set[str], media_type: str) -> bool:
+    # Old clients that only list Docker types still pull OCI content (and vice versa) by
+    # asking for `application/json`; we never convert, so serving the stored bytes is right.
+    return "application/json" in types
+
+
+def _lookup_reference(repo: RepositoryName, text: str) -> Tag | Digest:
+    """For reads, a malformed tag simply names nothing (404), as the spec's conformance suite expects."""
+    try:
+        return parse_reference(text)
+    except TagInvalidError:
+        raise ManifestUnknownError(f"manifest {text[:130]!r} is not in repository {repo}") from None
+
+
+async def get_manifest(request: web.Request, route: Route) -> web.StreamResponse:
+    repo = _repo(route)
+    reference = _lookup_reference(repo, route.rest)
+    await _allow(request, repo, PULL)
+    record = await _registry(request).resolve(repo, reference)
+    if not _accepts(request, record.media_type):
+        raise_manifest_unknown(repo, route.rest, record.media_type)
+    headers = {
+        "Content-Type": record.media_type,
+        "Docker-Content-Digest": str(record.digest),
+        "ETag": f'"{record.digest}"',
+        "Content-Length": str(record.size),
+    }
+    if request.method == "HEAD":
+        return web.Response(status=200, headers=headers)
+    return web.Response(status=200, body=record.data, headers=headers)
+
+
+def raise_manifest_unknown(repo: RepositoryName, reference: str, media_type: str) -> None:
+    raise ManifestUnknownError(
+        f"manifest {reference} of {repo} is a {media_type}, which the request's Accept header excludes"
+    )
+
+
+async def put_manifest(request: web.Request, route: Route) -> web.Response:
+    repo = _repo(route)
+    reference = parse_reference(route.rest)
+    principal = await _allow(request, repo, PULL, PUSH)
+    limit = request.app[SETTINGS].registry.max_manifest_bytes
+    data = await _read_limited(request, limit)
+    force = request.headers.get("X-Hanzo-Force", "").lower() == "true"
+    if force and not principal.may_force:
+        raise DeniedError(f"{principal.name} may not force-move tags in {repo}")
+    pushed = await _registry(request).put_manifest(
+        repo,
+        reference,
+        data,
+        request.headers.get("Content-Type"),
+        actor=principal.name,
+        force=force,
+    )
+    headers = {
+        "Location": f"/v2/{repo}/manifests/{pushed.digest}",
+        "Docker-Content-Digest": str(pushed.digest),
+        "Content-Length": "0",
+    }
+    if pushed.subject is not None:
+        headers["OCI-Subject"] = str(pushed.subject)
+    return web.Response(status=201, headers=headers)
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ManifestTooLargeError(f"manifest is {request.content_length} bytes; the limit is {limit} bytes")
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise ManifestTooLargeError(f"manifest exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def delete_manifest(request: web.Request, route: Route) -> web.Response:
+    repo = _repo(route)
+    reference = _lookup_reference(repo, route.rest)
+    principal = await _allow(request, repo, DELETE)
+    await _registry(request).delete_manifest(repo, reference, actor=principal.name)
+    return web.Response(status=202, headers={"Content-Length": "0"})
+
+
+def _page(request: web.Request) -> tuple[int | None, str | None]:
+    raw = request.query.get("n")
+    limit: int | None = None
+    if raw is not None:
+        if not re.fullmatch(r"\d{1,9}", raw):
+            raise PaginationNumberInvalidError(f"n must be a non-negative integer, not {raw[:40]!r}")
+        limit = min(int(raw), MAX_PAGE)
+    return limit, request.query.get("last") or None
+
+
+def _next_link(path: str, limit: int, last: str, **extra: str) -> str:
+    return f'<{path}?{urlencode({**extra, "n": limit, "last": last}, quote_via=quote)}>; rel="next"'
+
+
+async def list_tags(request: web.Request, route: Route) -> web.Response:
+    repo = _repo(route)
+    await _allow(request, repo, PULL)
+    limit, last = _page(request)
+    if limit == 0:
+        return web.json_response({"name": str(repo), "tags": []})
+    fetch = None if limit is None else limit + 1
+    tags = await _registry(request).list_tags(repo, after=last, limit=fetch)
+    headers = {}
+    if limit is not None and len(tags) > limit:
+        tags = tags[:limit]
+        headers["Link"] = _next_link(f"/v2/{repo}/tags/list", limit, tags[-1])
+    return web.json_response({"name": str(repo), "tags": tags}, headers=headers)
+
+
+async def catalog(request: web.Request) -> web.Response:
+    access = _access(request)
+    principal = await access.authenticate(request)
+    await access.authorize_catalog(request, principal)
+    limit, last = _page(request)
+    page = limit if limit is not None else 1000
+    repos: list[str] = []
+    cursor = last
+    more = False
+    meta = _registry(request).meta
+    while len(repos) <= page:
+        batch = await meta.list_repositories(after=cursor, limit=page + 1)
+        if not batch:
+            break
+        cursor = batch[-1]
+        for name in batch:
+            if await access.can_read(principal, name):
+                repos.append(name)
+        if len(batch) < page + 1:
+            break
+    if len(repos) > page:
+        repos, more = repos[:page], True
+    headers = {"Link": _next_link("/v2/_catalog", page, repos[-1])} if more and repos else {}
+    return web.json_response({"repositories": repos}, headers=headers)
+
+
+async def referrers(request: web.Request, route: Route) -> web.Response:
+    repo = _repo(route)
+    digest = Digest.parse(route.rest)
+    await _allow(request, repo, PULL)
+    artifact_type = request.query.get("artifactType") or None
+    body = await _registry(request).referrers(repo, digest, artifact_type=artifact_type)
+    headers = {"Content-Type": REFERRERS_MEDIA_TYPE}
+    if artifact_type is not None:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    return web.Response(status=200, body=body, headers=headers)
+
+
+_HANDLERS = {
+    ("blob", "GET"): get_blob,
+    ("blob", "HEAD"): get_blob,
+    ("blob", "DELETE"): delete_blob,
+    ("uploads", "POST"): start_upload,
+    ("upload", "GET"): upload_status,
+    ("upload", "PATCH"): patch_upload,
+    ("upload", "PUT"): finish_upload,
+    ("upload", "DELETE"): cancel_upload,
+    ("manifest", "GET"): get_manifest,
+    ("manifest", "HEAD"): get_manifest,
+    ("manifest", "PUT"): put_manifest,
+    ("manifest", "DELETE"): delete_manifest,
+    ("tags", "GET"): list_tags,
+    ("referrers", "GET"): referrers,
+}

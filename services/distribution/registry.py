@@ -1,0 +1,314 @@
+"""Registry logic behind the OCI API: blobs, uploads, manifests, tags, referrers, over the ports.
+
+HTTP-free: handlers translate requests into these calls, and errors are typed (services.core.errors).
+Write order is chosen so a crash between any two writes leaves a consistent, repairable state:
+blob bytes before their link, manifest before its tag, events through the outbox with their change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterable, Callable
+from dataclasses import dataclass
+
+from services.core.errors import (
+    BlobUnknownError,
+    BlobUploadUnknownError,
+    ConflictError,
+    DigestInvalidError,
+    ManifestBlobUnknownError,
+    ManifestUnknownError,
+    NameUnknownError,
+    TagImmutableError,
+    UnsupportedError,
+)
+from services.core.events.outbox import Operation, OutboundEvent, Outbox
+from services.core.oci.digest import Digest
+from services.core.oci.manifest import (
+    ParsedManifest,
+    ReferrerDescriptor,
+    build_referrers_index,
+    parse_manifest,
+)
+from services.core.oci.names import RepositoryName, Tag
+from services.core.policy.tags import tag_immutability
+from services.core.settings import RegistrySettings, TopicSettings
+from services.core.storage.blobs import BlobInfo, BlobStore
+from services.core.storage.meta import ManifestRecord, MetadataStore, TagRecord
+from services.distribution import events
+
+log = logging.getLogger(__name__)
+
+_CAS_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PushedManifest:
+    digest: Digest
+    subject: Digest | None
+    tag: str | None
+
+
+class Registry:
+    """The OCI registry's behaviour over BlobStore, MetadataStore and the outbox."""
+
+    def __init__(
+        self,
+        *,
+        blobs: BlobStore,
+        meta: MetadataStore,
+        outbox: Outbox,
+        settings: RegistrySettings,
+        topics: TopicSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.blobs = blobs
+        self.meta = meta
+        self.outbox = outbox
+        self.settings = settings
+        self.topics = topics
+        self._clock = clock
+
+    # blobs
+
+    async def stat_blob(self, repo: RepositoryName, digest: Digest) -> BlobInfo:
+        """The blob as seen from `repo`; BlobUnknownError unless `repo` links it and it is stored."""
+        if await self.meta.blob_link(str(repo), digest) is None:
+            raise BlobUnknownError(f"blob {digest} is not in repository {repo}")
+        info = await self.blobs.stat(digest)
+        if info is None:
+            raise BlobUnknownError(f"blob {digest} is not in repository {repo}")
+        return info
+
+    async def delete_blob(self, repo: RepositoryName, digest: Digest, *, actor: str) -> None:
+        """Unlink the blob from `repo`; the bytes go when GC finds no link left."""
+        self._check_delete_enabled()
+        if await self.meta.blob_link(str(repo), digest) is None:
+            raise BlobUnknownError(f"blob {digest} is not in repository {repo}")
+        await self.outbox.commit(
+            [self.meta.unlink_blob_op(str(repo), digest)],
+            [self._event(events.blob_deleted(str(repo), digest, actor=actor))],
+        )
+
+    # uploads
+
+    async def start_upload(self, repo: RepositoryName, *, actor: str) -> str:
+        await self.meta.ensure_repository(str(repo), namespace=repo.namespace)
+        upload_id = await self.blobs.start_upload()
+        await self.meta.create_upload(upload_id, str(repo), actor=actor)
+        return upload_id
+
+    async def _check_upload(self, repo: RepositoryName, upload_id: str) -> None:
+        record = await self.meta.upload(upload_id)
+        if record is None or record.repository != str(repo):
+            raise BlobUploadUnknownError(f"upload {upload_id[:64]!r} is unknown in repository {repo}")
+
+    async def upload_size(self, repo: RepositoryName, upload_id: str) -> int:
+        await self._check_upload(repo, upload_id)
+        return await self.blobs.upload_size(upload_id)
+
+    async def append(
+        self, repo: RepositoryName, upload_id: str, chunks: AsyncIterable[bytes], *, offset: int | None
+    ) -> int:
+        """Append at `offset` (the stored size when None: a streamed PATCH). Returns the new size."""
+        await self._check_upload(repo, upload_id)
+        if offset is None:
+            offset = await self.blobs.upload_size(upload_id)
+        return await self.blobs.append(upload_id, chunks, offset=offset)
+
+    async def finish_upload(self, repo: RepositoryName, upload_id: str, digest: Digest) -> BlobInfo:
+        await self._check_upload(repo, upload_id)
+        try:
+            info = await self.blobs.commit(upload_id, digest)
+        except DigestInvalidError:
+            # The store discarded the unverifiable bytes; the session record goes with them.
+            await self.meta.delete_upload(upload_id)
+            raise
+        await self.meta.link_blob(str(repo), info.digest, info.size)
+        await self.meta.delete_upload(upload_id)
+        return info
+
+    async def discard_upload(self, upload_id: str) -> None:
+        await self.blobs.abort(upload_id)
+        await self.meta.delete_upload(upload_id)
+
+    async def cancel_upload(self, repo: RepositoryName, upload_id: str) -> None:
+        await self._check_upload(repo, upload_id)
+        await self.discard_upload(upload_id)
+
+    async def mount(self, repo: RepositoryName, source: RepositoryName, digest: Digest) -> BlobInfo | None:
+        """Link a blob of `source` into `repo`; None when `source` does not have it.
+        The caller has already checked that its principal may read `source`."""
+        size = await self.meta.blob_link(str(source), digest)
+        if size is None or await self.blobs.stat(digest) is None:
+            return None
+        await self.meta.ensure_repository(str(repo), namespace=repo.namespace)
+        await self.meta.link_blob(str(repo), digest, size)
+        return BlobInfo(digest, size)
+
+    # manifests
+
+    async def resolve(self, repo: RepositoryName, reference: Tag | Digest) -> ManifestRecord:
+        if isinstance(reference, Digest):
+            record = await self.meta.manifest(str(repo), reference)
+        else:
+            tag = await self.meta.tag(str(repo), str(reference))
+            record = None if tag is None else await self.meta.manifest(str(repo), tag.digest)
+        if record is None:
+            if not await self.meta.repository_exists(str(repo)):
+                raise NameUnknownError(f"repository {repo} is not known to this registry")
+            raise ManifestUnknownError(f"manifest {reference} is not in repository {repo}")
+        return record
+
+    async def put_manifest(
+        self,
+        repo: RepositoryName,
+        reference: Tag | Digest,
+        data: bytes,
+        content_type: str | None,
+        *,
+        actor: str,
+        force: bool = False,
+    ) -> PushedManifest:
+        parsed = parse_manifest(data, content_type, max_bytes=self.settings.max_manifest_bytes)
+        if isinstance(reference, Digest) and reference != parsed.digest:
+            if reference.algorithm != parsed.digest.algorithm:
+                actual = Digest.of(data, reference.algorithm)
+                if actual == reference:
+                    parsed = _with_digest(parsed, actual)
+            if reference != parsed.digest:
+                raise DigestInvalidError(
+                    f"manifest digest {parsed.digest} does not match the digest in the URL {reference}"
+                )
+        await self._check_references(repo, parsed)
+        await self.meta.ensure_repository(str(repo), namespace=repo.namespace)
+        tag = None if isinstance(reference, Digest) else str(reference)
+        record = ManifestRecord(
+            repository=str(repo),
+            digest=parsed.digest,
+            media_type=parsed.media_type,
+            size=parsed.size,
+            data=data,
+            subject=parsed.subject.digest if parsed.subject else None,
+            artifact_type=parsed.referrer_artifact_type,
+            annotations=dict(parsed.annotations),
+            references=tuple(str(d.digest) for d in (*parsed.blob_references, *parsed.child_manifests)),
+            created=self._clock(),
+        )
+        for _attempt in range(_CAS_ATTEMPTS):
+            ops: list[Operation] = [self.meta.put_manifest_op(record)]
+            outbound = [self._event(events.manifest_pushed(record, tag=tag, actor=actor, parsed=parsed))]
+            if tag is not None:
+                current = await self.meta.tag(str(repo), tag)
+                if current is None or current.digest != parsed.digest:
+                    self._check_tag_mutable(repo, tag, current, force=force)
+                    ops.append(self.meta.set_tag_op(str(repo), tag, parsed.digest, current=current))
+                    outbound.append(
+                        self._event(
+                            events.tag_updated(
+                                str(repo),
+                                tag,
+                                parsed.digest,
+                                current.digest if current else None,
+                                actor=actor,
+                                forced=force and current is not None,
+                            )
+                        )
+                    )
+            try:
+                await self.outbox.commit(ops, outbound)
+                break
+            except ConflictError:
+                continue
+        else:
+            raise ConflictError(f"tag {tag} of {repo} kept changing; retry the push")
+        return PushedManifest(parsed.digest, record.subject, tag)
+
+    def _check_tag_mutable(self, repo: RepositoryName, tag: str, current: TagRecord | None, *, force: bool) -> None:
+        if current is None or force:
+            return
+        decision = tag_immutability(self.settings.tag_rules, namespace=repo.namespace, tag=tag)
+        if decision.immutable:
+            raise TagImmutableError(
+                f"tag {tag} of {repo} is immutable (rule {decision.rule!r}): it already points to "
+                f"{current.digest}; push a new tag, or force with X-Hanzo-Force: true if you may",
+                detail={"tag": tag, "rule": decision.rule, "digest": str(current.digest)},
+            )
+
+    async def _check_references(self, repo: RepositoryName, parsed: ParsedManifest) -> None:
+        missing: list[str] = []
+        blob_digests = [str(d.digest) for d in parsed.blob_references]
+        linked = await self.meta.linked_digests(str(repo), blob_digests)
+        missing.extend(d for d in blob_digests if d not in linked)
+        for child in parsed.child_manifests:
+            if not await self.meta.manifest_exists(str(repo), str(child.digest)):
+                missing.append(str(child.digest))
+        if missing:
+            raise ManifestBlobUnknownError(
+                f"manifest references {len(missing)} blob(s) or manifest(s) not in repository {repo}: "
+                + ", ".join(missing[:10]),
+                detail={"digests": missing},
+            )
+
+    async def delete_manifest(self, repo: RepositoryName, reference: Tag | Digest, *, actor: str) -> None:
+        """By tag: remove the tag. By digest: remove the manifest and every tag pointing to it."""
+        self._check_delete_enabled()
+        for _attempt in range(_CAS_ATTEMPTS):
+            if isinstance(reference, Tag):
+                current = await self.meta.tag(str(repo), str(reference))
+                if current is None:
+                    raise ManifestUnknownError(f"tag {reference} is not in repository {repo}")
+                ops = [self.meta.delete_tag_op(current)]
+                outbound = [self._event(events.tag_deleted(str(repo), current.name, current.digest, actor=actor))]
+            else:
+                record = await self.meta.manifest(str(repo), reference)
+                if record is None:
+                    raise ManifestUnknownError(f"manifest {reference} is not in repository {repo}")
+                tags = await self.meta.tags_of(str(repo), reference)
+                ops = [self.meta.delete_tag_op(t) for t in tags]
+                ops.append(self.meta.delete_manifest_op(str(repo), reference))
+                outbound = [self._event(events.tag_deleted(str(repo), t.name, reference, actor=actor)) for t in tags]
+                outbound.append(self._event(events.manifest_deleted(record, actor=actor)))
+            try:
+                await self.outbox.commit(ops, outbound)
+                return
+            except ConflictError:
+                continue
+        raise ConflictError(f"{reference} in {repo} kept changing; retry the delete")
+
+    # discovery
+
+    async def list_tags(self, repo: RepositoryName, *, after: str | None, limit: int | None) -> list[str]:
+        if not await self.meta.repository_exists(str(repo)):
+            raise NameUnknownError(f"repository {repo} is not known to this registry")
+        return await self.meta.list_tags(str(repo), after=after, limit=limit)
+
+    async def referrers(self, repo: RepositoryName, subject: Digest, *, artifact_type: str | None) -> bytes:
+        records = await self.meta.referrers(str(repo), subject)
+        descriptors = [
+            ReferrerDescriptor(
+                media_type=r.media_type,
+                digest=r.digest,
+                size=r.size,
+                artifact_type=r.artifact_type,
+                annotations=r.annotations,
+            )
+            for r in sorted(records, key=lambda r: (r.created, str(r.digest)))
+            if artifact_type is None or r.artifact_type == artifact_type
+        ]
+        return build_referrers_index(descriptors)
+
+    # helpers
+
+    def _check_delete_enabled(self) -> None:
+        if not self.settings.delete_enabled:
+            raise UnsupportedError("deletion is disabled on this registry")
+
+    def _event(self, built: events.Built) -> OutboundEvent:
+        return events.outbound(built, self.topics)
+
+
+def _with_digest(parsed: ParsedManifest, digest: Digest) -> ParsedManifest:
+    return dataclasses.replace(parsed, digest=digest)
