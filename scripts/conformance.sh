@@ -9,11 +9,11 @@ assemblies=${*:-embedded distributed}
 run_suite() {
   local assembly=$1 dir=reports/conformance/$1
   rm -rf "$dir"; mkdir -p "$dir"
-  OCI_ROOT_URL=http://$REGISTRY_ADDR OCI_NAMESPACE=conformance/repo-a OCI_CROSSMOUNT_NAMESPACE=conformance/repo-b \
-  OCI_TEST_PULL=1 OCI_TEST_PUSH=1 OCI_TEST_CONTENT_DISCOVERY=1 OCI_TEST_CONTENT_MANAGEMENT=1 \
-  OCI_HIDE_SKIPPED_WORKFLOWS=0 OCI_DEBUG=0 OCI_REPORT_DIR=$dir \
-    "$HANZO_TOOL_CONFORMANCE_TEST" >"$dir/output.txt" 2>&1 || { tail -60 "$dir/output.txt"; return 1; }
-  grep -E "Ran [0-9]+ of|Passed|FAIL" "$dir/output.txt" | tail -3
+  OCI_CONFIGURATION=scripts/conformance.yaml OCI_REGISTRY=$REGISTRY_ADDR OCI_TLS=disabled \
+  OCI_REPO1=conformance/repo-a OCI_REPO2=conformance/repo-b OCI_RESULTS_DIR=$dir \
+  ${OCI_USERNAME:+OCI_USERNAME=$OCI_USERNAME} ${OCI_PASSWORD:+OCI_PASSWORD=$OCI_PASSWORD} \
+    "$HANZO_TOOL_CONFORMANCE" >"$dir/output.txt" 2>&1 || { grep -E "Fail|Error" "$dir/output.txt" | head -60; return 1; }
+  grep -E "^(OCI Conformance Test|  (Pass|Fail|Skip|Disabled)\.+)" "$dir/output.txt" | head -6
 }
 export -f run_suite
 for a in $assemblies; do

@@ -81,9 +81,7 @@ def generate(*, proto_dir: Path = PROTO_DIR, out_dir: Path) -> list[str]:
                 rel = path.relative_to(raw).as_posix()
                 generated[rel] = _normalise(_rewrite_imports(path.read_text(encoding="utf-8")))
     packages = {""} | {
-        "/".join(Path(rel).parent.parts[:i])
-        for rel in generated
-        for i in range(1, len(Path(rel).parent.parts) + 1)
+        "/".join(Path(rel).parent.parts[:i]) for rel in generated for i in range(1, len(Path(rel).parent.parts) + 1)
     }
     for pkg in packages:
         rel = f"{pkg}/__init__.py" if pkg else "__init__.py"
@@ -131,9 +129,7 @@ def stale_files(*, proto_dir: Path = PROTO_DIR, out_dir: Path = OUT_DIR) -> list
         stale = [
             rel
             for rel in sorted(fresh.keys() | committed.keys())
-            if rel not in fresh
-            or rel not in committed
-            or fresh[rel].read_bytes() != committed[rel].read_bytes()
+            if rel not in fresh or rel not in committed or fresh[rel].read_bytes() != committed[rel].read_bytes()
         ]
     return stale
 

@@ -5,7 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 assembly=$1; shift
-state=${HANZO_INFRA_STATE:-$HOME/.cache/hanzo-registry/infra/run}
 port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 run_id=$(date +%s)-$$
 data=$(mktemp -d "${TMPDIR:-/tmp}/hanzo-registry-$assembly.XXXXXX")
@@ -14,15 +13,7 @@ export HANZO_REGISTRY_TELEMETRY__LOG_LEVEL=${HANZO_REGISTRY_TELEMETRY__LOG_LEVEL
 case $assembly in
   embedded) cmd=(serve) ;;
   distributed)
-    set -a; source "$state/infra.env"; set +a
-    export HANZO_REGISTRY_METADATA__KIND=mongo HANZO_REGISTRY_METADATA__URI=$HANZO_TEST_MONGO_URI
-    export HANZO_REGISTRY_METADATA__DATABASE=hanzo_registry_${run_id//-/_}
-    export HANZO_REGISTRY_STORAGE__BLOBS__KIND=s3 HANZO_REGISTRY_STORAGE__BLOBS__ENDPOINT=$HANZO_TEST_S3_ENDPOINT
-    export HANZO_REGISTRY_STORAGE__BLOBS__ACCESS_KEY=$HANZO_TEST_S3_ACCESS_KEY
-    export HANZO_REGISTRY_STORAGE__BLOBS__SECRET_KEY=$HANZO_TEST_S3_SECRET_KEY
-    export HANZO_REGISTRY_STORAGE__BLOBS__BUCKET=$HANZO_TEST_S3_BUCKET
-    export HANZO_REGISTRY_STORAGE__BLOBS__PREFIX=run-$run_id
-    export HANZO_REGISTRY_EVENTS__KIND=kafka HANZO_REGISTRY_EVENTS__BOOTSTRAP_SERVERS=$HANZO_TEST_KAFKA
+    source scripts/distributed_env.sh "run-$run_id"
     cmd=(distribution) ;;
   *) echo "unknown assembly $assembly" >&2; exit 2 ;;
 esac

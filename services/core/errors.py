@@ -65,6 +65,10 @@ class TagInvalidError(RegistryError):
     code, status = "TAG_INVALID", 400
 
 
+class TooManyTagsError(RegistryError):
+    code, status = "TAG_INVALID", 414
+
+
 class TagImmutableError(RegistryError):
     code, status = "DENIED", 409
 

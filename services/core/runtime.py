@@ -7,8 +7,9 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -224,7 +225,7 @@ class ServiceParts:
     consumes: list[tuple[str, EventHandler]] = field(default_factory=list)
     grpc: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
     http: web.Application | None = None
-    loops: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
+    loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
 async def run_parts(

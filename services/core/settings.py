@@ -27,10 +27,10 @@ class FilesystemBlobSettings(_Section):
 class S3BlobSettings(_Section):
     kind: Literal["s3"]
     endpoint: str = Field(description="host:port of the S3 API")
-    bucket: str = "hanzo-registry"
-    access_key: str = ""
-    secret_key: SecretStr = SecretStr("")
-    region: str = "us-east-1"
+    bucket: str = Field("hanzo-registry", description="Bucket holding blobs and upload sessions")
+    access_key: str = Field("", description="S3 access key")
+    secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key")
+    region: str = Field("us-east-1", description="S3 region (signing)")
     secure: bool = Field(False, description="Use HTTPS to reach S3")
     prefix: str = Field("", description="Key prefix inside the bucket")
     part_size: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart part size in bytes")
@@ -42,7 +42,7 @@ BlobSettings = Annotated[FilesystemBlobSettings | S3BlobSettings, Field(discrimi
 class StorageSettings(_Section):
     blobs: BlobSettings = Field(default_factory=FilesystemBlobSettings)
     redirect: bool = Field(False, description="Answer blob GETs with a redirect to a presigned URL (S3)")
-    redirect_expiry_seconds: int = Field(600, ge=30, le=7 * 24 * 3600)
+    redirect_expiry_seconds: int = Field(600, ge=30, le=7 * 24 * 3600, description="Lifetime of presigned URLs")
 
 
 class SqliteMetadataSettings(_Section):
@@ -52,8 +52,8 @@ class SqliteMetadataSettings(_Section):
 
 class MongoMetadataSettings(_Section):
     kind: Literal["mongo"]
-    uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
-    database: str = "hanzo_registry"
+    uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"), description="MongoDB connection string")
+    database: str = Field("hanzo_registry", description="Database name")
 
 
 MetadataSettings = Annotated[SqliteMetadataSettings | MongoMetadataSettings, Field(discriminator="kind")]
@@ -66,36 +66,38 @@ class LocalEventSettings(_Section):
 
 class KafkaEventSettings(_Section):
     kind: Literal["kafka"]
-    bootstrap_servers: str = "127.0.0.1:9092"
-    client_id: str = "hanzo-registry"
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, comma-separated host:port")
+    client_id: str = Field("hanzo-registry", description="Kafka client id")
 
 
 EventSettings = Annotated[LocalEventSettings | KafkaEventSettings, Field(discriminator="kind")]
 
 
 class TopicSettings(_Section):
-    manifests: str = "registry.manifests"
-    tags: str = "registry.tags"
-    blobs: str = "registry.blobs"
-    scans: str = "registry.scans"
-    signatures: str = "registry.signatures"
-    replication: str = "registry.replication"
-    gc: str = "registry.gc"
-    audit: str = "registry.audit"
-    dead_letter_suffix: str = ".dlq"
+    manifests: str = Field("registry.manifests", description="Manifest pushed/deleted events")
+    tags: str = Field("registry.tags", description="Tag updated/deleted events")
+    blobs: str = Field("registry.blobs", description="Blob deleted events")
+    scans: str = Field("registry.scans", description="Scan completed events")
+    signatures: str = Field("registry.signatures", description="Signature verified events")
+    replication: str = Field("registry.replication", description="Replication completed events")
+    gc: str = Field("registry.gc", description="GC run completed events")
+    audit: str = Field("registry.audit", description="Audit entries")
+    dead_letter_suffix: str = Field(".dlq", description="Dead-letter topic = topic + this suffix")
 
 
 class ConsumerSettings(_Section):
     max_attempts: int = Field(5, ge=1, description="Failures before a record goes to the dead-letter topic")
-    backoff_initial_seconds: float = Field(0.2, gt=0)
-    backoff_max_seconds: float = Field(30.0, gt=0)
+    backoff_initial_seconds: float = Field(0.2, gt=0, description="First retry delay of a failing record")
+    backoff_max_seconds: float = Field(30.0, gt=0, description="Retry delay cap (doubling backoff)")
 
 
 class TelemetrySettings(_Section):
-    traces_exporter: Literal["none", "otlp", "console"] = "none"
-    otlp_endpoint: str = "http://127.0.0.1:4317"
-    log_level: str = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    traces_exporter: Literal["none", "otlp", "console"] = Field(
+        "none", description="Where spans go: none, otlp, console"
+    )
+    otlp_endpoint: str = Field("http://127.0.0.1:4317", description="OTLP gRPC collector")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    log_format: Literal["json", "text"] = Field("json", description="json lines (with trace ids) or text")
 
 
 class TagRule(_Section):
@@ -119,26 +121,29 @@ def _default_tag_rules() -> list[TagRule]:
 
 
 class RegistrySettings(_Section):
-    max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest manifest accepted (413 above)")
     upload_chunk_min_bytes: int = Field(0, ge=0, description="Sent as OCI-Chunk-Min-Length when > 0")
-    upload_expiry_seconds: int = Field(24 * 3600, ge=60)
-    delete_enabled: bool = True
-    tag_rules: list[TagRule] = Field(default_factory=_default_tag_rules)
+    upload_expiry_seconds: int = Field(24 * 3600, ge=60, description="Idle upload sessions older than this are removed")
+    delete_enabled: bool = Field(True, description="Allow manifest, tag and blob DELETE (405 UNSUPPORTED otherwise)")
+    tag_rules: list[TagRule] = Field(
+        default_factory=_default_tag_rules,
+        description="Immutable-tag rules, first match wins; default: semver and sha-<hex> tags are immutable",
+    )
     public_base_url: str = Field("", description="External URL of the registry; default: from the request")
 
 
 class AuthSettings(_Section):
     mode: Literal["token", "none"] = Field("none", description="token: Docker token auth (coming); none: open")
-    service: str = "hanzo-registry"
-    issuer: str = "hanzo-registry"
-    token_ttl_seconds: int = Field(300, ge=60)
-    bootstrap_admin_key: SecretStr | None = None
+    service: str = Field("hanzo-registry", description="Token audience (the `service` of the challenge)")
+    issuer: str = Field("hanzo-registry", description="Token issuer")
+    token_ttl_seconds: int = Field(300, ge=60, description="Lifetime of issued tokens")
+    bootstrap_admin_key: SecretStr | None = Field(None, description="API key of the first admin (else random)")
 
 
 class ServerSettings(_Section):
-    grpc_addr: str = "127.0.0.1:0"
+    grpc_addr: str = Field("127.0.0.1:0", description="gRPC listen address (port 0: any free port)")
     ops_addr: str = Field("127.0.0.1:0", description="/metrics /healthz /readyz of a headless service")
-    shutdown_grace_seconds: float = 10.0
+    shutdown_grace_seconds: float = Field(10.0, description="Time to finish in-flight work on SIGTERM")
 
 
 class Settings(BaseSettings):
@@ -198,7 +203,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         return Settings(**data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise SettingsError(f"invalid configuration: {problems}") from exc

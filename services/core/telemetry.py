@@ -147,9 +147,7 @@ class Metrics:
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 
 
-def setup_tracing(
-    settings: TelemetrySettings, service_name: str, *, set_global: bool = True
-) -> TracerProvider:
+def setup_tracing(settings: TelemetrySettings, service_name: str, *, set_global: bool = True) -> TracerProvider:
     """Build the tracer provider for a service and (by default) install it as the global one.
 
     Exporter "none" records spans without exporting them, so trace ids still reach logs, envelopes and
@@ -371,9 +369,7 @@ class _ServiceHandler(logging.StreamHandler[TextIO]):
     """Marks the handler setup_logging installed, so calling it again replaces rather than duplicates."""
 
 
-def setup_logging(
-    settings: TelemetrySettings, service_name: str, *, stream: TextIO | None = None
-) -> logging.Handler:
+def setup_logging(settings: TelemetrySettings, service_name: str, *, stream: TextIO | None = None) -> logging.Handler:
     """Send every log record to `stream` (default stderr) as JSON lines (or text, per
     `settings.log_format`), with credentials redacted, at `settings.log_level`. Idempotent: replaces the
     handler a previous call installed and leaves other handlers (e.g. pytest's) alone. Returns the handler.

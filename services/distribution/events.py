@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.core.events.envelope import encode, new_envelope, topic_for
@@ -23,14 +24,14 @@ def _built(payload: object, repository: str, actor: str) -> Built:
     return Built(new_envelope(payload, repository=repository, actor=actor, trace_headers=inject_headers()))
 
 
-def manifest_pushed(record: ManifestRecord, *, tag: str | None, actor: str, parsed: ParsedManifest) -> Built:
+def manifest_pushed(record: ManifestRecord, *, tags: Sequence[str], actor: str, parsed: ParsedManifest) -> Built:
     return _built(
         pb.ManifestPushed(
             repository=record.repository,
             digest=str(record.digest),
             media_type=record.media_type,
             size=record.size,
-            tags=[tag] if tag else [],
+            tags=list(tags),
             subject_digest=str(record.subject) if record.subject else "",
             artifact_type=record.artifact_type or "",
             actor=actor,

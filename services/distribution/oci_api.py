@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from services.core.errors import (
     DeniedError,
@@ -19,6 +20,7 @@ from services.core.errors import (
     RangeInvalidError,
     SizeInvalidError,
     TagInvalidError,
+    TooManyTagsError,
     UnsupportedError,
 )
 from services.core.oci.digest import Digest
@@ -32,6 +34,7 @@ from services.distribution.registry import Registry
 CHUNK = 1 << 20
 REFERRERS_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 MAX_PAGE = 10_000
+MAX_TAG_PARAMS = 100
 _UPLOADS, _BLOBS, _MANIFESTS, _REFERRERS, _TAGS = (
     "/blobs/uploads",
     "/blobs/",
@@ -220,12 +223,14 @@ async def start_upload(request: web.Request, route: Route) -> web.Response:
     registry = _registry(request)
     mount = _query_digest(request, "mount")
     source = request.query.get("from")
-    if mount is not None and source:
-        source_repo = RepositoryName(source)
-        if await _access(request).can_read(principal, str(source_repo)):
-            mounted = await registry.mount(repo, source_repo, mount)
-            if mounted is not None:
-                return _blob_created(repo, mounted.digest)
+    if mount is not None:
+        sources = [source] if source else await registry.meta.repositories_linking(mount, limit=50)
+        for candidate in sources:
+            source_repo = RepositoryName(candidate)
+            if source_repo != repo and await _access(request).can_read(principal, str(source_repo)):
+                mounted = await registry.mount(repo, source_repo, mount)
+                if mounted is not None:
+                    return _blob_created(repo, mounted.digest)
     digest = _query_digest(request)
     upload_id = await registry.start_upload(repo, actor=principal.name)
     if digest is None:
@@ -347,21 +352,32 @@ async def put_manifest(request: web.Request, route: Route) -> web.Response:
     force = request.headers.get("X-Hanzo-Force", "").lower() == "true"
     if force and not principal.may_force:
         raise DeniedError(f"{principal.name} may not force-move tags in {repo}")
+    extra_tags = request.query.getall("tag", [])
+    if extra_tags and not isinstance(reference, Digest):
+        raise TagInvalidError("?tag= parameters are only allowed on a push by digest")
+    if len(extra_tags) > MAX_TAG_PARAMS:
+        raise TooManyTagsError(f"at most {MAX_TAG_PARAMS} tag parameters per push; got {len(extra_tags)}")
     pushed = await _registry(request).put_manifest(
         repo,
         reference,
         data,
         request.headers.get("Content-Type"),
         actor=principal.name,
+        extra_tags=[Tag(t) for t in extra_tags],
         force=force,
     )
-    headers = {
-        "Location": f"/v2/{repo}/manifests/{pushed.digest}",
-        "Docker-Content-Digest": str(pushed.digest),
-        "Content-Length": "0",
-    }
+    headers = CIMultiDict(
+        {
+            "Location": f"/v2/{repo}/manifests/{pushed.digest}",
+            "Docker-Content-Digest": str(pushed.digest),
+            "Content-Length": "0",
+        }
+    )
     if pushed.subject is not None:
         headers["OCI-Subject"] = str(pushed.subject)
+    if extra_tags:
+        for tag in pushed.tags:
+            headers.add("OCI-Tag", tag)
     return web.Response(status=201, headers=headers)
 
 

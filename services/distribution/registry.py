@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 
 from services.core.errors import (
@@ -48,7 +48,7 @@ _CAS_ATTEMPTS = 5
 class PushedManifest:
     digest: Digest
     subject: Digest | None
-    tag: str | None
+    tags: tuple[str, ...]
 
 
 class Registry:
@@ -170,8 +170,11 @@ class Registry:
         content_type: str | None,
         *,
         actor: str,
+        extra_tags: Sequence[Tag] = (),
         force: bool = False,
     ) -> PushedManifest:
+        """Store a manifest and point its tags at it: the reference when it is a tag, plus
+        `extra_tags` (the `?tag=` parameters of a push by digest)."""
         parsed = parse_manifest(data, content_type, max_bytes=self.settings.max_manifest_bytes)
         if isinstance(reference, Digest) and reference != parsed.digest:
             if reference.algorithm != parsed.digest.algorithm:
@@ -184,7 +187,8 @@ class Registry:
                 )
         await self._check_references(repo, parsed)
         await self.meta.ensure_repository(str(repo), namespace=repo.namespace)
-        tag = None if isinstance(reference, Digest) else str(reference)
+        tags = list(dict.fromkeys([*([str(reference)] if isinstance(reference, Tag) else []),
+                                   *(str(t) for t in extra_tags)]))
         record = ManifestRecord(
             repository=str(repo),
             digest=parsed.digest,
@@ -199,32 +203,25 @@ class Registry:
         )
         for _attempt in range(_CAS_ATTEMPTS):
             ops: list[Operation] = [self.meta.put_manifest_op(record)]
-            outbound = [self._event(events.manifest_pushed(record, tag=tag, actor=actor, parsed=parsed))]
-            if tag is not None:
+            outbound = [self._event(events.manifest_pushed(record, tags=tags, actor=actor, parsed=parsed))]
+            for tag in tags:
                 current = await self.meta.tag(str(repo), tag)
-                if current is None or current.digest != parsed.digest:
-                    self._check_tag_mutable(repo, tag, current, force=force)
-                    ops.append(self.meta.set_tag_op(str(repo), tag, parsed.digest, current=current))
-                    outbound.append(
-                        self._event(
-                            events.tag_updated(
-                                str(repo),
-                                tag,
-                                parsed.digest,
-                                current.digest if current else None,
-                                actor=actor,
-                                forced=force and current is not None,
-                            )
-                        )
-                    )
+                if current is not None and current.digest == parsed.digest:
+                    continue
+                self._check_tag_mutable(repo, tag, current, force=force)
+                ops.append(self.meta.set_tag_op(str(repo), tag, parsed.digest, current=current))
+                previous = current.digest if current else None
+                forced = force and current is not None
+                built = events.tag_updated(str(repo), tag, parsed.digest, previous, actor=actor, forced=forced)
+                outbound.append(self._event(built))
             try:
                 await self.outbox.commit(ops, outbound)
                 break
             except ConflictError:
                 continue
         else:
-            raise ConflictError(f"tag {tag} of {repo} kept changing; retry the push")
-        return PushedManifest(parsed.digest, record.subject, tag)
+            raise ConflictError(f"tags {', '.join(tags)} of {repo} kept changing; retry the push")
+        return PushedManifest(parsed.digest, record.subject, tuple(tags))
 
     def _check_tag_mutable(self, repo: RepositoryName, tag: str, current: TagRecord | None, *, force: bool) -> None:
         if current is None or force:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from minio import Minio
 from minio.deleteobjects import DeleteObject
+from pydantic import SecretStr
 
 from services.core.errors import (
     BlobUnknownError,
@@ -78,7 +79,7 @@ def _s3_harness() -> Harness:
                 endpoint=endpoint,
                 bucket=bucket,
                 access_key=access_key,
-                secret_key=secret_key,  # type: ignore[arg-type]
+                secret_key=SecretStr(secret_key),
                 prefix=prefix,
                 # Smallest legal part by default, so modest test blobs already span several parts.
                 part_size=part_size or 5 * MIB,
@@ -99,7 +100,7 @@ def _s3_harness() -> Harness:
             errors = list(client.remove_objects(bucket, [DeleteObject(n) for n in names]))
             assert not errors, errors
             for upload in client._list_multipart_uploads(bucket, prefix=f"{prefix}/").uploads:
-                client._abort_multipart_upload(bucket, upload.object_name, upload.upload_id)
+                client._abort_multipart_upload(bucket, upload.object_name, upload.upload_id or "")
 
         await asyncio.to_thread(remove)
 

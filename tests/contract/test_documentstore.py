@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,11 +15,12 @@ from typing import Any, Protocol
 import pytest
 
 from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index
-from services.core.storage.mongo import LOCKS_COLLECTION, MongoDocumentStore
+from services.core.storage.mongo import LOCKS_COLLECTION, DocumentLockTimeoutError, MongoDocumentStore
 from services.core.storage.sqlite import SqliteDocumentStore
 from tests.conftest import infra
 
 MONGO_TEST_DATABASE = "hanzo_registry_contract"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _AdminStore(DocumentStore, Protocol):
@@ -266,7 +270,7 @@ async def test_delete_with_and_without_expect(backend: Backend) -> None:
 async def test_find_where_order_after_limit(backend: Backend) -> None:
     s, c = backend.store, backend.name()
     await s.ensure_collection(c, [Index(("repo", "size"))])
-    docs = [
+    docs: list[dict[str, Any]] = [
         {"_id": "e", "repo": "r", "size": 5, "kind": "x"},
         {"_id": "a", "repo": "r", "size": 3, "kind": None},
         {"_id": "c", "repo": "r", "size": 3.5},
@@ -278,7 +282,10 @@ async def test_find_where_order_after_limit(backend: Backend) -> None:
     ]
     for d in docs:
         await s.insert(c, d)
-    ids = lambda found: [d["_id"] for d in found]  # noqa: E731
+
+    def ids(found: list[dict[str, Any]]) -> list[str]:
+        return [d["_id"] for d in found]
+
     assert ids(await s.find(c)) == ["a", "b", "c", "d", "e", "f", "g", "h"]
     assert ids(await s.find(c, {"repo": "r"}, order_by="size")) == ["g", "f", "a", "b", "c", "e", "h"]
     assert ids(await s.find(c, {"repo": "r"}, order_by="size", after=3)) == ["c", "e", "h"]
@@ -492,3 +499,87 @@ async def test_leftover_check_sees_what_a_test_creates(backend: Backend) -> None
     await s.drop_collection(backend.name("a"))
     await s.drop_collection(backend.name("b"))
     assert await backend.leftovers() == []
+
+
+_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from services.core.storage.mongo import MongoDocumentStore
+from services.core.storage.sqlite import SqliteDocumentStore
+
+async def main(kind, where, coll, n):
+    store = SqliteDocumentStore(Path(where)) if kind == "sqlite" else MongoDocumentStore(where, sys.argv[5])
+    try:
+        for _ in range(n):
+            while True:
+                doc = await store.get(coll, "n")
+                if await store.update(coll, "n", {"v": doc["v"] + 1}, expect={"v": doc["v"]}):
+                    break
+    finally:
+        await store.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+"""
+
+
+async def test_compare_and_set_across_processes_loses_nothing(
+    backend: Backend, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    s, c = backend.store, backend.name()
+    await s.ensure_collection(c)
+    await s.insert(c, {"_id": "n", "v": 0})
+    if isinstance(s, SqliteDocumentStore):
+        kind, where = "sqlite", str(tmp_path / "metadata.db")
+    else:
+        kind, where = "mongo", infra("HANZO_TEST_MONGO_URI")
+    per_process = 25
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _CHILD,
+            kind,
+            where,
+            c,
+            str(per_process),
+            MONGO_TEST_DATABASE,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for _ in range(3)
+    ]
+    codes = await asyncio.wait_for(asyncio.gather(*(child.wait() for child in children)), 120)
+    assert codes == [0, 0, 0]
+    assert await s.get(c, "n") == {"_id": "n", "v": 3 * per_process}
+
+
+@pytest.mark.mongo
+async def test_mongo_write_lock_of_a_dead_writer_expires() -> None:
+    """MongoDB adapter, FerretDB mode: a lock left by a crashed writer is broken once its lease is
+    over; a live one makes a writer wait, then give up. Forced on, so it runs on MongoDB as well."""
+    store = MongoDocumentStore(
+        infra("HANZO_TEST_MONGO_URI"),
+        MONGO_TEST_DATABASE,
+        serialize_writes=True,
+        lock_acquire_timeout_seconds=0.5,
+    )
+    c = f"lock_{uuid.uuid4().hex[:12]}"
+    lock_id = f"{c}/k"
+    try:
+        await store.insert(c, {"_id": "k", "v": 0})
+        await store.insert(LOCKS_COLLECTION, {"_id": lock_id, "token": "dead", "expires": time.time() - 1})
+        assert await store.update(c, "k", {"v": 1}, expect={"v": 0}) is True
+        assert await store.get(LOCKS_COLLECTION, lock_id) is None
+        await store.insert(LOCKS_COLLECTION, {"_id": lock_id, "token": "alive", "expires": time.time() + 60})
+        with pytest.raises(DocumentLockTimeoutError):
+            await store.update(c, "k", {"v": 2})
+        assert await store.delete(LOCKS_COLLECTION, lock_id) is True
+        assert await store.update(c, "k", {"v": 2}, expect={"v": 1}) is True
+        assert await store.get(c, "k") == {"_id": "k", "v": 2}
+    finally:
+        await store.delete(LOCKS_COLLECTION, lock_id)
+        await store.drop_collection(c)
+        leftovers = [n for n in await store.collection_names() if n == c]
+        leftovers += [d["_id"] for d in await store.find(LOCKS_COLLECTION) if d["_id"].startswith(c)]
+        await store.close()
+    assert leftovers == []

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import infra
 
 from services.core.events.kafka import KafkaEventLog
 from services.core.events.local import LocalEventLog
 from services.core.events.log import Delivery, EventLog, Subscription
+from tests.conftest import infra
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_LEASE_SECONDS = 1.5

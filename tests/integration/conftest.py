@@ -28,11 +28,16 @@ def distributed_settings(data_dir: Path, run_id: str, **overrides: object) -> Se
         data_dir=data_dir,
         auth={"mode": "none"},
         metadata={"kind": "mongo", "uri": infra("HANZO_TEST_MONGO_URI"), "database": f"hzr_test_{run_id}"},
-        storage={"blobs": {
-            "kind": "s3", "endpoint": infra("HANZO_TEST_S3_ENDPOINT"), "bucket": infra("HANZO_TEST_S3_BUCKET"),
-            "access_key": infra("HANZO_TEST_S3_ACCESS_KEY"), "secret_key": infra("HANZO_TEST_S3_SECRET_KEY"),
-            "prefix": f"test-{run_id}",
-        }},
+        storage={
+            "blobs": {
+                "kind": "s3",
+                "endpoint": infra("HANZO_TEST_S3_ENDPOINT"),
+                "bucket": infra("HANZO_TEST_S3_BUCKET"),
+                "access_key": infra("HANZO_TEST_S3_ACCESS_KEY"),
+                "secret_key": infra("HANZO_TEST_S3_SECRET_KEY"),
+                "prefix": f"test-{run_id}",
+            }
+        },
         events={"kind": "kafka", "bootstrap_servers": infra("HANZO_TEST_KAFKA")},
         topics={name: f"{name}-{run_id}" for name in ("manifests", "tags", "blobs", "audit")},
         **overrides,
@@ -79,16 +84,17 @@ async def running(settings: Settings, name: str) -> AsyncIterator[Assembly]:
 
 ASSEMBLIES = ["embedded", pytest.param("distributed", marks=[pytest.mark.kafka, pytest.mark.mongo, pytest.mark.s3])]
 if os.environ.get("HANZO_TEST_ASSEMBLIES"):
-    ASSEMBLIES = [a for a in ASSEMBLIES if (a if isinstance(a, str) else a.values[0])
-                  in os.environ["HANZO_TEST_ASSEMBLIES"].split(",")]
+    ASSEMBLIES = [
+        a
+        for a in ASSEMBLIES
+        if (a if isinstance(a, str) else a.values[0]) in os.environ["HANZO_TEST_ASSEMBLIES"].split(",")
+    ]
 
 
 @pytest.fixture(params=ASSEMBLIES)
 async def assembly(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Assembly]:
     run_id = uuid.uuid4().hex[:10]
-    if request.param == "embedded":
-        settings = embedded_settings(tmp_path)
-    else:
-        settings = distributed_settings(tmp_path, run_id)
+    embedded = request.param == "embedded"
+    settings = embedded_settings(tmp_path) if embedded else distributed_settings(tmp_path, run_id)
     async with running(settings, request.param) as a:
         yield a

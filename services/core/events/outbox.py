@@ -176,7 +176,12 @@ class Outbox:
                 "created": time.time(),
                 "ops": [_encode_op(op) for op in ops],
                 "events": [
-                    {"topic": e.topic, "key": e.key, "value": e.value, "headers": [{"k": k, "v": v} for k, v in e.headers]}
+                    {
+                        "topic": e.topic,
+                        "key": e.key,
+                        "value": e.value,
+                        "headers": [{"k": k, "v": v} for k, v in e.headers],
+                    }
                     for e in events
                 ],
             },

@@ -44,6 +44,10 @@ class RangeNotSatisfiableError(RangeInvalidError):
     def content_range(self) -> str:
         return f"bytes */{self.size}"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": self.content_range}
+
 
 def parse_range_header(value: str | None, size: int) -> ByteRange | None:
     """The single byte range a GET asks for, clipped to the blob; None means send the whole blob.
@@ -73,7 +77,8 @@ def parse_range_header(value: str | None, size: int) -> ByteRange | None:
         return ByteRange(max(0, size - suffix), size - 1)
     start = int(first)
     if last and int(last) < start:
-        return None
+        # aiohttp's sendfile path answers 416 here; the streaming path must agree with it.
+        raise RangeNotSatisfiableError(f"range {specs[0]!r} ends before it starts", size=size)
     if start >= size:
         raise RangeNotSatisfiableError(
             f"range {specs[0]!r} starts at or past the end of a {size}-byte blob", size=size

@@ -147,6 +147,11 @@ class MetadataStore:
     def unlink_blob_op(self, repository: str, digest: Digest) -> Operation:
         return Delete(BLOB_LINKS, _key(repository, "@", str(digest)))
 
+    async def repositories_linking(self, digest: Digest, *, limit: int) -> list[str]:
+        """Repositories that link `digest` (for mounts that do not name their source)."""
+        docs = await self.docs.find(BLOB_LINKS, {"digest": str(digest)}, limit=limit)
+        return [d["repository"] for d in docs]
+
     async def linked_digests(self, repository: str, digests: Sequence[str]) -> set[str]:
         found: set[str] = set()
         for d in digests:

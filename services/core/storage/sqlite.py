@@ -232,6 +232,9 @@ class SqliteDocumentStore:
             if not index.fields:
                 raise ValueError("an index needs at least one field")
             exprs = ", ".join(_expr(f) for f in index.fields)
+            if not index.unique and "_id" not in index.fields:
+                # Ending in _id, the index also yields find's tie order without a sort.
+                exprs += ", _id"
             index_name = "__".join((name, *index.fields))
             unique = "UNIQUE " if index.unique else ""
             try:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from services.core.events.envelope import new_envelope
 from services.core.proto.hanzo.registry.v1 import events_pb2
@@ -90,7 +90,8 @@ def test_trace_context_survives_kafka_headers(provider: TracerProvider) -> None:
     assert remote.span_id == span.get_span_context().span_id
     with tracer.start_as_current_span("consume", context=ctx) as child:
         assert child.get_span_context().trace_id == span.get_span_context().trace_id
-        assert child.parent is not None and child.parent.span_id == span.get_span_context().span_id
+        assert isinstance(child, ReadableSpan) and child.parent is not None
+        assert child.parent.span_id == span.get_span_context().span_id
 
 
 def test_trace_context_survives_envelope(provider: TracerProvider) -> None:
@@ -117,12 +118,12 @@ def test_no_span_no_headers() -> None:
 
 
 def test_kafka_headers_tolerate_bad_bytes() -> None:
-    assert kafka_headers_to_dict([("a", b"\xff"), ("b", None)]) == {"a": "\ufffd", "b": ""}  # type: ignore[list-item]
+    assert kafka_headers_to_dict([("a", b"\xff"), ("b", None)]) == {"a": "\ufffd", "b": ""}
 
 
 @pytest.mark.parametrize("exporter", ["console", "otlp"])
 def test_exporters_build(exporter: str) -> None:
-    settings = TelemetrySettings(traces_exporter=exporter)  # type: ignore[arg-type]
+    settings = TelemetrySettings(traces_exporter=exporter)
     provider = setup_tracing(settings, "test", set_global=False)
     provider.shutdown()
 
