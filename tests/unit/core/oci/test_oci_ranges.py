@@ -56,7 +56,14 @@ def test_ignored_headers_mean_the_whole_blob(header: str | None) -> None:
 
 @pytest.mark.parametrize(
     ("header", "size"),
-    [("bytes=100-", 100), ("bytes=100-200", 100), ("bytes=5-2", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=-5", 0)],
+    [
+        ("bytes=100-", 100),
+        ("bytes=100-200", 100),
+        ("bytes=5-2", 100),
+        ("bytes=-0", 100),
+        ("bytes=0-", 0),
+        ("bytes=-5", 0),
+    ],
 )
 def test_unsatisfiable_ranges_carry_the_size(header: str, size: int) -> None:
     with pytest.raises(RangeNotSatisfiableError) as exc:
