@@ -17,7 +17,7 @@ from opentelemetry import trace
 
 from services.core.bootstrap import Container
 from services.core.events.envelope import EnvelopeDecodeError, decode
-from services.core.events.log import Delivery, EventLog, Subscription
+from services.core.events.log import Delivery, EventLog, LagReporting, Subscription, TopicAdmin
 from services.core.proto.hanzo.registry.v1 import events_pb2
 from services.core.settings import ConsumerSettings
 from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index
@@ -26,6 +26,7 @@ from services.core.telemetry import Metrics, extract_context, kafka_headers_to_d
 log = logging.getLogger(__name__)
 
 PROCESSED = "processed_events"
+LAG_REPORT_SECONDS = 5.0
 EventHandler = Callable[[events_pb2.Envelope], Awaitable[None]]
 Probe = Callable[[], Awaitable[None]]
 
@@ -50,6 +51,7 @@ class EventConsumer:
     dead_letter_suffix: str = ".dlq"
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     _subscription: Subscription | None = field(default=None, init=False, repr=False)
+    _next_lag_report: float = field(default=0.0, init=False, repr=False)
 
     async def setup(self) -> None:
         await self.docs.ensure_collection(PROCESSED, [Index(("group",))])
@@ -75,8 +77,24 @@ class EventConsumer:
                     break
                 # The in-flight record is finished and acked even when stop arrives meanwhile.
                 await self.handle(delivery)
+                await self._report_lag(subscription)
         finally:
             await subscription.close()
+
+    async def _report_lag(self, subscription: Subscription) -> None:
+        now = time.monotonic()
+        if not isinstance(subscription, LagReporting) or now < self._next_lag_report:
+            return
+        self._next_lag_report = now + LAG_REPORT_SECONDS
+        try:
+            lags = await subscription.lag()
+        except Exception as exc:  # a metric must never stop consumption
+            log.debug("lag of %s unavailable: %s", self.topic, exc)
+            return
+        for partition, lag in lags.items():
+            self.metrics.event_consumer_lag.labels(
+                service=self.service, topic=self.topic, partition=str(partition)
+            ).set(lag)
 
     async def handle(self, delivery: Delivery) -> None:
         record = delivery.record
@@ -223,6 +241,7 @@ class ServiceParts:
 
     name: str
     consumes: list[tuple[str, EventHandler]] = field(default_factory=list)
+    produces: list[str] = field(default_factory=list)
     grpc: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
     http: web.Application | None = None
     loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(default_factory=list)
@@ -251,6 +270,11 @@ async def run_parts(
     ]
     for consumer in consumers:
         await consumer.setup()
+    if isinstance(c.events, TopicAdmin):
+        # Created up front so partition counts are ours, not the broker's auto-create defaults.
+        topics = {t for cons in consumers for t in (cons.topic, cons.topic + cons.dead_letter_suffix)}
+        topics |= {t for p in parts for t in p.produces}
+        await c.events.ensure_topics(sorted(topics))
     http_apps = [p.http for p in parts if p.http is not None]
     app = http_apps[0] if http_apps else ops_app(c.metrics, [c.blobs.ping, c.docs.ping, c.events.ping])
     runner = await start_http(app, http_addr or (settings.addr if http_apps else settings.server.ops_addr))

@@ -30,4 +30,10 @@ async def build(c: Container) -> ServiceParts:
         on_published=lambda topic: c.metrics.events_published.labels(topic=topic).inc(),
     )
     c.outbox.on_commit(relay.wake)
-    return ServiceParts(name="distribution", http=create_app(c, access=build_access(c)), loops=[relay.run])
+    topics = c.settings.topics
+    return ServiceParts(
+        name="distribution",
+        http=create_app(c, access=build_access(c)),
+        loops=[relay.run],
+        produces=[topics.manifests, topics.tags, topics.blobs, topics.audit],
+    )

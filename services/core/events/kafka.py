@@ -310,6 +310,19 @@ class KafkaSubscription:
             return
         self._committed[tp] = offset
 
+    async def lag(self) -> dict[int, int]:
+        """Records behind the partition's high watermark, per assigned partition (LagReporting)."""
+        lags: dict[int, int] = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            committed = self._committed.get(tp)
+            if committed is None:
+                committed = await self._consumer.committed(tp) or 0
+            lags[tp.partition] = max(0, high - committed)
+        return lags
+
     async def close(self) -> None:
         """Leave the group; the partitions' next owners resume from the committed offsets. Idempotent."""
         if self._closed:

@@ -348,6 +348,24 @@ class LocalSubscription:
 
         await self._log._run(write)
 
+    async def lag(self) -> dict[int, int]:
+        """Records not yet committed by this group, per owned partition (the LagReporting capability)."""
+        owned = sorted(self._positions)
+        topic, group = self.topic, self.group
+
+        def read(conn: sqlite3.Connection) -> dict[int, int]:
+            lags: dict[int, int] = {}
+            for partition in owned:
+                row = conn.execute(
+                    "SELECT COALESCE((SELECT next_offset FROM heads WHERE topic = ? AND partition = ?), 0) - "
+                    "COALESCE((SELECT committed FROM offsets WHERE group_id = ? AND topic = ? AND partition = ?), 0)",
+                    (topic, partition, group, topic, partition),
+                ).fetchone()
+                lags[partition] = max(0, int(row[0]))
+            return lags
+
+        return await self._log._run(read)
+
     async def close(self) -> None:
         """Leave the group: leases go back at once, unacked records go to the next owner. Idempotent."""
         if self._closed:

@@ -62,3 +62,25 @@ class EventLog(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class LagReporting(Protocol):
+    """Optional capability of a Subscription: how far behind the log head each owned partition is."""
+
+    async def lag(self) -> dict[int, int]:
+        """Records not yet consumed (head - committed offset) per owned partition."""
+        ...
+
+
+@runtime_checkable
+class TopicAdmin(Protocol):
+    """Optional capability of an EventLog: create and remove topics explicitly."""
+
+    async def ensure_topics(self, names: Sequence[str], *, partitions: int | None = None) -> None:
+        """Create missing topics. Idempotent."""
+        ...
+
+    async def delete_topics(self, names: Sequence[str]) -> None:
+        """Remove topics and their records. Idempotent."""
+        ...

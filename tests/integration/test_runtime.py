@@ -1,0 +1,308 @@
+"""The service runtime: consumer semantics (dedupe, retry, dead letters), ops endpoints, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.core.bootstrap import build_document_store, build_event_log
+from services.core.events.envelope import decode, encode, new_envelope
+from services.core.events.log import EventLog
+from services.core.proto.hanzo.registry.v1 import events_pb2 as pb
+from services.core.runtime import PROCESSED, EventConsumer, PoisonEventError
+from services.core.settings import ConsumerSettings, load_settings
+from services.core.storage.documents import DocumentStore
+from services.core.telemetry import Metrics, dict_to_kafka_headers, inject_headers
+from tests.conftest import infra
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Bed:
+    def __init__(self, docs: DocumentStore, events: EventLog, topic: str) -> None:
+        self.docs, self.events, self.topic = docs, events, topic
+        self.metrics = Metrics()
+
+    def consumer(self, handler: Any, *, attempts: int = 3) -> EventConsumer:
+        async def no_sleep(_: float) -> None:
+            return None
+
+        return EventConsumer(
+            events=self.events,
+            docs=self.docs,
+            metrics=self.metrics,
+            service="test",
+            topic=self.topic,
+            group=f"g-{self.topic}",
+            handler=handler,
+            settings=ConsumerSettings(max_attempts=attempts, backoff_initial_seconds=0.01),
+            sleep=no_sleep,
+        )
+
+    async def publish(self, env: pb.Envelope, *, headers: list[tuple[str, bytes]] | None = None) -> None:
+        await self.events.publish(self.topic, env.repository, encode(env), headers=headers or [])
+
+    async def drain(self, consumer: EventConsumer, until: Any, timeout: float = 60.0) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(consumer.run(stop))
+        try:
+            async with asyncio.timeout(timeout):
+                while not until():
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+
+    async def dead_letters(self, expected: int, timeout: float = 60.0) -> list[Any]:
+        sub = await self.events.subscribe(self.topic + ".dlq", f"dlq-{uuid.uuid4().hex[:6]}")
+        out = []
+        try:
+            async with asyncio.timeout(timeout):
+                async for d in sub:
+                    out.append(d.record)
+                    await d.ack()
+                    if len(out) >= expected:
+                        break
+        finally:
+            await sub.close()
+        return out
+
+
+@pytest.fixture(params=["local", pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.mongo])])
+async def bed(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Bed]:
+    run_id = uuid.uuid4().hex[:10]
+    raw: dict[str, Any] = {"data_dir": str(tmp_path)}
+    if request.param == "kafka":
+        raw["metadata"] = {"kind": "mongo", "uri": infra("HANZO_TEST_MONGO_URI"), "database": f"hzr_rt_{run_id}"}
+        raw["events"] = {"kind": "kafka", "bootstrap_servers": infra("HANZO_TEST_KAFKA")}
+    settings = load_settings(**raw)
+    b = Bed(build_document_store(settings), build_event_log(settings), f"test-runtime-{run_id}")
+    await b.events.ensure_topics([b.topic, b.topic + ".dlq"])  # type: ignore[attr-defined]
+    try:
+        yield b
+    finally:
+        await b.events.delete_topics([b.topic, b.topic + ".dlq"])  # type: ignore[attr-defined]
+        await b.docs.drop_collection(PROCESSED)
+        await b.docs.close()
+        await b.events.close()
+
+
+def _event(tag: str = "t") -> pb.Envelope:
+    return new_envelope(pb.TagUpdated(repository="team/app", tag=tag), repository="team/app")
+
+
+async def test_duplicates_are_handled_once(bed: Bed) -> None:
+    env = _event()
+    seen: list[str] = []
+
+    async def handler(e: pb.Envelope) -> None:
+        seen.append(e.id)
+
+    await bed.publish(env)
+    await bed.publish(env)  # a relay that died after publishing, before deleting its intent
+    await bed.publish(_event("other"))
+    consumer = bed.consumer(handler)
+    await consumer.setup()
+    await bed.drain(
+        consumer,
+        lambda: (
+            len(seen) >= 2
+            and bed.metrics.events_consumed.labels(service="test", topic=bed.topic, outcome="duplicate")._value.get()
+            >= 1
+        ),
+    )
+    assert seen.count(env.id) == 1 and len(seen) == 2
+
+
+async def test_transient_failures_are_retried(bed: Bed) -> None:
+    calls = 0
+
+    async def flaky(_: pb.Envelope) -> None:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionError("dependency hiccup")
+
+    await bed.publish(_event())
+    consumer = bed.consumer(flaky, attempts=5)
+    await consumer.setup()
+    await bed.drain(consumer, lambda: calls >= 3)
+    assert calls == 3
+
+
+async def test_failing_and_poison_records_go_to_the_dead_letter_topic(bed: Bed) -> None:
+    async def broken(e: pb.Envelope) -> None:
+        if e.tag_updated.tag == "poison":
+            raise PoisonEventError("cannot ever handle this")
+        raise RuntimeError("always fails")
+
+    await bed.publish(_event("fails"))
+    await bed.publish(_event("poison"))
+    await bed.events.publish(bed.topic, "team/app", b"not an envelope")
+    consumer = bed.consumer(broken, attempts=2)
+    await consumer.setup()
+    counter = bed.metrics.dead_letters.labels(service="test", topic=bed.topic)
+    await bed.drain(consumer, lambda: counter._value.get() >= 3)
+    records = await bed.dead_letters(3)
+    reasons = sorted(dict(r.headers)["dead-letter-reason"].decode()[:12] for r in records)
+    assert reasons == ["always fails", "cannot ever ", "undecodable:"]
+
+
+async def test_trace_context_crosses_the_log(bed: Bed) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    tracer = provider.get_tracer("test")
+    spans: list[Any] = []
+
+    async def handler(_: pb.Envelope) -> None:
+        spans.append(trace.get_current_span().get_span_context())
+
+    with tracer.start_as_current_span("producer") as span:
+        trace_id = span.get_span_context().trace_id
+        headers = dict_to_kafka_headers(inject_headers())
+    await bed.publish(_event(), headers=headers)
+    consumer = bed.consumer(handler)
+    await consumer.setup()
+    await bed.drain(consumer, lambda: bool(spans))
+    assert spans[0].trace_id == trace_id
+
+
+# processes
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> tuple[int, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the service exited early"
+        try:
+            return _get(url)
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} never answered")
+
+
+@pytest.mark.parametrize("service", ["scanner", "gc", "serve"])
+def test_services_start_answer_ops_endpoints_and_stop_on_sigterm(tmp_path: Path, service: str) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "HANZO_REGISTRY_DATA_DIR": str(tmp_path),
+        "HANZO_REGISTRY_AUTH__MODE": "none",
+        "HANZO_REGISTRY_SERVER__OPS_ADDR": f"127.0.0.1:{port}",
+        "HANZO_REGISTRY_ADDR": f"127.0.0.1:{port}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", service],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        status, body = _wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+        assert status == 200, body
+        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        status, metrics = _get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and "hanzo_registry_build_info" in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert any(line["msg"] == "stopped" for line in lines), stderr[-2000:]
+
+
+def test_readyz_fails_when_a_port_is_unreachable(tmp_path: Path) -> None:
+    port, dead = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "HANZO_REGISTRY_DATA_DIR": str(tmp_path),
+        "HANZO_REGISTRY_SERVER__OPS_ADDR": f"127.0.0.1:{port}",
+        "HANZO_REGISTRY_STORAGE__BLOBS__KIND": "s3",
+        "HANZO_REGISTRY_STORAGE__BLOBS__ENDPOINT": f"127.0.0.1:{dead}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "gc"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        status, body = _wait_ready(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
+        assert (status == 503 and "S3BlobStore" in body) or "ping" in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_bad_configuration_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("metadata:\n  kind: cassandra\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "--config", str(config), "check-config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "metadata" in proc.stderr and "cassandra" in proc.stderr
+
+
+def test_environment_overrides_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "ok.yaml"
+    config.write_text("addr: 127.0.0.1:6000\nmetadata:\n  kind: mongo\n  uri: mongodb://user:hunter2@db:27017\n")
+    env = {**os.environ, "HANZO_REGISTRY_ADDR": "127.0.0.1:7000"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "--config", str(config), "check-config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert shown["addr"] == "127.0.0.1:7000" and shown["metadata"]["kind"] == "mongo"
+    assert "hunter2" not in proc.stdout, "secrets are masked"
+
+
+def test_decode_keeps_unknown_fields_safe() -> None:
+    env = _event()
+    assert decode(encode(env)).id == env.id
