@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables are used by the sourcing scripts
 # Shared settings and helpers for deploy/local/*.sh (sourced, not executed).
 
 HANZO_LOCAL_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -54,19 +54,24 @@ daemonize() {
   local name=$1; shift
   mkdir -p "$LOGS"
   (
-    for fdp in /proc/$BASHPID/fd/*; do
+    for fdp in "/proc/$BASHPID/fd/"*; do
       fd=${fdp##*/}
       [[ $fd =~ ^[0-9]+$ ]] && ((fd > 2)) && eval "exec $fd>&-"
     done 2>/dev/null
-    cd "$STATE"
+    cd "$STATE" || exit 1
     exec setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null
   ) &
   echo $! >"$STATE/$name.pid"
 }
 
 log_tail() { # name
-  echo "----- last 40 lines of $LOGS/$1.log -----" >&2
-  tail -n 40 "$LOGS/$1.log" >&2 2>/dev/null || true
+  local f="$LOGS/$1.log"
+  echo "----- last 40 lines of $f -----" >&2
+  tail -n 40 "$f" >&2 2>/dev/null || true
+  if grep -qE 'ERROR|FATAL|Exception|^E[0-9]{4} |panic:' "$f" 2>/dev/null; then
+    echo "----- first error lines in $f -----" >&2
+    grep -m 10 -E 'ERROR|FATAL|Exception|^E[0-9]{4} |panic:' "$f" >&2 || true
+  fi
   echo "-----" >&2
 }
 

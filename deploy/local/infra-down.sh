@@ -4,7 +4,7 @@
 #   --purge  also delete the components' runtime data dirs and logs under $STATE
 # Idempotent: components that are not running are skipped.
 set -euo pipefail
-# shellcheck source=deploy/local/common.sh
+# shellcheck source=common.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 purge=0 names=()

@@ -7,7 +7,7 @@
 # Usage: deploy/local/infra-up.sh [kafka] [mongo] [s3]      (default: all)
 # Writes $STATE/infra.env with the HANZO_TEST_* connection settings.
 set -euo pipefail
-# shellcheck source=deploy/local/common.sh
+# shellcheck source=common.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 CHECK=(python3 "$HANZO_LOCAL_DIR/infra_check.py")
@@ -24,7 +24,7 @@ for arg in "$@"; do
   esac
 done
 
-mkdir -p "$CACHE" "$BIN" "$STATE" "$LOGS" "$CACHE/logs"
+mkdir -p "$CACHE" "$BIN" "$STATE" "$LOGS" "$CACHE/logs" "$CACHE/src" "$CACHE/build"
 # Serialise concurrent runs. fd 9 is closed in daemons (see daemonize).
 exec 9>"$CACHE/infra-up.lock"
 flock -w 1800 9 || die "timed out waiting for $CACHE/infra-up.lock"
@@ -34,7 +34,12 @@ run_build() {
   local name=$1; shift
   local blog="$CACHE/logs/build-$name.log" t0=$SECONDS
   log "building $name (log: $blog) ..."
-  if ! "$@" >"$blog" 2>&1 </dev/null; then
+  # Run in a background subshell and wait: the step keeps `set -e` semantics
+  # (which an `if ! cmd` context would silently switch off inside functions).
+  local rc=0
+  ("$@") >"$blog" 2>&1 </dev/null &
+  wait $! || rc=$?
+  if ((rc)); then
     tail -n 40 "$blog" >&2
     die "build of $name failed (full log: $blog)"
   fi
@@ -53,7 +58,7 @@ go_build_module() {
   local src="$CACHE/src/$name-$ver"
   _gbm() {
     local dir
-    dir="$(go mod download -json "$mod@$ver" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+    dir="$(go mod download -json "$mod@$ver" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["Dir"]) if "Dir" in d else sys.exit("go mod download: " + d.get("Error", "no Dir"))')"
     rm -rf "$src.tmp" && cp -r "$dir" "$src.tmp" && chmod -R u+w "$src.tmp"
     rm -rf "$src" && mv "$src.tmp" "$src"
     if [[ -n $prep ]]; then (cd "$src" && "$prep"); fi

@@ -3,7 +3,7 @@
 #   deploy/local/kafka-run-class.sh org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --list
 #   deploy/local/kafka-run-class.sh org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server 127.0.0.1:9092 --topic t --from-beginning
 set -euo pipefail
-# shellcheck source=deploy/local/common.sh
+# shellcheck source=common.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 (($#)) || { sed -n '2,4p' "$0"; exit 2; }
 libs="$CACHE/kafka-$KAFKA_VERSION/libs"

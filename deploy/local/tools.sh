@@ -9,7 +9,7 @@
 # Usage: deploy/local/tools.sh [go] [apt]      (default: both)
 # Writes $STATE/tools.env with HANZO_TOOL_* paths.
 set -euo pipefail
-# shellcheck source=deploy/local/common.sh
+# shellcheck source=common.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # ---------------------------------------------------------------- pinned versions
@@ -39,7 +39,7 @@ for arg in "$@"; do
   esac
 done
 
-mkdir -p "$BIN" "$STATE" "$CACHE/logs" "$CACHE/src"
+mkdir -p "$BIN" "$STATE" "$CACHE/logs" "$CACHE/src" "$CACHE/build"
 exec 9>"$CACHE/tools.lock"
 flock -w 1800 9 || die "timed out waiting for $CACHE/tools.lock"
 
@@ -47,7 +47,12 @@ run_build() { # NAME CMD...
   local name=$1; shift
   local blog="$CACHE/logs/build-$name.log" t0=$SECONDS
   log "building $name (log: $blog) ..."
-  if ! "$@" >"$blog" 2>&1 </dev/null; then
+  # Run in a background subshell and wait: the step keeps `set -e` semantics
+  # (which an `if ! cmd` context would silently switch off inside functions).
+  local rc=0
+  ("$@") >"$blog" 2>&1 </dev/null &
+  wait $! || rc=$?
+  if ((rc)); then
     tail -n 40 "$blog" >&2
     die "build of $name failed (full log: $blog)"
   fi
@@ -81,7 +86,7 @@ install_conformance() {
     _conf() {
       local dir src="$CACHE/src/conformance-$ver"
       dir="$(go mod download -json "github.com/opencontainers/distribution-spec/conformance@$ver" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+        python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["Dir"]) if "Dir" in d else sys.exit("go mod download: " + d.get("Error", "no Dir"))')"
       rm -rf "$src" && cp -r "$dir" "$src" && chmod -R u+w "$src"
       (
         cd "$src"
@@ -143,7 +148,9 @@ install_apt() {
     if /etc/init.d/docker-registry status >/dev/null 2>&1; then
       /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
     fi
-    command -v update-rc.d >/dev/null && update-rc.d docker-registry disable >/dev/null 2>&1 || true
+    if command -v update-rc.d >/dev/null; then
+      update-rc.d docker-registry disable >/dev/null 2>&1 || true
+    fi
   fi
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -323,8 +324,6 @@ async def test_invalid_tag_reads_are_404_and_writes_400(assembly: Assembly) -> N
 
 
 async def test_events_are_emitted_for_pushes_and_deletes(assembly: Assembly) -> None:
-    import asyncio
-
     client = assembly.client
     digest, _ = await push_image(client, "team/app", "v9.9.9")
     await client.delete("/v2/team/app/manifests/v9.9.9")
@@ -368,3 +367,58 @@ async def test_docker_schema2_and_artifacts_accepted(assembly: Assembly) -> None
     resp = await client.get("/v2/team/docker/manifests/latest", headers={"Accept": ct})
     assert resp.headers["Content-Type"] == ct and await resp.read() == manifest
     assert OCI_CONFIG  # keep import used
+
+
+async def _raw_request(assembly: Assembly, head: str, body: bytes) -> None:
+    """Send a request whose body stops short of its Content-Length, then hang up."""
+    server = assembly.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(head.encode() + b"\r\n" + body)
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    await writer.wait_closed()
+    del reader
+    await asyncio.sleep(0.3)  # the server notices the hang-up and cleans up
+
+
+async def test_patch_cut_off_mid_body_keeps_a_consistent_resumable_session(assembly: Assembly) -> None:
+    client = assembly.client
+    data = os.urandom(4096)
+    resp = await client.post("/v2/team/cut/blobs/uploads/")
+    location = resp.headers["Location"]
+    await _raw_request(assembly, (
+        f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Range: 0-4095\r\nContent-Length: 4096\r\n"
+    ), data[:1500])
+    resp = await client.get(location)
+    assert resp.status == 204
+    stored = int(resp.headers["Range"].split("-")[1]) + 1 if resp.headers["Range"] != "0-0" else 0
+    assert 0 <= stored <= 1500, "only bytes that arrived are kept"
+    resp = await client.patch(location, data=data[stored:], headers={"Content-Range": f"{stored}-4095"})
+    assert resp.status == 202
+    resp = await client.put(f"{location}?digest={digest_of(data)}")
+    assert resp.status == 201
+    assert await (await client.get(f"/v2/team/cut/blobs/{digest_of(data)}")).read() == data
+
+
+async def test_monolithic_upload_cut_off_leaves_nothing_visible(assembly: Assembly) -> None:
+    client = assembly.client
+    data = os.urandom(8192)
+    digest = digest_of(data)
+    await _raw_request(assembly, (
+        f"POST /v2/team/cut/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: 8192\r\n"
+    ), data[:3000])
+    assert (await client.head(f"/v2/team/cut/blobs/{digest}")).status == 404
+    assert not [u async for u in assembly.c.blobs.iter_uploads()], "the aborted session is discarded"
+
+
+async def test_truncated_final_put_is_digest_invalid(assembly: Assembly) -> None:
+    client = assembly.client
+    data = os.urandom(2048)
+    resp = await client.post("/v2/team/cut/blobs/uploads/")
+    location = resp.headers["Location"]
+    resp = await client.put(f"{location}?digest={digest_of(data)}", data=data[:1000])
+    assert resp.status == 400 and await error_code(resp) == "DIGEST_INVALID"
+    assert (await client.head(f"/v2/team/cut/blobs/{digest_of(data)}")).status == 404

@@ -142,6 +142,10 @@ class MongoDocumentStore:
     `_documentstore_locks` and deleted afterwards. A crashed holder's lock expires after
     `lock_lease_seconds`. Real MongoDB never pays for this.
 
+    Keep the fields of a unique index present and non-null: MongoDB indexes a missing field as
+    null (two such documents collide) where FerretDB and SQLite do not; FerretDB has no sparse or
+    partial indexes to make them agree.
+
     The client connects lazily; a missing server fails an operation after
     `server_selection_timeout_ms` with pymongo's ServerSelectionTimeoutError.
     """

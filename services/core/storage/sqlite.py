@@ -24,8 +24,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _INT64 = (-(2**63), 2**63 - 1)
 _BYTES = "$bytes"
-# json_type() names per Python type of a `where` value: the type guard keeps `True` from matching 1
-# and 5 from matching "5", as MongoDB compares within a type.
+# The json_type() of numbers. Each comparison also checks json_type (true/false/text/...) because
+# json_extract alone would let True match 1 and 5 match 5 in a list; MongoDB compares within a type.
 _NUMBER_TYPES = "('integer','real')"
 
 
@@ -159,6 +159,9 @@ class SqliteDocumentStore:
     `UPDATE ... WHERE _id = ? AND <expect>`. SQLite takes the write lock at the start of such a
     statement and waits up to `busy_timeout` for another process to release it. Like MongoDB, a
     write to a collection that does not exist creates it; a read of one finds nothing.
+
+    Keep the fields of a unique index present and non-null: here (and on FerretDB) documents
+    lacking them never collide, while MongoDB indexes them all as one null value.
     """
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
