@@ -21,7 +21,7 @@ from services.core.events.log import Delivery, EventLog, LagReporting, Subscript
 from services.core.proto.hanzo.registry.v1 import events_pb2
 from services.core.settings import ConsumerSettings
 from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index
-from services.core.telemetry import Metrics, extract_context, kafka_headers_to_dict
+from services.core.telemetry import Metrics, extract_context, extract_grpc_context, kafka_headers_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,54 @@ async def start_http(app: web.Application, addr: str) -> web.AppRunner:
     return runner
 
 
-async def start_grpc(addr: str, register: Sequence[Callable[[grpc.aio.Server], None]]) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server()
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Continues the caller's trace (W3C headers in gRPC metadata) and counts requests by status."""
+
+    def __init__(self, metrics: Metrics, service: str) -> None:
+        self._metrics = metrics
+        self._service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = str(details.method)
+        context = extract_grpc_context(details.invocation_metadata)
+        tracer = trace.get_tracer(f"hanzo-registry.{self._service}")
+        metrics, service = self._metrics, self._service
+
+        async def traced(request: Any, servicer_context: grpc.aio.ServicerContext) -> Any:
+            code = "OK"
+            with tracer.start_as_current_span(method, context=context, kind=trace.SpanKind.SERVER):
+                try:
+                    return await inner(request, servicer_context)
+                except Exception:
+                    code = "UNKNOWN"
+                    raise
+                finally:
+                    if servicer_context.code() is not None and servicer_context.code() != grpc.StatusCode.OK:
+                        code = servicer_context.code().name
+                    metrics.grpc_requests.labels(service=service, method=method, code=code).inc()
+
+        return grpc.unary_unary_rpc_method_handler(
+            traced,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+async def start_grpc(
+    addr: str,
+    register: Sequence[Callable[[grpc.aio.Server], None]],
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(interceptors=list(interceptors))
     for add in register:
         add(server)
     port = server.add_insecure_port(addr)
@@ -281,7 +327,8 @@ async def run_parts(
     grpc_regs = [reg for p in parts for reg in p.grpc]
     grpc_server = None
     if grpc_regs:
-        grpc_server, grpc_port = await start_grpc(settings.server.grpc_addr, grpc_regs)
+        interceptor = TelemetryInterceptor(c.metrics, "+".join(p.name for p in parts))
+        grpc_server, grpc_port = await start_grpc(settings.server.grpc_addr, grpc_regs, interceptors=[interceptor])
         log.info("gRPC listening on port %d", grpc_port)
     log.info("%s started", "+".join(p.name for p in parts))
     tasks = [asyncio.create_task(cons.run(stop), name=f"consumer:{cons.service}:{cons.topic}") for cons in consumers]

@@ -306,3 +306,41 @@ def test_environment_overrides_the_config_file(tmp_path: Path) -> None:
 def test_decode_keeps_unknown_fields_safe() -> None:
     env = _event()
     assert decode(encode(env)).id == env.id
+
+
+async def test_grpc_calls_continue_the_callers_trace_and_are_counted() -> None:
+    import grpc
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from services.core.proto.hanzo.registry.v1 import gc_pb2, gc_pb2_grpc
+    from services.core.runtime import TelemetryInterceptor, start_grpc
+    from services.core.telemetry import inject_grpc_metadata
+
+    seen: list[int] = []
+
+    class Gc(gc_pb2_grpc.GcServicer):  # type: ignore[misc]
+        async def ListRuns(self, request: Any, context: Any) -> Any:  # noqa: N802 - generated name
+            seen.append(trace.get_current_span().get_span_context().trace_id)
+            return gc_pb2.ListRunsResponse()
+
+    metrics = Metrics()
+    server, port = await start_grpc(
+        "127.0.0.1:0", [lambda s: gc_pb2_grpc.add_GcServicer_to_server(Gc(), s)],
+        interceptors=[TelemetryInterceptor(metrics, "gc")],
+    )
+    try:
+        tracer = TracerProvider().get_tracer("test")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = gc_pb2_grpc.GcStub(channel)
+            with tracer.start_as_current_span("caller") as span:
+                await stub.ListRuns(gc_pb2.ListRunsRequest(), metadata=inject_grpc_metadata())
+                caller = span.get_span_context().trace_id
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await stub.TriggerRun(gc_pb2.TriggerRunRequest())
+            assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await server.stop(grace=None)
+    assert seen == [caller]
+    method = "/hanzo.registry.v1.Gc/ListRuns"
+    assert metrics.grpc_requests.labels(service="gc", method=method, code="OK")._value.get() == 1
