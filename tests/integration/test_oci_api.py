@@ -422,3 +422,18 @@ async def test_truncated_final_put_is_digest_invalid(assembly: Assembly) -> None
     resp = await client.put(f"{location}?digest={digest_of(data)}", data=data[:1000])
     assert resp.status == 400 and await error_code(resp) == "DIGEST_INVALID"
     assert (await client.head(f"/v2/team/cut/blobs/{digest_of(data)}")).status == 404
+
+
+async def test_abandoned_uploads_expire(assembly: Assembly) -> None:
+    from services.distribution.janitor import UploadJanitor
+
+    client = assembly.client
+    resp = await client.post("/v2/team/old/blobs/uploads/")
+    location = resp.headers["Location"]
+    await client.patch(location, data=b"some bytes", headers={"Content-Range": "0-9"})
+    janitor = UploadJanitor(assembly.c.blobs, assembly.c.meta, expiry_seconds=3600)
+    assert await janitor.sweep() == 0, "a fresh session stays"
+    import time
+
+    assert await janitor.sweep(now=time.time() + 7200) == 1
+    assert (await client.get(location)).status == 404

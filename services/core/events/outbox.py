@@ -219,6 +219,7 @@ class OutboxRelay:
         poll_interval: float = 0.2,
         batch: int = 100,
         on_published: Callable[[str], None] | None = None,
+        on_pending: Callable[[int], None] | None = None,
     ) -> None:
         self._docs = docs
         self._events = events
@@ -227,6 +228,7 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._batch = batch
         self._on_published = on_published
+        self._on_pending = on_pending
         self._wake = asyncio.Event()
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stats = RelayStats()
@@ -258,6 +260,8 @@ class OutboxRelay:
         now = time.time()
         intents = await self._docs.find(OUTBOX, order_by="seq", limit=self._batch)
         self.stats.pending = len(intents)
+        if self._on_pending is not None:
+            self._on_pending(len(intents))
         for intent in intents:
             if intent["state"] == "pending":
                 if now - intent["created"] < self._stale_after:
