@@ -63,12 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     service_name = "all-in-one" if args.command == "serve" else args.command
     setup_logging(settings.telemetry, service_name)
     setup_tracing(settings.telemetry, f"hanzo-registry-{service_name}")
-    try:
+    runner: Callable[..., object] = asyncio.run
+    if settings.server.event_loop == "uvloop":
         import uvloop
 
-        runner: Callable[..., object] = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
+        runner = uvloop.run
     try:
         runner(_run(settings, names))
     except KeyboardInterrupt:

@@ -141,6 +141,9 @@ class AuthSettings(_Section):
 
 
 class ServerSettings(_Section):
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio", description="asyncio serves blobs with sendfile(2); uvloop is faster per request but copies"
+    )
     grpc_addr: str = Field("127.0.0.1:0", description="gRPC listen address (port 0: any free port)")
     ops_addr: str = Field("127.0.0.1:0", description="/metrics /healthz /readyz of a headless service")
     shutdown_grace_seconds: float = Field(10.0, description="Time to finish in-flight work on SIGTERM")

@@ -30,6 +30,7 @@ from services.core.storage.blobs import BlobPresigner, LocalBlobFiles
 from services.distribution.access import DELETE, PULL, PUSH, AccessControl, Principal
 from services.distribution.keys import ACCESS, METRICS, REGISTRY, SETTINGS
 from services.distribution.registry import Registry
+from services.distribution.sendfile import send_file
 
 CHUNK = 1 << 20
 REFERRERS_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -173,24 +174,21 @@ async def get_blob(request: web.Request, route: Route) -> web.StreamResponse:
     await _allow(request, repo, PULL)
     registry = _registry(request)
     info = await registry.stat_blob(repo, digest)
+    etag = f'"{digest}"'
     headers = {
         "Docker-Content-Digest": str(digest),
         "Accept-Ranges": "bytes",
         "Content-Type": "application/octet-stream",
-        "ETag": f'"{digest}"',
-        "Cache-Control": "max-age=31536000",
+        "ETag": etag,
+        "Cache-Control": "max-age=31536000, immutable",
     }
+    if etag in request.headers.get("If-None-Match", ""):
+        # Content-addressed: a client holding this digest holds these bytes.
+        return web.Response(status=304, headers={"ETag": etag, "Docker-Content-Digest": str(digest)})
     settings = request.app[SETTINGS]
     if request.method == "GET" and settings.storage.redirect and isinstance(registry.blobs, BlobPresigner):
         url = await registry.blobs.presign_get(digest, expires_seconds=settings.storage.redirect_expiry_seconds)
         return web.Response(status=307, headers={"Location": url, "Docker-Content-Digest": str(digest)})
-    if isinstance(registry.blobs, LocalBlobFiles):
-        path = registry.blobs.local_path(digest)
-        if path is not None:
-            # aiohttp serves Range, HEAD and sendfile itself.
-            if request.method == "GET":
-                _count(request, "out", info.size)
-            return web.FileResponse(path, headers=headers)
     byte_range = parse_range_header(request.headers.get("Range"), info.size)
     if byte_range is None:
         status, offset, length = 200, 0, info.size
@@ -201,11 +199,15 @@ async def get_blob(request: web.Request, route: Route) -> web.StreamResponse:
     response = web.StreamResponse(status=status, headers=headers)
     if request.method == "HEAD":
         return response
-    await response.prepare(request)
-    async for chunk in registry.blobs.read(digest, offset=offset, length=length):
-        await response.write(chunk)
+    path = registry.blobs.local_path(digest) if isinstance(registry.blobs, LocalBlobFiles) else None
+    if path is not None:
+        await send_file(request, response, path, offset, length)
+    else:
+        await response.prepare(request)
+        async for chunk in registry.blobs.read(digest, offset=offset, length=length):
+            await response.write(chunk)
+        await response.write_eof()
     _count(request, "out", length)
-    await response.write_eof()
     return response
 
 
