@@ -8,7 +8,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HANZO_REGISTRY_ADDR ?= 127.0.0.1:5000
 HANZO_REGISTRY_DATA_DIR ?= ./var
-export HANZO_REGISTRY_ADDR HANZO_REGISTRY_DATA_DIR
 
 .PHONY: help venv run serve infra-up infra-down tools test test-unit test-contract test-integration \
         conformance stack lint proto proto-check bench clean
@@ -32,7 +31,8 @@ lock: ## re-resolve requirements.lock from pyproject.toml
 run: $(STAMP) ## start the embedded all-in-one registry on $(HANZO_REGISTRY_ADDR)
 	@mkdir -p $(HANZO_REGISTRY_DATA_DIR)
 	@echo "Hanzo Registry on http://$(HANZO_REGISTRY_ADDR)  (data: $(HANZO_REGISTRY_DATA_DIR); Ctrl-C stops it)"
-	exec $(VENV)/bin/hanzo-registry serve
+	HANZO_REGISTRY_ADDR=$(HANZO_REGISTRY_ADDR) HANZO_REGISTRY_DATA_DIR=$(HANZO_REGISTRY_DATA_DIR) \
+		exec $(VENV)/bin/hanzo-registry serve
 
 infra-up: ## install (cached) and start Kafka, FerretDB and SeaweedFS S3 on loopback
 	bash deploy/local/infra-up.sh

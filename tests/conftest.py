@@ -12,6 +12,14 @@ INFRA_STATE = Path(
 )
 
 
+@pytest.fixture(autouse=True)
+def _hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings come from each test, never from the shell that ran pytest (env beats arguments)."""
+    for name in list(os.environ):
+        if name.startswith("HANZO_REGISTRY_"):
+            monkeypatch.delenv(name)
+
+
 def _read_env_file(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     if path.exists():
