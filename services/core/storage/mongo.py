@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -21,64 +19,24 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from services.core.settings import MongoMetadataSettings
 from services.core.storage.documents import Document, DuplicateKeyError, Index
+from services.core.storage.docvalues import check_collection, check_field, check_text, encode_value
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_INT64 = (-(2**63), 2**63 - 1)
 _NAMESPACE_EXISTS = 48
 _DUPLICATE_KEY = 11000
 # Lease locks serialising writes to one document on FerretDB (see MongoDocumentStore).
 LOCKS_COLLECTION = "_documentstore_locks"
 
 
-def _check_collection(name: str) -> str:
-    # The same names the SQLite adapter accepts, so a name valid on one backend is valid on both.
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.lower().startswith("sqlite_"):
-        raise ValueError(f"invalid collection name {name!r}: use [A-Za-z_][A-Za-z0-9_]*, not sqlite_*")
-    return name
 
 
-def _check_field(field: str) -> str:
-    if not isinstance(field, str) or not _FIELD.fullmatch(field):
-        raise ValueError(f"invalid field name {field!r}: use [A-Za-z_][A-Za-z0-9_]*")
-    return field
 
 
-def _check_text(value: Any) -> Any:
-    # SQLite's json_extract cuts a string at U+0000, so where/order_by would see a different value:
-    # refuse it in the fields those compare (top-level ones), on both backends.
-    if isinstance(value, str) and "\0" in value:
-        raise ValueError("top-level string values cannot contain U+0000")
-    return value
 
 
-def _encode_value(value: Any, *, in_list: bool = False) -> Any:
-    """A document value as BSON-ready data, validated exactly as the SQLite adapter does."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise ValueError(f"integer {value} does not fit in 64 bits")
-        return int(value)
-    if isinstance(value, float):
-        # MongoDB could store NaN, but SQLite's JSON cannot: refuse it on both backends.
-        if not math.isfinite(value):
-            raise ValueError(f"non-finite float {value!r} is not storable")
-        return value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)  # BSON binary, subtype 0
-    if isinstance(value, (list, tuple)):
-        if in_list:
-            raise ValueError("a list directly inside a list is not storable (FerretDB refuses it)")
-        return [_encode_value(v, in_list=True) for v in value]
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str) or not key or key.startswith("$") or "." in key or "\0" in key:
-                raise ValueError(f"invalid document key {key!r}")
-            out[key] = _encode_value(item)
-        return out
-    raise TypeError(f"unsupported document value of type {type(value).__name__}")
+
+
+def _encode(value: Any) -> Any:
+    return encode_value(value, encode_bytes=bytes)
 
 
 def _decode_value(value: Any) -> Any:
@@ -100,8 +58,8 @@ def _encode_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(doc.get("_id"), str):
         raise ValueError("a document needs a string _id")
     for value in doc.values():
-        _check_text(value)
-    encoded: dict[str, Any] = _encode_value(doc)
+        check_text(value)
+    encoded: dict[str, Any] = _encode(doc)
     return encoded
 
 
@@ -110,10 +68,10 @@ def _filter(where: Mapping[str, Any] | None) -> dict[str, Any]:
     in FerretDB alike."""
     out: dict[str, Any] = {}
     for field, value in (where or {}).items():
-        _check_field(field)
+        check_field(field)
         if value is not None and not isinstance(value, (bool, int, float, str, bytes, bytearray, memoryview)):
             raise TypeError(f"where/expect value for {field!r} must be a scalar, not {type(value).__name__}")
-        out[field] = _encode_value(_check_text(value))
+        out[field] = _encode(check_text(value))
     return out
 
 
@@ -179,7 +137,7 @@ class MongoDocumentStore:
         return cls(settings.uri.get_secret_value(), settings.database)
 
     def _coll(self, name: str) -> AsyncCollection[dict[str, Any]]:
-        return self._db[_check_collection(name)]
+        return self._db[check_collection(name)]
 
     async def _serializes(self) -> bool:
         if self._serialize is None:
@@ -229,7 +187,7 @@ class MongoDocumentStore:
         for index in indexes:
             if not index.fields:
                 raise ValueError("an index needs at least one field")
-            keys = [(_check_field(f), ASCENDING) for f in index.fields]
+            keys = [(check_field(f), ASCENDING) for f in index.fields]
             try:
                 await coll.create_index(keys, unique=index.unique)
             except OperationFailure as exc:
@@ -278,14 +236,14 @@ class MongoDocumentStore:
         coll = self._coll(collection)
         fields = [*changes, *unset]
         for field in fields:
-            if _check_field(field) == "_id":
+            if check_field(field) == "_id":
                 raise ValueError("_id cannot be changed")
         if len(set(fields)) != len(fields):
             raise ValueError("a field cannot be both set and unset (or listed twice)")
         query = {**_filter(expect), "_id": key}
         ops: dict[str, Any] = {}
         if changes:
-            ops["$set"] = {f: _encode_value(_check_text(v)) for f, v in changes.items()}
+            ops["$set"] = {f: _encode(check_text(v)) for f, v in changes.items()}
         if unset:
             ops["$unset"] = dict.fromkeys(unset, "")
         if not ops:
@@ -320,13 +278,13 @@ class MongoDocumentStore:
     ) -> list[Document]:
         coll = self._coll(collection)
         query = _filter(where)
-        _check_field(order_by)
+        check_field(order_by)
         if after is not None:
             if isinstance(after, bool) or not isinstance(after, (str, int, float)):
                 raise TypeError("after must be a string or a number")
             if order_by == "_id" and not isinstance(after, str):
                 raise TypeError("after must be a string when ordering by _id")
-            cond: dict[str, Any] = {"$gt": _encode_value(_check_text(after))}
+            cond: dict[str, Any] = {"$gt": _encode(check_text(after))}
             if order_by in query:
                 cond["$eq"] = query[order_by]
             query[order_by] = cond
@@ -356,7 +314,7 @@ class MongoDocumentStore:
         return deleted
 
     async def drop_collection(self, name: str) -> None:
-        await self._db.drop_collection(_check_collection(name))
+        await self._db.drop_collection(check_collection(name))
 
     async def collection_names(self) -> list[str]:
         """Every collection in the database except the lock table (admin tools, leftover checks)."""

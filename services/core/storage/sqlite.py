@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import math
-import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,69 +17,33 @@ from typing import Any
 import aiosqlite
 
 from services.core.storage.documents import Document, DuplicateKeyError, Index
+from services.core.storage.docvalues import check_collection, check_field, check_text, encode_value
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_INT64 = (-(2**63), 2**63 - 1)
 _BYTES = "$bytes"
 # The json_type() of numbers. Each comparison also checks json_type (true/false/text/...) because
 # json_extract alone would let True match 1 and 5 match 5 in a list; MongoDB compares within a type.
 _NUMBER_TYPES = "('integer','real')"
 
 
-def _check_collection(name: str) -> str:
-    # Names are spliced into SQL (tables cannot be bound parameters): only identifiers get through.
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.lower().startswith("sqlite_"):
-        raise ValueError(f"invalid collection name {name!r}: use [A-Za-z_][A-Za-z0-9_]*, not sqlite_*")
-    return name
 
 
-def _check_field(field: str) -> str:
-    if not isinstance(field, str) or not _FIELD.fullmatch(field):
-        raise ValueError(f"invalid field name {field!r}: use [A-Za-z_][A-Za-z0-9_]*")
-    return field
 
 
-def _check_text(value: Any) -> Any:
-    # SQLite's json_extract cuts a string at U+0000, so where/order_by would see a different value:
-    # refuse it in the fields those compare (top-level ones), on both backends.
-    if isinstance(value, str) and "\0" in value:
-        raise ValueError("top-level string values cannot contain U+0000")
-    return value
 
 
-def _encode_value(value: Any, *, in_list: bool = False) -> Any:
-    """A document value as JSON-ready data: bytes become {"$bytes": base64}; types are validated."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise ValueError(f"integer {value} does not fit in 64 bits")
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"non-finite float {value!r} is not storable")
-        return value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {_BYTES: base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, (list, tuple)):
-        if in_list:
-            raise ValueError("a list directly inside a list is not storable (FerretDB refuses it)")
-        return [_encode_value(v, in_list=True) for v in value]
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            # "$" keys would be ambiguous with the bytes marker (and MongoDB refuses them); "." keys
-            # cannot be addressed by a path in either backend.
-            if not isinstance(key, str) or not key or key.startswith("$") or "." in key or "\0" in key:
-                raise ValueError(f"invalid document key {key!r}")
-            out[key] = _encode_value(item)
-        return out
-    raise TypeError(f"unsupported document value of type {type(value).__name__}")
+
+
+def _bytes_marker(data: bytes) -> dict[str, str]:
+    return {_BYTES: base64.b64encode(data).decode("ascii")}
+
+
+def _encode(value: Any) -> Any:
+    """A document value as JSON-ready data: bytes become {"$bytes": base64}."""
+    return encode_value(value, encode_bytes=_bytes_marker)
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(_encode_value(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return json.dumps(_encode(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _decode_object(obj: dict[str, Any]) -> Any:
@@ -100,13 +62,13 @@ def _split_doc(doc: Mapping[str, Any]) -> tuple[str, str]:
     if not isinstance(key, str):
         raise ValueError("a document needs a string _id")
     for value in doc.values():
-        _check_text(value)
+        check_text(value)
     return key, _dumps({k: v for k, v in doc.items() if k != "_id"})
 
 
 def _expr(field: str) -> str:
     # The exact text of the index expressions, so the planner matches queries to the indexes.
-    _check_field(field)
+    check_field(field)
     return "_id" if field == "_id" else f"json_extract(doc, '$.{field}')"
 
 
@@ -120,7 +82,7 @@ def _conditions(where: Mapping[str, Any] | None) -> tuple[list[str], list[Any]]:
     params: list[Any] = []
     for field, value in (where or {}).items():
         expr = _expr(field)
-        _check_text(value)
+        check_text(value)
         if field == "_id":
             if isinstance(value, str):
                 terms.append("_id = ?")
@@ -135,7 +97,7 @@ def _conditions(where: Mapping[str, Any] | None) -> tuple[list[str], list[Any]]:
             params.append(int(value))
         elif isinstance(value, (int, float)):
             terms.append(f"{expr} = ? AND {_jtype(field)} IN {_NUMBER_TYPES}")
-            params.append(_encode_value(value))
+            params.append(_encode(value))
         elif isinstance(value, str):
             terms.append(f"{expr} = ? AND {_jtype(field)} = 'text'")
             params.append(value)
@@ -225,7 +187,7 @@ class SqliteDocumentStore:
     async def _create_table(self, name: str) -> None:
         db = await self._db()
         await db.execute(
-            f'CREATE TABLE IF NOT EXISTS "{_check_collection(name)}" (_id TEXT PRIMARY KEY NOT NULL, doc TEXT NOT NULL)'
+            f'CREATE TABLE IF NOT EXISTS "{check_collection(name)}" (_id TEXT PRIMARY KEY NOT NULL, doc TEXT NOT NULL)'
         )
 
     async def ensure_collection(self, name: str, indexes: Sequence[Index] = ()) -> None:
@@ -246,20 +208,20 @@ class SqliteDocumentStore:
                 raise DuplicateKeyError(str(exc)) from exc
 
     async def get(self, collection: str, key: str) -> Document | None:
-        rows = await self._read(f'SELECT _id, doc FROM "{_check_collection(collection)}" WHERE _id = ?', (key,))
+        rows = await self._read(f'SELECT _id, doc FROM "{check_collection(collection)}" WHERE _id = ?', (key,))
         return self._document(rows[0]) if rows else None
 
     async def insert(self, collection: str, doc: Mapping[str, Any]) -> None:
         key, body = _split_doc(doc)
         await self._write(
-            collection, f'INSERT INTO "{_check_collection(collection)}" (_id, doc) VALUES (?, ?)', (key, body)
+            collection, f'INSERT INTO "{check_collection(collection)}" (_id, doc) VALUES (?, ?)', (key, body)
         )
 
     async def put(self, collection: str, doc: Mapping[str, Any]) -> None:
         key, body = _split_doc(doc)
         await self._write(
             collection,
-            f'INSERT INTO "{_check_collection(collection)}" (_id, doc) VALUES (?, ?) '
+            f'INSERT INTO "{check_collection(collection)}" (_id, doc) VALUES (?, ?) '
             "ON CONFLICT (_id) DO UPDATE SET doc = excluded.doc",
             (key, body),
         )
@@ -273,10 +235,10 @@ class SqliteDocumentStore:
         expect: Mapping[str, Any] | None = None,
         unset: Sequence[str] = (),
     ) -> bool:
-        table = _check_collection(collection)
+        table = check_collection(collection)
         fields = [*changes, *unset]
         for field in fields:
-            if _check_field(field) == "_id":
+            if check_field(field) == "_id":
                 raise ValueError("_id cannot be changed")
         if len(set(fields)) != len(fields):
             raise ValueError("a field cannot be both set and unset (or listed twice)")
@@ -287,7 +249,7 @@ class SqliteDocumentStore:
             # types (a plain bound True would become the number 1).
             pairs = ", ".join(f"'$.{f}', json(?)" for f in changes)
             new_doc = f"json_set({new_doc}, {pairs})"
-            params.extend(_dumps(_check_text(v)) for v in changes.values())
+            params.extend(_dumps(check_text(v)) for v in changes.values())
         if unset:
             paths = ", ".join(f"'$.{f}'" for f in unset)
             new_doc = f"json_remove({new_doc}, {paths})"
@@ -297,7 +259,7 @@ class SqliteDocumentStore:
 
     async def delete(self, collection: str, key: str, *, expect: Mapping[str, Any] | None = None) -> bool:
         terms, params = _conditions(expect)
-        sql = f'DELETE FROM "{_check_collection(collection)}" WHERE ' + " AND ".join(["_id = ?", *terms])
+        sql = f'DELETE FROM "{check_collection(collection)}" WHERE ' + " AND ".join(["_id = ?", *terms])
         return await self._write(collection, sql, [key, *params], create=False) > 0
 
     async def find(
@@ -309,7 +271,7 @@ class SqliteDocumentStore:
         after: Any = None,
         limit: int | None = None,
     ) -> list[Document]:
-        table = _check_collection(collection)
+        table = check_collection(collection)
         terms, params = _conditions(where)
         order_expr = _expr(order_by)
         if after is not None:
@@ -324,7 +286,7 @@ class SqliteDocumentStore:
                 # string above every number.
                 guard = "= 'text'" if isinstance(after, str) else f"IN {_NUMBER_TYPES}"
                 terms.append(f"{order_expr} > ? AND {_jtype(order_by)} {guard}")
-            params.append(_encode_value(_check_text(after)))
+            params.append(_encode(check_text(after)))
         sql = f'SELECT _id, doc FROM "{table}"'
         if terms:
             sql += " WHERE " + " AND ".join(terms)
@@ -340,7 +302,7 @@ class SqliteDocumentStore:
 
     async def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
         terms, params = _conditions(where)
-        sql = f'SELECT count(*) FROM "{_check_collection(collection)}"'
+        sql = f'SELECT count(*) FROM "{check_collection(collection)}"'
         if terms:
             sql += " WHERE " + " AND ".join(terms)
         rows = await self._read(sql, params)
@@ -348,14 +310,14 @@ class SqliteDocumentStore:
 
     async def delete_where(self, collection: str, where: Mapping[str, Any]) -> int:
         terms, params = _conditions(where)
-        sql = f'DELETE FROM "{_check_collection(collection)}"'
+        sql = f'DELETE FROM "{check_collection(collection)}"'
         if terms:
             sql += " WHERE " + " AND ".join(terms)
         return await self._write(collection, sql, params, create=False)
 
     async def drop_collection(self, name: str) -> None:
         db = await self._db()
-        await db.execute(f'DROP TABLE IF EXISTS "{_check_collection(name)}"')
+        await db.execute(f'DROP TABLE IF EXISTS "{check_collection(name)}"')
 
     async def collection_names(self) -> list[str]:
         """Every collection in the file (admin tools, tests' leftover checks)."""
