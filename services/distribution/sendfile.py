@@ -30,6 +30,9 @@ async def send_file(request: web.Request, response: web.StreamResponse, path: Pa
         if transport is None:
             raise ConnectionResetError("client went away")
         await writer.drain()
+        if count == 0:  # the empty blob; sendfile(2) refuses a zero count
+            await response.write_eof()
+            return
         try:
             # The selector loop uses os.sendfile; loops without it (uvloop) raise at once.
             await asyncio.get_running_loop().sendfile(transport, fobj, offset, count, fallback=False)

@@ -437,3 +437,10 @@ async def test_abandoned_uploads_expire(assembly: Assembly) -> None:
 
     assert await janitor.sweep(now=time.time() + 7200) == 1
     assert (await client.get(location)).status == 404
+
+
+async def test_empty_blob_round_trip(assembly: Assembly) -> None:
+    digest = await push_blob(assembly.client, "team/empty", b"")
+    resp = await assembly.client.get(f"/v2/team/empty/blobs/{digest}")
+    assert resp.status == 200 and await resp.read() == b""
+    assert resp.headers["Content-Length"] == "0"
