@@ -31,6 +31,9 @@ lock: ## re-resolve requirements.lock from pyproject.toml
 run: $(STAMP) ## start the embedded all-in-one registry on $(HANZO_REGISTRY_ADDR)
 	@mkdir -p $(HANZO_REGISTRY_DATA_DIR)
 	@echo "Hanzo Registry on http://$(HANZO_REGISTRY_ADDR)  (data: $(HANZO_REGISTRY_DATA_DIR); Ctrl-C stops it)"
+	@echo "Log in as admin with the API key the first start writes to $(HANZO_REGISTRY_DATA_DIR)/bootstrap-admin.key:"
+	@echo '  crane auth login $(HANZO_REGISTRY_ADDR) -u admin -p "$$(cat $(HANZO_REGISTRY_DATA_DIR)/bootstrap-admin.key)"'
+	@echo '  (or docker login / skopeo login --tls-verify=false / oras login --plain-http; curl -u "hanzo:<key>")'
 	HANZO_REGISTRY_ADDR=$(HANZO_REGISTRY_ADDR) HANZO_REGISTRY_DATA_DIR=$(HANZO_REGISTRY_DATA_DIR) \
 		exec $(VENV)/bin/hanzo-registry serve
 

@@ -14,7 +14,7 @@ run_suite() {
   OCI_CONFIGURATION=scripts/conformance.yaml OCI_REGISTRY=$REGISTRY_ADDR OCI_TLS=disabled \
   OCI_REPO1=conformance/repo-a OCI_REPO2=conformance/repo-b OCI_RESULTS_DIR=$dir \
   OCI_USERNAME=${REGISTRY_USERNAME:-${OCI_USERNAME:-}} OCI_PASSWORD=${REGISTRY_PASSWORD:-${OCI_PASSWORD:-}} \
-    "$HANZO_TOOL_CONFORMANCE" >"$dir/output.txt" 2>&1 || { grep -E ": Fail|level=(WARN|ERROR)" "$dir/output.txt" | head -60; return 1; }
+    "${HANZO_CONFORMANCE_BINARY:-$HANZO_TOOL_CONFORMANCE_TEST}" >"$dir/output.txt" 2>&1 || { grep -E ": Fail|level=(WARN|ERROR)" "$dir/output.txt" | head -60; return 1; }
   grep -E "^(OCI Conformance Test|  (Pass|Fail|Skip|Disabled)\.+)" "$dir/output.txt" | head -6
 }
 export -f run_suite

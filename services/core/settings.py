@@ -7,11 +7,13 @@ Backends are chosen by a `kind` discriminator and validated at start-up.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -133,11 +135,34 @@ class RegistrySettings(_Section):
 
 
 class AuthSettings(_Section):
-    mode: Literal["token", "none"] = Field("none", description="token: Docker token auth (coming); none: open")
+    mode: Literal["token", "none"] = Field(
+        "token", description="token: Docker token auth, API keys, roles; none: open to anyone (local experiments)"
+    )
     service: str = Field("hanzo-registry", description="Token audience (the `service` of the challenge)")
     issuer: str = Field("hanzo-registry", description="Token issuer")
-    token_ttl_seconds: int = Field(300, ge=60, description="Lifetime of issued tokens")
-    bootstrap_admin_key: SecretStr | None = Field(None, description="API key of the first admin (else random)")
+    token_ttl_seconds: int = Field(300, ge=60, le=24 * 3600, description="Lifetime of issued tokens")
+    refresh_token_ttl_seconds: int = Field(
+        30 * 24 * 3600, ge=300, description="Lifetime of offline (refresh) tokens, e.g. docker login's"
+    )
+    key_rotation_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="A new token signing key after this; old keys verify until their tokens end"
+    )
+    login_failure_limit: int = Field(10, ge=1, description="Failed logins per source address before 429")
+    login_failure_window_seconds: float = Field(60.0, gt=0, description="Window of login_failure_limit")
+    bootstrap_admin_key: SecretStr | None = Field(
+        None, description="API key (hzr_<prefix>_<secret>) of the first admin; else random, in <data_dir>"
+    )
+
+    @field_validator("bootstrap_admin_key")
+    @classmethod
+    def _key_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        shape = r"hzr_[a-z0-9]{8,32}_[A-Za-z0-9_\-]{32,128}"
+        if value is not None and not re.fullmatch(shape, value.get_secret_value()):
+            raise ValueError(
+                "must look like hzr_<8-32 of [a-z0-9]>_<32-128 of [A-Za-z0-9_-]>, e.g. "
+                "hzr_$(openssl rand -hex 6)_$(openssl rand -hex 32)"
+            )
+        return value
 
 
 class ServerSettings(_Section):
@@ -203,6 +228,12 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             raise SettingsError(f"config file {config_file} must hold a mapping at the top level")
         data.update(loaded)
     data.update(overrides)
+    # The name the product documents for the first admin's key, besides the nested settings name.
+    legacy_key = os.environ.get("HANZO_REGISTRY_BOOTSTRAP_ADMIN_KEY")
+    if legacy_key and not os.environ.get("HANZO_REGISTRY_AUTH__BOOTSTRAP_ADMIN_KEY"):
+        data.setdefault("auth", {})
+        if isinstance(data["auth"], dict):
+            data["auth"] = {**data["auth"], "bootstrap_admin_key": legacy_key}
     try:
         return Settings(**data)
     except ValidationError as exc:

@@ -8,7 +8,10 @@ from services.core.bootstrap import Container
 from services.core.runtime import add_ops_routes
 from services.distribution import oci_api
 from services.distribution.access import AccessControl
+from services.distribution.auth_access import TokenAccess, audit_middleware
+from services.distribution.auth_token import add_token_routes
 from services.distribution.keys import ACCESS, METRICS, REGISTRY, SETTINGS
+from services.distribution.management import add_management_routes
 from services.distribution.middleware import errors_middleware, telemetry_middleware
 from services.distribution.registry import Registry
 
@@ -25,7 +28,9 @@ def build_registry(c: Container) -> Registry:
 
 def create_app(c: Container, *, access: AccessControl, registry: Registry | None = None) -> web.Application:
     # No client_max_size: blob bodies stream through request.content and are never buffered whole.
-    app = web.Application(middlewares=[telemetry_middleware, errors_middleware], client_max_size=1 << 62)
+    app = web.Application(
+        middlewares=[telemetry_middleware, audit_middleware, errors_middleware], client_max_size=1 << 62
+    )
     app[SETTINGS] = c.settings
     app[REGISTRY] = registry or build_registry(c)
     app[ACCESS] = access
@@ -34,5 +39,8 @@ def create_app(c: Container, *, access: AccessControl, registry: Registry | None
     app.router.add_get("/v2", oci_api.base)
     app.router.add_get("/v2/_catalog", oci_api.catalog)
     app.router.add_route("*", "/v2/{tail:.+}", oci_api.dispatch)
+    if isinstance(access, TokenAccess):
+        add_token_routes(app)
+        add_management_routes(app)
     add_ops_routes(app, c.metrics, [c.blobs.ping, c.docs.ping, c.events.ping])
     return app

@@ -9,18 +9,20 @@ from services.core.events.outbox import OutboxRelay
 from services.core.runtime import ServiceParts
 from services.distribution.access import AccessControl, OpenAccess
 from services.distribution.app import create_app
+from services.distribution.auth_access import build_token_access
+from services.distribution.janitor import UploadJanitor
 
 log = logging.getLogger(__name__)
 
 
-def build_access(c: Container) -> AccessControl:
+async def build_access(c: Container) -> AccessControl:
     if c.settings.auth.mode == "none":
         log.warning(
             "AUTHENTICATION IS OFF (auth.mode: none): anyone who reaches %s can push, pull and delete",
             c.settings.addr,
         )
         return OpenAccess()
-    raise NotImplementedError("auth.mode: token is not available yet; set HANZO_REGISTRY_AUTH__MODE=none")
+    return await build_token_access(c)
 
 
 async def build(c: Container) -> ServiceParts:
@@ -28,12 +30,14 @@ async def build(c: Container) -> ServiceParts:
         c.docs,
         c.events,
         on_published=lambda topic: c.metrics.events_published.labels(topic=topic).inc(),
+        on_pending=c.metrics.outbox_pending.set,
     )
     c.outbox.on_commit(relay.wake)
+    janitor = UploadJanitor(c.blobs, c.meta, expiry_seconds=c.settings.registry.upload_expiry_seconds)
     topics = c.settings.topics
     return ServiceParts(
         name="distribution",
-        http=create_app(c, access=build_access(c)),
-        loops=[relay.run],
+        http=create_app(c, access=await build_access(c)),
+        loops=[relay.run, janitor.run],
         produces=[topics.manifests, topics.tags, topics.blobs, topics.audit],
     )

@@ -98,3 +98,24 @@ async def assembly(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     settings = embedded_settings(tmp_path) if embedded else distributed_settings(tmp_path, run_id)
     async with running(settings, request.param) as a:
         yield a
+
+
+@pytest.fixture(params=ASSEMBLIES)
+async def auth_assembly(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Assembly]:
+    """An assembly with `auth.mode: token`; the bootstrap admin's key is in settings.auth.bootstrap_admin_key."""
+    from pydantic import SecretStr
+
+    from services.core.auth.apikeys import generate_key
+    from services.core.auth.store import AuthStore
+    from services.core.settings import AuthSettings
+
+    run_id = uuid.uuid4().hex[:10]
+    embedded = request.param == "embedded"
+    settings = embedded_settings(tmp_path) if embedded else distributed_settings(tmp_path, run_id)
+    auth = AuthSettings(mode="token", bootstrap_admin_key=SecretStr(generate_key().key))
+    async with running(settings.model_copy(update={"auth": auth}), request.param) as a:
+        try:
+            yield a
+        finally:
+            if not embedded:
+                await AuthStore(a.c.docs).drop_all()

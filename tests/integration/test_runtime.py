@@ -320,7 +320,7 @@ async def test_grpc_calls_continue_the_callers_trace_and_are_counted() -> None:
     seen: list[int] = []
 
     class Gc(gc_pb2_grpc.GcServicer):  # type: ignore[misc]
-        async def ListRuns(self, request: Any, context: Any) -> Any:  # noqa: N802 - generated name
+        async def ListRuns(self, request: Any, context: Any) -> Any:
             seen.append(trace.get_current_span().get_span_context().trace_id)
             return gc_pb2.ListRunsResponse()
 

@@ -1,0 +1,120 @@
+"""The results table (text and Markdown), the JSON report and the PASS/MISS target checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    digits: int = 1
+
+
+METRICS = [
+    Metric("push_mono", "blob push, monolithic POST+PUT", "MiB/s", True),
+    Metric("push_chunked", "blob push, 8 MiB PATCH chunks", "MiB/s", True),
+    Metric("pull", "blob pull (GET, digest verified)", "MiB/s", True),
+    Metric("manifest_get", "manifest GET by tag, 32 clients", "req/s", True, 0),
+    Metric("manifest_get_p99", "manifest GET p99 latency", "ms", False, 2),
+    Metric("manifest_get_cpu", "registry CPU during manifest GET", "% of 1 core", False, 0),
+    Metric("manifest_get_infra", "Kafka+FerretDB+SeaweedFS CPU during manifest GET", "% of 1 core", False, 0),
+    Metric("manifest_get_machine", "machine CPU during manifest GET (all processes)", "% of 1 core", False, 0),
+    Metric("manifest_head", "manifest HEAD by tag, 32 clients", "req/s", True, 0),
+    Metric("small_push", "1 KiB blob pushes", "blobs/s", True, 0),
+    Metric("tags_create", "tag 1,000 manifests (PUT by tag)", "req/s", True, 0),
+    Metric("tags_full", "tags/list, 1,000 tags, one request", "ms", False, 2),
+    Metric("tags_paged", "tags/list, 1,000 tags, n=100 pages", "ms", False, 2),
+    Metric("big_push", "large streaming push (RSS run)", "MiB/s", True),
+    Metric("rss_before", "registry RSS before the large push", "MiB", False),
+    Metric("rss_peak", "registry peak RSS during the large push", "MiB", False),
+]
+BY_KEY = {m.key: m for m in METRICS}
+COLUMNS = ("embedded", "distributed", "distribution")
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b and not math.isnan(a) and not math.isnan(b):
+        return f"{a / b:.2f}x"
+    return "-"
+
+
+def rows(results: dict[str, dict[str, Any]], targets: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["metric", "unit", *[t for t in COLUMNS if t in targets]]
+    ratios = [t for t in ("embedded", "distributed") if t in targets and "distribution" in targets]
+    header += [f"{t}/distribution" for t in ratios]
+    body = []
+    for m in METRICS:
+        values = [results.get(t, {}).get(m.key) for t in COLUMNS if t in targets]
+        if all(v is None for v in values):
+            continue
+        arrow = "↑" if m.higher_is_better else "↓"
+        row = [f"{m.label} {arrow}", m.unit, *[_fmt(v, m.digits) for v in values]]
+        row += [_ratio(results.get(t, {}).get(m.key), results["distribution"].get(m.key)) for t in ratios]
+        body.append(row)
+    return header, body
+
+
+def text_table(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
+    return "\n".join([fmt(header), line, *(fmt(r) for r in body)])
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(out)
+
+
+def checks(results: dict[str, dict[str, Any]], targets: list[str], rss_limit_mib: float) -> list[dict[str, Any]]:
+    """The project's targets: pull/push >= Distribution, manifest GET >= 0.5x, peak RSS < 256 MiB."""
+    out: list[dict[str, Any]] = []
+    ref = results.get("distribution", {})
+    for t in ("embedded", "distributed"):
+        if t not in targets:
+            continue
+        mine = results.get(t, {})
+        rules: list[tuple[str, str, float, str]] = [
+            ("pull", "blob pull >= Distribution", 1.0, "ratio"),
+            ("push_mono", "blob push (monolithic) >= Distribution", 1.0, "ratio"),
+            ("push_chunked", "blob push (chunked) >= Distribution", 1.0, "ratio"),
+            ("manifest_get", "manifest GET >= 0.5x Distribution", 0.5, "ratio"),
+        ]
+        for key, label, factor, _ in rules:
+            a, b = mine.get(key), ref.get(key)
+            if "distribution" not in targets:
+                continue
+            if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+                out.append({"target": t, "check": label, "status": "ERROR", "detail": "not measured"})
+                continue
+            ok = a >= factor * b
+            detail = f"{a:,.1f} vs {factor:g} x {b:,.1f} ({a / b:.2f}x)"
+            out.append({"target": t, "check": label, "status": "PASS" if ok else "MISS", "detail": detail})
+        peak = mine.get("rss_peak")
+        label = f"peak RSS during the large push < {rss_limit_mib:g} MiB"
+        if not isinstance(peak, (int, float)):
+            out.append({"target": t, "check": label, "status": "ERROR", "detail": "not measured"})
+        else:
+            status = "PASS" if peak < rss_limit_mib else "MISS"
+            out.append({"target": t, "check": label, "status": status, "detail": f"{peak:,.1f} MiB"})
+    return out

@@ -1,0 +1,138 @@
+"""Records of identity and access: users, teams, API keys, grants, signing keys, and roles' actions."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from services.core.auth.scopes import DELETE, PULL, PUSH
+
+
+class Role(StrEnum):
+    """reader: pull (and view scan results); writer: + push and tag changes; admin: + delete, policies,
+    permissions of the namespace or repository it is granted on."""
+
+    READER = "reader"
+    WRITER = "writer"
+    ADMIN = "admin"
+
+
+ROLE_ACTIONS: dict[Role, frozenset[str]] = {
+    Role.READER: frozenset({PULL}),
+    Role.WRITER: frozenset({PULL, PUSH}),
+    Role.ADMIN: frozenset({PULL, PUSH, DELETE}),
+}
+
+_USER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,190}")
+_NAMESPACE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+RESERVED_USERS = frozenset({"hanzo", "anonymous"})
+"""`hanzo` is the user name clients may send with an API key as password; `anonymous` names no one."""
+
+
+def valid_user_name(name: str) -> bool:
+    return bool(_USER_NAME.fullmatch(name)) and name not in RESERVED_USERS
+
+
+def valid_team_name(name: str) -> bool:
+    return bool(_USER_NAME.fullmatch(name))
+
+
+def valid_email(email: str) -> bool:
+    return bool(_EMAIL.fullmatch(email))
+
+
+def valid_namespace(name: str) -> bool:
+    """A namespace is the first path component of repository names (OCI path-component grammar)."""
+    return len(name) <= 255 and bool(_NAMESPACE.fullmatch(name))
+
+
+def namespace_of(repository: str) -> str:
+    return repository.partition("/")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    email: str | None = None
+    admin: bool = False
+    created: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    name: str
+    description: str = ""
+    created: float = 0.0
+
+
+class SubjectKind(StrEnum):
+    USER = "user"
+    TEAM = "team"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """`role` on a namespace (repository None) or on one repository of it, held by a user or a team."""
+
+    namespace: str
+    repository: str | None
+    subject_kind: SubjectKind
+    subject: str
+    role: Role
+    created: float = 0.0
+    created_by: str = ""
+
+    @property
+    def id(self) -> str:
+        """E.g. `team:ml-engineers@ml` (a namespace grant) or `user:bob@ml/llama` (a repository grant)."""
+        return f"{self.subject_kind.value}:{self.subject}@{self.repository or self.namespace}"
+
+    def applies_to(self, repository: str) -> bool:
+        if self.repository is not None:
+            return self.repository == repository
+        return namespace_of(repository) == self.namespace
+
+
+class KeyKind(StrEnum):
+    API = "api"
+    REFRESH = "refresh"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A stored key: only the hash of the secret is kept. `namespaces`/`role` limit what it may do."""
+
+    prefix: str
+    user: str
+    hash: str
+    name: str = ""
+    kind: KeyKind = KeyKind.API
+    created: float = 0.0
+    expires: float | None = None
+    revoked: float | None = None
+    namespaces: tuple[str, ...] | None = None
+    role: Role | None = None
+    last_used: float | None = None
+    parent: str | None = None
+    """For a refresh token: the prefix of the API key it was obtained with (it dies with that key)."""
+
+    def usable(self, now: float) -> bool:
+        return self.revoked is None and (self.expires is None or now < self.expires)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who an authorization decision is about: the user (None: anonymous), the teams they belong to,
+    whether they are a registry admin, and the limits of the API key they used (if any)."""
+
+    user: str | None
+    teams: frozenset[str] = frozenset()
+    admin: bool = False
+    key_namespaces: tuple[str, ...] | None = None
+    key_role: Role | None = None
+    grants: tuple[Grant, ...] = field(default=())
+
+
+ANONYMOUS_SUBJECT = Subject(user=None)
