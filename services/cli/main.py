@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(settings.model_dump_json(indent=2))
         return 0
+    # Metadata holds token signing keys and key hashes; blobs may be private images: owner-only files.
+    os.umask(0o077)
     names = list(SERVICES) if args.command == "serve" else [args.command]
     service_name = "all-in-one" if args.command == "serve" else args.command
     setup_logging(settings.telemetry, service_name)

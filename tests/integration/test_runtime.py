@@ -326,7 +326,8 @@ async def test_grpc_calls_continue_the_callers_trace_and_are_counted() -> None:
 
     metrics = Metrics()
     server, port = await start_grpc(
-        "127.0.0.1:0", [lambda s: gc_pb2_grpc.add_GcServicer_to_server(Gc(), s)],
+        "127.0.0.1:0",
+        [lambda s: gc_pb2_grpc.add_GcServicer_to_server(Gc(), s)],
         interceptors=[TelemetryInterceptor(metrics, "gc")],
     )
     try:
@@ -344,3 +345,23 @@ async def test_grpc_calls_continue_the_callers_trace_and_are_counted() -> None:
     assert seen == [caller]
     method = "/hanzo.registry.v1.Gc/ListRuns"
     assert metrics.grpc_requests.labels(service="gc", method=method, code="OK")._value.get() == 1
+
+
+def test_data_directory_is_private_to_the_service_user(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port = _free_port()
+    env = {**os.environ, "HANZO_REGISTRY_DATA_DIR": str(data), "HANZO_REGISTRY_ADDR": f"127.0.0.1:{port}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait_ready(f"http://127.0.0.1:{port}/readyz", proc)[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [data, *data.iterdir()]}
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes
