@@ -25,7 +25,7 @@ from services.core.errors import (
 )
 from services.core.oci.digest import Digest
 from services.core.settings import S3BlobSettings
-from services.core.storage import layout, s3
+from services.core.storage import layout
 from services.core.storage.blobs import BlobPresigner, BlobStore, LocalBlobFiles
 from services.core.storage.fs import FilesystemBlobStore
 from services.core.storage.s3 import S3BlobStore
@@ -43,6 +43,8 @@ class Harness:
     list_leftovers: Callable[[], Awaitable[list[str]]]
     purge: Callable[[], Awaitable[None]]
     stores: list[BlobStore] = field(default_factory=list)
+    s3: tuple[Minio, str, str] | None = None
+    """S3 only: (client, bucket, prefix), to look at what the adapter stored."""
 
     def store(self, *, part_size: int | None = None) -> BlobStore:
         """A fresh instance on the same storage: another replica, with a cold hash cache."""
@@ -104,7 +106,7 @@ def _s3_harness() -> Harness:
 
         await asyncio.to_thread(remove)
 
-    return Harness("s3", make, leftovers, purge)
+    return Harness("s3", make, leftovers, purge, s3=(client, bucket, prefix))
 
 
 @pytest.fixture(params=["fs", pytest.param("s3", marks=pytest.mark.s3)])
@@ -316,14 +318,80 @@ async def test_small_append_then_part_sized_append(harness: Harness) -> None:
     assert await store.delete(digest)
 
 
-async def test_more_pieces_than_the_part_budget(store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A budget of 2 parts makes a 23 MiB blob behave like a multi-terabyte one: S3 composes groups first.
-    monkeypatch.setattr(layout, "PART_BUDGET", 2)
-    monkeypatch.setattr(s3, "PART_BUDGET", 2)
+async def test_part_size_growing_with_the_part_number(store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Growth every part (not every 40) makes a 23 MiB blob use parts of 5, 6 and 7 MiB, as a huge blob would.
+    monkeypatch.setattr(layout, "PART_GROWTH_EVERY", 1)
     data = payload(23 * MIB + 5)
     digest = await put(store, data, chunk=MIB)
     assert await read_all(store, digest) == data
     assert await store.delete(digest)
+
+
+def _multipart_etag(data: bytes, part_size: int) -> str:
+    md5s = b"".join(hashlib.md5(part).digest() for part in chunked(data, part_size))
+    return f"{hashlib.md5(md5s).hexdigest()}-{len(md5s) // 16}"
+
+
+async def _s3_etag(harness: Harness, digest: Digest) -> str:
+    assert harness.s3 is not None
+    client, bucket, prefix = harness.s3
+    stat = await asyncio.to_thread(client.stat_object, bucket, f"{prefix}/{layout.blob_key(digest)}")
+    return (stat.etag or "").strip('"')
+
+
+async def test_s3_parts_are_uploaded_once_as_multipart_parts(harness: Harness) -> None:
+    if harness.kind != "s3":
+        pytest.skip("S3 multipart layout")
+    store = harness.store()
+    # 5 MiB parts: 3 full parts, then a 2 MiB + 9 byte pending tail that becomes the 4th, last part.
+    data = payload(17 * MIB + 9)
+    digest = await put(store, data, chunk=MIB)
+    # The multipart ETag "<md5 of part md5s>-<parts>" of the streamed parts, unchanged by the
+    # final copy: nothing was re-uploaded, merged or composed from separate objects.
+    assert await _s3_etag(harness, digest) == _multipart_etag(data, 5 * MIB)
+    assert _multipart_etag(data, 5 * MIB).endswith("-4")
+    assert await read_all(store, digest) == data
+    assert await store.delete(digest)
+
+
+async def test_tiny_append_then_big_appends(harness: Harness) -> None:
+    store = harness.store()
+    pieces = [payload(3), payload(12 * MIB + 1), payload(7 * MIB), payload(5 * MIB - 4), payload(2)]
+    upload = await store.start_upload()
+    size = 0
+    for piece in pieces:
+        size = await store.append(upload, stream(*chunked(piece, 700_000)), offset=size)
+        assert await harness.store().upload_size(upload) == size
+    data = b"".join(pieces)
+    digest = Digest.of(data)
+    assert (await store.commit(upload, digest)).size == len(data)
+    assert await read_all(harness.store(), digest) == data
+    if harness.kind == "s3":
+        # Each tail was carried into the next append, so the parts are cut every 5 MiB of the
+        # blob whatever the append sizes were, and the last (4 MiB + 2) is the final tail.
+        assert await _s3_etag(harness, digest) == _multipart_etag(data, 5 * MIB)
+    assert await store.delete(digest)
+
+
+@pytest.mark.parametrize("matching", [True, False], ids=["digest-matches", "digest-wrong"])
+async def test_commit_on_another_instance_rehashes(harness: Harness, matching: bool) -> None:
+    # The committing instance never saw the bytes: it must verify them before publishing.
+    first, second = harness.store(), harness.store()
+    data = payload(11 * MIB + 3)
+    upload = await first.start_upload()
+    assert await first.append(upload, stream(*chunked(data, MIB)), offset=0) == len(data)
+    digest = Digest.of(data) if matching else Digest.of(data[:-1] + b"?")
+    if not matching:
+        with pytest.raises(DigestInvalidError):
+            await second.commit(upload, digest)
+        assert await second.stat(digest) is None and await second.stat(Digest.of(data)) is None
+        assert [info async for info in second.iter_all()] == []
+        with pytest.raises(BlobUploadUnknownError):
+            await first.upload_size(upload)
+        return
+    assert (await second.commit(upload, digest)).size == len(data)
+    assert await read_all(first, digest) == data
+    assert await first.delete(digest)
 
 
 async def test_upload_continued_on_another_instance(harness: Harness) -> None:

@@ -8,11 +8,15 @@ Every key below is relative to the adapter's root (a directory for `FilesystemBl
                                      atomic S3 PUT / copy / completed multipart upload)
     uploads/<id>/                    one upload session; any replica can continue it
         data                         fs: the bytes received so far, appended in place
+                                     s3: the key of the session's S3 multipart upload; an object
+                                     only between completing that upload and copying it to blobs/
         lock                         fs: flock(2) target; one writer (append/commit) at a time
-        started                      s3: empty marker; the session exists while it does
-        seg/<offset:020d>            s3: bytes [offset, offset + size) of the session, written once
-                                     (PUT If-None-Match: *) so concurrent writers cannot both win
-        tmp/<name>                   s3: commit scratch (merged small segments, composed groups)
+        state                        s3: the session record (JSON): the multipart UploadId, the
+                                     recorded parts (number, size, ETag), the pending object and
+                                     the next free part number; replaced only by conditional PUTs
+                                     (If-Match its ETag), so of two concurrent writers one wins
+        pending/<token>              s3: the tail after the last part (< S3_MIN_PART bytes),
+                                     written once under a fresh name and named by `state`
 
 The two-hex fan-out keeps directory listings short on file systems; S3 ignores it happily.
 Upload ids come from `new_upload_id` and are checked by `is_upload_id` before they touch a path,
@@ -35,16 +39,17 @@ READ_CHUNK: Final = MIB
 S3_MIN_PART: Final = 5 * MIB
 """S3's smallest multipart part, except the last one."""
 S3_MAX_PARTS: Final = 10_000
-PART_BUDGET: Final = 9_000
-"""Parts we plan for, leaving headroom under S3_MAX_PARTS for merged and split pieces."""
+S3_MAX_PART: Final = 5 * 1024 * MIB
+"""S3's largest multipart part."""
+PART_GROWTH_EVERY = 40
+"""Part numbers per 1 MiB of part-size growth (see `part_size_for_number`)."""
 
 BLOBS: Final = "blobs"
 UPLOADS: Final = "uploads"
 UPLOAD_DATA: Final = "data"
 UPLOAD_LOCK: Final = "lock"
-UPLOAD_MARKER: Final = "started"
-SEGMENTS: Final = "seg"
-SCRATCH: Final = "tmp"
+UPLOAD_STATE: Final = "state"
+PENDING: Final = "pending"
 
 _UPLOAD_ID: Final = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _OFFSET_WIDTH: Final = 20
@@ -88,33 +93,28 @@ def upload_id_of(key: str) -> str | None:
     return parts[1]
 
 
-def segment_prefix(upload_id: str) -> str:
-    return f"{upload_prefix(upload_id)}{SEGMENTS}/"
+def state_key(upload_id: str) -> str:
+    return f"{upload_prefix(upload_id)}{UPLOAD_STATE}"
 
 
-def segment_key(upload_id: str, offset: int) -> str:
-    # Zero-padded so lexicographic listing order is offset order.
-    return f"{segment_prefix(upload_id)}{offset:0{_OFFSET_WIDTH}d}"
+def data_key(upload_id: str) -> str:
+    return f"{upload_prefix(upload_id)}{UPLOAD_DATA}"
 
 
-def segment_offset(key: str) -> int | None:
-    name = key.rsplit("/", 1)[-1]
-    if len(name) != _OFFSET_WIDTH or not name.isdigit():
-        return None
-    return int(name)
+def pending_key(upload_id: str, token: str) -> str:
+    return f"{upload_prefix(upload_id)}{PENDING}/{token}"
 
 
-def scratch_key(upload_id: str, name: str) -> str:
-    return f"{upload_prefix(upload_id)}{SCRATCH}/{name}"
+def part_size_for_number(number: int, *, minimum: int) -> int:
+    """Size of multipart part `number` (1-based): `minimum`, plus 1 MiB every PART_GROWTH_EVERY parts.
 
-
-def part_size_for(size: int, *, minimum: int) -> int:
-    """Part size that keeps a `size`-byte object within PART_BUDGET parts, whole MiB, >= `minimum`.
-
-    A 1 TB blob at the default 16 MiB would need 65,536 parts; this grows the part instead.
+    A blob's size is unknown while it streams, so the part size grows with the part number
+    instead: the first 40 parts are `minimum`, the next 40 one MiB more, and so on (capped at
+    S3_MAX_PART). Small blobs keep small parts (memory is (in flight + 1) parts), while 9,000
+    parts of at least 5 MiB hold over 1 TiB (the 9,000th is ~229 MiB), leaving 1,000 part
+    numbers for the ones wasted by failed or concurrent appends.
     """
-    needed = -(-size // PART_BUDGET)
-    return max(minimum, -(-needed // MIB) * MIB)
+    return min(S3_MAX_PART, minimum + MIB * ((number - 1) // PART_GROWTH_EVERY))
 
 
 class DigesterCache:

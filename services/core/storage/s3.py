@@ -3,43 +3,59 @@
 Keys follow `services.core.storage.layout`, under `settings.prefix`. All session state lives in the
 bucket, so any replica continues any upload; the process only caches hash state (`DigesterCache`).
 
-Uploads stream and never hold a blob in memory or on local disk:
+An upload session is one S3 multipart upload at `uploads/<id>/data`; the client's bytes are sent
+to S3 once while they stream and never sit whole in memory or on local disk:
 
-* `start_upload` writes the empty marker `uploads/<id>/started`.
-* `append` cuts the request stream into segments of at most `settings.part_size` bytes (the only
-  buffer) and PUTs each as `uploads/<id>/seg/<offset:020d>` with `If-None-Match: *`. Segments are
-  written once, so of two writers at one offset exactly one wins; the other gets a 412, reported
-  as RangeInvalidError. The session size is the end of the contiguous segment chain from 0, read
-  by listing. A stream that fails midway keeps the segments already stored (a buffered partial
-  segment is dropped), which is a consistent size to resume from.
-* `commit` checks the digest against the hash kept while streaming (rehashing the segments on a
-  cache miss, e.g. when another replica did the appends), then assembles the blob server-side
-  with `compose_object` (UploadPartCopy + CompleteMultipartUpload, or CopyObject for one piece),
-  which makes the blob key appear atomically and complete. S3 parts must be >= 5 MiB except the
-  last, so runs of small segments (tiny chunked PATCHes) are first merged by a bounded streaming
-  copy (< 15 MiB) into `uploads/<id>/tmp/merge-<offset>`; a large segment following a small run
-  lends the run the bytes it lacks and joins as a ranged source. When there are more pieces than
-  the part budget (huge blobs), they are composed in groups of `part_size_for(size)` bytes first,
-  so a 1 TB blob still fits in 10,000 parts. Composed sources are pinned by ETag. Then the
-  session prefix is deleted.
+* `start_upload` writes the session record `uploads/<id>/state` (JSON, see `_State`). Every later
+  change replaces it with a conditional PUT (`If-Match` the ETag it was read at; a version counter
+  keeps contents, hence ETags, from repeating), so of two writers working from the same record
+  exactly one succeeds and the other gets a 412, reported as RangeInvalidError.
+* `append` cuts the stream into parts (`part_size_for_number`: `settings.part_size`, growing with
+  the part number so that a 1 TB blob fits in S3's 10,000 parts) and uploads up to `_IN_FLIGHT`
+  of them concurrently while it keeps reading, so memory stays below (_IN_FLIGHT + 1) parts. The
+  multipart upload is created with the first full part. Part numbers are reserved in the record
+  (`next_part`) before use, so two writers never upload to one part number; a part enters the
+  record (number, size, ETag) only once S3 has stored it. A tail shorter than S3_MIN_PART (all
+  parts but the last must be >= 5 MiB; OCI chunked PATCHes may be tiny) is written as a fresh
+  `uploads/<id>/pending/<token>` object and prepended to the next append's stream. The session
+  size is the recorded parts plus the pending object, read from the record alone. A stream that
+  fails midway records the parts S3 completed (the partial buffer is dropped): a consistent size
+  to resume from.
+* `commit` uploads the pending tail as the last part (UploadPartCopy, server side), completes the
+  multipart upload at `uploads/<id>/data` (no data copy) and copies that object to the blob key
+  (CopyObject, or UploadPartCopy parts above 5 GiB), which makes the blob appear atomically and
+  complete. S3 cannot complete an upload under another key than the one it was created with
+  (tested on SeaweedFS: NoSuchUpload) and the digest is unknown until commit, so this one
+  server-side copy remains. The digest is checked before anything is published: against the hash
+  kept while streaming, or, when this process does not hold it (the session moved between
+  replicas or a stream failed), by reading `uploads/<id>/data` back after completing it, which is
+  the only slow path. Then the session prefix is deleted. `abort` aborts the multipart upload(s)
+  under the session prefix and deletes its objects.
 
-Every minio call runs in a worker thread (`asyncio.to_thread`); nothing here blocks the loop.
+minio 7.2 has no public multipart API; `_create_multipart_upload`, `_upload_part`,
+`_upload_part_copy`, `_complete_multipart_upload`, `_abort_multipart_upload`,
+`_list_multipart_uploads` and `_put_object` (conditional headers; the public put_object turns
+them into user metadata) are its private calls, used as of 7.2.20. Every minio call runs in a
+worker thread (`asyncio.to_thread`); nothing here blocks the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
+import json
+import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 import urllib3
 from minio import Minio
 from minio.commonconfig import ComposeSource
-from minio.datatypes import Object
+from minio.datatypes import Object, Part
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
@@ -48,6 +64,7 @@ from services.core.errors import (
     BlobUploadUnknownError,
     DigestInvalidError,
     RangeInvalidError,
+    SizeInvalidError,
     UnavailableError,
 )
 from services.core.oci.digest import Digest, Digester
@@ -55,48 +72,87 @@ from services.core.settings import S3BlobSettings
 from services.core.storage.blobs import BlobInfo
 from services.core.storage.layout import (
     BLOBS,
-    PART_BUDGET,
     READ_CHUNK,
+    S3_MAX_PARTS,
     S3_MIN_PART,
-    UPLOAD_MARKER,
     UPLOADS,
     DigesterCache,
     blob_digest,
     blob_key,
+    data_key,
     is_upload_id,
     new_upload_id,
-    part_size_for,
-    scratch_key,
-    segment_key,
-    segment_offset,
-    segment_prefix,
+    part_size_for_number,
+    pending_key,
+    state_key,
     upload_id_of,
     upload_prefix,
 )
 
 _MISSING: Final = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"})
 _LOST_RACE: Final = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+_NO_UPLOAD: Final = frozenset({"NoSuchUpload"})
 _LIST_BATCH: Final = 1000
+_IN_FLIGHT: Final = 3
+"""Parts one append uploads concurrently while it keeps reading the stream."""
+_RESERVE: Final = 8
+"""Part numbers one record update reserves for an append."""
 
 
 @dataclass(frozen=True, slots=True)
-class _Segment:
-    offset: int
+class _Part:
+    number: int
     size: int
-    key: str
+    etag: str
 
 
 @dataclass(frozen=True, slots=True)
-class _Piece:
-    """One compose source: `key` whole, or its byte range [start, start + size) when ranged."""
+class _State:
+    """The session record `uploads/<id>/state`: everything another replica needs to continue."""
 
-    key: str
-    size: int
-    start: int | None = None
+    multipart: str | None = None
+    """UploadId of the S3 multipart upload at `uploads/<id>/data`, once the first part exists."""
+    parts: tuple[_Part, ...] = ()
+    """Stored parts in byte order (ascending numbers, gaps allowed), all >= S3_MIN_PART."""
+    pending: str | None = None
+    """Token of the pending tail object (bytes after the last part), if any."""
+    pending_size: int = 0
+    next_part: int = 1
+    """Lowest part number no writer has reserved."""
+    version: int = 0
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.parts) + self.pending_size
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "multipart": self.multipart,
+                "parts": [[p.number, p.size, p.etag] for p in self.parts],
+                "pending": self.pending,
+                "pending_size": self.pending_size,
+                "next_part": self.next_part,
+                "version": self.version,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> _State:
+        doc: dict[str, Any] = json.loads(raw)
+        return cls(
+            multipart=doc["multipart"],
+            parts=tuple(_Part(int(n), int(size), str(etag)) for n, size, etag in doc["parts"]),
+            pending=doc["pending"],
+            pending_size=int(doc["pending_size"]),
+            next_part=int(doc["next_part"]),
+            version=int(doc["version"]),
+        )
 
 
-def _end(segments: list[_Segment]) -> int:
-    return segments[-1].offset + segments[-1].size if segments else 0
+def _lost(upload_id: str) -> RangeInvalidError:
+    return RangeInvalidError(f"upload {upload_id!r} changed while appending (a concurrent append won)")
 
 
 class S3BlobStore:
@@ -134,6 +190,9 @@ class S3BlobStore:
     def _blob(self, digest: Digest) -> str:
         return self._key(blob_key(digest))
 
+    def _part_size(self, number: int) -> int:
+        return part_size_for_number(number, minimum=self._settings.part_size)
+
     # -- blocking helpers (worker threads only) ------------------------------------------------
 
     def _exists(self, key: str) -> Object | None:
@@ -156,26 +215,6 @@ class S3BlobStore:
         if errors:
             raise UnavailableError(f"could not delete {len(errors)} objects under {prefix}: {errors[0]}")
 
-    def _session(self, upload_id: str) -> list[_Segment]:
-        """The session's contiguous segment chain from offset 0. BlobUploadUnknownError when gone."""
-        marker = self._key(upload_prefix(upload_id) + UPLOAD_MARKER)
-        if not is_upload_id(upload_id) or self._exists(marker) is None:
-            raise BlobUploadUnknownError(f"unknown upload {upload_id[:80]!r}")
-        found: list[_Segment] = []
-        for obj in self._list(self._key(segment_prefix(upload_id))):
-            offset = segment_offset(obj.object_name or "")
-            if offset is not None and obj.size:
-                found.append(_Segment(offset, obj.size, obj.object_name or ""))
-        found.sort(key=lambda s: s.offset)
-        chain: list[_Segment] = []
-        for segment in found:
-            # Only the chain counts: a stray segment past a gap (a lost writer's) is never read.
-            if segment.offset == _end(chain):
-                chain.append(segment)
-            elif segment.offset > _end(chain):
-                break
-        return chain
-
     def _read_range(self, key: str, start: int, size: int) -> Iterator[bytes]:
         response = self._client.get_object(self._bucket, key, offset=start, length=size)
         try:
@@ -185,119 +224,151 @@ class S3BlobStore:
             response.close()
             response.release_conn()
 
-    def _rehash(self, segments: list[_Segment], algorithm: str) -> Digester:
-        digester = Digester(algorithm)
-        for segment in segments:
-            for chunk in self._read_range(segment.key, 0, segment.size):
-                digester.update(chunk)
-        return digester
-
-    def _put_segment(self, upload_id: str, offset: int, data: bytes, digester: Digester) -> None:
+    def _read_small(self, key: str) -> bytes:
+        """A whole small object (a pending tail, < S3_MIN_PART)."""
+        response = self._client.get_object(self._bucket, key)
         try:
-            # Private API: the public put_object would turn If-None-Match into user metadata.
-            self._client._put_object(
+            return bytes(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    def _load(self, upload_id: str) -> tuple[_State, str]:
+        """The session record and its ETag. BlobUploadUnknownError when the session is gone."""
+        if not is_upload_id(upload_id):
+            raise BlobUploadUnknownError(f"unknown upload {upload_id[:80]!r}")
+        try:
+            response = self._client.get_object(self._bucket, self._key(state_key(upload_id)))
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise BlobUploadUnknownError(f"unknown upload {upload_id[:80]!r}") from None
+            raise
+        try:
+            raw = bytes(response.read())
+            etag = str(response.headers.get("ETag", "")).strip('"')
+        finally:
+            response.close()
+            response.release_conn()
+        return _State.decode(raw), etag
+
+    def _save(self, upload_id: str, state: _State, *, etag: str | None) -> str:
+        """Replace the record read at `etag` (create it when None); RangeInvalidError if it changed."""
+        condition = {"If-Match": f'"{etag}"'} if etag is not None else {"If-None-Match": "*"}
+        try:
+            # Private API: the public put_object would turn the condition into user metadata.
+            result = self._client._put_object(
                 self._bucket,
-                self._key(segment_key(upload_id, offset)),
-                data,
-                headers={"If-None-Match": "*", "Content-Type": "application/octet-stream"},
+                self._key(state_key(upload_id)),
+                state.encode(),
+                headers={"Content-Type": "application/json", **condition},
             )
         except S3Error as exc:
             if exc.code in _LOST_RACE:
-                raise RangeInvalidError(
-                    f"upload {upload_id!r} already has bytes at offset {offset} (a concurrent append won)"
-                ) from None
+                raise _lost(upload_id) from None
+            if exc.code in _MISSING:
+                raise BlobUploadUnknownError(f"upload {upload_id!r} was aborted") from None
             raise
-        digester.update(data)
+        return str(result.etag)
 
-    def _merge(self, key: str, ranges: list[_Piece]) -> _Piece:
-        # Bounded (< 3 * S3_MIN_PART): only runs of small segments are ever copied through us.
-        data = b"".join(
-            b"".join(self._read_range(piece.key, piece.start or 0, piece.size)) for piece in ranges
+    def _put_pending(self, upload_id: str, data: bytes) -> str:
+        token = secrets.token_hex(8)
+        self._client.put_object(self._bucket, self._key(pending_key(upload_id, token)), io.BytesIO(data), len(data))
+        return token
+
+    def _remove(self, key: str) -> None:
+        self._client.remove_object(self._bucket, key)
+
+    def _create_multipart(self, upload_id: str) -> str:
+        return self._client._create_multipart_upload(
+            self._bucket, self._key(data_key(upload_id)), {"Content-Type": "application/octet-stream"}
         )
-        self._client.put_object(self._bucket, key, io.BytesIO(data), len(data))
-        return _Piece(key, len(data))
 
-    def _plan(self, upload_id: str, segments: list[_Segment]) -> list[_Piece]:
-        """Compose pieces covering the segments in order, each >= S3_MIN_PART except the last."""
-        pieces: list[_Piece] = []
-        pending: list[_Piece] = []
-        pending_start = 0
+    def _upload_part(self, upload_id: str, multipart: str, number: int, data: bytes) -> _Part:
+        try:
+            etag = self._client._upload_part(
+                self._bucket, self._key(data_key(upload_id)), data, None, multipart, number
+            )
+        except S3Error as exc:
+            if exc.code in _NO_UPLOAD:
+                raise BlobUploadUnknownError(f"upload {upload_id!r} was aborted or committed") from None
+            raise
+        return _Part(number, len(data), etag)
 
-        def flush() -> None:
-            whole = len(pending) == 1 and pending[0].start is None
-            if whole:
-                pieces.append(pending[0])
-            else:
-                scratch = self._key(scratch_key(upload_id, f"merge-{pending_start:020d}"))
-                pieces.append(self._merge(scratch, pending))
-            pending.clear()
+    def _abort_multipart(self, upload_id: str, multipart: str) -> None:
+        with contextlib.suppress(S3Error):
+            self._client._abort_multipart_upload(self._bucket, self._key(data_key(upload_id)), multipart)
 
-        for segment in segments:
-            pending_size = sum(p.size for p in pending)
-            if not pending and segment.size >= S3_MIN_PART:
-                pieces.append(_Piece(segment.key, segment.size))
-                continue
-            if not pending:
-                pending_start = segment.offset
-            lacking = S3_MIN_PART - pending_size
-            if segment.size - lacking >= S3_MIN_PART:
-                pending.append(_Piece(segment.key, lacking, start=0))
-                flush()
-                pieces.append(_Piece(segment.key, segment.size - lacking, start=lacking))
-                continue
-            pending.append(_Piece(segment.key, segment.size))
-            if pending_size + segment.size >= S3_MIN_PART:
-                flush()
-        if pending:
-            flush()
-        return pieces
+    def _abort_session(self, upload_id: str) -> None:
+        # Every multipart upload under the session, recorded or not (a writer may have died
+        # between creating one and recording it), then every object.
+        prefix = self._key(upload_prefix(upload_id))
+        for upload in self._client._list_multipart_uploads(self._bucket, prefix=prefix).uploads:
+            if upload.object_name and upload.upload_id:
+                self._abort_multipart(upload_id, upload.upload_id)
+        self._remove_prefix(prefix)
 
-    def _compose(self, key: str, pieces: list[_Piece]) -> None:
-        sources = [
-            ComposeSource(self._bucket, p.key)
-            if p.start is None
-            else ComposeSource(self._bucket, p.key, offset=p.start, length=p.size)
-            for p in pieces
-        ]
-        self._client.compose_object(self._bucket, key, sources)
+    def _assemble(self, upload_id: str, state: _State) -> str:
+        """Make the session's (non-empty) bytes one object, without copying parts; returns its key."""
+        if state.multipart is None and state.pending is not None:
+            return self._key(pending_key(upload_id, state.pending))
+        assert state.multipart is not None
+        key = self._key(data_key(upload_id))
+        parts = list(state.parts)
+        if state.pending is not None:
+            # The tail becomes the last part, copied inside S3 (it may be any size).
+            number = state.next_part
+            if number > S3_MAX_PARTS:
+                raise SizeInvalidError(f"upload {upload_id!r} has used all {S3_MAX_PARTS} part numbers")
+            source = f"/{self._bucket}/{self._key(pending_key(upload_id, state.pending))}"
+            etag, _ = self._client._upload_part_copy(
+                self._bucket, key, state.multipart, number, {"x-amz-copy-source": source}
+            )
+            parts.append(_Part(number, state.pending_size, etag))
+        try:
+            # Atomic, and no data copy: S3 links the stored parts into the object.
+            self._client._complete_multipart_upload(
+                self._bucket, key, state.multipart, [Part(p.number, p.etag) for p in parts]
+            )
+        except S3Error as exc:
+            # A retried commit: the upload was completed by the earlier attempt.
+            stored = self._exists(key) if exc.code in _NO_UPLOAD else None
+            if stored is None or stored.size != state.size:
+                raise
+        return key
 
-    def _group(self, upload_id: str, pieces: list[_Piece], size: int) -> list[_Piece]:
-        """Compose runs of pieces into objects of >= part_size_for(size) so at most PART_BUDGET remain."""
-        target = part_size_for(size, minimum=self._settings.part_size)
-        grouped: list[_Piece] = []
-        run: list[_Piece] = []
-        offset = run_start = 0
-        for piece in pieces:
-            if not run:
-                run_start = offset
-            run.append(piece)
-            offset += piece.size
-            if sum(p.size for p in run) >= target or offset == size:
-                if len(run) == 1:
-                    grouped.append(run[0])
-                else:
-                    scratch = self._key(scratch_key(upload_id, f"group-{run_start:020d}"))
-                    self._compose(scratch, run)
-                    grouped.append(_Piece(scratch, sum(p.size for p in run)))
-                run = []
-        return grouped
+    def _rehash(self, key: str, size: int, algorithm: str) -> Digester:
+        digester = Digester(algorithm)
+        if size:
+            for chunk in self._read_range(key, 0, size):
+                digester.update(chunk)
+        return digester
 
-    def _publish(self, upload_id: str, digest: Digest, segments: list[_Segment]) -> None:
+    def _publish(self, upload_id: str, state: _State, digest: Digest, *, verified: bool) -> Digest:
+        """Assemble, verify unless `verified`, copy to the blob key; returns the digest the bytes have."""
         target = self._blob(digest)
-        if self._exists(target) is None:
-            size = _end(segments)
-            if not segments:
+        if verified and self._exists(target) is not None:
+            self._abort_session(upload_id)  # idempotent commit: the content is already there
+            return digest
+        if state.multipart is None and state.pending is None:
+            if not verified and (actual := Digester(digest.algorithm).digest()) != digest:
+                return actual
+            if self._exists(target) is None:
                 self._client.put_object(self._bucket, target, io.BytesIO(b""), 0)
-            else:
-                pieces = self._plan(upload_id, segments)
-                if len(pieces) > PART_BUDGET:
-                    pieces = self._group(upload_id, pieces, size)
-                # Atomic: the key appears only when CopyObject/CompleteMultipartUpload finishes.
-                self._compose(target, pieces)
-            stored = self._exists(target)
-            if stored is None or stored.size != size:
-                raise UnavailableError(f"S3 stored {target} with size {stored and stored.size}, not {size}")
+        else:
+            source = self._assemble(upload_id, state)
+            if not verified:
+                # Slow path (the hash is not in this process): read the assembled bytes back.
+                actual = self._rehash(source, state.size, digest.algorithm).digest()
+                if actual != digest:
+                    return actual
+            if self._exists(target) is None:
+                # Atomic: CopyObject, or (> 5 GiB) UploadPartCopy parts + CompleteMultipartUpload.
+                self._client.compose_object(self._bucket, target, [ComposeSource(self._bucket, source)])
+        stored = self._exists(target)
+        if stored is None or stored.size != state.size:
+            raise UnavailableError(f"S3 stored {target} with size {stored and stored.size}, not {state.size}")
         self._remove_prefix(self._key(upload_prefix(upload_id)))
+        return digest
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -305,9 +376,7 @@ class S3BlobStore:
         obj = await asyncio.to_thread(self._exists, self._blob(digest))
         return None if obj is None else BlobInfo(digest, obj.size or 0)
 
-    async def read(
-        self, digest: Digest, *, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    async def read(self, digest: Digest, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         if length == 0:
             # minio reads length 0 as "to the end"; an empty range needs no request.
             if await self.stat(digest) is None:
@@ -343,65 +412,49 @@ class S3BlobStore:
 
     async def start_upload(self) -> str:
         upload_id = new_upload_id()
-        marker = self._key(upload_prefix(upload_id) + UPLOAD_MARKER)
-        await asyncio.to_thread(self._client.put_object, self._bucket, marker, io.BytesIO(b""), 0)
+        await asyncio.to_thread(self._save, upload_id, _State(), etag=None)
         return upload_id
 
     async def upload_size(self, upload_id: str) -> int:
-        return _end(await asyncio.to_thread(self._session, upload_id))
+        state, _ = await asyncio.to_thread(self._load, upload_id)
+        return state.size
 
     async def append(self, upload_id: str, chunks: AsyncIterable[bytes], *, offset: int) -> int:
-        segments = await asyncio.to_thread(self._session, upload_id)
-        size = _end(segments)
-        if size != offset:
+        state, etag = await asyncio.to_thread(self._load, upload_id)
+        if state.size != offset:
             raise RangeInvalidError(
-                f"upload {upload_id!r} holds {size} bytes; a chunk must start there, not at {offset}",
-                detail={"size": size, "offset": offset},
+                f"upload {upload_id!r} holds {state.size} bytes; a chunk must start there, not at {offset}",
+                detail={"size": state.size, "offset": offset},
             )
-        digester = self._digesters.take(upload_id, size=size)
-        if digester is None:
-            digester = await asyncio.to_thread(self._rehash, segments, "sha256")
-        limit = self._settings.part_size
-        position = size
-        buffer = bytearray()
-        # On failure the digester is dropped, not cached: a cancelled worker may still update it.
-        async for chunk in chunks:
-            buffer += chunk
-            while len(buffer) >= limit:
-                segment = bytes(buffer[:limit])
-                del buffer[:limit]
-                await asyncio.to_thread(self._put_segment, upload_id, position, segment, digester)
-                position += len(segment)
-        if buffer:
-            segment = bytes(buffer)
-            buffer.clear()
-            await asyncio.to_thread(self._put_segment, upload_id, position, segment, digester)
-            position += len(segment)
-        self._digesters.put(upload_id, digester)
-        return position
+        # None when this process does not hold the hash of the stored bytes (another replica
+        # appended them, or a stream failed): the session then stays unhashed until commit reads
+        # it back. On failure the digester is dropped, not cached: a hashing thread may still run.
+        digester = self._digesters.take(upload_id, size=offset)
+        size = await _Append(self, upload_id, state, etag, digester).run(chunks)
+        if digester is not None:
+            self._digesters.put(upload_id, digester)
+        return size
 
     async def commit(self, upload_id: str, digest: Digest) -> BlobInfo:
-        segments = await asyncio.to_thread(self._session, upload_id)
-        size = _end(segments)
-        digester = self._digesters.take(upload_id, size=size, algorithm=digest.algorithm)
-        if digester is None:
-            digester = await asyncio.to_thread(self._rehash, segments, digest.algorithm)
-        actual = digester.digest()
+        state, _ = await asyncio.to_thread(self._load, upload_id)
+        digester = self._digesters.take(upload_id, size=state.size, algorithm=digest.algorithm)
+        actual = digester.digest() if digester is not None else None
+        if actual is None or actual == digest:
+            actual = await asyncio.to_thread(self._publish, upload_id, state, digest, verified=actual is not None)
         if actual != digest:
             await self.abort(upload_id)
             raise DigestInvalidError(
                 f"upload hashes to {actual}, not {digest}",
                 detail={"expected": str(digest), "actual": str(actual)},
             )
-        await asyncio.to_thread(self._publish, upload_id, digest, segments)
         self._digesters.discard(upload_id)
-        return BlobInfo(digest, size)
+        return BlobInfo(digest, state.size)
 
     async def abort(self, upload_id: str) -> None:
         if not is_upload_id(upload_id):
             return
         self._digesters.discard(upload_id)
-        await asyncio.to_thread(self._remove_prefix, self._key(upload_prefix(upload_id)))
+        await asyncio.to_thread(self._abort_session, upload_id)
 
     # -- deleting and listing ------------------------------------------------------------------
 
@@ -456,3 +509,198 @@ class S3BlobStore:
 
     async def close(self) -> None:
         self._http.clear()
+
+
+def _cut(buffered: list[bytes], size: int) -> tuple[bytes, list[bytes]]:
+    """The first `size` bytes of `buffered` (which holds at least that many) and the rest."""
+    taken: list[bytes] = []
+    total = 0
+    for index, chunk in enumerate(buffered):
+        if total + len(chunk) >= size:
+            split = size - total
+            rest = buffered[index + 1 :]
+            if split < len(chunk):
+                taken.append(chunk[:split])
+                rest.insert(0, chunk[split:])
+            else:
+                taken.append(chunk)
+            return b"".join(taken), rest
+        taken.append(chunk)
+        total += len(chunk)
+    raise ValueError(f"{total} bytes buffered, fewer than {size}")
+
+
+async def _hash_after(previous: asyncio.Task[None] | None, digester: Digester, data: bytes) -> None:
+    if previous is not None:
+        await previous
+    await asyncio.to_thread(digester.update, data)
+
+
+class _Append:
+    """One `append`: cuts the stream into parts, uploads them concurrently, records them."""
+
+    def __init__(self, store: S3BlobStore, upload_id: str, state: _State, etag: str, digester: Digester | None) -> None:
+        self._store = store
+        self._id = upload_id
+        self._base = state  # the record as this append found it
+        self._state = state  # the record as this append last wrote it
+        self._etag = etag
+        self._digester = digester
+        self._numbers: list[int] = []  # reserved and unused part numbers, ascending
+        self._uploads: list[asyncio.Task[_Part]] = []  # this append's parts, in byte order
+        self._recorded = 0  # how many of them the record holds
+        self._created: str | None = None  # a multipart upload created but not yet recorded
+        self._hashing: asyncio.Task[None] | None = None  # the last link of the hash chain
+
+    async def run(self, chunks: AsyncIterable[bytes]) -> int:
+        buffered: list[bytes] = []
+        length = 0
+        skip = 0  # leading buffered bytes already hashed: the previous pending tail
+        fresh = False
+        token: str | None = None
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                if not fresh and self._base.pending is not None:
+                    head = await self._read_pending(self._base.pending)
+                    buffered, length, skip = [head], len(head), len(head)
+                fresh = True
+                buffered.append(chunk)
+                length += len(chunk)
+                while length >= (size := self._store._part_size(self._peek())):
+                    part, buffered = _cut(buffered, size)
+                    length -= size
+                    self._hash(part[skip:] if skip else part)
+                    skip = 0
+                    await self._upload(part)
+            if not fresh:
+                return self._base.size  # nothing new: the record stays as it is
+            tail = b"".join(buffered)
+            buffered = []
+            self._hash(tail[skip:] if skip else tail)
+            if len(tail) >= S3_MIN_PART:
+                await self._upload(tail)
+                tail = b""
+            parts = await self._settle()
+            if tail:
+                token = await asyncio.to_thread(self._store._put_pending, self._id, tail)
+            if self._hashing is not None:
+                await self._hashing
+            state = replace(
+                self._state,
+                parts=self._base.parts + parts,
+                pending=token,
+                pending_size=len(tail),
+                version=self._state.version + 1,
+            )
+            await self._write(state)
+            token = None
+        except BaseException:
+            await self._salvage(token)
+            raise
+        if self._base.pending is not None:
+            # Now unreferenced; a leftover would only cost space until the session ends.
+            with contextlib.suppress(S3Error):
+                key = self._store._key(pending_key(self._id, self._base.pending))
+                await asyncio.to_thread(self._store._remove, key)
+        return state.size
+
+    async def _read_pending(self, token: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self._store._read_small, self._store._key(pending_key(self._id, token)))
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise _lost(self._id) from None  # another append replaced it meanwhile
+            raise
+
+    def _peek(self) -> int:
+        """The part number the next part gets."""
+        return self._numbers[0] if self._numbers else self._state.next_part
+
+    def _hash(self, data: bytes) -> None:
+        # A chain of worker-thread updates: in byte order, off the event loop, overlapping uploads.
+        if self._digester is not None and data:
+            self._hashing = asyncio.create_task(_hash_after(self._hashing, self._digester, data))
+
+    async def _upload(self, part: bytes) -> None:
+        number = self._numbers.pop(0) if self._numbers else await self._reserve()
+        if number > S3_MAX_PARTS:
+            raise SizeInvalidError(f"upload {self._id!r} has used all {S3_MAX_PARTS} part numbers")
+        running = [task for task in self._uploads if not task.done()]
+        if len(running) >= _IN_FLIGHT:
+            # Bounded memory: at most _IN_FLIGHT parts in the air while the next one fills.
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in self._uploads:
+            if task.done() and (error := task.exception()) is not None:
+                raise error
+        assert self._state.multipart is not None
+        upload = asyncio.to_thread(self._store._upload_part, self._id, self._state.multipart, number, part)
+        self._uploads.append(asyncio.create_task(upload))
+
+    async def _reserve(self) -> int:
+        """Reserve _RESERVE part numbers in the record (creating the multipart upload first)."""
+        state = self._state
+        multipart = state.multipart
+        if multipart is None:
+            multipart = self._created = await asyncio.to_thread(self._store._create_multipart, self._id)
+        finished = self._finished()
+        await self._write(
+            replace(
+                self._with_parts(finished),
+                multipart=multipart,
+                next_part=state.next_part + _RESERVE,
+                version=state.version + 1,
+            )
+        )
+        self._created = None
+        self._recorded = len(finished)
+        self._numbers = list(range(state.next_part + 1, state.next_part + _RESERVE))
+        return state.next_part
+
+    def _finished(self) -> tuple[_Part, ...]:
+        """The parts S3 has stored, up to the first one still uploading or failed."""
+        parts: list[_Part] = []
+        for task in self._uploads:
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                break
+            parts.append(task.result())
+        return tuple(parts)
+
+    def _with_parts(self, finished: tuple[_Part, ...]) -> _State:
+        if not finished:
+            return self._state
+        # The first new part begins with the old pending tail, which is then no longer needed.
+        return replace(self._state, parts=self._base.parts + finished, pending=None, pending_size=0)
+
+    async def _settle(self) -> tuple[_Part, ...]:
+        if self._uploads:
+            await asyncio.wait(self._uploads)
+        for task in self._uploads:
+            if (error := task.exception()) is not None:
+                raise error
+        return tuple(task.result() for task in self._uploads)
+
+    async def _write(self, state: _State) -> None:
+        self._etag = await asyncio.to_thread(self._store._save, self._id, state, etag=self._etag)
+        self._state = state
+
+    async def _salvage(self, token: str | None) -> None:
+        """After a failure: record the parts S3 completed (a consistent size to resume from)."""
+        if self._hashing is not None:
+            self._hashing.cancel()
+        try:
+            if self._uploads:
+                await asyncio.wait(self._uploads)
+            for task in self._uploads:
+                if not task.cancelled():
+                    task.exception()  # retrieved: a failed part is expected here, not news
+            finished = self._finished()
+            if len(finished) > self._recorded:
+                await self._write(replace(self._with_parts(finished), version=self._state.version + 1))
+            if self._created is not None:
+                await asyncio.to_thread(self._store._abort_multipart, self._id, self._created)
+            if token is not None:
+                await asyncio.to_thread(self._store._remove, self._store._key(pending_key(self._id, token)))
+        except Exception:  # the original failure is the one to report
+            return

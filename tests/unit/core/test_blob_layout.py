@@ -7,16 +7,18 @@ import pytest
 from services.core.oci.digest import Digest, Digester
 from services.core.storage.layout import (
     MIB,
-    PART_BUDGET,
+    S3_MAX_PART,
     S3_MAX_PARTS,
+    S3_MIN_PART,
     DigesterCache,
     blob_digest,
     blob_key,
+    data_key,
     is_upload_id,
     new_upload_id,
-    part_size_for,
-    segment_key,
-    segment_offset,
+    part_size_for_number,
+    pending_key,
+    state_key,
     upload_id_of,
 )
 
@@ -47,25 +49,35 @@ def test_upload_ids_are_url_safe_and_checked() -> None:
     assert upload_id_of("blobs/sha256/aa/aa") is None
 
 
-def test_segment_keys_sort_by_offset() -> None:
+def test_session_keys_stay_under_the_session() -> None:
     upload = new_upload_id()
-    offsets = [0, 7, 5 * MIB, 10**12, 3]
-    keys = sorted(segment_key(upload, o) for o in offsets)
-    assert [segment_offset(k) for k in keys] == sorted(offsets)
-    assert segment_offset(f"uploads/{upload}/started") is None
+    for key in (state_key(upload), data_key(upload), pending_key(upload, "abc123")):
+        assert key.startswith(f"uploads/{upload}/") and upload_id_of(key) == upload
 
 
-@pytest.mark.parametrize("size", [0, 1, 16 * MIB, 100 * 1024**3, TB, 5 * TB])
-def test_part_size_keeps_parts_within_budget(size: int) -> None:
-    part = part_size_for(size, minimum=16 * MIB)
-    assert part >= 16 * MIB and part % MIB == 0
-    assert -(-size // part) <= PART_BUDGET < S3_MAX_PARTS
+def _capacity(parts: int, minimum: int) -> int:
+    return sum(part_size_for_number(n, minimum=minimum) for n in range(1, parts + 1))
 
 
-def test_part_size_grows_for_a_terabyte() -> None:
-    assert part_size_for(TB, minimum=16 * MIB) == 117 * MIB
-    assert part_size_for(TB // 2, minimum=5 * MIB) == 59 * MIB
-    assert part_size_for(10 * MIB, minimum=5 * MIB) == 5 * MIB
+@pytest.mark.parametrize("minimum", [S3_MIN_PART, 16 * MIB, 64 * MIB])
+def test_part_size_grows_with_the_part_number(minimum: int) -> None:
+    sizes = [part_size_for_number(n, minimum=minimum) for n in range(1, S3_MAX_PARTS + 1)]
+    assert sizes[0] == sizes[39] == minimum and sizes[40] == minimum + MIB
+    assert sizes == sorted(sizes) and all(s % MIB == 0 and S3_MIN_PART <= s <= S3_MAX_PART for s in sizes)
+
+
+@pytest.mark.parametrize("minimum", [S3_MIN_PART, 16 * MIB])
+def test_a_terabyte_fits_with_part_numbers_to_spare(minimum: int) -> None:
+    # 1,000 of the 10,000 part numbers are left for ones wasted by failed or concurrent appends.
+    assert _capacity(9_000, minimum) >= TB
+    # Memory stays modest even then: the largest part of a 1 TiB blob is a few hundred MiB.
+    assert part_size_for_number(9_000, minimum=minimum) <= 256 * MIB
+    # And ordinary blobs keep the minimum: the first 40 parts (200 MiB at 5 MiB) do not grow.
+    assert _capacity(40, minimum) == 40 * minimum
+
+
+def test_part_size_is_capped() -> None:
+    assert part_size_for_number(S3_MAX_PARTS, minimum=S3_MAX_PART - MIB) == S3_MAX_PART
 
 
 def test_digester_cache_matches_size_and_algorithm() -> None:
