@@ -93,7 +93,7 @@ _MISSING: Final = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceN
 _LOST_RACE: Final = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _NO_UPLOAD: Final = frozenset({"NoSuchUpload"})
 _LIST_BATCH: Final = 1000
-_IN_FLIGHT: Final = 3
+_IN_FLIGHT: Final = 2
 """Parts one append uploads concurrently while it keeps reading the stream."""
 _RESERVE: Final = 8
 """Part numbers one record update reserves for an append."""
