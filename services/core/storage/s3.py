@@ -392,13 +392,23 @@ class S3BlobStore:
             if exc.code == "InvalidRange":
                 raise RangeInvalidError(f"range from {offset} is outside blob {digest}") from None
             raise
-        try:
-            while chunk := await asyncio.to_thread(response.read, READ_CHUNK):
-                yield chunk
-        finally:
-            # Synchronous on purpose: this may run while the generator is being finalized.
+        def release(_: object = None) -> None:
             response.close()
             response.release_conn()
+
+        # Read ahead one chunk so fetching from S3 overlaps with sending to the client.
+        pending = asyncio.ensure_future(asyncio.to_thread(response.read, READ_CHUNK))
+        try:
+            while chunk := await pending:
+                pending = asyncio.ensure_future(asyncio.to_thread(response.read, READ_CHUNK))
+                yield chunk
+        finally:
+            # Synchronous on purpose (this may run while the generator is finalized): a read still
+            # running in its thread releases the connection when it finishes.
+            if pending.done():
+                release()
+            else:
+                pending.add_done_callback(release)
 
     async def presign_get(self, digest: Digest, *, expires_seconds: int) -> str:
         return await asyncio.to_thread(
