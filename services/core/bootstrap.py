@@ -56,7 +56,9 @@ def build_event_log(settings: Settings) -> EventLog:
     assert isinstance(events, LocalEventSettings)
     from services.core.events.local import LocalEventLog
 
-    return LocalEventLog(events.path or settings.data_dir / "events.db")
+    return LocalEventLog(
+        events.path or settings.data_dir / "events.db", retention_seconds=events.retention_hours * 3600
+    )
 
 
 @dataclass

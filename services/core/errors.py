@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -11,10 +12,16 @@ class RegistryError(Exception):
     code = "UNKNOWN"
     status = 500
 
-    def __init__(self, message: str, *, detail: Any = None) -> None:
+    def __init__(self, message: str, *, detail: Any = None, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
+        self._headers = dict(headers or {})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers the error needs (a challenge, Retry-After, Content-Range)."""
+        return self._headers
 
 
 class BlobUnknownError(RegistryError):

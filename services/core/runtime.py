@@ -26,6 +26,13 @@ from services.core.telemetry import Metrics, extract_context, extract_grpc_conte
 log = logging.getLogger(__name__)
 
 PROCESSED = "processed_events"
+_MARKER_SWEEP_DAYS = 31
+_MARKER_SWEEP_EVERY = 6 * 3600.0
+
+
+def _day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
 LAG_REPORT_SECONDS = 5.0
 EventHandler = Callable[[events_pb2.Envelope], Awaitable[None]]
 Probe = Callable[[], Awaitable[None]]
@@ -52,11 +59,14 @@ class EventConsumer:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     _subscription: Subscription | None = field(default=None, init=False, repr=False)
     _next_lag_report: float = field(default=0.0, init=False, repr=False)
+    _next_marker_sweep: float = field(default=0.0, init=False, repr=False)
 
     async def setup(self) -> None:
-        await self.docs.ensure_collection(PROCESSED, [Index(("group",))])
+        await self.docs.ensure_collection(PROCESSED, [Index(("group", "day"))])
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._next_marker_sweep = time.monotonic() + _MARKER_SWEEP_EVERY
+        await self.forget_old_markers()
         subscription = await self.events.subscribe(self.topic, self.group)
         self._subscription = subscription
         iterator = aiter(subscription)
@@ -78,8 +88,20 @@ class EventConsumer:
                 # The in-flight record is finished and acked even when stop arrives meanwhile.
                 await self.handle(delivery)
                 await self._report_lag(subscription)
+                if time.monotonic() >= self._next_marker_sweep:
+                    self._next_marker_sweep = time.monotonic() + _MARKER_SWEEP_EVERY
+                    await self.forget_old_markers()
         finally:
             await subscription.close()
+
+    async def forget_old_markers(self, *, now: float | None = None) -> int:
+        """Drop dedupe markers older than `dedupe_days` (by day bucket: the port filters by equality).
+        Runs when the consumer starts and every few hours; a redelivery never comes that late."""
+        today = now if now is not None else time.time()
+        removed = 0
+        for age in range(self.settings.dedupe_days + 1, self.settings.dedupe_days + _MARKER_SWEEP_DAYS):
+            removed += await self.docs.delete_where(PROCESSED, {"group": self.group, "day": _day(today - age * 86400)})
+        return removed
 
     async def _report_lag(self, subscription: Subscription) -> None:
         now = time.monotonic()
@@ -142,7 +164,9 @@ class EventConsumer:
                 delay = min(delay * 2, self.settings.backoff_max_seconds)
                 continue
             with contextlib.suppress(DuplicateKeyError):
-                await self.docs.insert(PROCESSED, {"_id": marker, "group": self.group, "at": time.time()})
+                await self.docs.insert(
+                    PROCESSED, {"_id": marker, "group": self.group, "at": time.time(), "day": _day(time.time())}
+                )
             return "ok"
         return "dead-letter"  # pragma: no cover - the loop always returns
 

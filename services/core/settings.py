@@ -64,6 +64,7 @@ MetadataSettings = Annotated[SqliteMetadataSettings | MongoMetadataSettings, Fie
 class LocalEventSettings(_Section):
     kind: Literal["local"] = "local"
     path: Path | None = Field(None, description="SQLite event log; default <data_dir>/events.db")
+    retention_hours: float = Field(168.0, gt=0, description="Records older than this are deleted (like Kafka's)")
 
 
 class KafkaEventSettings(_Section):
@@ -91,6 +92,9 @@ class ConsumerSettings(_Section):
     max_attempts: int = Field(5, ge=1, description="Failures before a record goes to the dead-letter topic")
     backoff_initial_seconds: float = Field(0.2, gt=0, description="First retry delay of a failing record")
     backoff_max_seconds: float = Field(30.0, gt=0, description="Retry delay cap (doubling backoff)")
+    dedupe_days: int = Field(
+        7, ge=1, description="Days a handled event id is remembered (longer than any redelivery can take)"
+    )
 
 
 class TelemetrySettings(_Section):

@@ -94,9 +94,7 @@ class TokenAccess:
             parts.append(f'scope="{scope}"')
         if error:
             parts.append(f'error="{error}"')
-        exc = UnauthorizedError(message)
-        exc.headers = {"WWW-Authenticate": "Bearer " + ",".join(parts)}  # type: ignore[attr-defined]
-        return exc
+        return UnauthorizedError(message, headers={"WWW-Authenticate": "Bearer " + ",".join(parts)})
 
     # authentication
 
@@ -158,9 +156,10 @@ class TokenAccess:
     def _check_limit(self, source: str) -> None:
         wait = self.limiter.retry_after(source)
         if wait > 0:
-            exc = TooManyRequestsError(f"too many failed logins from this address; retry in {int(wait) + 1}s")
-            exc.headers = {"Retry-After": str(int(wait) + 1)}  # type: ignore[attr-defined]
-            raise exc
+            raise TooManyRequestsError(
+                f"too many failed logins from this address; retry in {int(wait) + 1}s",
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
 
     def _key_principal(self, auth: Authenticated) -> AuthPrincipal:
         return AuthPrincipal(auth.user.name, via="key", key_prefix=auth.key.prefix)

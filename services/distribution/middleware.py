@@ -42,10 +42,9 @@ def route_label(path: str) -> str:
     return "ops"
 
 
-def error_response(request: web.Request, error: RegistryError, headers: dict[str, str] | None = None) -> web.Response:
-    merged = {**API_VERSION, **(headers or {})}
-    if isinstance(error.detail, dict) and "range" in error.detail:
-        merged["Range"] = error.detail["range"]
+def error_response(request: web.Request, error: RegistryError) -> web.Response:
+    """The one rendering of an error: status, the spec's JSON body (none for HEAD), the error's headers."""
+    merged = {**API_VERSION, **error.headers}
     if request.method == "HEAD":
         return web.Response(status=error.status, headers=merged)
     return web.json_response(error_body([error]), status=error.status, headers=merged)
@@ -56,8 +55,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except RegistryError as error:
-        headers = getattr(error, "headers", None)
-        return error_response(request, error, headers)
+        return error_response(request, error)
     except web.HTTPException as exc:
         if exc.status == 404 and request.path.startswith("/v2/"):
             return error_response(request, NameUnknownError("no such endpoint"))

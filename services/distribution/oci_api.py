@@ -269,7 +269,7 @@ async def patch_upload(request: web.Request, route: Route) -> web.Response:
         current = await registry.upload_size(repo, route.rest)
         raise RangeInvalidError(
             f"chunk does not start at the next expected offset {current} of upload {route.rest}",
-            detail={"range": _range_header(current)},
+            headers={"Range": _range_header(current), "Location": _upload_location(repo, route.rest)},
         ) from None
     return _upload_accepted(request, repo, route.rest, size, 202)
 

@@ -365,3 +365,50 @@ def test_data_directory_is_private_to_the_service_user(tmp_path: Path) -> None:
         proc.wait(timeout=20)
     modes = {p.name: p.stat().st_mode & 0o777 for p in [data, *data.iterdir()]}
     assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+
+
+async def test_dedupe_markers_are_forgotten_after_their_retention(bed: Bed) -> None:
+    async def handler(_: pb.Envelope) -> None:
+        return None
+
+    consumer = bed.consumer(handler)
+    await consumer.setup()
+    await bed.docs.insert(
+        PROCESSED,
+        {
+            "_id": f"{consumer.group}:old",
+            "group": consumer.group,
+            "at": 0.0,
+            "day": time.strftime("%Y-%m-%d", time.gmtime(time.time() - 10 * 86400)),
+        },
+    )
+    await bed.docs.insert(
+        PROCESSED,
+        {
+            "_id": f"{consumer.group}:new",
+            "group": consumer.group,
+            "at": 0.0,
+            "day": time.strftime("%Y-%m-%d", time.gmtime()),
+        },
+    )
+    assert await consumer.forget_old_markers() == 1
+    assert await bed.docs.get(PROCESSED, f"{consumer.group}:new") is not None
+
+
+async def test_local_event_log_drops_records_past_retention(tmp_path: Path) -> None:
+    from services.core.events.local import LocalEventLog
+
+    log = LocalEventLog(tmp_path / "events.db", retention_seconds=3600)
+    try:
+        await log.publish("t", "k", b"old")
+        await log.publish("t", "k", b"new")
+        assert await log.sweep(now=time.time() + 1800) == 0
+        assert await log.sweep(now=time.time() + 7200) == 2
+        await log.publish("t", "k", b"after")
+        sub = await log.subscribe("t", "g")
+        async with asyncio.timeout(10):
+            delivery = await anext(aiter(sub))
+        assert delivery.record.value == b"after" and delivery.record.offset == 2, "offsets stay monotonic"
+        await sub.close()
+    finally:
+        await log.close()

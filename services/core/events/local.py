@@ -17,10 +17,10 @@ gives its leases back at once; one that dies loses them when they expire (`lease
 next owner starts from the committed offset, so whatever the old member had not acked is redelivered.
 A member must come back to the iterator within `lease_seconds` (like Kafka's max.poll.interval.ms).
 
-Retention: records are kept forever for now. When it is needed it will be a sweeper that, like
-Kafka's time-based retention, deletes records older than a configured age whatever the groups have
-consumed; a group whose committed offset then points below a partition's first remaining record just
-continues with that record. `heads` keeps offsets monotonic when a partition is emptied this way.
+Retention: like Kafka's time-based retention, records older than `retention_seconds` are deleted
+whatever the groups have consumed (a sweep at most every `sweep_interval`, run by publish); a group
+whose committed offset then points below a partition's first remaining record just continues with
+that record. `heads` keeps offsets monotonic when a partition is emptied this way.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS records (
     ts REAL NOT NULL,
     PRIMARY KEY (topic, partition, offset)
 );
+CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
 CREATE TABLE IF NOT EXISTS offsets (
     group_id TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -131,6 +132,8 @@ class LocalEventLog:
         poll_interval: float = 0.05,
         lease_seconds: float = 10.0,
         busy_timeout: float = 30.0,
+        retention_seconds: float | None = 7 * 24 * 3600,
+        sweep_interval: float = 600.0,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
@@ -141,6 +144,9 @@ class LocalEventLog:
         self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
         self._busy_timeout = busy_timeout
+        self.retention_seconds = retention_seconds
+        self._sweep_interval = sweep_interval
+        self._next_sweep = time.monotonic() + sweep_interval
         # One thread owns the connection: sqlite3 connections are not shared between threads, and
         # serialising this process's statements keeps transactions from interleaving.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-eventlog")
@@ -213,6 +219,21 @@ class LocalEventLog:
 
         await self._run(write)
         self._wake(topic)
+        if self.retention_seconds is not None and time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + self._sweep_interval
+            await self.sweep()
+
+    async def sweep(self, *, now: float | None = None) -> int:
+        """Delete records past the retention age; returns how many went."""
+        if self.retention_seconds is None:
+            return 0
+        cutoff = (now if now is not None else time.time()) - self.retention_seconds
+
+        def delete(conn: sqlite3.Connection) -> int:
+            with _Transaction(conn):
+                return int(conn.execute("DELETE FROM records WHERE ts < ?", (cutoff,)).rowcount)
+
+        return await self._run(delete)
 
     async def subscribe(self, topic: str, group: str) -> LocalSubscription:
         """Join `group` on `topic`; the member takes its share of partitions at once."""

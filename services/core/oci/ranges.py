@@ -37,16 +37,12 @@ class RangeNotSatisfiableError(RangeInvalidError):
     """416: no requested byte exists. `size` is for the `Content-Range: bytes */<size>` header."""
 
     def __init__(self, message: str, *, size: int) -> None:
-        super().__init__(message, detail={"size": size})
+        super().__init__(message, detail={"size": size}, headers={"Content-Range": f"bytes */{size}"})
         self.size = size
 
     @property
     def content_range(self) -> str:
         return f"bytes */{self.size}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Content-Range": self.content_range}
 
 
 def parse_range_header(value: str | None, size: int) -> ByteRange | None:
