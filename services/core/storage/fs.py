@@ -211,6 +211,18 @@ class FilesystemBlobStore:
             if digester is None:
                 digester = await _settle(asyncio.to_thread(_rehash, data_fd, size, "sha256"))
             written = size
+            # One batch is written (and hashed) in a worker thread while the next one is read from the
+            # stream, so memory stays at two batches and reading overlaps with disk and hashing.
+            in_flight: asyncio.Future[None] | None = None
+            in_flight_size = 0
+
+            async def finish_in_flight() -> None:
+                nonlocal in_flight, written
+                if in_flight is not None:
+                    future, in_flight = in_flight, None
+                    await _settle(future)
+                    written += in_flight_size
+
             try:
                 batch: list[bytes] = []
                 batched = 0
@@ -220,14 +232,23 @@ class FilesystemBlobStore:
                     batch.append(chunk)
                     batched += len(chunk)
                     if batched >= _WRITE_BATCH:
-                        await _settle(asyncio.to_thread(_write_batch, data_fd, batch, written, digester))
-                        written += batched
+                        await finish_in_flight()
+                        in_flight = asyncio.ensure_future(
+                            asyncio.to_thread(_write_batch, data_fd, batch, written, digester)
+                        )
+                        in_flight_size = batched
                         batch, batched = [], 0
+                await finish_in_flight()
                 if batch:
                     await _settle(asyncio.to_thread(_write_batch, data_fd, batch, written, digester))
                     written += batched
                 await _settle(asyncio.to_thread(os.fsync, data_fd))
             except BaseException:
+                if in_flight is not None:
+                    # Let the thread finish (it cannot be interrupted); its bytes are then dropped below.
+                    with contextlib.suppress(BaseException):
+                        await _settle(in_flight)
+                    in_flight = None
                 # Drop a half-written batch: the session keeps exactly the bytes the digester saw.
                 await _settle(asyncio.to_thread(_rollback, data_fd, written))
                 if digester.size == written:
