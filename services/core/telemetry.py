@@ -100,7 +100,7 @@ class Metrics:
         )
         self.events_consumed = Counter(
             "hanzo_registry_events_consumed_total",
-            "Events handled by a consumer, by outcome (ok, retry, dead_letter).",
+            "Events handled by a consumer, by outcome (ok, duplicate, dead-letter).",
             ["service", "topic", "outcome"],
             registry=reg,
         )
