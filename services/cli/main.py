@@ -10,6 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from services.cli import tag as tag_command
 from services.core.bootstrap import Container, container
 from services.core.runtime import ServiceParts, install_signal_handlers, run_parts
 from services.core.settings import Settings, SettingsError, load_settings
@@ -47,11 +48,37 @@ def _parser() -> argparse.ArgumentParser:
     for name in SERVICES:
         sub.add_parser(name, help=f"run the {name} service alone")
     sub.add_parser("check-config", help="validate the settings and print them (secrets masked)")
+    tag_cmd = sub.add_parser("tag", help="point a tag at an existing manifest (an immutable one needs --force)")
+    tag_cmd.add_argument("repository", help="e.g. team/app")
+    tag_cmd.add_argument("source", help="the tag or digest of the manifest")
+    tag_cmd.add_argument("new_tag")
+    tag_cmd.add_argument("--registry", default="http://127.0.0.1:5000", help="base URL of the registry")
+    tag_cmd.add_argument("--user", default="hanzo", help="user name for the API key")
+    tag_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
+    tag_cmd.add_argument("--force", action="store_true", help="move an immutable tag (admins only)")
     return parser
+
+
+def _tag(args: argparse.Namespace) -> int:
+    try:
+        digest = tag_command.tag(
+            tag_command.target_from(args.registry, args.user, args.key),
+            args.repository,
+            args.source,
+            args.new_tag,
+            force=args.force,
+        )
+    except tag_command.TagCommandError as exc:
+        print(f"hanzo-registry tag: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.repository}:{args.new_tag} -> {digest}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "tag":
+        return _tag(args)
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
