@@ -57,7 +57,6 @@ class EventConsumer:
     settings: ConsumerSettings
     dead_letter_suffix: str = ".dlq"
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    _subscription: Subscription | None = field(default=None, init=False, repr=False)
     _next_lag_report: float = field(default=0.0, init=False, repr=False)
     _next_marker_sweep: float = field(default=0.0, init=False, repr=False)
 
@@ -68,7 +67,6 @@ class EventConsumer:
         self._next_marker_sweep = time.monotonic() + _MARKER_SWEEP_EVERY
         await self.forget_old_markers()
         subscription = await self.events.subscribe(self.topic, self.group)
-        self._subscription = subscription
         iterator = aiter(subscription)
         try:
             while not stop.is_set():

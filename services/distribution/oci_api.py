@@ -143,9 +143,15 @@ def _query_digest(request: web.Request, name: str = "digest") -> Digest | None:
     return None if value is None else Digest.parse(value)
 
 
-def _check_length(request: web.Request, start: int, end: int) -> None:
+def _chunk_offset(request: web.Request) -> int | None:
+    """Where a chunk starts, from its Content-Range (None: a streamed chunk appends at the end)."""
+    content_range = request.headers.get("Content-Range")
+    if not content_range:
+        return None
+    start, end = parse_content_range(content_range)
     if request.content_length is not None and request.content_length != end - start + 1:
         raise SizeInvalidError(f"Content-Length {request.content_length} does not match Content-Range {start}-{end}")
+    return start
 
 
 # handlers
@@ -257,12 +263,7 @@ async def patch_upload(request: web.Request, route: Route) -> web.Response:
     repo = _repo(route)
     await _allow(request, repo, PULL, PUSH)
     registry = _registry(request)
-    offset: int | None = None
-    content_range = request.headers.get("Content-Range")
-    if content_range:
-        start, end = parse_content_range(content_range)
-        _check_length(request, start, end)
-        offset = start
+    offset = _chunk_offset(request)
     try:
         size = await registry.append(repo, route.rest, _body(request), offset=offset)
     except RangeInvalidError:
@@ -281,12 +282,7 @@ async def finish_upload(request: web.Request, route: Route) -> web.Response:
     if digest is None:
         raise DigestInvalidError("the final PUT of an upload needs ?digest=<digest of the whole blob>")
     registry = _registry(request)
-    content_range = request.headers.get("Content-Range")
-    offset: int | None = None
-    if content_range:
-        start, end = parse_content_range(content_range)
-        _check_length(request, start, end)
-        offset = start
+    offset = _chunk_offset(request)
     if offset is not None or request.content_length or request.body_exists:
         await registry.append(repo, route.rest, _body(request), offset=offset)
     info = await registry.finish_upload(repo, route.rest, digest)
@@ -304,13 +300,9 @@ def _accepts(request: web.Request, media_type: str) -> bool:
     accept = request.headers.getall("Accept", [])
     types = {part.split(";", 1)[0].strip() for header in accept for part in header.split(",")}
     types.discard("")
-    return not types or media_type in types or "*/*" in types or _docker_compat(types, media_type)
-
-
-def _docker_compat(types: set[str], media_type: str) -> bool:
-    # Old clients that only list Docker types still pull OCI content (and vice versa) by
-    # asking for `application/json`; we never convert, so serving the stored bytes is right.
-    return "application/json" in types
+    # Old clients ask for `application/json` to get whatever is stored; we never convert, so serving
+    # the stored bytes is right.
+    return not types or bool({media_type, "*/*", "application/json"} & types)
 
 
 def _lookup_reference(repo: RepositoryName, text: str) -> Tag | Digest:
@@ -327,7 +319,9 @@ async def get_manifest(request: web.Request, route: Route) -> web.StreamResponse
     await _allow(request, repo, PULL)
     record = await _registry(request).resolve(repo, reference)
     if not _accepts(request, record.media_type):
-        raise_manifest_unknown(repo, route.rest, record.media_type)
+        raise ManifestUnknownError(
+            f"manifest {route.rest} of {repo} is a {record.media_type}, which the request's Accept header excludes"
+        )
     headers = {
         "Content-Type": record.media_type,
         "Docker-Content-Digest": str(record.digest),
@@ -337,12 +331,6 @@ async def get_manifest(request: web.Request, route: Route) -> web.StreamResponse
     if request.method == "HEAD":
         return web.Response(status=200, headers=headers)
     return web.Response(status=200, body=record.data, headers=headers)
-
-
-def raise_manifest_unknown(repo: RepositoryName, reference: str, media_type: str) -> None:
-    raise ManifestUnknownError(
-        f"manifest {reference} of {repo} is a {media_type}, which the request's Accept header excludes"
-    )
 
 
 async def put_manifest(request: web.Request, route: Route) -> web.Response:
