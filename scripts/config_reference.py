@@ -8,16 +8,14 @@ from __future__ import annotations
 import sys
 import types
 import typing
-from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
+from readme_section import run  # a sibling: these scripts run as files
 
 from services.core.settings import Settings
-
-BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 
 
 def _models(annotation: Any) -> list[type[BaseModel]]:
@@ -76,22 +74,7 @@ def table() -> str:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--check"]:
-        readme = Path(argv[1]).read_text()
-        current = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
-        if current != table():
-            print("README configuration reference is stale: run `python scripts/config_reference.py --write README.md`")
-            return 1
-        return 0
-    if argv[:1] == ["--write"]:
-        path = Path(argv[1])
-        text = path.read_text()
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        path.write_text(f"{before}{BEGIN}\n{table()}\n{END}{after}")
-        return 0
-    print(table())
-    return 0
+    return run(argv, section="config-reference", script="scripts/config_reference.py", table=table)
 
 
 if __name__ == "__main__":

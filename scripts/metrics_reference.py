@@ -7,14 +7,11 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from prometheus_client.metrics import MetricWrapperBase
+from readme_section import run  # a sibling: these scripts run as files
 
 from services.core.telemetry import Metrics
-
-BEGIN, END = "<!-- metrics-reference:begin -->", "<!-- metrics-reference:end -->"
-_SUFFIX = {"counter": "_total", "histogram": "_bucket / _sum / _count"}
 
 
 def table() -> str:
@@ -23,27 +20,14 @@ def table() -> str:
         if not isinstance(metric, MetricWrapperBase):
             continue
         kind = metric._type
-        name = metric._name + (_SUFFIX[kind].split(" ")[0] if kind == "counter" else "")
+        name = metric._name + ("_total" if kind == "counter" else "")  # as exposed
         labels = ", ".join(f"`{label}`" for label in metric._labelnames) or "-"
         rows.append(f"| `{name}` | {kind} | {labels} | {metric._documentation} |")
     return "\n".join(rows)
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] in (["--check"], ["--write"]):
-        path = Path(argv[1])
-        text = path.read_text()
-        before, rest = text.split(BEGIN, 1)
-        current, after = rest.split(END, 1)
-        if argv[0] == "--check":
-            if current.strip() != table():
-                print("README metrics reference is stale: run `python scripts/metrics_reference.py --write README.md`")
-                return 1
-            return 0
-        path.write_text(f"{before}{BEGIN}\n{table()}\n{END}{after}")
-        return 0
-    print(table())
-    return 0
+    return run(argv, section="metrics-reference", script="scripts/metrics_reference.py", table=table)
 
 
 if __name__ == "__main__":
