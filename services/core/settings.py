@@ -97,12 +97,26 @@ class ConsumerSettings(_Section):
     )
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class TelemetrySettings(_Section):
     traces_exporter: Literal["none", "otlp", "console"] = Field(
         "none", description="Where spans go: none, otlp, console"
     )
     otlp_endpoint: str = Field("http://127.0.0.1:4317", description="OTLP gRPC collector")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    library_log_level: str = Field(
+        "INFO", description="Most verbose level for client libraries' loggers (pymongo, aiokafka, minio, urllib3)"
+    )
+
+    @field_validator("log_level", "library_log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r}: use one of {', '.join(_LOG_LEVELS)}")
+        return level
     log_format: Literal["json", "text"] = Field("json", description="json lines (with trace ids) or text")
 
 

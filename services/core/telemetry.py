@@ -365,6 +365,9 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+LIBRARY_LOGGERS = ("pymongo", "aiokafka", "kafka", "minio", "urllib3", "grpc", "asyncio", "aiosqlite")
+
+
 class _ServiceHandler(logging.StreamHandler[TextIO]):
     """Marks the handler setup_logging installed, so calling it again replaces rather than duplicates."""
 
@@ -384,5 +387,11 @@ def setup_logging(settings: TelemetrySettings, service_name: str, *, stream: Tex
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root.addHandler(handler)
-    root.setLevel(settings.log_level.upper())
+    level = logging.getLevelName(settings.log_level.upper())
+    root.setLevel(level)
+    # A DEBUG registry should show its own decisions, not every driver command (pymongo logs each
+    # command and reply, which buries them and puts document contents in the log).
+    library_level = max(level, logging.getLevelName(settings.library_log_level.upper()))
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)
     return handler

@@ -183,7 +183,10 @@ def test_secrets_never_appear_in_the_logs(registry: RegistryProcess) -> None:
     assert "DEBUG" in log  # the registry logged at its most verbose
     for secret in SECRETS:
         assert secret not in log
-        assert secret.rsplit("_", 1)[-1] not in log  # not even the secret part of a key
+        if secret.startswith("hzr_"):
+            assert secret.rsplit("_", 1)[-1] not in log  # not even the secret part of a key
+        else:  # a JWT: its signature is what makes it a credential
+            assert secret.rsplit(".", 1)[-1] not in log
         assert base64.b64encode(f"admin:{secret}".encode()).decode() not in log
 
 

@@ -173,6 +173,19 @@ def test_setup_logging_is_idempotent(log_stream: io.StringIO) -> None:
         logging.getLogger().removeHandler(handler)
 
 
+def test_debug_logging_caps_client_libraries(log_stream: io.StringIO) -> None:
+    logging.getLogger("hanzo.test").debug("ours")
+    logging.getLogger("pymongo.command").debug("a driver command and its reply")
+    logging.getLogger("pymongo.command").info("driver info")
+    assert [line["msg"] for line in _lines(log_stream)] == ["ours", "driver info"]
+
+
+def test_log_levels_are_checked() -> None:
+    assert TelemetrySettings(log_level="debug").log_level == "DEBUG"
+    with pytest.raises(ValueError, match="unknown log level 'loud'"):
+        TelemetrySettings(library_log_level="loud")
+
+
 SECRETS = [
     "hzr_live_s3cr3tKEY0123456789",
     "hunter2-pw",
