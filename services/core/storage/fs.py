@@ -132,9 +132,7 @@ class FilesystemBlobStore:
             return None
         return BlobInfo(digest, st.st_size)
 
-    async def read(
-        self, digest: Digest, *, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
+    async def read(self, digest: Digest, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         try:
             fd = await asyncio.to_thread(os.open, self._blob_path(digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -27,14 +27,6 @@ _DUPLICATE_KEY = 11000
 LOCKS_COLLECTION = "_documentstore_locks"
 
 
-
-
-
-
-
-
-
-
 def _encode(value: Any) -> Any:
     return encode_value(value, encode_bytes=bytes)
 

@@ -25,14 +25,6 @@ _BYTES = "$bytes"
 _NUMBER_TYPES = "('integer','real')"
 
 
-
-
-
-
-
-
-
-
 def _bytes_marker(data: bytes) -> dict[str, str]:
     return {_BYTES: base64.b64encode(data).decode("ascii")}
 
