@@ -240,16 +240,11 @@ async def start_upload(request: web.Request, route: Route) -> web.Response:
                 if mounted is not None:
                     return _blob_created(repo, mounted.digest)
     digest = _query_digest(request)
+    if digest is not None:
+        info = await registry.put_blob(repo, digest, _body(request), actor=principal.name)
+        return _blob_created(repo, info.digest)
     upload_id = await registry.start_upload(repo, actor=principal.name)
-    if digest is None:
-        return _upload_accepted(request, repo, upload_id, 0, 202)
-    try:
-        await registry.append(repo, upload_id, _body(request), offset=0)
-        info = await registry.finish_upload(repo, upload_id, digest)
-    except BaseException:
-        await registry.discard_upload(upload_id)
-        raise
-    return _blob_created(repo, info.digest)
+    return _upload_accepted(request, repo, upload_id, 0, 202)
 
 
 async def upload_status(request: web.Request, route: Route) -> web.Response:
@@ -283,9 +278,8 @@ async def finish_upload(request: web.Request, route: Route) -> web.Response:
         raise DigestInvalidError("the final PUT of an upload needs ?digest=<digest of the whole blob>")
     registry = _registry(request)
     offset = _chunk_offset(request)
-    if offset is not None or request.content_length or request.body_exists:
-        await registry.append(repo, route.rest, _body(request), offset=offset)
-    info = await registry.finish_upload(repo, route.rest, digest)
+    body = _body(request) if offset is not None or request.content_length or request.body_exists else None
+    info = await registry.finish_upload(repo, route.rest, digest, body=body, offset=offset)
     return _blob_created(repo, info.digest)
 
 

@@ -35,7 +35,7 @@ from services.core.oci.manifest import (
 from services.core.oci.names import RepositoryName, Tag
 from services.core.policy.tags import tag_immutability
 from services.core.settings import RegistrySettings, TopicSettings
-from services.core.storage.blobs import BlobInfo, BlobStore
+from services.core.storage.blobs import BlobInfo, BlobPutter, BlobStore
 from services.core.storage.meta import ManifestRecord, MetadataStore, TagRecord
 from services.distribution import events
 
@@ -118,8 +118,47 @@ class Registry:
             offset = await self.blobs.upload_size(upload_id)
         return await self.blobs.append(upload_id, chunks, offset=offset)
 
-    async def finish_upload(self, repo: RepositoryName, upload_id: str, digest: Digest) -> BlobInfo:
+    async def put_blob(
+        self, repo: RepositoryName, digest: Digest, chunks: AsyncIterable[bytes], *, actor: str
+    ) -> BlobInfo:
+        """A whole blob whose digest came first (`POST ?digest=` with the body): no session to resume."""
+        if isinstance(self.blobs, BlobPutter):
+            await self.meta.ensure_repository(str(repo), namespace=repo.namespace)
+            info = await self.blobs.put(digest, chunks)
+            await self.meta.link_blob(str(repo), info.digest, info.size)
+            return info
+        upload_id = await self.start_upload(repo, actor=actor)
+        try:
+            await self.blobs.append(upload_id, chunks, offset=0)
+            return await self.finish_upload(repo, upload_id, digest)
+        except BaseException:
+            await self.discard_upload(upload_id)
+            raise
+
+    async def finish_upload(
+        self,
+        repo: RepositoryName,
+        upload_id: str,
+        digest: Digest,
+        *,
+        body: AsyncIterable[bytes] | None = None,
+        offset: int | None = None,
+    ) -> BlobInfo:
+        """Append the final chunk `body` (if any, at `offset`, or at the end when None), verify, publish."""
         await self._check_upload(repo, upload_id)
+        if body is not None:
+            size = await self.blobs.upload_size(upload_id)
+            if isinstance(self.blobs, BlobPutter) and size == 0 and offset in (None, 0):
+                # The whole blob in the closing PUT, digest first: straight to its address, no copy.
+                try:
+                    info = await self.blobs.put(digest, body)
+                except DigestInvalidError:
+                    await self.discard_upload(upload_id)
+                    raise
+                await self.meta.link_blob(str(repo), info.digest, info.size)
+                await self.discard_upload(upload_id)
+                return info
+            await self.blobs.append(upload_id, body, offset=size if offset is None else offset)
         try:
             info = await self.blobs.commit(upload_id, digest)
         except DigestInvalidError:
@@ -187,8 +226,9 @@ class Registry:
                 )
         await self._check_references(repo, parsed)
         await self.meta.ensure_repository(str(repo), namespace=repo.namespace)
-        tags = list(dict.fromkeys([*([str(reference)] if isinstance(reference, Tag) else []),
-                                   *(str(t) for t in extra_tags)]))
+        tags = list(
+            dict.fromkeys([*([str(reference)] if isinstance(reference, Tag) else []), *(str(t) for t in extra_tags)])
+        )
         record = ManifestRecord(
             repository=str(repo),
             digest=parsed.digest,

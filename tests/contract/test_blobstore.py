@@ -26,7 +26,7 @@ from services.core.errors import (
 from services.core.oci.digest import Digest
 from services.core.settings import S3BlobSettings
 from services.core.storage import layout
-from services.core.storage.blobs import BlobPresigner, BlobStore, LocalBlobFiles
+from services.core.storage.blobs import BlobInfo, BlobPresigner, BlobPutter, BlobStore, LocalBlobFiles
 from services.core.storage.fs import FilesystemBlobStore
 from services.core.storage.s3 import S3BlobStore
 from tests.conftest import infra
@@ -559,4 +559,119 @@ async def test_leaves_nothing_behind(harness: Harness) -> None:
     await store.abort(aborted)
     assert await harness.list_leftovers() != []
     assert await store.delete(kept)
+    assert await harness.list_leftovers() == []
+
+
+# -- BlobPutter: a whole blob whose digest is known first (S3: straight to its key, no commit copy)
+
+
+def putter(harness: Harness, *, part_size: int | None = None) -> BlobPutter:
+    store = harness.store(part_size=part_size)
+    if not isinstance(store, BlobPutter):
+        pytest.skip("this adapter commits by rename; it has no direct put")
+    return store
+
+
+@pytest.mark.parametrize("size", [0, 100, 5 * MIB - 1, 17 * MIB + 9], ids=["empty", "small", "under-a-part", "parts"])
+async def test_put_round_trip(harness: Harness, size: int) -> None:
+    store = putter(harness)
+    data = payload(size)
+    digest = Digest.of(data)
+    info = await store.put(digest, stream(*chunked(data, 3 * MIB + 7)))
+    assert (info.digest, info.size) == (digest, size)
+    reader = harness.store()  # another replica sees it complete
+    assert await reader.stat(digest) == BlobInfo(digest, size)
+    assert await read_all(reader, digest) == data
+    assert [u async for u in reader.iter_uploads()] == []
+    if harness.kind == "s3" and size > 5 * MIB:
+        # The parts as streamed, completed at the blob key: no session object, no copy.
+        assert await _s3_etag(harness, digest) == _multipart_etag(data, 5 * MIB)
+    assert await reader.delete(digest)
+
+
+@pytest.mark.parametrize("size", [100, 12 * MIB], ids=["small", "parts"])
+async def test_put_wrong_digest_publishes_nothing(harness: Harness, size: int) -> None:
+    store = putter(harness)
+    data = payload(size)
+    claimed = Digest.of(b"something else")
+    with pytest.raises(DigestInvalidError) as caught:
+        await store.put(claimed, stream(*chunked(data, MIB)))
+    assert caught.value.detail == {"expected": str(claimed), "actual": str(Digest.of(data))}
+    assert await store.stat(claimed) is None and await store.stat(Digest.of(data)) is None
+    assert [u async for u in store.iter_uploads()] == []
+    assert await harness.list_leftovers() == []
+
+
+async def test_put_of_stored_content_verifies_without_rewriting(harness: Harness) -> None:
+    store = putter(harness)
+    data = payload(7 * MIB)
+    digest = await put(harness.store(), data, chunk=MIB)
+    before = await _s3_etag(harness, digest) if harness.kind == "s3" else None
+    assert await store.put(digest, stream(*chunked(data, MIB))) == BlobInfo(digest, len(data))
+    with pytest.raises(DigestInvalidError):
+        await store.put(digest, stream(data[:-1], b"!"))
+    if before is not None:
+        assert await _s3_etag(harness, digest) == before
+    assert await read_all(store, digest) == data
+    assert await store.delete(digest)
+
+
+async def test_put_stream_failing_midway_leaves_nothing(harness: Harness) -> None:
+    store = putter(harness)
+    data = payload(16 * MIB)
+
+    async def broken() -> AsyncIterator[bytes]:
+        for chunk in chunked(data[: 13 * MIB], MIB):
+            await asyncio.sleep(0)
+            yield chunk
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await store.put(Digest.of(data), broken())
+    assert await store.stat(Digest.of(data)) is None
+    assert [u async for u in store.iter_uploads()] == []
+    assert await harness.list_leftovers() == []
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["upload-recorded", "died-before-recording"])
+async def test_put_of_a_dead_writer_is_cleaned_up_by_abort(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, recorded: bool
+) -> None:
+    if harness.kind != "s3":
+        pytest.skip("S3 direct-put bookkeeping")
+    from services.core.storage import s3direct
+
+    store = putter(harness)
+    data = payload(12 * MIB)
+    digest = Digest.of(data)
+
+    async def crash(self: s3direct.DirectPut) -> None:  # the process died: nothing cleans up
+        for task in self._parts:
+            with contextlib.suppress(BaseException):
+                await task
+
+    monkeypatch.setattr(s3direct.DirectPut, "_abandon", crash)
+    if not recorded:
+        real = s3direct.DirectPut._write_marker
+
+        def first_only(self: s3direct.DirectPut, multipart: str | None) -> None:
+            if multipart is None:
+                real(self, multipart)
+
+        monkeypatch.setattr(s3direct.DirectPut, "_write_marker", first_only)
+
+    async def dies() -> AsyncIterator[bytes]:
+        yield data[: 11 * MIB]
+        raise ConnectionResetError("killed")
+
+    with pytest.raises(ConnectionResetError):
+        await store.put(digest, dies())
+    leftovers = await harness.list_leftovers()
+    assert any(name.startswith("multipart:") and name.endswith(layout.blob_key(digest)) for name in leftovers)
+    assert await store.stat(digest) is None
+    # The janitor's view: an upload session like any other, which abort removes whole.
+    janitor = harness.store()
+    sessions = [u async for u, _ in janitor.iter_uploads()]
+    assert len(sessions) == 1
+    await janitor.abort(sessions[0])
     assert await harness.list_leftovers() == []

@@ -104,6 +104,19 @@ class BlobPresigner(Protocol):
 
 
 @runtime_checkable
+class BlobPutter(Protocol):
+    async def put(self, digest: Digest, chunks: AsyncIterable[bytes]) -> BlobInfo:
+        """Store a whole blob whose digest is known before its bytes arrive, straight at its address.
+
+        Hashes while streaming and publishes atomically only if the bytes hash to `digest`
+        (DigestInvalidError otherwise; nothing becomes visible). Content already stored is hashed,
+        not rewritten. For stores where an upload session's commit must copy (S3); a store that
+        commits by rename gains nothing from it and need not offer it.
+        """
+        ...
+
+
+@runtime_checkable
 class LocalBlobFiles(Protocol):
     def local_path(self, digest: Digest) -> Path | None:
         """Path of a committed blob on local disk (for sendfile), or None when absent."""

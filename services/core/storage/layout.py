@@ -17,6 +17,9 @@ Every key below is relative to the adapter's root (a directory for `FilesystemBl
                                      (If-Match its ETag), so of two concurrent writers one wins
         pending/<token>              s3: the tail after the last part (< S3_MIN_PART bytes),
                                      written once under a fresh name and named by `state`
+        direct                       s3: a put of a blob whose digest was known up front, in
+                                     progress: names the blob key its multipart upload streams to
+                                     and that upload's id, so a dead writer's upload gets aborted
 
 The two-hex fan-out keeps directory listings short on file systems; S3 ignores it happily.
 Upload ids come from `new_upload_id` and are checked by `is_upload_id` before they touch a path,
@@ -49,6 +52,7 @@ UPLOADS: Final = "uploads"
 UPLOAD_DATA: Final = "data"
 UPLOAD_LOCK: Final = "lock"
 UPLOAD_STATE: Final = "state"
+UPLOAD_DIRECT: Final = "direct"
 PENDING: Final = "pending"
 
 _UPLOAD_ID: Final = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -99,6 +103,10 @@ def state_key(upload_id: str) -> str:
 
 def data_key(upload_id: str) -> str:
     return f"{upload_prefix(upload_id)}{UPLOAD_DATA}"
+
+
+def direct_key(upload_id: str) -> str:
+    return f"{upload_prefix(upload_id)}{UPLOAD_DIRECT}"
 
 
 def pending_key(upload_id: str, token: str) -> str:

@@ -88,6 +88,7 @@ from services.core.storage.layout import (
     upload_id_of,
     upload_prefix,
 )
+from services.core.storage.s3direct import DirectPut, abort_direct
 
 _MISSING: Final = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"})
 _LOST_RACE: Final = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -156,7 +157,7 @@ def _lost(upload_id: str) -> RangeInvalidError:
 
 
 class S3BlobStore:
-    """BlobStore + BlobPresigner on one bucket, every key under `settings.prefix`."""
+    """BlobStore + BlobPresigner + BlobPutter on one bucket, every key under `settings.prefix`."""
 
     def __init__(self, settings: S3BlobSettings, *, digesters: DigesterCache | None = None) -> None:
         self._settings = settings
@@ -298,10 +299,18 @@ class S3BlobStore:
         with contextlib.suppress(S3Error):
             self._client._abort_multipart_upload(self._bucket, self._key(data_key(upload_id)), multipart)
 
+    def _put_whole(self, key: str, data: bytes) -> None:
+        self._client.put_object(self._bucket, key, io.BytesIO(data), len(data))
+
+    def _abort_target(self, key: str, multipart: str) -> None:
+        with contextlib.suppress(S3Error):
+            self._client._abort_multipart_upload(self._bucket, key, multipart)
+
     def _abort_session(self, upload_id: str) -> None:
         # Every multipart upload under the session, recorded or not (a writer may have died
         # between creating one and recording it), then every object.
         prefix = self._key(upload_prefix(upload_id))
+        abort_direct(self, upload_id)
         for upload in self._client._list_multipart_uploads(self._bucket, prefix=prefix).uploads:
             if upload.object_name and upload.upload_id:
                 self._abort_multipart(upload_id, upload.upload_id)
@@ -392,6 +401,7 @@ class S3BlobStore:
             if exc.code == "InvalidRange":
                 raise RangeInvalidError(f"range from {offset} is outside blob {digest}") from None
             raise
+
         def release(_: object = None) -> None:
             response.close()
             response.release_conn()
@@ -459,6 +469,9 @@ class S3BlobStore:
             )
         self._digesters.discard(upload_id)
         return BlobInfo(digest, state.size)
+
+    async def put(self, digest: Digest, chunks: AsyncIterable[bytes]) -> BlobInfo:
+        return await DirectPut(self, digest).run(chunks)
 
     async def abort(self, upload_id: str) -> None:
         if not is_upload_id(upload_id):
