@@ -54,7 +54,7 @@ proto-check: $(STAMP)
 
 lint: $(STAMP) ## ruff, mypy (strict on services/core), import layers
 	$(VENV)/bin/ruff check services tests scripts bench
-	$(VENV)/bin/mypy services
+	$(VENV)/bin/mypy services bench
 	$(VENV)/bin/lint-imports
 
 test-unit: $(STAMP)

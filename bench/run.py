@@ -1,4 +1,5 @@
-"""`python -m bench.run`: throughput and memory of the embedded and distributed assemblies next to CNCF Distribution.
+"""`python -m bench.run`: throughput and memory of the embedded and distributed assemblies next to CNCF Distribution
+(on local disk, and on the same SeaweedFS S3 as the distributed assembly).
 
 Starts each selected registry on a free loopback port, runs every benchmark against each target in turn
 (benchmark by benchmark, so slow drift of the shared machine hits all targets alike), prints one table,
@@ -28,11 +29,12 @@ from bench.targets import (
     TARGETS,
     RssSampler,
     Target,
-    cleanup_distributed,
+    cleanup,
     cpu_seconds,
     hwm_bytes,
     infra_pids,
     make_target,
+    new_namespace,
     rss_bytes,
     scratch_root,
     tree,
@@ -304,13 +306,13 @@ def _write_reports(
         "",
         f"{meta['started']}, {meta['machine']}; blob {cfg.blob_size // MIB} MiB, large push {cfg.big_size // MIB} MiB, "
         f"load {cfg.load_seconds:g} s with {cfg.conns} connections over {cfg.procs} client processes. "
-        "↑ higher is better, ↓ lower is better; ratios are target / Distribution.",
+        "↑ higher is better, ↓ lower is better; a ratio column `a/b` is column a / column b.",
         "",
         report.markdown_table(header, body),
         "",
         "## Targets",
         "",
-        *[f"- **{c['status']}** {c['target']}: {c['check']} ({c['detail']})" for c in checked],
+        *[f"- **{c['status']}** {report.subject(c)}: {c['check']} ({c['detail']})" for c in checked],
     ]
     for name, s in states.items():
         for note in s.notes:
@@ -323,9 +325,10 @@ def _write_reports(
 
 async def amain(cfg: Config, targets: list[str], keep: bool) -> int:
     root = scratch_root()
-    started = [make_target(name, root) for name in targets]
+    namespace = new_namespace()  # distributed: bench-<id>; distribution-s3: S3 prefix bench-<id>-distribution
+    started = [make_target(name, root, namespace) for name in targets]
     states: dict[str, State] = {}
-    meta = {
+    meta: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}",
         "loadavg_start": os.getloadavg(),
@@ -356,13 +359,13 @@ async def amain(cfg: Config, targets: list[str], keep: bool) -> int:
                     if not isinstance(exc, (ops.BenchError, TimeoutError)):
                         msg += "\n" + traceback.format_exc(limit=3)
                     s.errors.append(msg)
-                    print(f"  {s.name:12} {phase:12} ERROR {msg}", flush=True)
+                    print(f"  {s.name:15} {phase:12} ERROR {msg}", flush=True)
                     if s.target.proc is not None and s.target.proc.poll() is not None:
                         s.errors.append(f"{s.name} exited ({s.target.proc.returncode}):\n{s.target.log_tail()}")
                         raise RuntimeError(f"{s.name} died") from exc
                     continue
                 shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in s.results.items()}
-                print(f"  {s.name:12} {phase:12} {time.perf_counter() - t0:6.1f}s  {shown}", flush=True)
+                print(f"  {s.name:15} {phase:12} {time.perf_counter() - t0:6.1f}s  {shown}", flush=True)
     except (Exception, KeyboardInterrupt, asyncio.CancelledError) as exc:
         print(f"bench: aborted: {type(exc).__name__}: {exc}", file=sys.stderr)
         meta["aborted"] = f"{type(exc).__name__}: {exc}"
@@ -372,10 +375,11 @@ async def amain(cfg: Config, targets: list[str], keep: bool) -> int:
         for t in started:
             t.stop()
         for t in started:
-            if t.namespace:
-                problems = await cleanup_distributed(t)
-                if problems:
-                    print(f"bench: cleanup of {t.namespace} incomplete: {problems}", file=sys.stderr)
+            problems = await cleanup(t)
+            if problems:
+                print(
+                    f"bench: cleanup of {t.name} ({t.namespace or t.s3_prefix}) incomplete: {problems}", file=sys.stderr
+                )
         meta["loadavg_end"] = os.getloadavg()
         meta["server_logs_tail"] = {t.name: t.log_tail(10) for t in started}
         if keep:
@@ -387,11 +391,12 @@ async def amain(cfg: Config, targets: list[str], keep: bool) -> int:
         print()
         print(table)
         print()
+        width = max((len(report.subject(c)) for c in checked), default=0)
         for c in checked:
-            print(f"{c['status']:5} {c['target']:12} {c['check']}: {c['detail']}")
+            print(f"{c['status']:5} {report.subject(c):{width}}  {c['check']}: {c['detail']}")
         for s in states.values():
             for note in s.notes:
-                print(f"note  {s.name:12} {note}")
+                print(f"note  {s.name:15} {note}")
         print(f"\nload average {meta['loadavg_start'][0]:.2f} at start, {meta['loadavg_end'][0]:.2f} at end")
         print(f"written: {ROOT / 'reports/bench/bench.json'}, {ROOT / 'reports/bench/bench.md'}")
     errors = [(n, e) for n, s in states.items() for e in s.errors]

@@ -1,4 +1,4 @@
-"""The three registries under test as child processes: start on free loopback ports, wait, measure, stop."""
+"""The four registries under test as child processes: start on free loopback ports, wait, measure, stop."""
 
 from __future__ import annotations
 
@@ -16,12 +16,18 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
+if TYPE_CHECKING:
+    from minio import Minio
+
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS_ENV = Path.home() / ".cache/hanzo-registry/infra/run/tools.env"
-TARGETS = ("embedded", "distributed", "distribution")
+TARGETS = ("embedded", "distributed", "distribution", "distribution-s3")
+S3_CHUNK_SIZE = 16 * 1024 * 1024
+"""Distribution's s3 `chunksize` (its default is 10 MiB): our S3 store's default part size."""
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -151,6 +157,10 @@ class Target:
     port: int
     workdir: Path
     namespace: str | None = None
+    """The distributed target's namespace: Mongo database, S3 prefix and Kafka topics to drop afterwards."""
+    s3_prefix: str | None = None
+    """The distribution-s3 target's S3 prefix (its `rootdirectory`) to delete afterwards, in the bucket of `s3`."""
+    s3: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -215,7 +225,27 @@ class Target:
             self.proc.wait(timeout=10)
 
 
-def make_target(name: str, root: Path) -> Target:
+def new_namespace() -> str:
+    return f"bench-{uuid.uuid4().hex[:8]}"
+
+
+def _distribution_config(addr: str, storage: str) -> str:
+    """Distribution 2.8's config.yml: `storage` is the driver section (indented by 2), the rest is shared."""
+    return (
+        "version: 0.1\n"
+        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        "storage:\n"
+        f"{storage}"
+        "  cache:\n    blobdescriptor: inmemory\n"
+        "  delete:\n    enabled: true\n"
+        "  maintenance:\n    uploadpurging:\n      enabled: false\n"
+        f"http:\n  addr: {addr}\n"
+    )
+
+
+def make_target(name: str, root: Path, namespace: str | None = None) -> Target:
+    """`namespace` (default: a new one) names the S3 prefix, database and topics of the S3-backed targets."""
+    namespace = namespace or new_namespace()
     workdir = root / name
     workdir.mkdir(parents=True)
     port = free_port()
@@ -232,24 +262,52 @@ def make_target(name: str, root: Path) -> Target:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HANZO_REGISTRY_")}
         return Target(name, [*hanzo, "serve"], {**env, **common}, port, workdir)
     if name == "distributed":
-        namespace = f"bench-{uuid.uuid4().hex[:8]}"
         env = {k: v for k, v in distributed_env(namespace).items()}
         return Target(name, [*hanzo, "distribution"], {**env, **common}, port, workdir, namespace=namespace)
     if name == "distribution":
-        root_dir = workdir / "storage"
+        config = workdir / "config.yml"
+        config.write_text(_distribution_config(addr, f"  filesystem:\n    rootdirectory: {workdir / 'storage'}\n"))
+        return Target(name, [docker_registry_binary(), "serve", str(config)], dict(os.environ), port, workdir)
+    if name == "distribution-s3":
+        # The S3 endpoint, keys and bucket of the distributed target, under a prefix of its own.
+        s3 = _s3_settings(distributed_env(namespace))
+        prefix = f"{namespace}-distribution"
         config = workdir / "config.yml"
         config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
-            "storage:\n"
-            f"  filesystem:\n    rootdirectory: {root_dir}\n"
-            "  cache:\n    blobdescriptor: inmemory\n"
-            "  delete:\n    enabled: true\n"
-            "  maintenance:\n    uploadpurging:\n      enabled: false\n"
-            f"http:\n  addr: {addr}\n"
+            _distribution_config(
+                addr,
+                "  s3:\n"
+                "    region: us-east-1\n"
+                f"    regionendpoint: http://{s3['endpoint']}\n"
+                f"    bucket: {s3['bucket']}\n"
+                f"    accesskey: {s3['access_key']}\n"
+                f"    secretkey: {s3['secret_key']}\n"
+                "    secure: false\n"
+                "    v4auth: true\n"
+                f"    chunksize: {S3_CHUNK_SIZE}\n"
+                f"    rootdirectory: /{prefix}\n"
+                # Pulls are proxied through the registry, as in the distributed target's default.
+                "  redirect:\n    disable: true\n",
+            )
         )
-        return Target(name, [docker_registry_binary(), "serve", str(config)], dict(os.environ), port, workdir)
+        # AWS_CA_BUNDLE in the environment makes the AWS SDK of Distribution 2.8's s3 driver panic at startup
+        # ("LoadCustomCABundleError ... unsupported transport"); the endpoint is plain HTTP, so drop all AWS_*.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        cmd = [docker_registry_binary(), "serve", str(config)]
+        return Target(name, cmd, env, port, workdir, s3_prefix=prefix, s3=s3)
     raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+
+
+async def cleanup(target: Target) -> list[str]:
+    """Remove what an S3-backed target left outside its temp dir; return what failed."""
+    if target.namespace:
+        return await cleanup_distributed(target)
+    if target.s3_prefix:
+        try:
+            await asyncio.to_thread(_delete_s3_prefix, target.s3, target.s3_prefix)
+        except Exception as exc:
+            return [f"s3: {exc!r}"]
+    return []
 
 
 async def cleanup_distributed(target: Target) -> list[str]:
@@ -270,7 +328,8 @@ async def cleanup_distributed(target: Target) -> list[str]:
     except Exception as exc:
         problems.append(f"mongo: {exc!r}")
     try:
-        await asyncio.to_thread(_delete_s3_prefix, env)
+        s3 = _s3_settings(env)
+        await asyncio.to_thread(_delete_s3_prefix, s3, env["HANZO_REGISTRY_STORAGE__BLOBS__PREFIX"])
     except Exception as exc:
         problems.append(f"s3: {exc!r}")
     try:
@@ -289,17 +348,23 @@ async def cleanup_distributed(target: Target) -> list[str]:
     return problems
 
 
-def _delete_s3_prefix(env: dict[str, str]) -> None:
+def _s3_settings(env: dict[str, str]) -> dict[str, str]:
+    """Endpoint (host:port), keys and bucket of the distributed environment `env`."""
+    keys = ("endpoint", "access_key", "secret_key", "bucket")
+    return {k: env[f"HANZO_REGISTRY_STORAGE__BLOBS__{k.upper()}"] for k in keys}
+
+
+def _minio(s3: dict[str, str]) -> Minio:
     from minio import Minio
+
+    return Minio(s3["endpoint"], access_key=s3["access_key"], secret_key=s3["secret_key"], secure=False)
+
+
+def _delete_s3_prefix(s3: dict[str, str], prefix: str) -> None:
+    """Delete every object under `<prefix>/` in the bucket, then SeaweedFS's leftover directory entries."""
     from minio.deleteobjects import DeleteObject
 
-    client = Minio(
-        env["HANZO_REGISTRY_STORAGE__BLOBS__ENDPOINT"],
-        access_key=env["HANZO_REGISTRY_STORAGE__BLOBS__ACCESS_KEY"],
-        secret_key=env["HANZO_REGISTRY_STORAGE__BLOBS__SECRET_KEY"],
-        secure=False,
-    )
-    bucket, prefix = env["HANZO_REGISTRY_STORAGE__BLOBS__BUCKET"], env["HANZO_REGISTRY_STORAGE__BLOBS__PREFIX"]
+    client, bucket = _minio(s3), s3["bucket"]
     objects = (DeleteObject(o.object_name) for o in client.list_objects(bucket, prefix=f"{prefix}/", recursive=True))
     errors = list(client.remove_objects(bucket, objects))
     if errors:
