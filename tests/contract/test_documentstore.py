@@ -219,6 +219,17 @@ async def test_update_sets_and_unsets(backend: Backend) -> None:
     assert await s.update(c, "a", {}) is True  # no change: a pure existence check
 
 
+async def test_uncontended_update_is_an_update(backend: Backend) -> None:
+    s, c = backend.store, backend.name()
+    await s.ensure_collection(c)
+    await s.insert(c, {"_id": "intent", "state": "pending", "ops": [1, 2]})
+    assert await s.update(c, "intent", {"state": "ready"}, uncontended=True) is True
+    assert await s.get(c, "intent") == {"_id": "intent", "state": "ready", "ops": [1, 2]}
+    assert await s.update(c, "intent", {"state": "x"}, expect={"state": "pending"}, uncontended=True) is False
+    assert await s.update(c, "gone", {"state": "ready"}, uncontended=True) is False
+    assert await s.get(c, "gone") is None
+
+
 async def test_update_with_expect_is_compare_and_set(backend: Backend) -> None:
     s, c = backend.store, backend.name()
     await s.ensure_collection(c)

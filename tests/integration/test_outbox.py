@@ -17,7 +17,17 @@ import pytest
 from services.core.bootstrap import build_document_store, build_event_log
 from services.core.events.envelope import encode, new_envelope
 from services.core.events.log import EventLog
-from services.core.events.outbox import OUTBOX, OutboundEvent, Outbox, OutboxRelay, Put, Update, _encode_op
+from services.core.events.outbox import (
+    OUTBOX,
+    Create,
+    OutboundEvent,
+    Outbox,
+    OutboxRelay,
+    Put,
+    Update,
+    _encode_op,
+    apply_operation,
+)
 from services.core.proto.hanzo.registry.v1 import events_pb2 as pb
 from services.core.runtime import EventConsumer
 from services.core.settings import ConsumerSettings, Settings, load_settings
@@ -238,3 +248,29 @@ async def test_changes_made_while_kafka_is_down_arrive_exactly_once(tmp_path: Pa
             await w.docs.drop_collection(coll)
         await w.docs.close()
         await w.events.close()
+
+
+async def test_holder_renews_its_lease_only_past_half_its_life(world: World) -> None:
+    relay = world.relay(lease_seconds=30.0)
+    assert await relay._hold_lease()
+    first = await world.docs.get("leases", "outbox-relay")
+    assert await relay._hold_lease()
+    assert await world.docs.get("leases", "outbox-relay") == first, "a fresh lease is not rewritten"
+    assert first is not None
+    await world.docs.update("leases", "outbox-relay", {"expires": first["expires"] - 20.0})
+    relay._held_until -= 20.0  # as if 20 s had passed
+    assert await relay._hold_lease()
+    renewed = await world.docs.get("leases", "outbox-relay")
+    assert renewed is not None and renewed["expires"] > first["expires"] - 20.0
+
+
+async def test_create_leaves_an_existing_document_alone(world: World) -> None:
+    """Content-addressed documents: a re-push (or a recovered intent) applies without writing."""
+    await world.docs.ensure_collection("kv")
+    op = Create("kv", {"_id": "sha256:abc", "created": 1.0})
+    assert await apply_operation(world.docs, op)
+    assert await apply_operation(world.docs, Create("kv", {"_id": "sha256:abc", "created": 2.0}))
+    assert await world.docs.get("kv", "sha256:abc") == {"_id": "sha256:abc", "created": 1.0}
+    outbox = Outbox(world.docs)
+    await outbox.commit([op], [OutboundEvent(topic=world.topic, key="r", value=b"again")])
+    assert (await world.docs.get(OUTBOX, (await world.docs.find(OUTBOX))[0]["_id"]))["state"] == "ready"

@@ -54,6 +54,15 @@ class Insert:
 
 
 @dataclass(frozen=True, slots=True)
+class Create:
+    """Create a document unless one with its `_id` exists, which is then left as it is. Always
+    applicable. For content-addressed documents (same `_id`, same content): a re-push writes nothing."""
+
+    collection: str
+    doc: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Update:
     """Set fields on one document if `expect` holds (compare-and-set)."""
 
@@ -72,7 +81,7 @@ class Delete:
     expect: Mapping[str, Any] | None = None
 
 
-Operation = Put | Insert | Update | Delete
+Operation = Put | Insert | Create | Update | Delete
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +98,8 @@ def _encode_op(op: Operation) -> dict[str, Any]:
             return {"op": "put", "c": collection, "doc": dict(doc)}
         case Insert(collection, doc):
             return {"op": "insert", "c": collection, "doc": dict(doc)}
+        case Create(collection, doc):
+            return {"op": "create", "c": collection, "doc": dict(doc)}
         case Update(collection, key, changes, expect):
             return {
                 "op": "update",
@@ -108,6 +119,8 @@ def _decode_op(data: Mapping[str, Any]) -> Operation:
         return Put(data["c"], data["doc"])
     if kind == "insert":
         return Insert(data["c"], data["doc"])
+    if kind == "create":
+        return Create(data["c"], data["doc"])
     if kind == "update":
         return Update(data["c"], data["key"], data["set"], data.get("expect"))
     if kind == "delete":
@@ -131,6 +144,12 @@ async def apply_operation(docs: DocumentStore, op: Operation) -> bool:
                 return True
             except DuplicateKeyError:
                 return _holds(await docs.get(collection, doc["_id"]), doc)
+        case Create(collection, doc):
+            # Read first: on FerretDB even a refused insert takes the database's write lock.
+            if await docs.get(collection, doc["_id"]) is None:
+                with contextlib.suppress(DuplicateKeyError):
+                    await docs.insert(collection, doc)
+            return True
         case Update(collection, key, changes, expect):
             if await docs.update(collection, key, changes, expect=expect):
                 return True
@@ -190,7 +209,9 @@ class Outbox:
             if not await apply_operation(self._docs, op):
                 await self._docs.delete(OUTBOX, intent_id)
                 raise ConflictError("a concurrent change won; retry the request")
-        await self._docs.update(OUTBOX, intent_id, {"state": "ready"})
+        # Only this writer changes its pending intent (the relay waits `stale_after` before it
+        # touches one, and then writes the same value), so the store need not serialise this write.
+        await self._docs.update(OUTBOX, intent_id, {"state": "ready"}, uncontended=True)
         for listener in self._listeners:
             listener()
 
@@ -231,6 +252,7 @@ class OutboxRelay:
         self._on_pending = on_pending
         self._wake = asyncio.Event()
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._held_until = 0.0  # when the lease this relay last wrote expires (0: not held)
         self.stats = RelayStats()
 
     def wake(self) -> None:
@@ -239,19 +261,26 @@ class OutboxRelay:
 
     async def _hold_lease(self) -> bool:
         now = time.time()
+        if now < self._held_until - self._lease_seconds / 2:
+            # Renewed recently, and nobody takes a lease before it expires: no read, no write per
+            # wake-up (on FerretDB each costs about what publishing an event does).
+            return True
         lease = await self._docs.get(LEASES, "outbox-relay")
-        doc = {"owner": self._owner, "expires": now + self._lease_seconds}
+        expires = now + self._lease_seconds
+        doc = {"owner": self._owner, "expires": expires}
+        held = False
         if lease is None:
             try:
                 await self._docs.insert(LEASES, {"_id": "outbox-relay", **doc})
-                return True
+                held = True
             except DuplicateKeyError:
-                return False
-        if lease["owner"] == self._owner or lease["expires"] < now:
-            return await self._docs.update(
+                held = False
+        elif lease["owner"] == self._owner or lease["expires"] < now:
+            held = await self._docs.update(
                 LEASES, "outbox-relay", doc, expect={"owner": lease["owner"], "expires": lease["expires"]}
             )
-        return False
+        self._held_until = expires if held else 0.0
+        return held
 
     async def drain_once(self) -> int:
         """Publish what is ready (and recover stale intents). Returns how many intents were settled.
@@ -303,7 +332,9 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 if await self._hold_lease():
-                    while await self.drain_once():
+                    # A short batch means the log is drained (or waits on a live writer's intent);
+                    # the next commit wakes the relay, so no empty re-read follows every batch.
+                    while await self.drain_once() >= self._batch:
                         pass
                 backoff = self._poll_interval
             except Exception as exc:  # keep relaying; the intents are durable

@@ -56,11 +56,14 @@ class DocumentStore(Protocol):
         *,
         expect: Mapping[str, Any] | None = None,
         unset: Sequence[str] = (),
+        uncontended: bool = False,
     ) -> bool:
         """Set `changes` (and remove `unset` fields) on one document, atomically.
 
         With `expect`, only if every expected field currently equals its value (None matches a
         missing field). Returns False when no document matched. This is the compare-and-set.
+        `uncontended=True` promises that no other writer changes this document meanwhile, so an
+        adapter that serialises writes to a document (FerretDB's) may skip that.
         """
         ...
 

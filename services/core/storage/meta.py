@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.core.events.outbox import Delete, Insert, Operation, Put, Update
+from services.core.events.outbox import Create, Delete, Insert, Operation, Update
 from services.core.oci.digest import Digest
 from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index
 
@@ -114,6 +114,8 @@ class MetadataStore:
 
     async def ensure_repository(self, name: str, *, namespace: str) -> None:
         """Create the repository record if missing. Idempotent; an empty repository is harmless."""
+        if await self.docs.get(REPOSITORIES, name) is not None:
+            return  # the common case, and a read: an insert refused as a duplicate is still a write
         with contextlib.suppress(DuplicateKeyError):
             await self.docs.insert(REPOSITORIES, {"_id": name, "namespace": namespace, "created": time.time()})
 
@@ -169,7 +171,8 @@ class MetadataStore:
         return await self.docs.get(MANIFESTS, _key(repository, "@", digest)) is not None
 
     def put_manifest_op(self, record: ManifestRecord) -> Operation:
-        return Put(MANIFESTS, record.to_doc())
+        # Content-addressed: a stored manifest with this digest already has these bytes.
+        return Create(MANIFESTS, record.to_doc())
 
     def delete_manifest_op(self, repository: str, digest: Digest) -> Operation:
         return Delete(MANIFESTS, _key(repository, "@", str(digest)))

@@ -224,6 +224,7 @@ class MongoDocumentStore:
         *,
         expect: Mapping[str, Any] | None = None,
         unset: Sequence[str] = (),
+        uncontended: bool = False,
     ) -> bool:
         coll = self._coll(collection)
         fields = [*changes, *unset]
@@ -241,7 +242,7 @@ class MongoDocumentStore:
         if not ops:
             # An empty update document is an error in MongoDB; this is a pure check.
             return await coll.count_documents(query, limit=1) > 0
-        async with self._locked(collection, key):
+        async with contextlib.nullcontext() if uncontended else self._locked(collection, key):
             try:
                 result = await coll.update_one(query, ops)
             except OperationFailure as exc:

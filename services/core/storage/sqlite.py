@@ -226,6 +226,7 @@ class SqliteDocumentStore:
         *,
         expect: Mapping[str, Any] | None = None,
         unset: Sequence[str] = (),
+        uncontended: bool = False,  # every SQLite write is atomic already
     ) -> bool:
         table = check_collection(collection)
         fields = [*changes, *unset]
