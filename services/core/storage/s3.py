@@ -11,8 +11,8 @@ to S3 once while they stream and never sit whole in memory or on local disk:
   keeps contents, hence ETags, from repeating), so of two writers working from the same record
   exactly one succeeds and the other gets a 412, reported as RangeInvalidError.
 * `append` cuts the stream into parts (`part_size_for_number`: `settings.part_size`, growing with
-  the part number so that a 1 TB blob fits in S3's 10,000 parts) and uploads up to `_IN_FLIGHT`
-  of them concurrently while it keeps reading, so memory stays below (_IN_FLIGHT + 1) parts. The
+  the part number so that a 1 TB blob fits in S3's 10,000 parts) and uploads up to `IN_FLIGHT`
+  of them concurrently while it keeps reading, so memory stays below (IN_FLIGHT + 1) parts. The
   multipart upload is created with the first full part. Part numbers are reserved in the record
   (`next_part`) before use, so two writers never upload to one part number; a part enters the
   record (number, size, ETag) only once S3 has stored it. A tail shorter than S3_MIN_PART (all
@@ -88,14 +88,12 @@ from services.core.storage.layout import (
     upload_id_of,
     upload_prefix,
 )
-from services.core.storage.s3direct import DirectPut, abort_direct
+from services.core.storage.s3direct import IN_FLIGHT, DirectPut, abort_direct, cut, hash_after
 
 _MISSING: Final = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"})
 _LOST_RACE: Final = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _NO_UPLOAD: Final = frozenset({"NoSuchUpload"})
 _LIST_BATCH: Final = 1000
-_IN_FLIGHT: Final = 2
-"""Parts one append uploads concurrently while it keeps reading the stream."""
 _RESERVE: Final = 8
 """Part numbers one record update reserves for an append."""
 
@@ -534,31 +532,6 @@ class S3BlobStore:
         self._http.clear()
 
 
-def _cut(buffered: list[bytes], size: int) -> tuple[bytes, list[bytes]]:
-    """The first `size` bytes of `buffered` (which holds at least that many) and the rest."""
-    taken: list[bytes] = []
-    total = 0
-    for index, chunk in enumerate(buffered):
-        if total + len(chunk) >= size:
-            split = size - total
-            rest = buffered[index + 1 :]
-            if split < len(chunk):
-                taken.append(chunk[:split])
-                rest.insert(0, chunk[split:])
-            else:
-                taken.append(chunk)
-            return b"".join(taken), rest
-        taken.append(chunk)
-        total += len(chunk)
-    raise ValueError(f"{total} bytes buffered, fewer than {size}")
-
-
-async def _hash_after(previous: asyncio.Task[None] | None, digester: Digester, data: bytes) -> None:
-    if previous is not None:
-        await previous
-    await asyncio.to_thread(digester.update, data)
-
-
 class _Append:
     """One `append`: cuts the stream into parts, uploads them concurrently, records them."""
 
@@ -592,7 +565,8 @@ class _Append:
                 buffered.append(chunk)
                 length += len(chunk)
                 while length >= (size := self._store._part_size(self._peek())):
-                    part, buffered = _cut(buffered, size)
+                    await self._free_slot()  # before cutting: memory stays near IN_FLIGHT + 1 parts
+                    part, buffered = cut(buffered, size)
                     length -= size
                     self._hash(part[skip:] if skip else part)
                     skip = 0
@@ -644,22 +618,25 @@ class _Append:
     def _hash(self, data: bytes) -> None:
         # A chain of worker-thread updates: in byte order, off the event loop, overlapping uploads.
         if self._digester is not None and data:
-            self._hashing = asyncio.create_task(_hash_after(self._hashing, self._digester, data))
+            self._hashing = asyncio.create_task(hash_after(self._hashing, self._digester, data))
 
     async def _upload(self, part: bytes) -> None:
         number = self._numbers.pop(0) if self._numbers else await self._reserve()
         if number > S3_MAX_PARTS:
             raise SizeInvalidError(f"upload {self._id!r} has used all {S3_MAX_PARTS} part numbers")
+        await self._free_slot()
+        assert self._state.multipart is not None
+        upload = asyncio.to_thread(self._store._upload_part, self._id, self._state.multipart, number, part)
+        self._uploads.append(asyncio.create_task(upload))
+
+    async def _free_slot(self) -> None:
+        """Bounded memory: at most IN_FLIGHT parts in the air while the next one fills."""
         running = [task for task in self._uploads if not task.done()]
-        if len(running) >= _IN_FLIGHT:
-            # Bounded memory: at most _IN_FLIGHT parts in the air while the next one fills.
+        if len(running) >= IN_FLIGHT:
             await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
         for task in self._uploads:
             if task.done() and (error := task.exception()) is not None:
                 raise error
-        assert self._state.multipart is not None
-        upload = asyncio.to_thread(self._store._upload_part, self._id, self._state.multipart, number, part)
-        self._uploads.append(asyncio.create_task(upload))
 
     async def _reserve(self) -> int:
         """Reserve _RESERVE part numbers in the record (creating the multipart upload first)."""

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from services.core.storage.s3 import S3BlobStore
 
 IN_FLIGHT: Final = 2
-"""Parts uploaded concurrently while the stream keeps arriving (memory: IN_FLIGHT + 1 parts)."""
+"""Parts one upload (a direct put or a session append) sends concurrently while the stream keeps
+arriving; a free slot is awaited before the next part is cut, so memory stays near IN_FLIGHT + 1 parts."""
 _UNRECORDED_WINDOW: Final = timedelta(minutes=5)
 """A multipart upload at the blob key initiated this close after a dead marker is taken as its own."""
 
@@ -47,7 +48,26 @@ def _mismatch(digest: Digest, actual: Digest) -> DigestInvalidError:
     )
 
 
-async def _hash_after(previous: asyncio.Task[None] | None, digester: Digester, data: bytes) -> None:
+def cut(buffered: list[bytes], size: int) -> tuple[bytes, list[bytes]]:
+    """The first `size` bytes of `buffered` (which holds at least that many) and the rest."""
+    taken: list[bytes] = []
+    total = 0
+    for index, chunk in enumerate(buffered):
+        if total + len(chunk) >= size:
+            split = size - total
+            rest = buffered[index + 1 :]
+            if split < len(chunk):
+                taken.append(chunk[:split])
+                rest.insert(0, chunk[split:])
+            else:
+                taken.append(chunk)
+            return b"".join(taken), rest
+        taken.append(chunk)
+        total += len(chunk)
+    raise ValueError(f"{total} bytes buffered, fewer than {size}")
+
+
+async def hash_after(previous: asyncio.Task[None] | None, digester: Digester, data: bytes) -> None:
     if previous is not None:
         await previous
     await asyncio.to_thread(digester.update, data)
@@ -84,16 +104,20 @@ class DirectPut:
         return BlobInfo(self._digest, self._digester.size)
 
     async def _stream(self, chunks: AsyncIterable[bytes]) -> BlobInfo:
-        buffered = bytearray()
+        buffered: list[bytes] = []
+        length = 0
         async for chunk in chunks:
-            buffered += chunk
-            while len(buffered) >= (size := self._store._part_size(len(self._parts) + 1)):
-                part = bytes(buffered[:size])
-                del buffered[:size]
+            buffered.append(chunk)
+            length += len(chunk)
+            while length >= (size := self._store._part_size(len(self._parts) + 1)):
+                # A free upload slot before the part is cut: memory stays near IN_FLIGHT + 1 parts.
+                await self._free_slot()
+                part, buffered = cut(buffered, size)
+                length -= size
                 self._hash(part)
                 await self._upload(part)
-        tail = bytes(buffered)
-        del buffered
+        tail = b"".join(buffered)
+        buffered = []
         self._hash(tail)
         if self._multipart is None:
             # Smaller than one part: a single PUT, made only once the bytes are known to be right.
@@ -115,7 +139,7 @@ class DirectPut:
     def _hash(self, data: bytes) -> None:
         # A chain of worker-thread updates: in byte order, off the event loop, overlapping uploads.
         if data:
-            self._hashing = asyncio.create_task(_hash_after(self._hashing, self._digester, data))
+            self._hashing = asyncio.create_task(hash_after(self._hashing, self._digester, data))
 
     async def _hashed(self) -> Digest:
         if self._hashing is not None:
@@ -128,15 +152,19 @@ class DirectPut:
             raise SizeInvalidError(f"blob {self._digest} needs more than {S3_MAX_PARTS} parts")
         if self._multipart is None:
             await self._begin()
+        await self._free_slot()
+        assert self._multipart is not None
+        upload = asyncio.to_thread(self._upload_part, self._multipart, number, part)
+        self._parts.append(asyncio.create_task(upload))
+
+    async def _free_slot(self) -> None:
+        """Wait until fewer than IN_FLIGHT parts are uploading; raise the first failed upload."""
         running = [task for task in self._parts if not task.done()]
         if len(running) >= IN_FLIGHT:
             await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
         for task in self._parts:
             if task.done() and (error := task.exception()) is not None:
                 raise error
-        assert self._multipart is not None
-        upload = asyncio.to_thread(self._upload_part, self._multipart, number, part)
-        self._parts.append(asyncio.create_task(upload))
 
     async def _begin(self) -> None:
         """Marker first, then the multipart upload, then the marker names it: the janitor finds either."""
