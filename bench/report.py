@@ -19,7 +19,7 @@ class Metric:
 METRICS = [
     Metric("push_mono", "blob push, monolithic POST+PUT", "MiB/s", True),
     Metric("push_chunked", "blob push, 8 MiB PATCH chunks", "MiB/s", True),
-    Metric("pull", "blob pull (GET, digest verified)", "MiB/s", True),
+    Metric("pull", "blob pull (GET, verified untimed)", "MiB/s", True),
     Metric("manifest_get", "manifest GET by tag, 32 clients", "req/s", True, 0),
     Metric("manifest_get_p99", "manifest GET p99 latency", "ms", False, 2),
     Metric("manifest_get_cpu", "registry CPU during manifest GET", "% of 1 core", False, 0),
