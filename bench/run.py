@@ -162,20 +162,33 @@ async def bench_push_chunked(s: State, cfg: Config, blobs: Blobs) -> None:
 PULLS_PER_BLOB = 3
 
 
-async def bench_pull(s: State, cfg: Config, blobs: Blobs) -> None:
+async def bench_pull_verify(s: State, cfg: Config, blobs: Blobs) -> None:
+    """Untimed: every blob the timed pulls fetch comes back complete and with its digest."""
     if "push_mono" not in s.results:
         raise ops.BenchError("nothing to pull: the monolithic push failed")
-    times, cpu = [], []
     for r in range(cfg.repeats):
         blob = blobs.get(1000 + r, cfg.blob_size)
-        await s.client.pull("bench/blobs", blob.digest, blob.size, verify=True)  # untimed: the bytes are right
-        # A 256 MiB pull takes ~0.3 s: 3 per blob, so the median is of 9 and not at the mercy of one hiccup.
-        for _ in range(PULLS_PER_BLOB):
-            start = _timed_cpu()
-            times.append(await s.client.pull("bench/blobs", blob.digest, blob.size, verify=False))
-            cpu.append(_client_cpu_pct(start))
-    s.results["pull"] = _mibps(cfg.blob_size, ops.Timing(times).median)
-    s.details["pull"] = {"seconds": times, "client_cpu_pct": cpu}
+        await s.client.pull("bench/blobs", blob.digest, blob.size, verify=True)
+    s.details["pull"] = {"seconds": [], "client_cpu_pct": []}
+
+
+def pull_rounds(cfg: Config) -> int:
+    # A 256 MiB pull takes ~0.3 s: 3 per blob, so the median is of 9 and not at the mercy of one hiccup.
+    return cfg.repeats * PULLS_PER_BLOB
+
+
+async def bench_pull(s: State, cfg: Config, blobs: Blobs, round_: int) -> None:
+    """One timed pull. The runner interleaves rounds across targets (round 1 of each target, then
+    round 2, ...) so that background work of the storage servers, e.g. flushing what the previous
+    benchmark wrote, does not fall on whichever target happens to pull first."""
+    if "pull" not in s.details:
+        raise ops.BenchError("the blobs did not verify")
+    blob = blobs.get(1000 + round_ % cfg.repeats, cfg.blob_size)
+    start = _timed_cpu()
+    seconds = await s.client.pull("bench/blobs", blob.digest, blob.size, verify=False)
+    s.details["pull"]["seconds"].append(seconds)
+    s.details["pull"]["client_cpu_pct"].append(_client_cpu_pct(start))
+    s.results["pull"] = _mibps(cfg.blob_size, ops.Timing(s.details["pull"]["seconds"]).median)
 
 
 async def _load(s: State, cfg: Config, scenario: dict[str, Any], conns: int) -> Any:
@@ -271,15 +284,27 @@ async def bench_rss(s: State, cfg: Config, blobs: Blobs) -> None:
     }
 
 
-BENCHMARKS: list[tuple[str, Callable[[State, Config, Blobs], Awaitable[None]], float]] = [
-    ("setup", bench_setup, 60),
-    ("push_mono", bench_push_mono, 900),
-    ("push_chunked", bench_push_chunked, 900),
-    ("pull", bench_pull, 900),
-    ("manifest", bench_manifest, 300),
-    ("small_push", bench_small, 300),
-    ("tags", bench_tags, 600),
-    ("rss", bench_rss, 1200),
+@dataclass(frozen=True)
+class Phase:
+    """One benchmark, run against every target in turn; with `rounds`, `func` takes a round number
+    and the runner interleaves: round 0 on every target, then round 1, and so on."""
+
+    name: str
+    func: Callable[..., Awaitable[None]]
+    timeout: float
+    rounds: Callable[[Config], int] | None = None
+
+
+BENCHMARKS: list[Phase] = [
+    Phase("setup", bench_setup, 60),
+    Phase("push_mono", bench_push_mono, 900),
+    Phase("push_chunked", bench_push_chunked, 900),
+    Phase("pull_verify", bench_pull_verify, 900),
+    Phase("pull", bench_pull, 120, rounds=pull_rounds),
+    Phase("manifest", bench_manifest, 300),
+    Phase("small_push", bench_small, 300),
+    Phase("tags", bench_tags, 600),
+    Phase("rss", bench_rss, 1200),
 ]
 
 
@@ -353,25 +378,32 @@ async def amain(cfg: Config, targets: list[str], keep: bool) -> int:
         for t in started:
             states[t.name] = State(t, ops.Client(http, t.base))
         blobs = Blobs()
-        for phase, func, timeout in BENCHMARKS:
-            for s in states.values():
-                if phase != "setup" and any(e.startswith("setup:") for e in s.errors):
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    await asyncio.wait_for(func(s, cfg, blobs), timeout)
-                except Exception as exc:
-                    msg = f"{phase}: {type(exc).__name__}: {exc}"
-                    if not isinstance(exc, (ops.BenchError, TimeoutError)):
-                        msg += "\n" + traceback.format_exc(limit=3)
-                    s.errors.append(msg)
-                    print(f"  {s.name:15} {phase:12} ERROR {msg}", flush=True)
-                    if s.target.proc is not None and s.target.proc.poll() is not None:
-                        s.errors.append(f"{s.name} exited ({s.target.proc.returncode}):\n{s.target.log_tail()}")
-                        raise RuntimeError(f"{s.name} died") from exc
-                    continue
-                shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in s.results.items()}
-                print(f"  {s.name:15} {phase:12} {time.perf_counter() - t0:6.1f}s  {shown}", flush=True)
+        for phase in BENCHMARKS:
+            rounds = phase.rounds(cfg) if phase.rounds is not None else 1
+            elapsed = dict.fromkeys(states, 0.0)
+            failed: set[str] = set()
+            for round_ in range(rounds):
+                for s in states.values():
+                    if s.name in failed or (phase.name != "setup" and any(e.startswith("setup:") for e in s.errors)):
+                        continue
+                    t0 = time.perf_counter()
+                    args = (s, cfg, blobs) if phase.rounds is None else (s, cfg, blobs, round_)
+                    try:
+                        await asyncio.wait_for(phase.func(*args), phase.timeout)
+                    except Exception as exc:
+                        failed.add(s.name)
+                        msg = f"{phase.name}: {type(exc).__name__}: {exc}"
+                        if not isinstance(exc, (ops.BenchError, TimeoutError)):
+                            msg += "\n" + traceback.format_exc(limit=3)
+                        s.errors.append(msg)
+                        print(f"  {s.name:15} {phase.name:12} ERROR {msg}", flush=True)
+                        if s.target.proc is not None and s.target.proc.poll() is not None:
+                            s.errors.append(f"{s.name} exited ({s.target.proc.returncode}):\n{s.target.log_tail()}")
+                            raise RuntimeError(f"{s.name} died") from exc
+                    elapsed[s.name] += time.perf_counter() - t0
+                    if round_ == rounds - 1 and s.name not in failed:
+                        shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in s.results.items()}
+                        print(f"  {s.name:15} {phase.name:12} {elapsed[s.name]:6.1f}s  {shown}", flush=True)
     except (Exception, KeyboardInterrupt, asyncio.CancelledError) as exc:
         print(f"bench: aborted: {type(exc).__name__}: {exc}", file=sys.stderr)
         meta["aborted"] = f"{type(exc).__name__}: {exc}"
