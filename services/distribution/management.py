@@ -426,6 +426,12 @@ def add_management_routes(app: web.Application) -> None:
     r.add_put(f"{PREFIX}/teams/{{team}}/members/{{user}}", add_member)
     r.add_delete(f"{PREFIX}/teams/{{team}}/members/{{user}}", remove_member)
     r.add_get(f"{PREFIX}/audit", list_audit)
+    # Unambiguous spellings of the namespace routes below: the short ones are shadowed for a
+    # namespace named like a route above (users, teams, audit, me).
+    r.add_post(f"{PREFIX}/namespaces/{{namespace}}/permissions", create_grant)
+    r.add_get(f"{PREFIX}/namespaces/{{namespace}}/permissions", list_grants)
+    r.add_delete(f"{PREFIX}/namespaces/{{namespace}}/permissions/{{grant:.+}}", revoke_grant)
+    r.add_put(f"{PREFIX}/namespaces/{{namespace}}/visibility", set_visibility)
     r.add_post(f"{PREFIX}/{{namespace}}/permissions", create_grant)
     r.add_get(f"{PREFIX}/{{namespace}}/permissions", list_grants)
     r.add_delete(f"{PREFIX}/{{namespace}}/permissions/{{grant:.+}}", revoke_grant)

@@ -367,17 +367,29 @@ def _paths() -> dict[str, Any]:
                 params=[*_PAGE, _query("actor", {"type": "string"}), _query("action", {"type": "string"})],
             ),
         },
-        "/v1/registry/{namespace}/permissions": {
+        **{
+            # The short spelling is the product's; /namespaces/ is unambiguous for a namespace
+            # named like another route (users, teams, audit, me).
+            f"/v1/registry{spelling}/{{namespace}}/{rest}": item
+            for spelling in ("", "/namespaces")
+            for rest, item in _namespace_paths(ns).items()
+        },
+    }
+
+
+def _namespace_paths(ns: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "permissions": {
             "get": _op("Grants and visibility of a namespace (admins, namespace admins)",
                        {"200": {"description": "Grants", **_json("Permissions")}}, params=[ns]),
             "post": _op("Grant a role on the namespace or one of its repositories to a team or user",
                         {"201": {"description": "Granted", **_json("Grant")}, **_NOT_FOUND},
                         body="NewGrant", params=[ns]),
         },
-        "/v1/registry/{namespace}/permissions/{grant}": {
+        "permissions/{grant}": {
             "delete": _op("Revoke a grant", {**_NO_CONTENT, **_NOT_FOUND}, params=[ns, _path("grant")]),
         },
-        "/v1/registry/{namespace}/visibility": {
+        "visibility": {
             "put": _op("Make the namespace or one of its repositories public (anonymous pull) or private",
                        {"200": {"description": "The new state", **_json("VisibilityState")}},
                        body="Visibility", params=[ns]),

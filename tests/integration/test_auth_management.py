@@ -105,6 +105,22 @@ async def test_users_teams_keys_and_permissions(auth_assembly: Assembly) -> None
     assert resp.status == 404 and (await resp.json())["errors"][0]["code"] == "NOT_FOUND"
 
 
+async def test_namespace_routes_have_an_unambiguous_spelling(auth_assembly: Assembly) -> None:
+    """A namespace named like a management route (`users`) is managed under /v1/registry/namespaces/."""
+    admin = Api(auth_assembly.client, bearer(admin_key(auth_assembly)))
+    await new_user(admin, "carol")
+    created = await admin.call("POST", "/v1/registry/namespaces/users/permissions",
+                               json_body={"user": "carol", "role": "reader"}, expect=201)
+    assert created["namespace"] == "users"
+    listed = await admin.call("GET", "/v1/registry/namespaces/users/permissions", expect=200)
+    assert [g["id"] for g in listed["grants"]] == [created["id"]]
+    # the short spelling of that GET is the route of user "permissions"
+    await admin.call("GET", "/v1/registry/users/permissions", expect=404)
+    await admin.call("PUT", "/v1/registry/namespaces/users/visibility", json_body={"public": True}, expect=200)
+    await admin.call("DELETE", f"/v1/registry/namespaces/users/permissions/{created['id']}", expect=204)
+    assert (await admin.call("GET", "/v1/registry/namespaces/users/permissions", expect=200))["grants"] == []
+
+
 async def test_audit_log_records_changes_and_failures(auth_assembly: Assembly) -> None:
     client = auth_assembly.client
     admin = Api(client, bearer(admin_key(auth_assembly)))
