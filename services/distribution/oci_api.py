@@ -179,7 +179,12 @@ async def get_blob(request: web.Request, route: Route) -> web.StreamResponse:
     digest = Digest.parse(route.rest)
     await _allow(request, repo, PULL)
     registry = _registry(request)
-    info = await registry.stat_blob(repo, digest)
+    settings = request.app[SETTINGS]
+    redirect = settings.storage.redirect and isinstance(registry.blobs, BlobPresigner)
+    if request.method == "GET" and not redirect:
+        info = await registry.linked_blob(repo, digest)  # the read below finds out if the bytes are gone
+    else:
+        info = await registry.stat_blob(repo, digest)
     etag = f'"{digest}"'
     headers = {
         "Docker-Content-Digest": str(digest),
@@ -191,8 +196,8 @@ async def get_blob(request: web.Request, route: Route) -> web.StreamResponse:
     if etag in request.headers.get("If-None-Match", ""):
         # Content-addressed: a client holding this digest holds these bytes.
         return web.Response(status=304, headers={"ETag": etag, "Docker-Content-Digest": str(digest)})
-    settings = request.app[SETTINGS]
-    if request.method == "GET" and settings.storage.redirect and isinstance(registry.blobs, BlobPresigner):
+    if request.method == "GET" and redirect:
+        assert isinstance(registry.blobs, BlobPresigner)
         url = await registry.blobs.presign_get(digest, expires_seconds=settings.storage.redirect_expiry_seconds)
         return web.Response(status=307, headers={"Location": url, "Docker-Content-Digest": str(digest)})
     byte_range = parse_range_header(request.headers.get("Range"), info.size)
@@ -209,8 +214,13 @@ async def get_blob(request: web.Request, route: Route) -> web.StreamResponse:
     if path is not None:
         await send_file(request, response, path, offset, length)
     else:
+        chunks = registry.blobs.read(digest, offset=offset, length=length)
+        # The first chunk before the headers: bytes missing from storage are still a clean 404.
+        first = await anext(chunks, b"")
         await response.prepare(request)
-        async for chunk in registry.blobs.read(digest, offset=offset, length=length):
+        if first:
+            await response.write(first)
+        async for chunk in chunks:
             await response.write(chunk)
         await response.write_eof()
     _count(request, "out", length)

@@ -10,6 +10,7 @@ import pytest
 from yarl import URL
 
 from services.core.events.envelope import decode
+from services.core.oci.digest import Digest
 from tests.integration.conftest import Assembly
 from tests.integration.oci import (
     OCI_CONFIG,
@@ -45,6 +46,20 @@ async def test_blob_round_trip_head_and_ranges(assembly: Assembly) -> None:
     assert resp.status == 206 and await resp.read() == data[-5:]
     resp = await client.get(f"/v2/team/app/blobs/{digest}", headers={"Range": f"bytes={len(data) + 10}-"})
     assert resp.status == 416
+
+
+async def test_blob_linked_but_gone_from_storage_is_a_clean_404(assembly: Assembly) -> None:
+    """A GET trusts the repository link for the size and lets the read find out (no storage stat):
+    bytes missing from storage still answer 404 BLOB_UNKNOWN before any header is sent."""
+    client = assembly.client
+    data = os.urandom(3000)
+    digest = await push_blob(client, "team/gone", data)
+    assert await assembly.c.blobs.delete(Digest.parse(digest))
+    for method in ("GET", "HEAD"):
+        resp = await client.request(method, f"/v2/team/gone/blobs/{digest}")
+        assert resp.status == 404, method
+    resp = await client.get(f"/v2/team/gone/blobs/{digest}", headers={"Range": "bytes=0-9"})
+    assert resp.status == 404 and await error_code(resp) == "BLOB_UNKNOWN"
 
 
 async def test_single_post_upload(assembly: Assembly) -> None:
