@@ -88,7 +88,7 @@ from services.core.storage.layout import (
     upload_id_of,
     upload_prefix,
 )
-from services.core.storage.s3direct import IN_FLIGHT, DirectPut, abort_direct, cut, hash_after
+from services.core.storage.s3direct import DirectPut, abort_direct, cut, free_slot, hash_after, settle
 
 _MISSING: Final = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"})
 _LOST_RACE: Final = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -565,7 +565,7 @@ class _Append:
                 buffered.append(chunk)
                 length += len(chunk)
                 while length >= (size := self._store._part_size(self._peek())):
-                    await self._free_slot()  # before cutting: memory stays near IN_FLIGHT + 1 parts
+                    await free_slot(self._uploads)  # before cutting: memory stays near IN_FLIGHT + 1 parts
                     part, buffered = cut(buffered, size)
                     length -= size
                     self._hash(part[skip:] if skip else part)
@@ -579,7 +579,7 @@ class _Append:
             if len(tail) >= S3_MIN_PART:
                 await self._upload(tail)
                 tail = b""
-            parts = await self._settle()
+            parts = tuple(await settle(self._uploads))
             if tail:
                 token = await asyncio.to_thread(self._store._put_pending, self._id, tail)
             if self._hashing is not None:
@@ -624,19 +624,10 @@ class _Append:
         number = self._numbers.pop(0) if self._numbers else await self._reserve()
         if number > S3_MAX_PARTS:
             raise SizeInvalidError(f"upload {self._id!r} has used all {S3_MAX_PARTS} part numbers")
-        await self._free_slot()
+        await free_slot(self._uploads)
         assert self._state.multipart is not None
         upload = asyncio.to_thread(self._store._upload_part, self._id, self._state.multipart, number, part)
         self._uploads.append(asyncio.create_task(upload))
-
-    async def _free_slot(self) -> None:
-        """Bounded memory: at most IN_FLIGHT parts in the air while the next one fills."""
-        running = [task for task in self._uploads if not task.done()]
-        if len(running) >= IN_FLIGHT:
-            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        for task in self._uploads:
-            if task.done() and (error := task.exception()) is not None:
-                raise error
 
     async def _reserve(self) -> int:
         """Reserve _RESERVE part numbers in the record (creating the multipart upload first)."""
@@ -672,14 +663,6 @@ class _Append:
             return self._state
         # The first new part begins with the old pending tail, which is then no longer needed.
         return replace(self._state, parts=self._base.parts + finished, pending=None, pending_size=0)
-
-    async def _settle(self) -> tuple[_Part, ...]:
-        if self._uploads:
-            await asyncio.wait(self._uploads)
-        for task in self._uploads:
-            if (error := task.exception()) is not None:
-                raise error
-        return tuple(task.result() for task in self._uploads)
 
     async def _write(self, state: _State) -> None:
         self._etag = await asyncio.to_thread(self._store._save, self._id, state, etag=self._etag)

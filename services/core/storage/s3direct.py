@@ -20,9 +20,9 @@ import asyncio
 import contextlib
 import io
 import json
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from minio.datatypes import Part
 from minio.error import S3Error
@@ -34,6 +34,8 @@ from services.core.storage.layout import S3_MAX_PARTS, direct_key, new_upload_id
 
 if TYPE_CHECKING:
     from services.core.storage.s3 import S3BlobStore
+
+T = TypeVar("T")
 
 IN_FLIGHT: Final = 2
 """Parts one upload (a direct put or a session append) sends concurrently while the stream keeps
@@ -65,6 +67,26 @@ def cut(buffered: list[bytes], size: int) -> tuple[bytes, list[bytes]]:
         taken.append(chunk)
         total += len(chunk)
     raise ValueError(f"{total} bytes buffered, fewer than {size}")
+
+
+async def free_slot(uploads: Sequence[asyncio.Task[Any]]) -> None:
+    """Wait until fewer than IN_FLIGHT of `uploads` are running; raise the first that failed."""
+    running = [task for task in uploads if not task.done()]
+    if len(running) >= IN_FLIGHT:
+        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+    for task in uploads:
+        if task.done() and (error := task.exception()) is not None:
+            raise error
+
+
+async def settle(uploads: Sequence[asyncio.Task[T]]) -> list[T]:
+    """Every upload's result, in order, once all finished; raises the first failure."""
+    if uploads:
+        await asyncio.wait(uploads)
+    for task in uploads:
+        if (error := task.exception()) is not None:
+            raise error
+    return [task.result() for task in uploads]
 
 
 async def hash_after(previous: asyncio.Task[None] | None, digester: Digester, data: bytes) -> None:
@@ -111,7 +133,7 @@ class DirectPut:
             length += len(chunk)
             while length >= (size := self._store._part_size(len(self._parts) + 1)):
                 # A free upload slot before the part is cut: memory stays near IN_FLIGHT + 1 parts.
-                await self._free_slot()
+                await free_slot(self._parts)
                 part, buffered = cut(buffered, size)
                 length -= size
                 self._hash(part)
@@ -128,7 +150,7 @@ class DirectPut:
             return BlobInfo(self._digest, len(tail))
         if tail:
             await self._upload(tail)  # the last part may be of any size
-        parts = await self._settle()
+        parts = await settle(self._parts)
         actual = await self._hashed()
         if actual != self._digest:
             raise _mismatch(self._digest, actual)
@@ -152,19 +174,10 @@ class DirectPut:
             raise SizeInvalidError(f"blob {self._digest} needs more than {S3_MAX_PARTS} parts")
         if self._multipart is None:
             await self._begin()
-        await self._free_slot()
+        await free_slot(self._parts)
         assert self._multipart is not None
         upload = asyncio.to_thread(self._upload_part, self._multipart, number, part)
         self._parts.append(asyncio.create_task(upload))
-
-    async def _free_slot(self) -> None:
-        """Wait until fewer than IN_FLIGHT parts are uploading; raise the first failed upload."""
-        running = [task for task in self._parts if not task.done()]
-        if len(running) >= IN_FLIGHT:
-            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        for task in self._parts:
-            if task.done() and (error := task.exception()) is not None:
-                raise error
 
     async def _begin(self) -> None:
         """Marker first, then the multipart upload, then the marker names it: the janitor finds either."""
@@ -188,14 +201,6 @@ class DirectPut:
         client = self._store._client
         etag = client._upload_part(self._store._bucket, self._target, data, None, multipart, number)
         return Part(number, etag)
-
-    async def _settle(self) -> list[Part]:
-        if self._parts:
-            await asyncio.wait(self._parts)
-        for task in self._parts:
-            if (error := task.exception()) is not None:
-                raise error
-        return [task.result() for task in self._parts]
 
     def _complete(self, parts: list[Part]) -> None:
         assert self._multipart is not None
