@@ -22,6 +22,7 @@ from tests.integration.oci import (
     push_blob,
     push_image,
 )
+from tests.integration.topics import read_topic
 
 
 async def test_base_endpoint_announces_v2(assembly: Assembly) -> None:
@@ -343,19 +344,10 @@ async def test_events_are_emitted_for_pushes_and_deletes(assembly: Assembly) -> 
     digest, _ = await push_image(client, "team/app", "v9.9.9")
     await client.delete("/v2/team/app/manifests/v9.9.9")
     topics = assembly.c.settings.topics
-    seen: dict[str, list[object]] = {}
-    for topic in (topics.manifests, topics.tags):
-        sub = await assembly.c.events.subscribe(topic, f"test-{os.urandom(4).hex()}")
-        try:
-            async with asyncio.timeout(30):
-                async for delivery in sub:
-                    env = decode(delivery.record.value)
-                    seen.setdefault(topic, []).append(env)
-                    await delivery.ack()
-                    if topic == topics.manifests or len(seen[topic]) == 2:
-                        break
-        finally:
-            await sub.close()
+    seen = {
+        topic: [decode(r.value) for r in await read_topic(assembly.c.events, topic, count, timeout=30)]
+        for topic, count in ((topics.manifests, 1), (topics.tags, 2))
+    }
     pushed = seen[topics.manifests][0]
     assert pushed.WhichOneof("payload") == "manifest_pushed"  # type: ignore[attr-defined]
     assert pushed.manifest_pushed.digest == digest and pushed.manifest_pushed.tags == ["v9.9.9"]  # type: ignore[attr-defined]

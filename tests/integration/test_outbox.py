@@ -34,6 +34,7 @@ from services.core.settings import ConsumerSettings, Settings, load_settings
 from services.core.storage.documents import DocumentStore
 from services.core.telemetry import Metrics
 from tests.conftest import infra
+from tests.integration.topics import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,26 +63,8 @@ class World:
 
     async def consume_all(self, expected: int, *, timeout: float = 60.0) -> list[bytes]:
         """Every record of the topic, as an idempotent consumer would (it keeps all; callers dedupe)."""
-        sub = await self.events.subscribe(self.topic, f"check-{uuid.uuid4().hex[:8]}")
-        seen: list[bytes] = []
-        try:
-            async with asyncio.timeout(timeout):
-                async for delivery in sub:
-                    seen.append(delivery.record.value)
-                    await delivery.ack()
-                    if len(set(seen)) >= expected:
-                        break
-            # Anything more would arrive right away: give duplicates a moment to show up.
-            try:
-                async with asyncio.timeout(2.0):
-                    async for delivery in sub:
-                        seen.append(delivery.record.value)
-                        await delivery.ack()
-            except TimeoutError:
-                pass
-        finally:
-            await sub.close()
-        return seen
+        records = await read_topic(self.events, self.topic, expected, timeout=timeout, linger=2.0, distinct=True)
+        return [r.value for r in records]
 
 
 @pytest.fixture(params=["embedded", pytest.param("distributed", marks=[pytest.mark.kafka, pytest.mark.mongo])])

@@ -27,6 +27,7 @@ from services.core.settings import ConsumerSettings, load_settings
 from services.core.storage.documents import DocumentStore
 from services.core.telemetry import Metrics, dict_to_kafka_headers, inject_headers
 from tests.conftest import infra
+from tests.integration.topics import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,18 +68,7 @@ class Bed:
             await task
 
     async def dead_letters(self, expected: int, timeout: float = 60.0) -> list[Any]:
-        sub = await self.events.subscribe(self.topic + ".dlq", f"dlq-{uuid.uuid4().hex[:6]}")
-        out = []
-        try:
-            async with asyncio.timeout(timeout):
-                async for d in sub:
-                    out.append(d.record)
-                    await d.ack()
-                    if len(out) >= expected:
-                        break
-        finally:
-            await sub.close()
-        return out
+        return await read_topic(self.events, self.topic + ".dlq", expected, timeout=timeout)
 
 
 @pytest.fixture(params=["local", pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.mongo])])
