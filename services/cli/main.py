@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.telemetry, service_name)
     setup_tracing(settings.telemetry, f"hanzo-registry-{service_name}")
     runner: Callable[..., object] = asyncio.run
-    if settings.server.event_loop == "uvloop":
+    if settings.event_loop == "uvloop":
         import uvloop
 
         runner = uvloop.run

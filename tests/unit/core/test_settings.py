@@ -27,3 +27,11 @@ def test_invalid_values_name_the_field() -> None:
     with pytest.raises(SettingsError) as exc:
         load_settings(storage={"blobs": {"kind": "s3"}})
     assert "storage.blobs.s3.endpoint" in str(exc.value) or "endpoint" in str(exc.value)
+
+
+def test_event_loop_auto_follows_the_blob_store() -> None:
+    assert load_settings().event_loop == "asyncio"  # filesystem blobs: sendfile(2)
+    s3 = {"blobs": {"kind": "s3", "endpoint": "127.0.0.1:8333", "bucket": "b", "access_key": "a", "secret_key": "s"}}
+    assert load_settings(storage=s3).event_loop == "uvloop"
+    assert load_settings(storage=s3, server={"event_loop": "asyncio"}).event_loop == "asyncio"
+    assert load_settings(server={"event_loop": "uvloop"}).event_loop == "uvloop"
