@@ -287,7 +287,7 @@ async def bench_rss(s: State, cfg: Config, blobs: Blobs) -> None:
 @dataclass(frozen=True)
 class Phase:
     """One benchmark, run against every target in turn; with `rounds`, `func` takes a round number
-    and the runner interleaves: round 0 on every target, then round 1, and so on."""
+    and the runner interleaves: round 0 on every target, then round 1 in reverse order, and so on."""
 
     name: str
     func: Callable[..., Awaitable[None]]
@@ -383,7 +383,9 @@ async def amain(cfg: Config, targets: list[str], keep: bool) -> int:
             elapsed = dict.fromkeys(states, 0.0)
             failed: set[str] = set()
             for round_ in range(rounds):
-                for s in states.values():
+                # ABBA order (reversed every other round): no target always goes first.
+                turn = list(states.values()) if round_ % 2 == 0 else list(reversed(states.values()))
+                for s in turn:
                     if s.name in failed or (phase.name != "setup" and any(e.startswith("setup:") for e in s.errors)):
                         continue
                     t0 = time.perf_counter()
