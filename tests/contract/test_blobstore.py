@@ -675,3 +675,33 @@ async def test_put_of_a_dead_writer_is_cleaned_up_by_abort(
     assert len(sessions) == 1
     await janitor.abort(sessions[0])
     assert await harness.list_leftovers() == []
+
+
+async def test_a_long_put_keeps_its_session_fresh_for_the_janitor(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if harness.kind != "s3":
+        pytest.skip("S3 direct-put bookkeeping")
+    from services.core.storage import s3direct
+
+    monkeypatch.setattr(s3direct, "MARKER_REFRESH_SECONDS", 0.0)
+    store = putter(harness)
+    data = payload(16 * MIB)
+    go_on = asyncio.Event()
+    seen: list[float] = []
+
+    async def slow() -> AsyncIterator[bytes]:
+        for piece in chunked(data, 5 * MIB):
+            yield piece
+            await go_on.wait()
+            go_on.clear()
+
+    task = asyncio.create_task(store.put(Digest.of(data), slow()))
+    while not task.done():
+        await asyncio.sleep(1.2)  # S3 keeps modification times in whole seconds
+        seen += [t async for _, t in store.iter_uploads()]
+        go_on.set()
+    assert await task == BlobInfo(Digest.of(data), len(data))
+    assert len(seen) >= 2 and seen[-1] > seen[0], seen
+    assert [u async for u in store.iter_uploads()] == []
+    assert await store.delete(Digest.of(data))

@@ -10,7 +10,8 @@ largest cost of a push on S3 after the upload itself.
 
 Crash safety: before the first part, a marker `uploads/<id>/direct` (JSON: the blob key, later also
 the multipart UploadId) makes the attempt an ordinary upload session to `iter_uploads`, so the
-upload janitor aborts what a dead process left behind (`abort_direct`). Content already stored is
+upload janitor aborts what a dead process left behind (`abort_direct`); a live stream rewrites the
+marker every MARKER_REFRESH_SECONDS, so a long one is never taken for abandoned. Content already stored is
 hashed and not written again: rewriting an object under a reader in progress would gain nothing.
 """
 
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import io
 import json
+import time
 from collections.abc import AsyncIterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -40,6 +42,8 @@ T = TypeVar("T")
 IN_FLIGHT: Final = 2
 """Parts one upload (a direct put or a session append) sends concurrently while the stream keeps
 arriving; a free slot is awaited before the next part is cut, so memory stays near IN_FLIGHT + 1 parts."""
+MARKER_REFRESH_SECONDS: Final = 60.0
+"""How often a streaming put rewrites its marker, so the upload janitor never takes it for abandoned."""
 _UNRECORDED_WINDOW: Final = timedelta(minutes=5)
 """A multipart upload at the blob key initiated this close after a dead marker is taken as its own."""
 
@@ -107,6 +111,7 @@ class DirectPut:
         self._session: str | None = None
         self._multipart: str | None = None
         self._parts: list[asyncio.Task[Part]] = []
+        self._marked = 0.0  # when the marker was last written (monotonic)
 
     async def run(self, chunks: AsyncIterable[bytes]) -> BlobInfo:
         if await asyncio.to_thread(self._store._exists, self._target) is not None:
@@ -174,6 +179,9 @@ class DirectPut:
             raise SizeInvalidError(f"blob {self._digest} needs more than {S3_MAX_PARTS} parts")
         if self._multipart is None:
             await self._begin()
+        elif time.monotonic() - self._marked > MARKER_REFRESH_SECONDS:
+            # The janitor judges a session by its newest object: a long stream is not idle.
+            await asyncio.to_thread(self._write_marker, self._multipart)
         await free_slot(self._parts)
         assert self._multipart is not None
         upload = asyncio.to_thread(self._upload_part, self._multipart, number, part)
@@ -196,6 +204,7 @@ class DirectPut:
         body = json.dumps({"target": self._target, "multipart": multipart}).encode()
         key = self._store._key(direct_key(self._session))
         self._store._client.put_object(self._store._bucket, key, io.BytesIO(body), len(body))
+        self._marked = time.monotonic()
 
     def _upload_part(self, multipart: str, number: int, data: bytes) -> Part:
         client = self._store._client
