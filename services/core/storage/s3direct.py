@@ -42,6 +42,8 @@ T = TypeVar("T")
 IN_FLIGHT: Final = 2
 """Parts one upload (a direct put or a session append) sends concurrently while the stream keeps
 arriving; a free slot is awaited before the next part is cut, so memory stays near IN_FLIGHT + 1 parts."""
+VERIFY_BATCH: Final = 4 * 1024 * 1024
+"""Bytes hashed per step when stored content is only verified."""
 MARKER_REFRESH_SECONDS: Final = 60.0
 """How often a streaming put rewrites its marker, so the upload janitor never takes it for abandoned."""
 _UNRECORDED_WINDOW: Final = timedelta(minutes=5)
@@ -123,8 +125,19 @@ class DirectPut:
             raise
 
     async def _verify_only(self, chunks: AsyncIterable[bytes]) -> BlobInfo:
+        # Nothing to upload, so nothing else paces the stream: hash in batches, one at a time, while
+        # the next batch arrives (memory: two batches, whatever the client's speed).
+        batch: list[bytes] = []
+        size = 0
         async for chunk in chunks:
-            self._hash(chunk)
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= VERIFY_BATCH:
+                if self._hashing is not None:
+                    await self._hashing
+                self._hash(b"".join(batch))
+                batch, size = [], 0
+        self._hash(b"".join(batch))
         actual = await self._hashed()
         if actual != self._digest:
             raise _mismatch(self._digest, actual)
