@@ -88,7 +88,7 @@ from services.core.storage.layout import (
     upload_id_of,
     upload_prefix,
 )
-from services.core.storage.s3direct import DirectPut, abort_direct, cut, free_slot, hash_after, settle
+from services.core.storage.s3direct import DirectPut, abort_direct, cut, free_slot, hash_after, quiesce, settle
 
 _MISSING: Final = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"})
 _LOST_RACE: Final = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -670,14 +670,8 @@ class _Append:
 
     async def _salvage(self, token: str | None) -> None:
         """After a failure: record the parts S3 completed (a consistent size to resume from)."""
-        if self._hashing is not None:
-            self._hashing.cancel()
         try:
-            if self._uploads:
-                await asyncio.wait(self._uploads)
-            for task in self._uploads:
-                if not task.cancelled():
-                    task.exception()  # retrieved: a failed part is expected here, not news
+            await quiesce(self._uploads, self._hashing)
             finished = self._finished()
             if len(finished) > self._recorded:
                 await self._write(replace(self._with_parts(finished), version=self._state.version + 1))

@@ -95,6 +95,18 @@ async def settle(uploads: Sequence[asyncio.Task[T]]) -> list[T]:
     return [task.result() for task in uploads]
 
 
+async def quiesce(uploads: Sequence[asyncio.Task[Any]], hashing: asyncio.Task[None] | None) -> None:
+    """After a failure: stop hashing and let every upload finish, their failures retrieved (expected
+    here, not news), so the caller can see which parts S3 stored."""
+    if hashing is not None:
+        hashing.cancel()
+    if uploads:
+        await asyncio.wait(uploads)
+    for task in uploads:
+        if not task.cancelled():
+            task.exception()
+
+
 async def hash_after(previous: asyncio.Task[None] | None, digester: Digester, data: bytes) -> None:
     if previous is not None:
         await previous
@@ -237,14 +249,8 @@ class DirectPut:
 
     async def _abandon(self) -> None:
         """After a failure: stop the parts, abort the multipart upload, remove the marker."""
-        if self._hashing is not None:
-            self._hashing.cancel()
         try:
-            if self._parts:
-                await asyncio.wait(self._parts)
-            for task in self._parts:
-                if not task.cancelled():
-                    task.exception()  # retrieved: a failed part is expected here, not news
+            await quiesce(self._parts, self._hashing)
             if self._multipart is not None:
                 await asyncio.to_thread(self._store._abort_target, self._target, self._multipart)
             await self._drop_marker()
