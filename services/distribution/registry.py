@@ -156,8 +156,11 @@ class Registry:
         """Append the final chunk `body` (if any, at `offset`, or at the end when None), verify, publish."""
         await self._check_upload(repo, upload_id)
         if body is not None:
-            size = await self.blobs.upload_size(upload_id)
-            if isinstance(self.blobs, BlobPutter) and size == 0 and offset in (None, 0):
+            direct = isinstance(self.blobs, BlobPutter) and offset in (None, 0)
+            # Read the stored size only when it decides something: a given offset is checked by append.
+            size = await self.blobs.upload_size(upload_id) if direct or offset is None else offset
+            if direct and size == 0:
+                assert isinstance(self.blobs, BlobPutter)
                 # The whole blob in the closing PUT, digest first: straight to its address, no copy.
                 try:
                     info = await self.blobs.put(digest, body)
@@ -167,7 +170,7 @@ class Registry:
                 await self.meta.link_blob(str(repo), info.digest, info.size)
                 await self.discard_upload(upload_id)
                 return info
-            await self.blobs.append(upload_id, body, offset=size if offset is None else offset)
+            await self.blobs.append(upload_id, body, offset=size)
         try:
             info = await self.blobs.commit(upload_id, digest)
         except DigestInvalidError:
