@@ -274,6 +274,17 @@ class Response:
         return self.headers.get(name)
 
 
+def _connect(addr_or_url: str, path: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    """A connection to `addr` (host:port), with `path`; or to a full http:// URL's host, with its path."""
+    if addr_or_url.startswith("http://"):
+        parts = urlsplit(addr_or_url)
+        netloc, path = parts.netloc, parts.path + (f"?{parts.query}" if parts.query else "")
+    else:
+        netloc = addr_or_url
+    host, _, port = netloc.rpartition(":")
+    return http.client.HTTPConnection(host, int(port), timeout=timeout), path
+
+
 def request(
     addr_or_url: str,
     method: str,
@@ -284,13 +295,7 @@ def request(
     timeout: float = 60.0,
 ) -> Response:
     """One request to `addr` (host:port) + `path`, or to a full http:// URL when `path` is empty."""
-    if addr_or_url.startswith("http://"):
-        parts = urlsplit(addr_or_url)
-        netloc, path = parts.netloc, parts.path + (f"?{parts.query}" if parts.query else "")
-    else:
-        netloc = addr_or_url
-    host, _, port = netloc.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    conn, path = _connect(addr_or_url, path, timeout)
     try:
         conn.request(method, path, body=body, headers=dict(headers or {}))
         resp = conn.getresponse()
@@ -303,13 +308,7 @@ def stream_digest(
     addr_or_url: str, path: str = "", *, headers: Mapping[str, str] | None = None
 ) -> tuple[int, str, int]:
     """GET and hash the body while reading it: (status, sha256 digest, size)."""
-    if addr_or_url.startswith("http://"):
-        parts = urlsplit(addr_or_url)
-        netloc, path = parts.netloc, parts.path + (f"?{parts.query}" if parts.query else "")
-    else:
-        netloc = addr_or_url
-    host, _, port = netloc.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    conn, path = _connect(addr_or_url, path, 120)
     try:
         conn.request("GET", path, headers=dict(headers or {}))
         resp = conn.getresponse()
