@@ -115,10 +115,13 @@ class ConflictError(RegistryError):
 
 
 def error_body(errors: list[RegistryError]) -> dict[str, Any]:
-    """The spec's JSON error document for one or more errors."""
-    return {
-        "errors": [
-            {"code": e.code, "message": e.message, "detail": e.detail if e.detail is not None else {}}
-            for e in errors
-        ]
-    }
+    """The spec's JSON error document for one or more errors. `detail` is optional in the spec and left out
+    when an error has none: clients print an empty one as noise (crane and oras show `; map[]`)."""
+    return {"errors": [_entry(e) for e in errors]}
+
+
+def _entry(error: RegistryError) -> dict[str, Any]:
+    entry: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.detail is not None and error.detail != {}:
+        entry["detail"] = error.detail
+    return entry
