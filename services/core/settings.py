@@ -7,18 +7,35 @@ Backends are chosen by a `kind` discriminator and validated at start-up.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def check_addr(value: str) -> str:
+    """`value` if it is host:port (an IPv6 host in brackets); else a ValueError that shows the fix."""
+    host, sep, port = value.rpartition(":")
+    example = "e.g. 127.0.0.1:5000, 0.0.0.0:5000 or [::1]:5000"
+    if "://" in value or "/" in value:
+        raise ValueError(f"{value!r} must be host:port without a scheme or path ({example})")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port with a port from 0 to 65535 ({example})")
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ValueError(f"{value!r}: write an IPv6 host in brackets ({example})")
+    if any(c.isspace() for c in host):
+        raise ValueError(f"{value!r}: the host has white space in it ({example})")
+    return value
 
 
 class FilesystemBlobSettings(_Section):
@@ -106,6 +123,14 @@ class TelemetrySettings(_Section):
     )
     otlp_endpoint: str = Field("http://127.0.0.1:4317", description="OTLP gRPC collector")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    log_format: Literal["auto", "json", "console", "text"] = Field(
+        "auto",
+        description="auto: console lines (coloured) on a terminal, else JSON lines (with trace ids); "
+        "json; console (text is the same)",
+    )
+    access_log: bool = Field(
+        True, description="One INFO line per HTTP request (method, path, status, bytes, duration, user, trace id)"
+    )
     library_log_level: str = Field(
         "INFO", description="Most verbose level for client libraries' loggers (pymongo, aiokafka, minio, urllib3)"
     )
@@ -117,7 +142,6 @@ class TelemetrySettings(_Section):
         if level not in _LOG_LEVELS:
             raise ValueError(f"unknown log level {value!r}: use one of {', '.join(_LOG_LEVELS)}")
         return level
-    log_format: Literal["json", "text"] = Field("json", description="json lines (with trace ids) or text")
 
 
 class TagRule(_Section):
@@ -183,6 +207,44 @@ class AuthSettings(_Section):
         return value
 
 
+class TlsSettings(_Section):
+    cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain (leaf first) to serve HTTPS on `addr`; re-read on SIGHUP and when "
+        "the file changes",
+    )
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
+    key_password: SecretStr | None = Field(None, description="Password of an encrypted key_file")
+    client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: every client must present a certificate it signed (mutual TLS)"
+    )
+    reload_interval_seconds: float = Field(
+        5.0, gt=0, description="How often the TLS files' modification times are checked"
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set both server.tls.cert_file and server.tls.key_file (or neither, for plain HTTP)")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("server.tls.client_ca_file needs server.tls.cert_file and key_file (mutual TLS is TLS)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+def _cidrs(value: Any) -> Any:
+    """A JSON list or a comma-separated string (the environment's spellings) as a list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
 class ServerSettings(_Section):
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto",
@@ -192,6 +254,36 @@ class ServerSettings(_Section):
     grpc_addr: str = Field("127.0.0.1:0", description="gRPC listen address (port 0: any free port)")
     ops_addr: str = Field("127.0.0.1:0", description="/metrics /healthz /readyz of a headless service")
     shutdown_grace_seconds: float = Field(10.0, description="Time to finish in-flight work on SIGTERM")
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs of reverse proxies whose X-Forwarded-For/-Proto/-Host are believed "
+        "(comma-separated in the environment)",
+    )
+    backend_wait_seconds: float = Field(
+        15.0, ge=0, description="At start, how long to retry backends (S3, MongoDB, Kafka) that do not answer"
+    )
+
+    @field_validator("grpc_addr", "ops_addr")
+    @classmethod
+    def _addr(cls, value: str) -> str:
+        return check_addr(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _cidrs(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        networks = []
+        for cidr in value:
+            try:
+                networks.append(str(ipaddress.ip_network(cidr, strict=False)))
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP network: write e.g. 10.0.0.0/8, 192.0.2.7 or ::1") from None
+        return networks
 
 
 class Settings(BaseSettings):
@@ -211,6 +303,11 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 
+    @field_validator("addr")
+    @classmethod
+    def _addr(cls, value: str) -> str:
+        return check_addr(value)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -225,7 +322,7 @@ class Settings(BaseSettings):
 
     @property
     def host(self) -> str:
-        return self.addr.rsplit(":", 1)[0]
+        return self.addr.rsplit(":", 1)[0].strip("[]")
 
     @property
     def port(self) -> int:
@@ -265,5 +362,54 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         return Settings(**data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(_problem(err["loc"], err["msg"], err["type"]) for err in exc.errors())
         raise SettingsError(f"invalid configuration: {problems}") from exc
+
+
+def _nested(annotation: Any) -> list[type[BaseModel]]:
+    from typing import Union, get_args, get_origin
+
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _nested(get_args(annotation)[0])
+    if origin is Union or type(annotation).__name__ == "UnionType":
+        return [m for a in get_args(annotation) for m in _nested(a)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
+
+
+def setting_name(loc: tuple[int | str, ...]) -> str:
+    """`storage.blobs.endpoint (HANZO_REGISTRY_STORAGE__BLOBS__ENDPOINT)` for a validation error location
+    (pydantic puts the backend's kind into the location of a discriminated section: left out here)."""
+    names: list[str] = []
+    models: list[type[BaseModel]] = [Settings]
+    for part in loc:
+        if not isinstance(part, str):
+            names.append(str(part))
+            models = []
+            continue
+        field = next((m.model_fields[part] for m in models if part in m.model_fields), None)
+        if field is None:
+            tagged = [m for m in models if "kind" in m.model_fields and m.model_fields["kind"].default == part]
+            tagged += [
+                m for m in models if "kind" in m.model_fields and part in str(m.model_fields["kind"].annotation)
+            ]
+            if tagged:
+                models = tagged[:1]
+                continue
+            names.append(part)
+            models = []
+            continue
+        names.append(part)
+        models = _nested(field.annotation)
+    if not names:
+        return "settings"
+    dotted = ".".join(names)
+    return f"{dotted} (HANZO_REGISTRY_{'__'.join(names).upper()})"
+
+
+def _problem(loc: tuple[int | str, ...], message: str, kind: str) -> str:
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        loc = (*loc, "kind")
+    return f"{setting_name(loc)}: {message.removeprefix('Value error, ')}"

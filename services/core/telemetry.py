@@ -40,6 +40,7 @@ __all__ = [
     "extract_grpc_context",
     "inject_grpc_metadata",
     "inject_headers",
+    "iso_time",
     "kafka_headers_to_dict",
     "redact",
     "setup_logging",
@@ -279,6 +280,11 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and not k.startswith("_")}
 
 
+CONSOLE_QUIET: Final = "_console_quiet"
+"""Set `extra={CONSOLE_QUIET: (...names)}` to keep those `extra=` fields out of console lines (the message
+already says them, e.g. the access log); JSON lines keep every field."""
+
+
 class RedactingFilter(logging.Filter):
     """Removes credentials from a record before any handler formats it: the message (after %-formatting),
     every `extra=` value (whole values under secret-looking keys) and the exception text.
@@ -317,9 +323,13 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+def iso_time(ts: float) -> str:
+    """A Unix time as ISO 8601 UTC with milliseconds, e.g. 2025-01-31T12:00:00.000Z: how times appear in logs."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    when = datetime.fromtimestamp(record.created, UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_time(record.created)
 
 
 class JsonFormatter(logging.Formatter):
@@ -348,14 +358,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+_COLOURS: Final = {"DEBUG": "\033[2m", "INFO": "\033[32m", "WARNING": "\033[33m", "ERROR": "\033[31m"}
+_DIM, _RESET = "\033[2m", "\033[0m"
+
+
 class TextFormatter(logging.Formatter):
-    """Human-readable lines for a terminal: time, level, logger, message, then key=value extras."""
+    """Human-readable lines for a terminal: time, level, logger, message, then key=value extras
+    (levels coloured when `colour`)."""
+
+    def __init__(self, *, colour: bool = False) -> None:
+        super().__init__()
+        self.colour = colour
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record), f"{record.levelname:<7}", record.name, record.getMessage()]
+        level = f"{record.levelname:<7}"
+        if self.colour:
+            level = _COLOURS.get(record.levelname, "\033[1;31m") + level + _RESET
+        parts = [_timestamp(record), level, record.name, record.getMessage()]
+        quiet = set(getattr(record, CONSOLE_QUIET, ()))
         fields = {k: getattr(record, k, None) for k in ("service", "trace_id")} | _extras(record)
-        parts += [f"{k}={v}" for k, v in fields.items() if v is not None and v != ""]
-        line = " ".join(parts)
+        extra = [f"{k}={v}" for k, v in fields.items() if v is not None and v != "" and k not in quiet]
+        if extra and self.colour:
+            extra = [_DIM + " ".join(extra) + _RESET]
+        line = " ".join(parts + extra)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -372,8 +397,24 @@ class _ServiceHandler(logging.StreamHandler[TextIO]):
     """Marks the handler setup_logging installed, so calling it again replaces rather than duplicates."""
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def log_formatter(log_format: str, stream: TextIO) -> logging.Formatter:
+    """The formatter `telemetry.log_format` stands for on `stream`: auto is console lines on a terminal and
+    JSON lines otherwise (a file, a pipe, a log collector); console (or text) is coloured on a terminal."""
+    terminal = _is_terminal(stream)
+    if log_format == "json" or (log_format == "auto" and not terminal):
+        return JsonFormatter()
+    return TextFormatter(colour=terminal)
+
+
 def setup_logging(settings: TelemetrySettings, service_name: str, *, stream: TextIO | None = None) -> logging.Handler:
-    """Send every log record to `stream` (default stderr) as JSON lines (or text, per
+    """Send every log record to `stream` (default stderr) as JSON lines or console text (per
     `settings.log_format`), with credentials redacted, at `settings.log_level`. Idempotent: replaces the
     handler a previous call installed and leaves other handlers (e.g. pytest's) alone. Returns the handler.
     """
@@ -385,7 +426,7 @@ def setup_logging(settings: TelemetrySettings, service_name: str, *, stream: Tex
     # Context first: redaction must also see (and keep) what it adds.
     handler.addFilter(_ContextFilter(service_name))
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    handler.setFormatter(log_formatter(settings.log_format, handler.stream))
     root.addHandler(handler)
     level = logging.getLevelName(settings.log_level.upper())
     root.setLevel(level)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+from typing import Any
+
 from aiohttp import web
 
 from services.core.bootstrap import Container
 from services.core.runtime import add_ops_routes
 from services.distribution import oci_api
 from services.distribution.access import AccessControl
+from services.distribution.accesslog import access_log_middleware
 from services.distribution.auth_access import TokenAccess, audit_middleware
 from services.distribution.auth_token import add_token_routes
+from services.distribution.forwarded import forwarded_middleware
 from services.distribution.keys import ACCESS, METRICS, REGISTRY, SETTINGS
 from services.distribution.management import add_management_routes
 from services.distribution.middleware import errors_middleware, telemetry_middleware
@@ -26,11 +31,34 @@ def build_registry(c: Container) -> Registry:
     )
 
 
+def version() -> str:
+    try:
+        return metadata.version("hanzo-registry")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _root(api: dict[str, str]) -> Any:
+    body = {"name": "hanzo-registry", "version": version(), "api": api}
+
+    async def root(request: web.Request) -> web.Response:
+        """Where the APIs are, until a console lives here."""
+        return web.json_response(body)
+
+    return root
+
+
 def create_app(c: Container, *, access: AccessControl, registry: Registry | None = None) -> web.Application:
+    middlewares: list[Any] = []
+    if c.settings.server.trusted_proxies:
+        # First: everything after it sees the client's address, scheme and host.
+        middlewares.append(forwarded_middleware(c.settings.server.trusted_proxies))
+    middlewares.append(telemetry_middleware)
+    if c.settings.telemetry.access_log:
+        middlewares.append(access_log_middleware)
+    middlewares += [audit_middleware, errors_middleware]
     # No client_max_size: blob bodies stream through request.content and are never buffered whole.
-    app = web.Application(
-        middlewares=[telemetry_middleware, audit_middleware, errors_middleware], client_max_size=1 << 62
-    )
+    app = web.Application(middlewares=middlewares, client_max_size=1 << 62)
     app[SETTINGS] = c.settings
     app[REGISTRY] = registry or build_registry(c)
     app[ACCESS] = access
@@ -43,4 +71,9 @@ def create_app(c: Container, *, access: AccessControl, registry: Registry | None
         add_token_routes(app)
         add_management_routes(app)
     add_ops_routes(app, c.metrics, [c.blobs.ping, c.docs.ping, c.events.ping])
+    api = {"oci": "/v2/"}
+    if isinstance(access, TokenAccess):
+        api |= {"management": "/v1/registry/", "openapi": "/v1/registry/openapi.json", "token": "/token"}
+    api["metrics"] = "/metrics"
+    app.router.add_get("/", _root(api))
     return app
