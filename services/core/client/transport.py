@@ -173,7 +173,7 @@ class Transport:
         if challenge.service:
             query.append(("service", challenge.service))
         query += [("scope", scope) for scope in scopes]
-        headers = {"User-Agent": self.options.user_agent}
+        headers = {"User-Agent": self.options.user_agent, "Accept-Encoding": "identity"}
         if credentials is not None:
             headers["Authorization"] = basic_header(credentials)
             query.append(("account", credentials.username))
@@ -265,6 +265,8 @@ class Transport:
         origin = _origin(self.base_url(registry))
         request_headers = CIMultiDict(headers or {})
         request_headers.setdefault("User-Agent", self.options.user_agent)
+        # Digests are of the stored bytes: never let a server or proxy re-encode them.
+        request_headers.setdefault("Accept-Encoding", "identity")
         if self.options.trace_headers:
             for key, value in inject_headers().items():
                 request_headers.setdefault(key, value)
@@ -291,7 +293,7 @@ class Transport:
             if _origin(url) != origin:
                 # A presigned URL or CDN: our credentials and trace headers are not for it.
                 request_headers = CIMultiDict(
-                    (k, v) for k, v in request_headers.items() if k.lower() in ("range", "accept", "user-agent")
+                    (k, v) for k, v in request_headers.items() if k.lower() in ("range", "accept", "accept-encoding", "user-agent")
                 )
         raise OciConnectionError(f"{method} {shown(url)}: more than {self.options.max_redirects} redirects")
 
