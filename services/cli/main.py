@@ -1,77 +1,193 @@
-"""The `hanzo-registry` command: `serve` (all-in-one) or one service per process."""
+"""The `hanzo-registry` command: `serve` (all-in-one), one service per process, `check-config`, and `tag`."""
 
 from __future__ import annotations
 
+# Imports stay light here: `--help` and `tag` must start fast (no aiohttp, pydantic or grpc until a server or
+# the settings are needed). tests/unit/test_cli.py keeps it so.
 import argparse
-import asyncio
-import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from services.cli import tag as tag_command
-from services.core.bootstrap import Container, container
-from services.core.runtime import ServiceParts, install_signal_handlers, run_parts
-from services.core.settings import Settings, SettingsError, load_settings
-from services.core.telemetry import Metrics, setup_logging, setup_tracing
-from services.distribution import service as distribution
-from services.gc import service as gc
-from services.replicator import service as replicator
-from services.scanner import service as scanner
-from services.signer import service as signer
+if TYPE_CHECKING:
+    import socket
 
-Builder = Callable[[Container], Awaitable[ServiceParts]]
-SERVICES: dict[str, Builder] = {
-    "distribution": distribution.build,
-    "scanner": scanner.build,
-    "signer": signer.build,
-    "gc": gc.build,
-    "replicator": replicator.build,
-}
-log = logging.getLogger("hanzo-registry")
+    from services.core.settings import Settings
 
+SERVICES = ("distribution", "scanner", "signer", "gc", "replicator")
 
-async def _run(settings: Settings, names: Sequence[str]) -> None:
-    stop = asyncio.Event()
-    install_signal_handlers(stop)
-    async with container(settings, metrics=Metrics()) as c:
-        parts = [await SERVICES[name](c) for name in names]
-        await run_parts(c, parts, stop=stop)
+EXIT_CODES = """\
+exit codes:
+  0  done (a server: stopped cleanly on SIGTERM or Ctrl-C)
+  1  tag: the registry refused the request (its error is printed)
+  2  bad usage or configuration, or a server that cannot start: a bad setting, a port in use, a data
+     directory it cannot write, a backend that does not answer, a TLS file that does not load; one line
+     on stderr names the setting and the fix
+  3  tag: the registry cannot be reached
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hanzo-registry", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hanzo-registry", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--config", type=Path, help="YAML settings file (environment variables override it)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="every service in one process (the embedded assembly)")
+    sub.add_parser("serve", help="every service in one process (the embedded assembly)", epilog=EXIT_CODES)
     for name in SERVICES:
-        sub.add_parser(name, help=f"run the {name} service alone")
-    sub.add_parser("check-config", help="validate the settings and print them (secrets masked)")
-    tag_cmd = sub.add_parser("tag", help="point a tag at an existing manifest (an immutable one needs --force)")
+        sub.add_parser(name, help=f"run the {name} service alone", epilog=EXIT_CODES)
+    check = sub.add_parser(
+        "check-config",
+        help="check everything `serve` checks at start (settings, files, port, backends) and print the "
+        "settings (secrets masked)",
+        epilog=EXIT_CODES,
+    )
+    check.add_argument(
+        "--offline", action="store_true", help="check the settings and files only, not the port or the backends"
+    )
+    tag_cmd = sub.add_parser(
+        "tag",
+        help="point a tag at an existing manifest (an immutable one needs --force)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     tag_cmd.add_argument("repository", help="e.g. team/app")
     tag_cmd.add_argument("source", help="the tag or digest of the manifest")
     tag_cmd.add_argument("new_tag")
-    tag_cmd.add_argument("--registry", default="http://127.0.0.1:5000", help="base URL of the registry")
-    tag_cmd.add_argument("--user", default="hanzo", help="user name for the API key")
+    tag_cmd.add_argument(
+        "--registry",
+        help="the registry: a URL, or host:port (https first; http too for loopback hosts)\n"
+        "default: $HANZO_REGISTRY_URL, else $HANZO_REGISTRY_ADDR, else 127.0.0.1:5000",
+    )
+    tag_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
     tag_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
     tag_cmd.add_argument("--force", action="store_true", help="move an immutable tag (admins only)")
     return parser
 
 
 def _tag(args: argparse.Namespace) -> int:
+    from services.cli import tag as tag_command
+
     try:
-        digest = tag_command.tag(
-            tag_command.target_from(args.registry, args.user, args.key),
-            args.repository,
-            args.source,
-            args.new_tag,
-            force=args.force,
-        )
+        target = tag_command.target_from(args.registry, args.user, args.key)
+        digest = tag_command.tag(target, args.repository, args.source, args.new_tag, force=args.force)
     except tag_command.TagCommandError as exc:
         print(f"hanzo-registry tag: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     print(f"{args.repository}:{args.new_tag} -> {digest}")
+    return 0
+
+
+def _fail(message: object) -> int:
+    print(f"hanzo-registry: {message}", file=sys.stderr)
+    return 2
+
+
+def _preflight(settings: Settings, names: Sequence[str]) -> list[socket.socket]:
+    """Everything a server checks before it writes anything; raises StartupError. The sockets listen."""
+    from services.cli import preflight
+
+    preflight.check_files(settings, names)
+    preflight.wait_for_backends(settings)
+    return preflight.bind(settings, names)
+
+
+async def _run(settings: Settings, names: Sequence[str], sockets: Sequence[socket.socket]) -> None:
+    import asyncio
+
+    from services.cli.preflight import StartupError
+    from services.core.bootstrap import container
+    from services.core.runtime import install_signal_handlers, run_parts
+    from services.core.telemetry import Metrics
+    from services.distribution import service as distribution
+    from services.gc import service as gc
+    from services.replicator import service as replicator
+    from services.scanner import service as scanner
+    from services.signer import service as signer
+
+    builders = {
+        "distribution": distribution.build,
+        "scanner": scanner.build,
+        "signer": signer.build,
+        "gc": gc.build,
+        "replicator": replicator.build,
+    }
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    opened = False
+    try:
+        async with container(settings, metrics=Metrics()) as c:
+            parts = [await builders[name](c) for name in names]
+            opened = True
+            await run_parts(c, parts, stop=stop, http_sockets=sockets)
+    except Exception as exc:
+        if opened or isinstance(exc, StartupError):
+            raise
+        s = settings
+        backends = f"blobs: {s.storage.blobs.kind}, metadata: {s.metadata.kind}, events: {s.events.kind}"
+        raise StartupError(
+            f"cannot open the backends ({backends}): {type(exc).__name__}: {str(exc)[:300]}: check their "
+            "settings (hanzo-registry check-config prints them)"
+        ) from exc
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import logging
+    from collections.abc import Callable
+
+    from services.cli.preflight import StartupError, http_addr_setting
+    from services.core.runtime import listen_urls
+    from services.core.settings import SettingsError
+    from services.core.telemetry import setup_logging, setup_tracing
+
+    names = list(SERVICES) if args.command == "serve" else [args.command]
+    try:
+        sockets = _preflight(settings, names)
+    except StartupError as exc:
+        return _fail(exc)
+    service_name = "all-in-one" if args.command == "serve" else args.command
+    # Metadata holds token signing keys and key hashes; blobs may be private images: owner-only files.
+    os.umask(0o077)
+    setup_logging(settings.telemetry, service_name)
+    setup_tracing(settings.telemetry, f"hanzo-registry-{service_name}")
+    log = logging.getLogger("hanzo-registry")
+    tls = "distribution" in names and settings.server.tls.enabled
+    what = "API" if http_addr_setting(settings, names)[1] == "addr" else "ops endpoints"
+    log.info("listening on %s (%s of %s)", " ".join(listen_urls(sockets, tls=tls)), what, service_name)
+    runner: Callable[..., object] = asyncio.run
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        runner = uvloop.run
+    try:
+        runner(_run(settings, names, sockets))
+    except KeyboardInterrupt:
+        pass
+    except StartupError as exc:
+        return _fail(exc)
+    except (SettingsError, NotImplementedError) as exc:
+        return _fail(exc)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return 0
+
+
+def _check_config(settings: Settings, *, offline: bool) -> int:
+    from services.cli import preflight
+
+    try:
+        if offline:
+            preflight.check_files(settings, SERVICES)
+        else:
+            for sock in _preflight(settings, SERVICES):
+                sock.close()
+    except preflight.StartupError as exc:
+        return _fail(exc)
+    print(settings.model_dump_json(indent=2))
     return 0
 
 
@@ -79,33 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "tag":
         return _tag(args)
+    from services.core.settings import SettingsError, load_settings
+
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
-        print(f"hanzo-registry: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     if args.command == "check-config":
-        print(settings.model_dump_json(indent=2))
-        return 0
-    # Metadata holds token signing keys and key hashes; blobs may be private images: owner-only files.
-    os.umask(0o077)
-    names = list(SERVICES) if args.command == "serve" else [args.command]
-    service_name = "all-in-one" if args.command == "serve" else args.command
-    setup_logging(settings.telemetry, service_name)
-    setup_tracing(settings.telemetry, f"hanzo-registry-{service_name}")
-    runner: Callable[..., object] = asyncio.run
-    if settings.event_loop == "uvloop":
-        import uvloop
-
-        runner = uvloop.run
-    try:
-        runner(_run(settings, names))
-    except KeyboardInterrupt:
-        pass
-    except (SettingsError, NotImplementedError) as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
+        return _check_config(settings, offline=args.offline)
+    return _serve(args, settings)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MANIFEST_TYPES = ", ".join(
     [
@@ -19,8 +21,19 @@ MANIFEST_TYPES = ", ".join(
 )
 
 
+DEFAULT_REGISTRY = "127.0.0.1:5000"
+KEY_HELP = (
+    "give an API key: export HANZO_REGISTRY_API_KEY=hzr_... (or --key); an admin creates one with "
+    "POST /v1/registry/users/<user>/keys, and the first admin's is in <data_dir>/bootstrap-admin.key"
+)
+
+
 class TagCommandError(Exception):
-    """What the registry refused, in its own words."""
+    """What the registry refused, in its own words (exit 1), or why it could not be reached (exit 3)."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +41,33 @@ class Target:
     registry: str  # base URL, e.g. http://127.0.0.1:5000
     user: str
     key: str
+    fallbacks: tuple[str, ...] = ()  # base URLs to try, in order, when `registry` does not answer (http after https)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def candidates(registry: str) -> list[str]:
+    """Base URLs for `registry`: a URL as given; host:port https first, then http for a loopback host (docker's
+    convention). An every-interface listen address (0.0.0.0, [::]) means this machine."""
+    registry = registry.strip().rstrip("/")
+    if "://" in registry:
+        return [registry]
+    host, sep, port = registry.rpartition(":")
+    if not sep or not port.isdigit():
+        host, port = registry, ""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host in ("[::]", "::"):
+        host = "[::1]"
+    netloc = f"{host}:{port}" if port else host
+    return [f"https://{netloc}", f"http://{netloc}"] if _loopback(host) else [f"https://{netloc}"]
 
 
 def _headers(target: Target) -> dict[str, str]:
@@ -47,9 +87,29 @@ def _call(
         with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
             return response.read(), dict(response.headers)
     except urllib.error.HTTPError as exc:
-        raise TagCommandError(f"{method} {path}: {exc.code} {_explain(exc.read())}") from None
+        explained = _explain(exc.read())
+        if exc.code == 401 and not target.key:
+            explained += f"; {KEY_HELP}"
+        raise TagCommandError(f"{method} {path}: {exc.code} {explained}") from None
     except urllib.error.URLError as exc:
-        raise TagCommandError(f"cannot reach {target.registry}: {exc.reason}") from None
+        raise TagCommandError(f"cannot reach {target.registry}: {exc.reason}", exit_code=3) from None
+    except (OSError, ssl.SSLError) as exc:
+        raise TagCommandError(f"cannot reach {target.registry}: {exc}", exit_code=3) from None
+
+
+def connect(target: Target) -> Target:
+    """The target whose base URL answers `GET /v2/` (any HTTP status), trying the fallbacks in order."""
+    failures: list[str] = []
+    for base in (target.registry, *target.fallbacks):
+        candidate = replace(target, registry=base, fallbacks=())
+        try:
+            _call(candidate, "GET", "/v2/")
+            return candidate
+        except TagCommandError as exc:
+            if exc.exit_code != 3:
+                return candidate  # it answered (401 without a key is for the real request to explain)
+            failures.append(str(exc))
+    raise TagCommandError("; ".join(failures), exit_code=3)
 
 
 def _explain(body: bytes) -> str:
@@ -62,6 +122,7 @@ def _explain(body: bytes) -> str:
 
 def tag(target: Target, repository: str, source: str, new_tag: str, *, force: bool) -> str:
     """Make `repository:new_tag` point at `source` (a tag or digest) and return the manifest digest."""
+    target = connect(target)
     data, headers = _call(target, "GET", f"/v2/{repository}/manifests/{source}", headers={"Accept": MANIFEST_TYPES})
     put_headers = {"Content-Type": headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json")}
     if force:
@@ -70,6 +131,13 @@ def tag(target: Target, repository: str, source: str, new_tag: str, *, force: bo
     return created.get("Docker-Content-Digest", "")
 
 
-def target_from(registry: str, user: str, key: str | None) -> Target:
-    # The key comes from the environment by default so it never shows in the process list.
-    return Target(registry=registry, user=user, key=key or os.environ.get("HANZO_REGISTRY_API_KEY", ""))
+def target_from(registry: str | None, user: str, key: str | None) -> Target:
+    """The registry from the argument, else $HANZO_REGISTRY_URL, else $HANZO_REGISTRY_ADDR (the address a local
+    `serve` listens on), else 127.0.0.1:5000. The key comes from the environment by default so it never shows in
+    the process list."""
+    env = os.environ
+    chosen = registry or env.get("HANZO_REGISTRY_URL") or env.get("HANZO_REGISTRY_ADDR") or DEFAULT_REGISTRY
+    first, *rest = candidates(chosen)
+    return Target(
+        registry=first, user=user, key=key or env.get("HANZO_REGISTRY_API_KEY", ""), fallbacks=tuple(rest)
+    )

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -233,11 +235,58 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def start_http(app: web.Application, addr: str) -> web.AppRunner:
+BACKLOG = 1024
+
+
+def bind_http(addr: str) -> list[socket.socket]:
+    """Listening sockets for `addr` (every address its host resolves to), bound and listening now: a port in
+    use or a host that is not ours fails here, before a service writes anything. Raises OSError."""
+    host, port = split_addr(addr)
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys((i[0], i[1], i[2], i[3], i[4]) for i in infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+            port = port or sock.getsockname()[1]  # port 0: the other addresses share the first one's port
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def listen_urls(sockets: Sequence[socket.socket], *, tls: bool) -> list[str]:
+    """`http://127.0.0.1:5000`-style URLs of listening sockets."""
+    urls = []
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        urls.append(f"{'https' if tls else 'http'}://{host}:{port}")
+    return urls
+
+
+async def start_http(
+    app: web.Application,
+    addr: str,
+    *,
+    sockets: Sequence[socket.socket] = (),
+    ssl_context: ssl.SSLContext | None = None,
+) -> web.AppRunner:
+    """Serve `app` on `sockets` (from bind_http), or else on `addr`, over TLS with `ssl_context`."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
-    host, port = split_addr(addr)
-    await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
+    if not sockets:
+        sockets = bind_http(addr)
+        log.info("listening on %s", " ".join(listen_urls(sockets, tls=ssl_context is not None)))
+    for sock in sockets:
+        await web.SockSite(runner, sock, ssl_context=ssl_context, backlog=BACKLOG).start()
     return runner
 
 
@@ -313,13 +362,20 @@ class ServiceParts:
     grpc: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
     http: web.Application | None = None
     loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    ssl_context: ssl.SSLContext | None = None  # HTTPS for `http` (on the API address)
 
 
 async def run_parts(
-    c: Container, parts: Sequence[ServiceParts], *, stop: asyncio.Event, http_addr: str | None = None
+    c: Container,
+    parts: Sequence[ServiceParts],
+    *,
+    stop: asyncio.Event,
+    http_addr: str | None = None,
+    http_sockets: Sequence[socket.socket] = (),
 ) -> None:
     """Run services until `stop`, then shut down gracefully: consumers finish their in-flight record
-    and ack it, HTTP stops accepting and drains, gRPC gets a grace period."""
+    and ack it, HTTP stops accepting and drains, gRPC gets a grace period. `http_sockets` (from bind_http,
+    already announced) replace binding `http_addr` (default: `addr`, or `server.ops_addr` without HTTP parts)."""
     settings = c.settings
     consumers = [
         EventConsumer(
@@ -343,15 +399,22 @@ async def run_parts(
         topics = {t for cons in consumers for t in (cons.topic, cons.topic + cons.dead_letter_suffix)}
         topics |= {t for p in parts for t in p.produces}
         await c.events.ensure_topics(sorted(topics))
-    http_apps = [p.http for p in parts if p.http is not None]
-    app = http_apps[0] if http_apps else ops_app(c.metrics, [c.blobs.ping, c.docs.ping, c.events.ping])
-    runner = await start_http(app, http_addr or (settings.addr if http_apps else settings.server.ops_addr))
+    http_parts = [p for p in parts if p.http is not None]
+    app = http_parts[0].http if http_parts else None
+    if app is None:
+        app = ops_app(c.metrics, [c.blobs.ping, c.docs.ping, c.events.ping])
+    runner = await start_http(
+        app,
+        http_addr or (settings.addr if http_parts else settings.server.ops_addr),
+        sockets=http_sockets,
+        ssl_context=http_parts[0].ssl_context if http_parts else None,
+    )
     grpc_regs = [reg for p in parts for reg in p.grpc]
     grpc_server = None
     if grpc_regs:
         interceptor = TelemetryInterceptor(c.metrics, "+".join(p.name for p in parts))
         grpc_server, grpc_port = await start_grpc(settings.server.grpc_addr, grpc_regs, interceptors=[interceptor])
-        log.info("gRPC listening on port %d", grpc_port)
+        log.info("gRPC listening on %s:%d", split_addr(settings.server.grpc_addr)[0], grpc_port)
     log.info("%s started", "+".join(p.name for p in parts))
     tasks = [asyncio.create_task(cons.run(stop), name=f"consumer:{cons.service}:{cons.topic}") for cons in consumers]
     loops = [loop for p in parts for loop in p.loops]
@@ -381,7 +444,7 @@ def logging_handler(service: str) -> EventHandler:
     """The handler of a service whose real work is not built yet: it records what it saw."""
 
     async def handle(envelope: events_pb2.Envelope) -> None:
-        log.info(
+        log.debug(
             "%s received %s", service, envelope.type, extra={"event_id": envelope.id, "repository": envelope.repository}
         )
 

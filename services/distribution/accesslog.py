@@ -18,6 +18,7 @@ from services.distribution.auth_access import PRINCIPAL
 from services.distribution.middleware import Handler
 
 access_log = logging.getLogger("hanzo_registry.access")
+_OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _FIELDS = ("method", "path", "status", "bytes", "duration_ms", "user", "client")
 
 
@@ -59,7 +60,10 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             "user": _user(request),
             "client": request.remote or "-",
         }
-        access_log.info(
+        # Probes and scrapes come every few seconds: at DEBUG, so they do not bury the requests.
+        level = logging.DEBUG if fields["path"] in _OPS_PATHS else logging.INFO
+        access_log.log(
+            level,
             '%s %s "%s %s" %d %dB %.1fms',
             fields["client"],
             fields["user"],

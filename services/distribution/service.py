@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from services.core.bootstrap import Container
 from services.core.events.outbox import OutboxRelay
@@ -11,6 +14,7 @@ from services.distribution.access import AccessControl, OpenAccess
 from services.distribution.app import create_app
 from services.distribution.auth_access import build_token_access
 from services.distribution.janitor import UploadJanitor
+from services.distribution.tls import CertificateReloader, server_context
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +39,16 @@ async def build(c: Container) -> ServiceParts:
     c.outbox.on_commit(relay.wake)
     janitor = UploadJanitor(c.blobs, c.meta, expiry_seconds=c.settings.registry.upload_expiry_seconds)
     topics = c.settings.topics
+    loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [relay.run, janitor.run]
+    tls = c.settings.server.tls
+    context = None
+    if tls.enabled:
+        context = server_context(tls)
+        loops.append(CertificateReloader(tls, context).run)
     return ServiceParts(
         name="distribution",
         http=create_app(c, access=await build_access(c)),
-        loops=[relay.run, janitor.run],
+        loops=loops,
         produces=[topics.manifests, topics.tags, topics.blobs, topics.audit],
+        ssl_context=context,
     )

@@ -235,14 +235,32 @@ def test_services_start_answer_ops_endpoints_and_stop_on_sigterm(tmp_path: Path,
     assert any(line["msg"] == "stopped" for line in lines), stderr[-2000:]
 
 
-def test_readyz_fails_when_a_port_is_unreachable(tmp_path: Path) -> None:
-    port, dead = _free_port(), _free_port()
+def test_readyz_fails_when_a_port_does_not_answer_well(tmp_path: Path) -> None:
+    """A backend that is unreachable at start stops the service (tests/integration/test_startup.py); one that
+    accepts connections but does not work (here: an HTTP server without the bucket) fails readiness."""
+    import http.server
+    import threading
+
+    class NoBucket(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD  # noqa: N815
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    s3 = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoBucket)
+    threading.Thread(target=s3.serve_forever, daemon=True).start()
+    port = _free_port()
     env = {
         **os.environ,
         "HANZO_REGISTRY_DATA_DIR": str(tmp_path),
         "HANZO_REGISTRY_SERVER__OPS_ADDR": f"127.0.0.1:{port}",
         "HANZO_REGISTRY_STORAGE__BLOBS__KIND": "s3",
-        "HANZO_REGISTRY_STORAGE__BLOBS__ENDPOINT": f"127.0.0.1:{dead}",
+        "HANZO_REGISTRY_STORAGE__BLOBS__ENDPOINT": f"127.0.0.1:{s3.server_address[1]}",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", "gc"],
@@ -257,6 +275,7 @@ def test_readyz_fails_when_a_port_is_unreachable(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        s3.shutdown()
 
 
 def test_bad_configuration_is_refused_with_a_clear_message(tmp_path: Path) -> None:
@@ -277,9 +296,10 @@ def test_bad_configuration_is_refused_with_a_clear_message(tmp_path: Path) -> No
 def test_environment_overrides_the_config_file(tmp_path: Path) -> None:
     config = tmp_path / "ok.yaml"
     config.write_text("addr: 127.0.0.1:6000\nmetadata:\n  kind: mongo\n  uri: mongodb://user:hunter2@db:27017\n")
-    env = {**os.environ, "HANZO_REGISTRY_ADDR": "127.0.0.1:7000"}
+    env = {**os.environ, "HANZO_REGISTRY_ADDR": "127.0.0.1:7000", "HANZO_REGISTRY_DATA_DIR": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "--config", str(config), "check-config"],
+        # --offline: the MongoDB named here does not exist (check-config would say so, like serve)
+        [sys.executable, "-m", "services.cli.main", "--config", str(config), "check-config", "--offline"],
         cwd=ROOT,
         env=env,
         capture_output=True,
