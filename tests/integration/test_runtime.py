@@ -242,12 +242,12 @@ def test_readyz_fails_when_a_port_does_not_answer_well(tmp_path: Path) -> None:
     import threading
 
     class NoBucket(http.server.BaseHTTPRequestHandler):
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self.send_response(404)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        do_GET = do_HEAD  # noqa: N815
+        do_GET = do_HEAD
 
         def log_message(self, *args: Any) -> None:
             pass
