@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,7 +35,16 @@ class AccessControl(Protocol):
         ...
 
     async def can_read(self, principal: Principal, repository: str) -> bool:
-        """For filtering listings and deciding cross-repository mounts; never raises."""
+        """For filtering listings; never raises."""
+        ...
+
+    async def readable(self, principal: Principal, repositories: Sequence[str]) -> list[str]:
+        """The subset of `repositories` the caller may pull (a catalog page), in order."""
+        ...
+
+    async def can_mount_from(self, principal: Principal, repository: str) -> bool:
+        """Whether a cross-repository mount may read `repository` with the credential as presented
+        (for a token: pull on the source is in its `access` claim)."""
         ...
 
     async def authorize_catalog(self, request: web.Request, principal: Principal) -> None: ...
@@ -53,6 +62,12 @@ class OpenAccess:
         return None
 
     async def can_read(self, principal: Principal, repository: str) -> bool:
+        return True
+
+    async def readable(self, principal: Principal, repositories: Sequence[str]) -> list[str]:
+        return list(repositories)
+
+    async def can_mount_from(self, principal: Principal, repository: str) -> bool:
         return True
 
     async def authorize_catalog(self, request: web.Request, principal: Principal) -> None:

@@ -18,7 +18,7 @@ import base64
 import binascii
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 from aiohttp import web
@@ -38,7 +38,7 @@ from services.core.oci.digest import Digest
 from services.core.settings import Settings
 from services.core.storage.meta import MetadataStore
 from services.distribution.access import Principal
-from services.distribution.keys import ACCESS
+from services.distribution.keys import ACCESS, AUDIT_DETAIL
 from services.distribution.middleware import Handler
 from services.distribution.oci_api import route_of
 
@@ -165,6 +165,15 @@ class TokenAccess:
         return AuthPrincipal(auth.user.name, via="key", key_prefix=auth.key.prefix)
 
     async def _token_principal(self, request: web.Request, token: str) -> AuthPrincipal:
+        principal = await self._verified_token_principal(request, token)
+        # A token is signed for minutes, but the key it came from may be revoked or its user deleted
+        # since: check both against the identity cache, so revocation takes effect within its TTL.
+        if not principal.anonymous and (await self.subject(principal)).user is None:
+            raise self.challenge(request, "the token's API key was revoked or its user deleted",
+                                 error="invalid_token")
+        return principal
+
+    async def _verified_token_principal(self, request: web.Request, token: str) -> AuthPrincipal:
         try:
             verified = await self.service.verify_token(token)
         except TokenInvalidError as exc:
@@ -255,6 +264,19 @@ class TokenAccess:
             raise self.challenge(request, f"the token does not grant {scope}; request a new one", scope=scope,
                                  error="insufficient_scope")
         raise DeniedError(f"{p.name} may not {'/'.join(ordered(needed - held) or ordered(needed))} {repository}")
+
+    async def can_mount_from(self, principal: Principal, repository: str) -> bool:
+        """A cross-repository mount reads the source: a token must carry pull on it (Docker token auth);
+        a key is checked against the live grants."""
+        p = _auth(principal)
+        if p.token is not None:
+            return PULL in p.token.actions_on(REPOSITORY, repository)
+        return await self.can_read(p, repository)
+
+    async def readable(self, principal: Principal, repositories: Sequence[str]) -> list[str]:
+        """The repositories of `repositories` the caller may pull, with one grants read per namespace."""
+        subject = await self.subject(_auth(principal))
+        return await self.service.readable(subject, repositories)
 
     async def can_read(self, principal: Principal, repository: str) -> bool:
         try:
@@ -357,7 +379,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
         if not (status == 401 and anonymous):
             action, resource, detail = audited
             outcome = Outcome.SUCCESS if status < 400 else Outcome.DENIED if status in (401, 403) else Outcome.FAILURE
-            detail = {**detail, "status": str(status)}
+            detail = {**detail, **request.get(AUDIT_DETAIL, {}), "status": str(status)}
             actor = principal.name if isinstance(principal, AuthPrincipal) else "anonymous"
             await access.service.record_quietly(
                 AuditRecord(actor, action, resource, outcome, source_address(request), detail)

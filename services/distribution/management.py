@@ -26,6 +26,7 @@ from services.distribution.openapi import openapi_document
 PREFIX = "/v1/registry"
 MAX_BODY = 64 * 1024
 MAX_PAGE = 1000
+MAX_KEY_LIFETIME = 10 * 365 * 24 * 3600
 
 
 def _access(request: web.Request) -> TokenAccess:
@@ -55,6 +56,13 @@ class Caller:
         s = self.subject
         return s.admin and s.key_namespaces is None and s.key_role in (None, Role.ADMIN)
 
+    @property
+    def unrestricted_key(self) -> bool:
+        """An API key with no namespace or role limit: the only credential that may manage keys, since a
+        new key must never hold more than the credential that made it."""
+        s = self.subject
+        return self.principal.via == "key" and s.key_namespaces is None and s.key_role in (None, Role.ADMIN)
+
 
 async def _caller(request: web.Request) -> Caller:
     access = _access(request)
@@ -65,6 +73,10 @@ async def _caller(request: web.Request) -> Caller:
     subject = await access.subject(principal)
     if subject.user is None:
         raise access.challenge(request, "authentication required", error="invalid_token")
+    if principal.via == "token" and request.method not in ("GET", "HEAD"):
+        # A registry access token carries repository scopes for the OCI API and lives minutes; letting it
+        # change users, keys or permissions would turn it into lasting power it was never issued for.
+        raise DeniedError("registry access tokens cannot change the registry's settings; use an API key")
     return Caller(principal, subject, source_address(request))
 
 
@@ -79,6 +91,15 @@ async def _self_or_admin(request: web.Request, user: str) -> Caller:
     caller = await _caller(request)
     if not caller.admin and caller.name != user:
         raise DeniedError("only registry admins may manage other users")
+    return caller
+
+
+async def _key_manager(request: web.Request, user: str) -> Caller:
+    caller = await _caller(request)
+    if not caller.unrestricted_key:
+        raise DeniedError("API keys are managed with an API key that has no namespace or role limit")
+    if not caller.admin and caller.name != user:
+        raise DeniedError("only registry admins may manage other users' keys")
     return caller
 
 
@@ -235,7 +256,7 @@ async def delete_user(request: web.Request) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     user = request.match_info["user"]
-    caller = await _self_or_admin(request, user)
+    caller = await _key_manager(request, user)
     body = await _body(request)
     _check_fields(body, {"name", "expires_in_seconds", "namespaces", "role"})
     namespaces = _field(body, "namespaces", list)
@@ -244,6 +265,8 @@ async def create_key(request: web.Request) -> web.Response:
     role_value = _field(body, "role", str)
     role = _role(role_value) if role_value is not None else None
     expires_in = _field(body, "expires_in_seconds", int)
+    if expires_in is not None and not 1 <= expires_in <= MAX_KEY_LIFETIME:
+        raise InvalidRequestError(f"expires_in_seconds must be an integer from 1 to {MAX_KEY_LIFETIME} (10 years)")
     created = await _access(request).service.create_key(
         user,
         name=(_field(body, "name", str) or "")[:200],
@@ -259,7 +282,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     user = request.match_info["user"]
-    await _self_or_admin(request, user)
+    await _key_manager(request, user)
     service = _access(request).service
     await service.require_user(user)
     return web.json_response({"keys": [key_json(k) for k in await service.store.keys_of(user)]})
@@ -267,7 +290,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     user = request.match_info["user"]
-    caller = await _self_or_admin(request, user)
+    caller = await _key_manager(request, user)
     await _access(request).service.revoke_key(user, request.match_info["prefix"], actor=caller.name,
                                               source=caller.source)
     return web.Response(status=204)

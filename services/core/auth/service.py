@@ -37,7 +37,7 @@ from services.core.auth.model import (
     valid_user_name,
 )
 from services.core.auth.policy import allowed_actions, grant_scopes, manages_namespace
-from services.core.auth.scopes import ResourceScope
+from services.core.auth.scopes import PULL, ResourceScope
 from services.core.auth.store import AuthStore
 from services.core.auth.tokens import (
     KEY_CLAIM,
@@ -249,7 +249,7 @@ class AuthService:
             if parent is None or not parent.usable(now):
                 raise AuthenticationError(denied.message, reason=f"key {key.parent} is revoked or expired")
         user = await self.store.user(key.user)
-        if user is None:
+        if user is None or key.created < user.created:
             raise AuthenticationError(denied.message, reason=f"key {key.prefix} belongs to a deleted user")
         if username and username != "hanzo" and username != user.name and (
             not user.email or username.lower() != user.email.lower()
@@ -271,11 +271,39 @@ class AuthService:
         role: Role | None = None
         if key_prefix:
             key = await self.store.key(key_prefix)
-            if key is None or key.user != user.name or not key.usable(self._clock()):
+            if key is None or not await self._key_valid_for(key, user):
                 return ANONYMOUS_SUBJECT
             namespaces, role = key.namespaces, key.role
         teams = frozenset(await self.store.teams_of(user.name))
         return Subject(user=user.name, teams=teams, admin=user.admin, key_namespaces=namespaces, key_role=role)
+
+    async def _key_valid_for(self, key: ApiKey, user: User) -> bool:
+        """`key` is live and belongs to this `user`: not to an earlier user of the same name (a key made
+        while its user was being deleted survives the deletion, and must not pass to a later namesake),
+        and, for a refresh token, its API key is live too."""
+        now = self._clock()
+        if key.user != user.name or not key.usable(now) or key.created < user.created:
+            return False
+        if key.parent is not None:
+            parent = await self.store.key(key.parent)
+            return parent is not None and parent.user == user.name and parent.usable(now)
+        return True
+
+    async def readable(self, subject: Subject, repositories: Sequence[str]) -> list[str]:
+        """The repositories of `repositories` that `subject` may pull: grants and public marks are read
+        once per namespace, not per repository (a catalog page)."""
+        by_namespace: dict[str, tuple[list[Grant], list[str | None]]] = {}
+        readable: list[str] = []
+        for repository in repositories:
+            namespace = namespace_of(repository)
+            if namespace not in by_namespace:
+                grants = await self.store.grants_for(namespace) if subject.user is not None else []
+                by_namespace[namespace] = (grants, await self.store.public_marks(namespace))
+            grants, marks = by_namespace[namespace]
+            public = None in marks or repository in marks
+            if PULL in allowed_actions(subject, repository, grants=grants, public=public):
+                readable.append(repository)
+        return readable
 
     async def allowed(self, subject: Subject, repository: str) -> frozenset[str]:
         namespace = namespace_of(repository)
@@ -437,14 +465,16 @@ class AuthService:
         actor: str,
         source: str,
     ) -> CreatedKey:
-        await self.require_user(user)
+        owner = await self.require_user(user)
         if expires_in is not None and expires_in <= 0:
             raise InvalidRequestError("expires_in_seconds must be positive")
         for ns in namespaces or ():
             if not valid_namespace(ns):
                 raise InvalidRequestError(f"namespace {ns[:80]!r} is invalid")
         parsed = apikeys.generate_key()
-        now = self._clock()
+        # Never before its user: a key older than its user is an orphan of a deleted namesake (see
+        # _key_valid_for), and replicas' clocks may disagree by a little.
+        now = max(self._clock(), owner.created)
         key = ApiKey(
             prefix=parsed.prefix,
             user=user,
