@@ -13,3 +13,6 @@ SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", Registry)
 ACCESS = web.AppKey("access", AccessControl)
 METRICS = web.AppKey("metrics", Metrics)
+
+AUDIT_DETAIL = web.RequestKey("audit_detail", dict)
+"""What a handler adds to the audit entry of its request (e.g. a forced change and what it replaced)."""

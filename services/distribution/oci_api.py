@@ -28,7 +28,7 @@ from services.core.oci.names import RepositoryName, Tag, parse_reference
 from services.core.oci.ranges import parse_content_range, parse_range_header
 from services.core.storage.blobs import BlobPresigner, LocalBlobFiles
 from services.distribution.access import DELETE, PULL, PUSH, AccessControl, Principal
-from services.distribution.keys import ACCESS, METRICS, REGISTRY, SETTINGS
+from services.distribution.keys import ACCESS, AUDIT_DETAIL, METRICS, REGISTRY, SETTINGS
 from services.distribution.registry import Registry
 from services.distribution.sendfile import send_file
 
@@ -36,6 +36,7 @@ CHUNK = 1 << 20
 REFERRERS_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 MAX_PAGE = 10_000
 MAX_TAG_PARAMS = 100
+CATALOG_SCAN_LIMIT = 5000
 _UPLOADS, _BLOBS, _MANIFESTS, _REFERRERS, _TAGS = (
     "/blobs/uploads",
     "/blobs/",
@@ -245,7 +246,7 @@ async def start_upload(request: web.Request, route: Route) -> web.Response:
         sources = [source] if source else await registry.meta.repositories_linking(mount, limit=50)
         for candidate in sources:
             source_repo = RepositoryName(candidate)
-            if source_repo != repo and await _access(request).can_read(principal, str(source_repo)):
+            if source_repo != repo and await _access(request).can_mount_from(principal, str(source_repo)):
                 mounted = await registry.mount(repo, source_repo, mount)
                 if mounted is not None:
                     return _blob_created(repo, mounted.digest)
@@ -343,9 +344,7 @@ async def put_manifest(request: web.Request, route: Route) -> web.Response:
     principal = await _allow(request, repo, PULL, PUSH)
     limit = request.app[SETTINGS].registry.max_manifest_bytes
     data = await _read_limited(request, limit)
-    force = request.headers.get("X-Hanzo-Force", "").lower() == "true"
-    if force and not principal.may_force:
-        raise DeniedError(f"{principal.name} may not force-move tags in {repo}")
+    force = _force(request, principal, repo)
     extra_tags = request.query.getall("tag", [])
     if extra_tags and not isinstance(reference, Digest):
         raise TagInvalidError("?tag= parameters are only allowed on a push by digest")
@@ -372,6 +371,11 @@ async def put_manifest(request: web.Request, route: Route) -> web.Response:
     if extra_tags:
         for tag in pushed.tags:
             headers.add("OCI-Tag", tag)
+    if pushed.forced_moves:
+        request[AUDIT_DETAIL] = {
+            "forced": "true",
+            "previous": ",".join(f"{tag}={digest}" for tag, digest in pushed.forced_moves)[:600],
+        }
     return web.Response(status=201, headers=headers)
 
 
@@ -392,8 +396,23 @@ async def delete_manifest(request: web.Request, route: Route) -> web.Response:
     repo = _repo(route)
     reference = _lookup_reference(repo, route.rest)
     principal = await _allow(request, repo, DELETE)
-    await _registry(request).delete_manifest(repo, reference, actor=principal.name)
+    force = _force(request, principal, repo)
+    deleted = await _registry(request).delete_manifest(repo, reference, actor=principal.name, force=force)
+    if force:
+        request[AUDIT_DETAIL] = {
+            "forced": "true",
+            "digest": str(deleted.digest),
+            "tags": ",".join(t.name for t in deleted.tags)[:600],
+        }
     return web.Response(status=202, headers={"Content-Length": "0"})
+
+
+def _force(request: web.Request, principal: Principal, repo: RepositoryName) -> bool:
+    """X-Hanzo-Force: true moves or deletes an immutable tag; only registry admins may send it."""
+    force = request.headers.get("X-Hanzo-Force", "").lower() == "true"
+    if force and not principal.may_force:
+        raise DeniedError(f"{principal.name} may not force changes to immutable tags in {repo}")
+    return force
 
 
 def _page(request: web.Request) -> tuple[int | None, str | None]:
@@ -431,23 +450,34 @@ async def catalog(request: web.Request) -> web.Response:
     await access.authorize_catalog(request, principal)
     limit, last = _page(request)
     page = limit if limit is not None else 1000
+    if page == 0:
+        return web.json_response({"repositories": []})
     repos: list[str] = []
     cursor = last
     more = False
+    scanned = 0
     meta = _registry(request).meta
     while len(repos) <= page:
         batch = await meta.list_repositories(after=cursor, limit=page + 1)
         if not batch:
             break
+        readable = await access.readable(principal, batch)
+        if len(repos) + len(readable) > page:
+            # The page is full: the next one starts after the last repository this one shows.
+            repos.extend(readable[: page - len(repos)])
+            cursor, more = repos[-1], True
+            break
+        repos.extend(readable)
         cursor = batch[-1]
-        for name in batch:
-            if await access.can_read(principal, name):
-                repos.append(name)
+        scanned += len(batch)
         if len(batch) < page + 1:
             break
-    if len(repos) > page:
-        repos, more = repos[:page], True
-    headers = {"Link": _next_link("/v2/_catalog", page, repos[-1])} if more and repos else {}
+        if scanned >= CATALOG_SCAN_LIMIT:
+            # A caller who can read few of many repositories gets a short page and a link to go on,
+            # rather than one request that reads the whole registry.
+            more = True
+            break
+    headers = {"Link": _next_link("/v2/_catalog", page, cursor)} if more and cursor else {}
     return web.json_response({"repositories": repos}, headers=headers)
 
 

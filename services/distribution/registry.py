@@ -45,10 +45,19 @@ _CAS_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
+class DeletedManifest:
+    digest: Digest
+    tags: tuple[TagRecord, ...]
+    forced: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PushedManifest:
     digest: Digest
     subject: Digest | None
     tags: tuple[str, ...]
+    forced_moves: tuple[tuple[str, Digest], ...] = ()
+    """(tag, previous digest) of each tag moved by force."""
 
 
 class Registry:
@@ -253,27 +262,49 @@ class Registry:
             references=tuple(str(d.digest) for d in (*parsed.blob_references, *parsed.child_manifests)),
             created=self._clock(),
         )
+        # Each attempt moves the tags that still need it, compare-and-set, in one partial commit: a tag
+        # that lost its race is retried with a fresh read, and the events of those that moved go out.
+        pending = tags
+        moved: list[str] = []
+        forced_moves: list[tuple[str, Digest]] = []
+        announced = False
         for _attempt in range(_CAS_ATTEMPTS):
             ops: list[Operation] = [self.meta.put_manifest_op(record)]
-            outbound = [self._event(events.manifest_pushed(record, tags=tags, actor=actor, parsed=parsed))]
-            for tag in tags:
+            outbound: list[OutboundEvent] = []
+            if not announced:
+                built = events.manifest_pushed(record, tags=tags, actor=actor, parsed=parsed)
+                outbound.append(self._event(built, op=0))
+            attempted: list[str] = []
+            previous_of: dict[str, Digest] = {}
+            for tag in pending:
                 current = await self.meta.tag(str(repo), tag)
                 if current is not None and current.digest == parsed.digest:
                     continue
                 self._check_tag_mutable(repo, tag, current, force=force)
                 ops.append(self.meta.set_tag_op(str(repo), tag, parsed.digest, current=current))
+                attempted.append(tag)
+                if current is not None:
+                    previous_of[tag] = current.digest
                 previous = current.digest if current else None
                 forced = force and current is not None
                 built = events.tag_updated(str(repo), tag, parsed.digest, previous, actor=actor, forced=forced)
-                outbound.append(self._event(built))
-            try:
-                await self.outbox.commit(ops, outbound)
+                outbound.append(self._event(built, op=len(ops) - 1))
+            if attempted:
+                # After the tags: a delete of this manifest that read it before now loses (meta.py).
+                ops.append(self.meta.touch_manifest_op(record))
+            committed = await self.outbox.commit(ops, outbound, partial=True)
+            announced = True
+            lost = [tag for tag, ok in zip(attempted, committed.applied[1:], strict=False) if not ok]
+            moved += [tag for tag in attempted if tag not in lost]
+            if force:
+                forced_moves += [(tag, previous_of[tag]) for tag in attempted if tag not in lost and tag in previous_of]
+            if not lost:
                 break
-            except ConflictError:
-                continue
+            pending = lost
         else:
-            raise ConflictError(f"tags {', '.join(tags)} of {repo} kept changing; retry the push")
-        return PushedManifest(parsed.digest, record.subject, tuple(tags))
+            done = f"; manifest {parsed.digest} is stored" + (f" and tags {', '.join(moved)} moved" if moved else "")
+            raise ConflictError(f"tags {', '.join(pending)} of {repo} kept changing; retry the push{done}")
+        return PushedManifest(parsed.digest, record.subject, tuple(tags), tuple(forced_moves))
 
     def _check_tag_mutable(self, repo: RepositoryName, tag: str, current: TagRecord | None, *, force: bool) -> None:
         if current is None or force:
@@ -301,31 +332,64 @@ class Registry:
                 detail={"digests": missing},
             )
 
-    async def delete_manifest(self, repo: RepositoryName, reference: Tag | Digest, *, actor: str) -> None:
-        """By tag: remove the tag. By digest: remove the manifest and every tag pointing to it."""
+    async def delete_manifest(
+        self, repo: RepositoryName, reference: Tag | Digest, *, actor: str, force: bool = False
+    ) -> DeletedManifest:
+        """By tag: remove the tag. By digest: remove the manifest and every tag pointing to it.
+        An immutable tag goes only with `force` (as moving it does)."""
         self._check_delete_enabled()
+        if isinstance(reference, Tag):
+            return await self._delete_tag(repo, reference, actor=actor, force=force)
+        deleted: list[TagRecord] = []
         for _attempt in range(_CAS_ATTEMPTS):
-            if isinstance(reference, Tag):
-                current = await self.meta.tag(str(repo), str(reference))
-                if current is None:
-                    raise ManifestUnknownError(f"tag {reference} is not in repository {repo}")
-                ops = [self.meta.delete_tag_op(current)]
-                outbound = [self._event(events.tag_deleted(str(repo), current.name, current.digest, actor=actor))]
-            else:
-                record = await self.meta.manifest(str(repo), reference)
-                if record is None:
-                    raise ManifestUnknownError(f"manifest {reference} is not in repository {repo}")
-                tags = await self.meta.tags_of(str(repo), reference)
-                ops = [self.meta.delete_tag_op(t) for t in tags]
-                ops.append(self.meta.delete_manifest_op(str(repo), reference))
-                outbound = [self._event(events.tag_deleted(str(repo), t.name, reference, actor=actor)) for t in tags]
-                outbound.append(self._event(events.manifest_deleted(record, actor=actor)))
-            try:
-                await self.outbox.commit(ops, outbound)
-                return
-            except ConflictError:
-                continue
-        raise ConflictError(f"{reference} in {repo} kept changing; retry the delete")
+            record = await self.meta.manifest(str(repo), reference)
+            if record is None:
+                if deleted:  # a concurrent delete of the same manifest finished the job
+                    return DeletedManifest(reference, tuple(deleted), forced=force)
+                raise ManifestUnknownError(f"manifest {reference} is not in repository {repo}")
+            tags = await self.meta.tags_of(str(repo), reference)
+            for tag in tags:
+                self._check_tag_deletable(repo, tag, force=force)
+            ops = [self.meta.delete_tag_op(t) for t in tags]
+            outbound = [
+                self._event(events.tag_deleted(str(repo), t.name, reference, actor=actor), op=i)
+                for i, t in enumerate(tags)
+            ]
+            # Last, and only if no push moved a tag to it since it was read (its generation).
+            ops.append(self.meta.delete_manifest_op(record))
+            outbound.append(self._event(events.manifest_deleted(record, actor=actor), op=len(ops) - 1))
+            committed = await self.outbox.commit(ops, outbound, partial=True)
+            deleted += [t for t, ok in zip(tags, committed.applied, strict=False) if ok]
+            if committed.applied[-1]:
+                return DeletedManifest(reference, tuple(deleted), forced=force)
+        gone = f"; tags {', '.join(t.name for t in deleted)} were deleted" if deleted else ""
+        raise ConflictError(f"manifest {reference} of {repo} kept being re-pushed; retry the delete{gone}")
+
+    async def _delete_tag(self, repo: RepositoryName, tag: Tag, *, actor: str, force: bool) -> DeletedManifest:
+        for _attempt in range(_CAS_ATTEMPTS):
+            current = await self.meta.tag(str(repo), str(tag))
+            if current is None:
+                raise ManifestUnknownError(f"tag {tag} is not in repository {repo}")
+            self._check_tag_deletable(repo, current, force=force)
+            event = events.tag_deleted(str(repo), current.name, current.digest, actor=actor)
+            committed = await self.outbox.commit([self.meta.delete_tag_op(current)], [self._event(event, op=0)],
+                                                 partial=True)
+            if committed.complete:
+                return DeletedManifest(current.digest, (current,), forced=force)
+        raise ConflictError(f"tag {tag} of {repo} kept changing; retry the delete")
+
+    def _check_tag_deletable(self, repo: RepositoryName, tag: TagRecord, *, force: bool) -> None:
+        """Deleting an immutable tag would let it be pushed again with other content: it needs the
+        same force as moving it."""
+        if force:
+            return
+        decision = tag_immutability(self.settings.tag_rules, namespace=repo.namespace, tag=tag.name)
+        if decision.immutable:
+            raise TagImmutableError(
+                f"tag {tag.name} of {repo} is immutable (rule {decision.rule!r}) and cannot be deleted; "
+                "a registry admin may force it with X-Hanzo-Force: true",
+                detail={"tag": tag.name, "rule": decision.rule, "digest": str(tag.digest)},
+            )
 
     # discovery
 
@@ -355,8 +419,8 @@ class Registry:
         if not self.settings.delete_enabled:
             raise UnsupportedError("deletion is disabled on this registry")
 
-    def _event(self, built: events.Built) -> OutboundEvent:
-        return events.outbound(built, self.topics)
+    def _event(self, built: events.Built, *, op: int | None = None) -> OutboundEvent:
+        return dataclasses.replace(events.outbound(built, self.topics), op=op)
 
 
 def _with_digest(parsed: ParsedManifest, digest: Digest) -> ParsedManifest:

@@ -10,9 +10,15 @@ intent log:
 
 A writer that dies after step 1 leaves a `pending` intent; once it is older than `stale_after` the
 relay re-applies its operations (they are idempotent, and a conditional one whose post-condition
-already holds counts as applied) and publishes, or drops it when a conditional operation can no
-longer apply (the change was never stored, so neither is the event). Hence an event is published
-if and only if its change is stored, at least once; consumers deduplicate by envelope id.
+already holds counts as applied) exactly as the writer would have, and publishes what applied.
+
+An event names the operation it describes (`OutboundEvent.op`), or none when it describes the whole
+change. A conditional operation that loses (its compare-and-set fails) either stops the change there
+(the default: the operations after it are not applied) or, in a `partial` commit, is skipped while the
+rest go on. Either way the events published are exactly those of the operations that applied, plus
+the whole-change events if every operation applied; an intent is never abandoned halfway with its
+applied part unannounced. Hence an event is published if and only if its change is stored, at least
+once; consumers deduplicate by envelope id.
 """
 
 from __future__ import annotations
@@ -81,7 +87,18 @@ class Delete:
     expect: Mapping[str, Any] | None = None
 
 
-Operation = Put | Insert | Create | Update | Delete
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """Set `changes` on the document with `doc`'s `_id`, creating it as `doc` + `changes` if it is absent.
+    Always applicable. A push touches its manifest after moving tags to it, so that a concurrent delete
+    conditional on the manifest's previous `changes` fails instead of leaving the tag dangling."""
+
+    collection: str
+    doc: Mapping[str, Any]
+    changes: Mapping[str, Any]
+
+
+Operation = Put | Insert | Create | Update | Delete | Touch
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +107,20 @@ class OutboundEvent:
     key: str
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
+    op: int | None = None
+    """The index of the operation this event describes (published only if that one applied); None: the
+    whole change (published only if every operation applied)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a commit applied: `applied[i]` for each operation (False also for those never tried)."""
+
+    applied: tuple[bool, ...]
+
+    @property
+    def complete(self) -> bool:
+        return all(self.applied)
 
 
 def _encode_op(op: Operation) -> dict[str, Any]:
@@ -110,6 +141,8 @@ def _encode_op(op: Operation) -> dict[str, Any]:
             }
         case Delete(collection, key, expect):
             return {"op": "delete", "c": collection, "key": key, "expect": dict(expect) if expect is not None else None}
+        case Touch(collection, doc, changes):
+            return {"op": "touch", "c": collection, "doc": dict(doc), "set": dict(changes)}
     raise TypeError(f"unknown operation {op!r}")
 
 
@@ -125,6 +158,8 @@ def _decode_op(data: Mapping[str, Any]) -> Operation:
         return Update(data["c"], data["key"], data["set"], data.get("expect"))
     if kind == "delete":
         return Delete(data["c"], data["key"], data.get("expect"))
+    if kind == "touch":
+        return Touch(data["c"], data["doc"], data["set"])
     raise ValueError(f"unknown outbox operation {kind!r}")
 
 
@@ -158,7 +193,35 @@ async def apply_operation(docs: DocumentStore, op: Operation) -> bool:
             if await docs.delete(collection, key, expect=expect):
                 return True
             return await docs.get(collection, key) is None
+        case Touch(collection, doc, changes):
+            if not await docs.update(collection, doc["_id"], changes):
+                with contextlib.suppress(DuplicateKeyError):
+                    await docs.insert(collection, {**doc, **changes})
+                    return True
+                await docs.update(collection, doc["_id"], changes)  # inserted by another writer meanwhile
+            return True
     raise TypeError(f"unknown operation {op!r}")
+
+
+async def apply_operations(docs: DocumentStore, ops: Sequence[Operation], *, partial: bool) -> Committed:
+    """Apply `ops` in order. A losing conditional operation stops the rest, or with `partial` is skipped."""
+    applied: list[bool] = []
+    for op in ops:
+        ok = await apply_operation(docs, op)
+        applied.append(ok)
+        if not ok and not partial:
+            break
+    return Committed(tuple(applied) + (False,) * (len(ops) - len(applied)))
+
+
+def _unpublished(event_ops: Sequence[int | None], committed: Committed) -> list[int]:
+    """Indexes of the events that must not go out: their operation (or, for a whole-change event, some
+    operation) did not apply."""
+    return [
+        i
+        for i, op in enumerate(event_ops)
+        if (op is None and not committed.complete) or (op is not None and not committed.applied[op])
+    ]
 
 
 def _sequence() -> str:
@@ -181,10 +244,16 @@ class Outbox:
         await self._docs.ensure_collection(OUTBOX, [Index(("seq",)), Index(("state",))])
         await self._docs.ensure_collection(LEASES)
 
-    async def commit(self, ops: Sequence[Operation], events: Sequence[OutboundEvent]) -> None:
-        """Store the change and its events. ConflictError when a compare-and-set lost a race
-        (then nothing of the change that failed is published; earlier operations may remain
-        applied, which every operation sequence is designed to tolerate)."""
+    async def commit(
+        self, ops: Sequence[Operation], events: Sequence[OutboundEvent], *, partial: bool = False
+    ) -> Committed:
+        """Store the change and its events (module docstring). Without `partial`, ConflictError when a
+        compare-and-set lost a race: the operations after it are not applied, and only the events of
+        those before it go out (every operation sequence is designed to tolerate such a prefix). With
+        `partial`, losing operations are skipped and the result tells which applied."""
+        for e in events:
+            if e.op is not None and not 0 <= e.op < len(ops):
+                raise ValueError(f"event for operation {e.op} of a change with {len(ops)} operations")
         intent_id = uuid.uuid4().hex
         await self._docs.insert(
             OUTBOX,
@@ -193,6 +262,7 @@ class Outbox:
                 "seq": _sequence(),
                 "state": "pending",
                 "created": time.time(),
+                "partial": partial,
                 "ops": [_encode_op(op) for op in ops],
                 "events": [
                     {
@@ -200,20 +270,26 @@ class Outbox:
                         "key": e.key,
                         "value": e.value,
                         "headers": [{"k": k, "v": v} for k, v in e.headers],
+                        "op": e.op,
                     }
                     for e in events
                 ],
             },
         )
-        for op in ops:
-            if not await apply_operation(self._docs, op):
-                await self._docs.delete(OUTBOX, intent_id)
-                raise ConflictError("a concurrent change won; retry the request")
-        # Only this writer changes its pending intent (the relay waits `stale_after` before it
-        # touches one, and then writes the same value), so the store need not serialise this write.
-        await self._docs.update(OUTBOX, intent_id, {"state": "ready"}, uncontended=True)
-        for listener in self._listeners:
-            listener()
+        committed = await apply_operations(self._docs, ops, partial=partial)
+        skip = _unpublished([e.op for e in events], committed)
+        if len(skip) == len(events):
+            await self._docs.delete(OUTBOX, intent_id)
+        else:
+            # Only this writer changes its pending intent (the relay waits `stale_after` before it
+            # touches one, and then writes the same value), so the store need not serialise this write.
+            changes: dict[str, Any] = {"state": "ready", "skip": skip} if skip else {"state": "ready"}
+            await self._docs.update(OUTBOX, intent_id, changes, uncontended=True)
+            for listener in self._listeners:
+                listener()
+        if not partial and not committed.complete:
+            raise ConflictError("a concurrent change won; retry the request")
+        return committed
 
 
 @dataclass
@@ -299,7 +375,10 @@ class OutboxRelay:
                 if not await self._recover(intent):
                     settled += 1
                     continue
-            for event in intent["events"]:
+            skip = set(intent.get("skip") or ())
+            for index, event in enumerate(intent["events"]):
+                if index in skip:
+                    continue
                 await self._events.publish(
                     event["topic"],
                     event["key"],
@@ -313,15 +392,22 @@ class OutboxRelay:
             settled += 1
         return settled
 
-    async def _recover(self, intent: Mapping[str, Any]) -> bool:
-        """Finish a dead writer's intent. False (and the intent is dropped) if it cannot apply."""
-        for encoded in intent["ops"]:
-            if not await apply_operation(self._docs, _decode_op(encoded)):
+    async def _recover(self, intent: dict[str, Any]) -> bool:
+        """Finish a dead writer's intent as the writer would have (Outbox.commit): re-apply its operations,
+        and keep the events of what applied. False (and the intent is dropped) if nothing of it applies."""
+        ops = [_decode_op(encoded) for encoded in intent["ops"]]
+        committed = await apply_operations(self._docs, ops, partial=bool(intent.get("partial")))
+        skip = _unpublished([e.get("op") for e in intent["events"]], committed)
+        if len(skip) == len(intent["events"]):
+            if not committed.complete:
                 log.warning("dropping outbox intent %s: its change can no longer apply", intent["_id"])
-                await self._docs.delete(OUTBOX, intent["_id"])
                 self.stats.dropped += 1
-                return False
-        await self._docs.update(OUTBOX, intent["_id"], {"state": "ready"})
+            await self._docs.delete(OUTBOX, intent["_id"])
+            return False
+        if not committed.complete:
+            log.warning("outbox intent %s applied in part; publishing the events of what applied", intent["_id"])
+        await self._docs.update(OUTBOX, intent["_id"], {"state": "ready", "skip": skip})
+        intent["skip"] = skip
         self.stats.recovered += 1
         return True
 

@@ -8,7 +8,11 @@ Collections and keys:
   repositories  _id = name
   blob_links    _id = "<repo>@<digest>"    a digest is reachable only in repositories that link it
   manifests     _id = "<repo>@<digest>"    exact pushed bytes in `data`
-  tags          _id = "<repo>:<tag>"       `version` increments on each change (compare-and-set)
+  manifests.generation                     changes whenever a tag is moved to the manifest, so a delete
+                                           conditional on it loses to a concurrent push (no dangling tag)
+  tags          _id = "<repo>:<tag>"       `version` changes on each change (compare-and-set); a new tag
+                                           starts at a clock-derived value, so no later incarnation of a
+                                           deleted tag repeats a version an old intent may still expect
   uploads       _id = upload id            the repository an upload session belongs to
 """
 
@@ -16,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.core.events.outbox import Create, Delete, Insert, Operation, Update
+from services.core.events.outbox import Create, Delete, Insert, Operation, Touch, Update
 from services.core.oci.digest import Digest
 from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index
 
@@ -47,6 +52,7 @@ class ManifestRecord:
     annotations: Mapping[str, str] = field(default_factory=dict)
     references: tuple[str, ...] = ()
     created: float = 0.0
+    generation: str | None = None
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -62,6 +68,7 @@ class ManifestRecord:
             "annotations": [{"k": k, "v": v} for k, v in self.annotations.items()],
             "references": list(self.references),
             "created": self.created,
+            "generation": self.generation,
         }
 
     @classmethod
@@ -77,6 +84,7 @@ class ManifestRecord:
             annotations={a["k"]: a["v"] for a in doc.get("annotations") or ()},
             references=tuple(doc.get("references") or ()),
             created=doc.get("created", 0.0),
+            generation=doc.get("generation"),
         )
 
 
@@ -155,11 +163,9 @@ class MetadataStore:
         return [d["repository"] for d in docs]
 
     async def linked_digests(self, repository: str, digests: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for d in digests:
-            if await self.docs.get(BLOB_LINKS, _key(repository, "@", d)) is not None:
-                found.add(d)
-        return found
+        keys = {_key(repository, "@", d): d for d in digests}
+        found = await self.docs.get_many(BLOB_LINKS, list(keys))
+        return {keys[k] for k in found}
 
     # manifests
 
@@ -174,8 +180,14 @@ class MetadataStore:
         # Content-addressed: a stored manifest with this digest already has these bytes.
         return Create(MANIFESTS, record.to_doc())
 
-    def delete_manifest_op(self, repository: str, digest: Digest) -> Operation:
-        return Delete(MANIFESTS, _key(repository, "@", str(digest)))
+    def touch_manifest_op(self, record: ManifestRecord) -> Operation:
+        """After tags moved to the manifest: a new generation, and the manifest again if it was deleted."""
+        return Touch(MANIFESTS, record.to_doc(), {"generation": uuid.uuid4().hex})
+
+    def delete_manifest_op(self, record: ManifestRecord) -> Operation:
+        """Delete the manifest as read: only if no push has moved a tag to it since (its generation)."""
+        return Delete(MANIFESTS, _key(record.repository, "@", str(record.digest)),
+                      expect={"generation": record.generation})
 
     async def referrers(self, repository: str, subject: Digest) -> list[ManifestRecord]:
         docs = await self.docs.find(MANIFESTS, {"repository": repository, "subject": str(subject)})
@@ -208,7 +220,7 @@ class MetadataStore:
                     "repository": repository,
                     "name": name,
                     "digest": str(digest),
-                    "version": 1,
+                    "version": time.time_ns(),
                     "updated": now,
                 },
             )
