@@ -9,7 +9,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,14 +191,14 @@ class EventConsumer:
         )
 
 
-def ops_app(metrics: Metrics, probes: Sequence[Probe]) -> web.Application:
+def ops_app(metrics: Metrics, probes: Mapping[str, Probe]) -> web.Application:
     """A stand-alone app with only the ops endpoints, for headless services."""
     app = web.Application()
     add_ops_routes(app, metrics, probes)
     return app
 
 
-def add_ops_routes(app: web.Application, metrics: Metrics, probes: Sequence[Probe]) -> None:
+def add_ops_routes(app: web.Application, metrics: Metrics, probes: Mapping[str, Probe]) -> None:
     """/metrics, /healthz (alive) and /readyz (every port answers)."""
 
     async def metrics_handler(request: web.Request) -> web.Response:
@@ -209,6 +209,7 @@ def add_ops_routes(app: web.Application, metrics: Metrics, probes: Sequence[Prob
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
+        # Unauthenticated: it names which dependency is down, never the error (paths, endpoints), which is logged.
         failures = await check_probes(probes)
         if failures:
             return web.json_response({"status": "unready", "failures": failures}, status=503)
@@ -219,14 +220,21 @@ def add_ops_routes(app: web.Application, metrics: Metrics, probes: Sequence[Prob
     app.router.add_get("/readyz", readyz)
 
 
-async def check_probes(probes: Sequence[Probe], *, timeout: float = 3.0) -> list[str]:
+def dependency_probes(c: Container) -> dict[str, Probe]:
+    """Readiness probes of a service's ports, by the name /readyz reports when one fails."""
+    return {"blob storage": c.blobs.ping, "metadata": c.docs.ping, "event log": c.events.ping}
+
+
+async def check_probes(probes: Mapping[str, Probe], *, timeout: float = 3.0) -> list[str]:
+    """The names of the dependencies whose probe failed; the reasons go to the log only."""
     failures: list[str] = []
-    for probe in probes:
+    for name, probe in probes.items():
         try:
             async with asyncio.timeout(timeout):
                 await probe()
         except Exception as exc:
-            failures.append(f"{getattr(probe, '__qualname__', 'probe')}: {type(exc).__name__}: {exc}"[:300])
+            log.warning("readiness: %s is unavailable: %s: %s", name, type(exc).__name__, str(exc)[:300])
+            failures.append(name)
     return failures
 
 
@@ -402,7 +410,7 @@ async def run_parts(
     http_parts = [p for p in parts if p.http is not None]
     app = http_parts[0].http if http_parts else None
     if app is None:
-        app = ops_app(c.metrics, [c.blobs.ping, c.docs.ping, c.events.ping])
+        app = ops_app(c.metrics, dependency_probes(c))
     runner = await start_http(
         app,
         http_addr or (settings.addr if http_parts else settings.server.ops_addr),

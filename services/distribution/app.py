@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from services.core.bootstrap import Container
-from services.core.runtime import add_ops_routes
+from services.core.runtime import add_ops_routes, dependency_probes
 from services.distribution import oci_api
 from services.distribution.access import AccessControl
 from services.distribution.accesslog import access_log_middleware
@@ -70,7 +70,7 @@ def create_app(c: Container, *, access: AccessControl, registry: Registry | None
     if isinstance(access, TokenAccess):
         add_token_routes(app)
         add_management_routes(app)
-    add_ops_routes(app, c.metrics, [c.blobs.ping, c.docs.ping, c.events.ping])
+    add_ops_routes(app, c.metrics, dependency_probes(c))
     api = {"oci": "/v2/"}
     if isinstance(access, TokenAccess):
         api |= {"management": "/v1/registry/", "openapi": "/v1/registry/openapi.json", "token": "/token"}

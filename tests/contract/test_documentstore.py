@@ -130,6 +130,20 @@ async def test_insert_get_round_trips_every_value_type(backend: Backend) -> None
     assert await s.get(c, "missing") is None
 
 
+async def test_get_many_reads_existing_documents_in_batches(backend: Backend) -> None:
+    s, c = backend.store, backend.name()
+    await s.ensure_collection(c)
+    await s.insert(c, EVERY_TYPE)
+    keys = [f"k{i:04d}" for i in range(1200)]  # more than one batch of either adapter
+    for key in keys[::7]:
+        await s.insert(c, {"_id": key, "n": int(key[1:])})
+    found = await s.get_many(c, ["missing", *keys, "doc-1", "doc-1"])
+    assert sorted(found) == sorted([*keys[::7], "doc-1"])
+    assert found["k0007"] == {"_id": "k0007", "n": 7}
+    assert _same(found["doc-1"], EVERY_TYPE)
+    assert await s.get_many(c, []) == {}
+
+
 async def test_get_and_find_on_a_missing_collection_find_nothing(backend: Backend) -> None:
     s, c = backend.store, backend.name("never")
     assert await s.get(c, "x") is None

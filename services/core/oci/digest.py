@@ -9,10 +9,10 @@ from typing import Final
 
 from services.core.errors import DigestInvalidError
 
-_GRAMMAR: Final = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_GRAMMAR: Final = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _ENCODED: Final = {
-    "sha256": re.compile(r"^[a-f0-9]{64}$"),
-    "sha512": re.compile(r"^[a-f0-9]{128}$"),
+    "sha256": re.compile(r"[a-f0-9]{64}"),
+    "sha512": re.compile(r"[a-f0-9]{128}"),
 }
 SUPPORTED_ALGORITHMS: Final = frozenset(_ENCODED)
 
@@ -26,7 +26,7 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> Digest:
-        if not _GRAMMAR.match(text):
+        if not _GRAMMAR.fullmatch(text):
             raise DigestInvalidError(f"invalid digest {text[:200]!r}: expected <algorithm>:<hex>")
         algorithm, _, encoded = text.partition(":")
         pattern = _ENCODED.get(algorithm)
@@ -34,7 +34,7 @@ class Digest:
             raise DigestInvalidError(
                 f"unsupported digest algorithm {algorithm!r}: use one of {sorted(SUPPORTED_ALGORITHMS)}"
             )
-        if not pattern.match(encoded):
+        if not pattern.fullmatch(encoded):
             raise DigestInvalidError(f"invalid {algorithm} digest {text[:200]!r}: wrong length or not lowercase hex")
         return cls(algorithm, encoded)
 

@@ -37,6 +37,11 @@ class DocumentStore(Protocol):
         """The document with `_id == key`, or None."""
         ...
 
+    async def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, Document]:
+        """The documents with these `_id`s that exist, by `_id`: one round trip per batch of keys, not one
+        per key (a manifest's references are checked at once)."""
+        ...
+
     async def insert(self, collection: str, doc: Mapping[str, Any]) -> None:
         """Insert a new document. DuplicateKeyError if `_id` or a unique index collides."""
         ...

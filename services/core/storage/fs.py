@@ -105,6 +105,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _durable_mkdir(path: Path) -> None:
+    """`mkdir -p`, syncing the parent of each directory it creates: a new directory's entry (a blob's
+    fan-out directory) survives a power loss only once its parent is synced, else a blob could vanish
+    while its link in metadata stays."""
+    missing: list[Path] = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # made by a concurrent writer, which syncs its parent
+        _fsync_dir(directory.parent)
+
+
 class FilesystemBlobStore:
     """BlobStore + LocalBlobFiles under `root` (created on first use)."""
 
@@ -164,7 +181,8 @@ class FilesystemBlobStore:
 
     @staticmethod
     def _create_session(directory: Path) -> None:
-        directory.mkdir(parents=True)
+        _durable_mkdir(directory.parent)
+        directory.mkdir()
         for name in (UPLOAD_LOCK, UPLOAD_DATA):
             os.close(os.open(directory / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         _fsync_dir(directory)
@@ -278,7 +296,7 @@ class FilesystemBlobStore:
 
     def _publish(self, upload_id: str, digest: Digest) -> None:
         target = self._blob_path(digest)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _durable_mkdir(target.parent)
         # A hard link is atomic and never replaces: an existing blob (same bytes) simply stays.
         with contextlib.suppress(FileExistsError):
             os.link(self._upload_dir(upload_id) / UPLOAD_DATA, target)

@@ -55,7 +55,7 @@ UPLOAD_STATE: Final = "state"
 UPLOAD_DIRECT: Final = "direct"
 PENDING: Final = "pending"
 
-_UPLOAD_ID: Final = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_UPLOAD_ID: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _OFFSET_WIDTH: Final = 20
 
 
@@ -82,7 +82,7 @@ def new_upload_id() -> str:
 
 
 def is_upload_id(upload_id: str) -> bool:
-    return bool(_UPLOAD_ID.match(upload_id))
+    return bool(_UPLOAD_ID.fullmatch(upload_id))
 
 
 def upload_prefix(upload_id: str) -> str:

@@ -23,6 +23,7 @@ from services.core.storage.docvalues import check_collection, check_field, check
 
 _NAMESPACE_EXISTS = 48
 _DUPLICATE_KEY = 11000
+_GET_MANY_BATCH = 1000
 # Lease locks serialising writes to one document on FerretDB (see MongoDocumentStore).
 LOCKS_COLLECTION = "_documentstore_locks"
 
@@ -190,6 +191,16 @@ class MongoDocumentStore:
     async def get(self, collection: str, key: str) -> Document | None:
         doc = await self._coll(collection).find_one({"_id": key})
         return None if doc is None else _decode_value(doc)
+
+    async def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, Document]:
+        found: dict[str, Document] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), _GET_MANY_BATCH):
+            batch = unique[start : start + _GET_MANY_BATCH]
+            async for doc in self._coll(collection).find({"_id": {"$in": batch}}):
+                decoded = _decode_value(doc)
+                found[decoded["_id"]] = decoded
+        return found
 
     async def insert(self, collection: str, doc: Mapping[str, Any]) -> None:
         encoded = _encode_doc(doc)

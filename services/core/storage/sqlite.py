@@ -23,6 +23,7 @@ _BYTES = "$bytes"
 # The json_type() of numbers. Each comparison also checks json_type (true/false/text/...) because
 # json_extract alone would let True match 1 and 5 match 5 in a list; MongoDB compares within a type.
 _NUMBER_TYPES = "('integer','real')"
+_GET_MANY_BATCH = 500  # well under SQLite's limit of bound parameters
 
 
 def _bytes_marker(data: bytes) -> dict[str, str]:
@@ -202,6 +203,18 @@ class SqliteDocumentStore:
     async def get(self, collection: str, key: str) -> Document | None:
         rows = await self._read(f'SELECT _id, doc FROM "{check_collection(collection)}" WHERE _id = ?', (key,))
         return self._document(rows[0]) if rows else None
+
+    async def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, Document]:
+        table = check_collection(collection)
+        found: dict[str, Document] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), _GET_MANY_BATCH):
+            batch = unique[start : start + _GET_MANY_BATCH]
+            marks = ", ".join("?" * len(batch))
+            for row in await self._read(f'SELECT _id, doc FROM "{table}" WHERE _id IN ({marks})', batch):
+                doc = self._document(row)
+                found[doc["_id"]] = doc
+        return found
 
     async def insert(self, collection: str, doc: Mapping[str, Any]) -> None:
         key, body = _split_doc(doc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.core.oci.digest import Digest, Digester
@@ -99,3 +101,29 @@ def test_digester_cache_is_bounded() -> None:
         cache.put(name, Digester())
     assert cache.take("a", size=0) is None
     assert cache.take("b", size=0) is not None and cache.take("c", size=0) is not None
+
+
+def test_an_upload_id_with_a_trailing_newline_is_invalid() -> None:
+    from services.core.storage.layout import is_upload_id, new_upload_id
+
+    upload_id = new_upload_id()
+    assert is_upload_id(upload_id)
+    assert not is_upload_id(upload_id + "\n")
+
+
+def test_new_blob_directories_are_synced_into_their_parents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.core.storage import fs
+
+    synced: list[Path] = []
+    real = fs._fsync_dir
+
+    def spy(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(fs, "_fsync_dir", spy)
+    fs._durable_mkdir(tmp_path / "blobs" / "sha256" / "ab")
+    assert synced == [tmp_path, tmp_path / "blobs", tmp_path / "blobs" / "sha256"]
+    synced.clear()
+    fs._durable_mkdir(tmp_path / "blobs" / "sha256" / "ab")
+    assert synced == [], "an existing directory needs nothing"

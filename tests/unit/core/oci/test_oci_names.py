@@ -178,3 +178,10 @@ def test_reference_with_colon_is_a_digest() -> None:
 def test_reference_without_colon_is_a_tag() -> None:
     with pytest.raises(TagInvalidError):
         parse_reference(".INVALID_MANIFEST_NAME")
+
+
+def test_a_digest_with_a_trailing_newline_is_invalid() -> None:
+    digest = str(Digest.of(b"x"))
+    for text in (digest + "\n", digest.replace("sha256:", "sha256\n:"), "\n" + digest):
+        with pytest.raises(DigestInvalidError):
+            Digest.parse(text)
