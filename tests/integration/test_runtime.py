@@ -271,7 +271,8 @@ def test_readyz_fails_when_a_port_does_not_answer_well(tmp_path: Path) -> None:
     )
     try:
         status, body = _wait_ready(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
-        assert (status == 503 and "S3BlobStore" in body) or "ping" in body
+        assert status == 503 and json.loads(body) == {"status": "unready", "failures": ["blob storage"]}
+        assert str(s3.server_address[1]) not in body, "no endpoint, path or error text to anonymous callers"
     finally:
         proc.terminate()
         proc.wait(timeout=20)
