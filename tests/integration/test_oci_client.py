@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import socket
+import ssl
 import uuid
 import warnings
 from collections.abc import AsyncIterator
@@ -428,6 +430,9 @@ class Fake:
     token_scopes: dict[str, set[str]] = field(default_factory=dict)
     token_requests: list[list[str]] = field(default_factory=list)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    chunk_min: int = 0
+    patches: list[tuple[str, str]] = field(default_factory=list)
+    uploaded: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:
         self.digest = "sha256:" + hashlib.sha256(self.blob).hexdigest()
@@ -475,11 +480,37 @@ class Fake:
                 return self._challenge(request, scope, insufficient=True)
         if request.path == "/v2/":
             return web.Response()
-        if request.method == "POST":
-            return web.Response(status=202, headers={"Location": "/v2/a/b/blobs/uploads/1"})
+        if "/blobs/uploads/" in request.path:
+            return await self.upload(request)
+        if "/manifests/" in request.path:
+            return self.manifest(request)
         if self.redirect_to:
             raise web.HTTPTemporaryRedirect(f"{self.redirect_to}/blob?X-Amz-Signature=secret")
         return await self.serve(request)
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """An upload session that records PATCH ranges; Locations change on every answer."""
+        headers = {"Location": f"/v2/a/b/blobs/uploads/1?state={len(self.patches)}"}
+        if request.method == "POST":
+            self.uploaded.clear()
+            if self.chunk_min:
+                headers["OCI-Chunk-Min-Length"] = str(self.chunk_min)
+            return web.Response(status=202, headers=headers)
+        body = await request.read()
+        if request.method == "PATCH":
+            self.patches.append((request.headers["Content-Range"], request.query.get("state", "")))
+            self.uploaded += body
+            return web.Response(status=202, headers={"Location": f"/v2/a/b/blobs/uploads/1?state={len(self.patches)}"})
+        self.uploaded += body
+        assert request.query["digest"] == "sha256:" + hashlib.sha256(self.uploaded).hexdigest()
+        return web.Response(status=201, headers={"Location": f"/v2/a/b/blobs/{request.query['digest']}"})
+
+    def manifest(self, request: web.Request) -> web.Response:
+        """A manifest whose HEAD answer lacks Docker-Content-Digest (some registries' proxies strip it)."""
+        headers = {"Content-Type": mt.OCI_MANIFEST}
+        if request.method == "HEAD":
+            return web.Response(headers={**headers, "Content-Length": str(len(self.blob))})
+        return web.Response(body=self.blob, headers=headers)
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         start = 0
@@ -508,10 +539,10 @@ class Fake:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
+async def serving(app: web.Application, *, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     port = runner.addresses[0][1]
     try:
@@ -608,6 +639,94 @@ async def test_a_registry_that_keeps_refusing_gets_one_retry() -> None:
             await client.blob_size(repo, Digest.parse(fake.digest))
         assert len(fake.token_requests) == 1
         assert len(fake.requests) == 2
+
+
+async def test_chunked_push_honours_chunk_min_length_and_locations() -> None:
+    fake = Fake(b"", chunk_min=40_000)
+    data = os.urandom(100_000)
+    async with serving(fake.app()) as registry, OciClient() as client:
+        repo = RemoteRepository(registry, FAKE_REPO)  # type: ignore[arg-type]
+        await client.push_blob(
+            repo,
+            chunks_of(data, 1000),
+            digest=Digest.of(data),
+            method="chunked",
+            chunk_size=10_000,
+            skip_existing=False,
+        )
+    # Chunks of the registry's minimum (not our 10 000), each sent to the Location of the previous answer.
+    assert fake.patches == [("0-39999", "0"), ("40000-79999", "1"), ("80000-99999", "2")]
+    assert bytes(fake.uploaded) == data
+
+
+async def test_resolve_falls_back_to_get_and_requests_carry_trace_context() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    manifest = make_image().manifest
+    fake = Fake(manifest)
+    tracer = TracerProvider().get_tracer("test")
+    async with serving(fake.app()) as registry, OciClient() as client:
+        repo = RemoteRepository(registry, FAKE_REPO)  # type: ignore[arg-type]
+        with tracer.start_as_current_span("replicate") as span:
+            desc = await client.resolve(repo, "v1")
+    assert (desc.digest, desc.size, desc.media_type) == (Digest.of(manifest), len(manifest), mt.OCI_MANIFEST)
+    assert [method for method, _ in fake.requests] == ["HEAD", "GET"]
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    assert all(trace_id in headers["traceparent"] for _, headers in fake.requests)
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+async def test_https_with_a_ca_file_or_insecure(tmp_path: Path) -> None:
+    cert_file, key_file = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    fake = Fake(os.urandom(1000))
+    async with serving(fake.app(), ssl_context=context) as registry:
+        repo = RemoteRepository(registry, FAKE_REPO)  # type: ignore[arg-type]
+        digest = Digest.parse(fake.digest)
+        for options, works in [
+            (RegistryOptions(plain_http=False, ca_file=str(cert_file)), True),
+            (RegistryOptions(plain_http=False, insecure=True), True),
+            (RegistryOptions(plain_http=False), False),  # not a CA we trust
+            (RegistryOptions(), False),  # loopback: plain HTTP unless told
+        ]:
+            async with OciClient(ClientOptions(registries={registry: options}, connect_timeout=5)) as client:
+                if works:
+                    assert await client.blob_size(repo, digest) == 1000
+                else:
+                    with pytest.raises(OciConnectionError):
+                        await client.blob_size(repo, digest)
 
 
 async def test_connection_errors_are_typed() -> None:

@@ -40,6 +40,7 @@ from services.core.telemetry import inject_headers
 MAX_ERROR_BODY: Final = 64 * 1024
 """Bytes of an error response read to explain it."""
 REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_KEPT_ON_REDIRECT: Final = frozenset({"range", "accept", "accept-encoding", "user-agent"})
 _SHOWN_QUERY: Final = frozenset({"n", "last", "digest", "mount", "from", "artifactType"})
 
 Body: TypeAlias = bytes | AsyncIterable[bytes] | None
@@ -241,16 +242,20 @@ class Transport:
         if resp.status != 401 or not replayable:
             return resp
         challenge = self._learn(registry, resp)
-        if challenge is None:
+        if challenge is None or not self._can_answer(registry, challenge, authorization):
             return resp
         resp.release()
         if authorization and authorization.startswith("Bearer "):
             self.tokens.discard(registry, authorization.removeprefix("Bearer "))
         needed = merge_scopes([*scopes, *challenge.scopes])
         retry_auth = await self._authorization(registry, needed, refresh=authorization is not None)
-        if retry_auth is None:  # Basic without credentials: nothing to answer with
-            return await self._send(registry, method, url, headers, body, None, follow_redirects)
         return await self._send(registry, method, url, headers, body, retry_auth, follow_redirects)
+
+    def _can_answer(self, registry: str, challenge: Challenge, sent: str | None) -> bool:
+        """Whether a retry can send something new: a Basic challenge needs credentials we have not sent."""
+        if challenge.scheme != "basic":
+            return True
+        return self.options.for_registry(registry).credentials is not None and not (sent or "").startswith("Basic ")
 
     async def _send(
         self,
@@ -293,7 +298,7 @@ class Transport:
             if _origin(url) != origin:
                 # A presigned URL or CDN: our credentials and trace headers are not for it.
                 request_headers = CIMultiDict(
-                    (k, v) for k, v in request_headers.items() if k.lower() in ("range", "accept", "accept-encoding", "user-agent")
+                    (k, v) for k, v in request_headers.items() if k.lower() in _KEPT_ON_REDIRECT
                 )
         raise OciConnectionError(f"{method} {shown(url)}: more than {self.options.max_redirects} redirects")
 

@@ -93,7 +93,8 @@ def test_token_lifetime_from_response() -> None:
 
 
 def test_token_response_without_token() -> None:
-    for body in ({}, {"token": ""}, [], "x"):
+    bodies: list[object] = [{}, {"token": ""}, [], "x"]
+    for body in bodies:
         try:
             token_from_response(body, [], now=0)
         except OciAuthenticationError:
