@@ -140,7 +140,9 @@ class Transport:
             if opts.insecure:
                 self._ssl[registry] = False
             elif opts.ca_file:
-                self._ssl[registry] = ssl.create_default_context(cafile=opts.ca_file)
+                context = ssl.create_default_context()  # the system's CAs, and this one too
+                context.load_verify_locations(cafile=opts.ca_file)
+                self._ssl[registry] = context
             else:
                 self._ssl[registry] = True
         return self._ssl[registry]
@@ -176,6 +178,10 @@ class Transport:
         query += [("scope", scope) for scope in scopes]
         headers = {"User-Agent": self.options.user_agent, "Accept-Encoding": "identity"}
         if credentials is not None:
+            if realm.scheme != "https" and self.base_url(registry).scheme == "https":
+                raise OciAuthenticationError(
+                    f"registry {registry} (HTTPS) asks for credentials at a plain-HTTP realm {shown(realm)}; refused"
+                )
             headers["Authorization"] = basic_header(credentials)
             query.append(("account", credentials.username))
         url = realm.with_query(query)
