@@ -213,11 +213,8 @@ async def test_mount_from_unreadable_repository_falls_back_to_upload(auth_assemb
     assert (await client.head(f"/v2/ml/app/blobs/{secret}", headers=writer)).status == 404
     resp = await client.post(f"/v2/ml/app/blobs/uploads/?mount={shared}&from=ml/base", headers=writer)
     assert resp.status == 201
-    # with a token: the source's pull must be in the token (a reduced grant leaves it out)
-    token = await token_for(client, keys["writer"], "repository:ml/app2:pull,push", "repository:secret/weights:pull")
-    assert "secret/weights" not in json.dumps(jwt.decode(token, options={"verify_signature": False})["access"])
-    resp = await client.post(f"/v2/ml/app2/blobs/uploads/?mount={secret}&from=secret/weights", headers=bearer(token))
-    assert resp.status == 202
+    # A token-borne mount is checked against the token's scope: test_auth_security.py shows it with a user
+    # who may read the source but whose token does not say so.
 
 
 def _b64(data: object) -> str:
