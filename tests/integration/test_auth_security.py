@@ -180,3 +180,19 @@ async def test_the_catalog_reads_grants_per_namespace_and_bounds_its_scan(
             break
         url = resp.headers["Link"].split(";")[0].strip("<>")
     assert seen == ["ml/visible"]
+
+
+async def test_forced_changes_to_immutable_tags_are_audited_as_such(auth_assembly: Assembly) -> None:
+    client = auth_assembly.client
+    api = Api(client, bearer(admin_key(auth_assembly)))
+    admin = Authed(client, bearer(admin_key(auth_assembly)))
+    first = await admin.push_image("prod/app", "1.0.0")
+    forced = {**bearer(admin_key(auth_assembly)), "X-Hanzo-Force": "true"}
+    second = await Authed(client, forced).push_image("prod/app", "1.0.0")
+    resp = await client.delete("/v2/prod/app/manifests/1.0.0", headers=forced)
+    assert resp.status == 202
+    entries = (await api.call("GET", "/v1/registry/audit?limit=200", expect=200))["entries"]
+    push = [e for e in entries if e["action"] == "push" and e["detail"].get("forced") == "true"]
+    assert len(push) == 1 and push[0]["detail"]["previous"] == f"1.0.0={first}"
+    delete = [e for e in entries if e["action"] == "tag.delete" and e["detail"].get("forced") == "true"]
+    assert len(delete) == 1 and delete[0]["detail"]["digest"] == second
