@@ -34,6 +34,9 @@ async def send_file(request: web.Request, response: web.StreamResponse, path: Pa
             await response.write_eof()
             return
         try:
+            if transport.get_extra_info("sslcontext") is not None:
+                # TLS: the kernel cannot encrypt, and asyncio raises RuntimeError (after our headers went out).
+                raise asyncio.SendfileNotAvailableError("sendfile(2) cannot encrypt")
             # The selector loop uses os.sendfile; loops without it (uvloop) raise at once.
             await asyncio.get_running_loop().sendfile(transport, fobj, offset, count, fallback=False)
         except (NotImplementedError, asyncio.SendfileNotAvailableError):
