@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.core.policy.document import PolicyDocument
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -176,6 +178,13 @@ class RegistrySettings(_Section):
     public_base_url: str = Field("", description="External URL of the registry; default: from the request")
 
 
+class PolicySettings(_Section):
+    default: PolicyDocument = Field(
+        default_factory=PolicyDocument,
+        description="Registry-wide policy under every namespace's and repository's (merged field by field)",
+    )
+
+
 class AuthSettings(_Section):
     mode: Literal["token", "none"] = Field(
         "token", description="token: Docker token auth, API keys, roles; none: open to anyone (local experiments)"
@@ -300,6 +309,7 @@ class Settings(BaseSettings):
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 

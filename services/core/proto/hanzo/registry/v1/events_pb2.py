@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehanzo/registry/v1/events.proto\x12\x11hanzo.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x06\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eschema_version\x18\x04 \x01(\r\x12\x13\n\x0btraceparent\x18\x05 \x01(\t\x12\x12\n\ntracestate\x18\x06 \x01(\t\x12\x12\n\nrepository\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12<\n\x0fmanifest_pushed\x18\x10 \x01(\x0b\x32!.hanzo.registry.v1.ManifestPushedH\x00\x12>\n\x10manifest_deleted\x18\x11 \x01(\x0b\x32\".hanzo.registry.v1.ManifestDeletedH\x00\x12\x34\n\x0btag_updated\x18\x12 \x01(\x0b\x32\x1d.hanzo.registry.v1.TagUpdatedH\x00\x12\x34\n\x0btag_deleted\x18\x13 \x01(\x0b\x32\x1d.hanzo.registry.v1.TagDeletedH\x00\x12\x36\n\x0c\x62lob_deleted\x18\x14 \x01(\x0b\x32\x1e.hanzo.registry.v1.BlobDeletedH\x00\x12:\n\x0escan_completed\x18\x15 \x01(\x0b\x32 .hanzo.registry.v1.ScanCompletedH\x00\x12\x42\n\x12signature_verified\x18\x16 \x01(\x0b\x32$.hanzo.registry.v1.SignatureVerifiedH\x00\x12H\n\x15replication_completed\x18\x17 \x01(\x0b\x32\'.hanzo.registry.v1.ReplicationCompletedH\x00\x12=\n\x10gc_run_completed\x18\x18 \x01(\x0b\x32!.hanzo.registry.v1.GcRunCompletedH\x00\x12\x34\n\x0b\x61udit_entry\x18\x19 \x01(\x0b\x32\x1d.hanzo.registry.v1.AuditEntryH\x00\x42\t\n\x07payload\"\xbd\x01\n\x0eManifestPushed\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x16\n\x0esubject_digest\x18\x06 \x01(\t\x12\x15\n\rartifact_type\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12\x19\n\x11\x63onfig_media_type\x18\t \x01(\t\"\\\n\x0fManifestDeleted\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x16\n\x0esubject_digest\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\"u\n\nTagUpdated\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x17\n\x0fprevious_digest\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06\x66orced\x18\x06 \x01(\x08\"L\n\nTagDeleted\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\"@\n\x0b\x42lobDeleted\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"\x8c\x02\n\rScanCompleted\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0f\n\x07scanner\x18\x03 \x01(\t\x12M\n\x0fseverity_counts\x18\x04 \x03(\x0b\x32\x34.hanzo.registry.v1.ScanCompleted.SeverityCountsEntry\x12\x11\n\treport_id\x18\x05 \x01(\t\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.hanzo.registry.v1.ScanStatus\x1a\x35\n\x13SeverityCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xb7\x01\n\x11SignatureVerified\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x18\n\x10signature_digest\x18\x03 \x01(\t\x12\x32\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\".hanzo.registry.v1.SignatureFormat\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x10\n\x08verified\x18\x06 \x01(\x08\x12\x0e\n\x06reason\x18\x07 \x01(\t\"\xcc\x01\n\x14ReplicationCompleted\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x17\n\x0fsource_registry\x18\x02 \x01(\t\x12\x17\n\x0ftarget_registry\x18\x03 \x01(\t\x12\x12\n\nrepository\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\x12\x34\n\x06status\x18\x06 \x01(\x0e\x32$.hanzo.registry.v1.ReplicationStatus\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x0b\n\x03tag\x18\x08 \x01(\t\"\xd9\x01\n\x0eGcRunCompleted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rblobs_deleted\x18\x02 \x01(\x04\x12\x13\n\x0b\x62ytes_freed\x18\x03 \x01(\x04\x12\x19\n\x11manifests_deleted\x18\x04 \x01(\x04\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf1\x01\n\nAuditEntry\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12\x30\n\x07outcome\x18\x04 \x01(\x0e\x32\x1f.hanzo.registry.v1.AuditOutcome\x12\x16\n\x0esource_address\x18\x05 \x01(\t\x12\x39\n\x06\x64\x65tail\x18\x06 \x03(\x0b\x32).hanzo.registry.v1.AuditEntry.DetailEntry\x1a-\n\x0b\x44\x65tailEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*y\n\nScanStatus\x12\x1b\n\x17SCAN_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SCAN_STATUS_SUCCEEDED\x10\x01\x12\x16\n\x12SCAN_STATUS_FAILED\x10\x02\x12\x1b\n\x17SCAN_STATUS_UNSUPPORTED\x10\x03*o\n\x0fSignatureFormat\x12 \n\x1cSIGNATURE_FORMAT_UNSPECIFIED\x10\x00\x12\x1b\n\x17SIGNATURE_FORMAT_COSIGN\x10\x01\x12\x1d\n\x19SIGNATURE_FORMAT_NOTATION\x10\x02*\x98\x01\n\x11ReplicationStatus\x12\"\n\x1eREPLICATION_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cREPLICATION_STATUS_SUCCEEDED\x10\x01\x12\x1d\n\x19REPLICATION_STATUS_FAILED\x10\x02\x12\x1e\n\x1aREPLICATION_STATUS_SKIPPED\x10\x03*}\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_SUCCESS\x10\x01\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x02\x12\x19\n\x15\x41UDIT_OUTCOME_FAILURE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehanzo/registry/v1/events.proto\x12\x11hanzo.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x06\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eschema_version\x18\x04 \x01(\r\x12\x13\n\x0btraceparent\x18\x05 \x01(\t\x12\x12\n\ntracestate\x18\x06 \x01(\t\x12\x12\n\nrepository\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12<\n\x0fmanifest_pushed\x18\x10 \x01(\x0b\x32!.hanzo.registry.v1.ManifestPushedH\x00\x12>\n\x10manifest_deleted\x18\x11 \x01(\x0b\x32\".hanzo.registry.v1.ManifestDeletedH\x00\x12\x34\n\x0btag_updated\x18\x12 \x01(\x0b\x32\x1d.hanzo.registry.v1.TagUpdatedH\x00\x12\x34\n\x0btag_deleted\x18\x13 \x01(\x0b\x32\x1d.hanzo.registry.v1.TagDeletedH\x00\x12\x36\n\x0c\x62lob_deleted\x18\x14 \x01(\x0b\x32\x1e.hanzo.registry.v1.BlobDeletedH\x00\x12:\n\x0escan_completed\x18\x15 \x01(\x0b\x32 .hanzo.registry.v1.ScanCompletedH\x00\x12\x42\n\x12signature_verified\x18\x16 \x01(\x0b\x32$.hanzo.registry.v1.SignatureVerifiedH\x00\x12H\n\x15replication_completed\x18\x17 \x01(\x0b\x32\'.hanzo.registry.v1.ReplicationCompletedH\x00\x12=\n\x10gc_run_completed\x18\x18 \x01(\x0b\x32!.hanzo.registry.v1.GcRunCompletedH\x00\x12\x34\n\x0b\x61udit_entry\x18\x19 \x01(\x0b\x32\x1d.hanzo.registry.v1.AuditEntryH\x00\x12:\n\x0epolicy_changed\x18\x1a \x01(\x0b\x32 .hanzo.registry.v1.PolicyChangedH\x00\x42\t\n\x07payload\"\xbd\x01\n\x0eManifestPushed\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x16\n\x0esubject_digest\x18\x06 \x01(\t\x12\x15\n\rartifact_type\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12\x19\n\x11\x63onfig_media_type\x18\t \x01(\t\"\\\n\x0fManifestDeleted\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x16\n\x0esubject_digest\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\"u\n\nTagUpdated\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x17\n\x0fprevious_digest\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06\x66orced\x18\x06 \x01(\x08\"L\n\nTagDeleted\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\"@\n\x0b\x42lobDeleted\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"\x8c\x02\n\rScanCompleted\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0f\n\x07scanner\x18\x03 \x01(\t\x12M\n\x0fseverity_counts\x18\x04 \x03(\x0b\x32\x34.hanzo.registry.v1.ScanCompleted.SeverityCountsEntry\x12\x11\n\treport_id\x18\x05 \x01(\t\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.hanzo.registry.v1.ScanStatus\x1a\x35\n\x13SeverityCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xb7\x01\n\x11SignatureVerified\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x18\n\x10signature_digest\x18\x03 \x01(\t\x12\x32\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\".hanzo.registry.v1.SignatureFormat\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x10\n\x08verified\x18\x06 \x01(\x08\x12\x0e\n\x06reason\x18\x07 \x01(\t\"\xcc\x01\n\x14ReplicationCompleted\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x17\n\x0fsource_registry\x18\x02 \x01(\t\x12\x17\n\x0ftarget_registry\x18\x03 \x01(\t\x12\x12\n\nrepository\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\x12\x34\n\x06status\x18\x06 \x01(\x0e\x32$.hanzo.registry.v1.ReplicationStatus\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x0b\n\x03tag\x18\x08 \x01(\t\"\xd9\x01\n\x0eGcRunCompleted\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rblobs_deleted\x18\x02 \x01(\x04\x12\x13\n\x0b\x62ytes_freed\x18\x03 \x01(\x04\x12\x19\n\x11manifests_deleted\x18\x04 \x01(\x04\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf1\x01\n\nAuditEntry\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12\x30\n\x07outcome\x18\x04 \x01(\x0e\x32\x1f.hanzo.registry.v1.AuditOutcome\x12\x16\n\x0esource_address\x18\x05 \x01(\t\x12\x39\n\x06\x64\x65tail\x18\x06 \x03(\x0b\x32).hanzo.registry.v1.AuditEntry.DetailEntry\x1a-\n\x0b\x44\x65tailEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"V\n\rPolicyChanged\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x04 \x01(\x08*y\n\nScanStatus\x12\x1b\n\x17SCAN_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SCAN_STATUS_SUCCEEDED\x10\x01\x12\x16\n\x12SCAN_STATUS_FAILED\x10\x02\x12\x1b\n\x17SCAN_STATUS_UNSUPPORTED\x10\x03*o\n\x0fSignatureFormat\x12 \n\x1cSIGNATURE_FORMAT_UNSPECIFIED\x10\x00\x12\x1b\n\x17SIGNATURE_FORMAT_COSIGN\x10\x01\x12\x1d\n\x19SIGNATURE_FORMAT_NOTATION\x10\x02*\x98\x01\n\x11ReplicationStatus\x12\"\n\x1eREPLICATION_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cREPLICATION_STATUS_SUCCEEDED\x10\x01\x12\x1d\n\x19REPLICATION_STATUS_FAILED\x10\x02\x12\x1e\n\x1aREPLICATION_STATUS_SKIPPED\x10\x03*}\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_SUCCESS\x10\x01\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x02\x12\x19\n\x15\x41UDIT_OUTCOME_FAILURE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,38 +36,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCANCOMPLETED_SEVERITYCOUNTSENTRY']._serialized_options = b'8\001'
   _globals['_AUDITENTRY_DETAILENTRY']._loaded_options = None
   _globals['_AUDITENTRY_DETAILENTRY']._serialized_options = b'8\001'
-  _globals['_SCANSTATUS']._serialized_start=2564
-  _globals['_SCANSTATUS']._serialized_end=2685
-  _globals['_SIGNATUREFORMAT']._serialized_start=2687
-  _globals['_SIGNATUREFORMAT']._serialized_end=2798
-  _globals['_REPLICATIONSTATUS']._serialized_start=2801
-  _globals['_REPLICATIONSTATUS']._serialized_end=2953
-  _globals['_AUDITOUTCOME']._serialized_start=2955
-  _globals['_AUDITOUTCOME']._serialized_end=3080
+  _globals['_SCANSTATUS']._serialized_start=2712
+  _globals['_SCANSTATUS']._serialized_end=2833
+  _globals['_SIGNATUREFORMAT']._serialized_start=2835
+  _globals['_SIGNATUREFORMAT']._serialized_end=2946
+  _globals['_REPLICATIONSTATUS']._serialized_start=2949
+  _globals['_REPLICATIONSTATUS']._serialized_end=3101
+  _globals['_AUDITOUTCOME']._serialized_start=3103
+  _globals['_AUDITOUTCOME']._serialized_end=3228
   _globals['_ENVELOPE']._serialized_start=87
-  _globals['_ENVELOPE']._serialized_end=885
-  _globals['_MANIFESTPUSHED']._serialized_start=888
-  _globals['_MANIFESTPUSHED']._serialized_end=1077
-  _globals['_MANIFESTDELETED']._serialized_start=1079
-  _globals['_MANIFESTDELETED']._serialized_end=1171
-  _globals['_TAGUPDATED']._serialized_start=1173
-  _globals['_TAGUPDATED']._serialized_end=1290
-  _globals['_TAGDELETED']._serialized_start=1292
-  _globals['_TAGDELETED']._serialized_end=1368
-  _globals['_BLOBDELETED']._serialized_start=1370
-  _globals['_BLOBDELETED']._serialized_end=1434
-  _globals['_SCANCOMPLETED']._serialized_start=1437
-  _globals['_SCANCOMPLETED']._serialized_end=1705
-  _globals['_SCANCOMPLETED_SEVERITYCOUNTSENTRY']._serialized_start=1652
-  _globals['_SCANCOMPLETED_SEVERITYCOUNTSENTRY']._serialized_end=1705
-  _globals['_SIGNATUREVERIFIED']._serialized_start=1708
-  _globals['_SIGNATUREVERIFIED']._serialized_end=1891
-  _globals['_REPLICATIONCOMPLETED']._serialized_start=1894
-  _globals['_REPLICATIONCOMPLETED']._serialized_end=2098
-  _globals['_GCRUNCOMPLETED']._serialized_start=2101
-  _globals['_GCRUNCOMPLETED']._serialized_end=2318
-  _globals['_AUDITENTRY']._serialized_start=2321
-  _globals['_AUDITENTRY']._serialized_end=2562
-  _globals['_AUDITENTRY_DETAILENTRY']._serialized_start=2517
-  _globals['_AUDITENTRY_DETAILENTRY']._serialized_end=2562
+  _globals['_ENVELOPE']._serialized_end=945
+  _globals['_MANIFESTPUSHED']._serialized_start=948
+  _globals['_MANIFESTPUSHED']._serialized_end=1137
+  _globals['_MANIFESTDELETED']._serialized_start=1139
+  _globals['_MANIFESTDELETED']._serialized_end=1231
+  _globals['_TAGUPDATED']._serialized_start=1233
+  _globals['_TAGUPDATED']._serialized_end=1350
+  _globals['_TAGDELETED']._serialized_start=1352
+  _globals['_TAGDELETED']._serialized_end=1428
+  _globals['_BLOBDELETED']._serialized_start=1430
+  _globals['_BLOBDELETED']._serialized_end=1494
+  _globals['_SCANCOMPLETED']._serialized_start=1497
+  _globals['_SCANCOMPLETED']._serialized_end=1765
+  _globals['_SCANCOMPLETED_SEVERITYCOUNTSENTRY']._serialized_start=1712
+  _globals['_SCANCOMPLETED_SEVERITYCOUNTSENTRY']._serialized_end=1765
+  _globals['_SIGNATUREVERIFIED']._serialized_start=1768
+  _globals['_SIGNATUREVERIFIED']._serialized_end=1951
+  _globals['_REPLICATIONCOMPLETED']._serialized_start=1954
+  _globals['_REPLICATIONCOMPLETED']._serialized_end=2158
+  _globals['_GCRUNCOMPLETED']._serialized_start=2161
+  _globals['_GCRUNCOMPLETED']._serialized_end=2378
+  _globals['_AUDITENTRY']._serialized_start=2381
+  _globals['_AUDITENTRY']._serialized_end=2622
+  _globals['_AUDITENTRY_DETAILENTRY']._serialized_start=2577
+  _globals['_AUDITENTRY_DETAILENTRY']._serialized_end=2622
+  _globals['_POLICYCHANGED']._serialized_start=2624
+  _globals['_POLICYCHANGED']._serialized_end=2710
 # @@protoc_insertion_point(module_scope)

@@ -53,7 +53,7 @@ AUDIT_OUTCOME_DENIED: AuditOutcome
 AUDIT_OUTCOME_FAILURE: AuditOutcome
 
 class Envelope(_message.Message):
-    __slots__ = ("id", "type", "time", "schema_version", "traceparent", "tracestate", "repository", "actor", "manifest_pushed", "manifest_deleted", "tag_updated", "tag_deleted", "blob_deleted", "scan_completed", "signature_verified", "replication_completed", "gc_run_completed", "audit_entry")
+    __slots__ = ("id", "type", "time", "schema_version", "traceparent", "tracestate", "repository", "actor", "manifest_pushed", "manifest_deleted", "tag_updated", "tag_deleted", "blob_deleted", "scan_completed", "signature_verified", "replication_completed", "gc_run_completed", "audit_entry", "policy_changed")
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class Envelope(_message.Message):
     REPLICATION_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     GC_RUN_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ENTRY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_CHANGED_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: str
     time: _timestamp_pb2.Timestamp
@@ -90,7 +91,8 @@ class Envelope(_message.Message):
     replication_completed: ReplicationCompleted
     gc_run_completed: GcRunCompleted
     audit_entry: AuditEntry
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schema_version: _Optional[int] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ..., repository: _Optional[str] = ..., actor: _Optional[str] = ..., manifest_pushed: _Optional[_Union[ManifestPushed, _Mapping]] = ..., manifest_deleted: _Optional[_Union[ManifestDeleted, _Mapping]] = ..., tag_updated: _Optional[_Union[TagUpdated, _Mapping]] = ..., tag_deleted: _Optional[_Union[TagDeleted, _Mapping]] = ..., blob_deleted: _Optional[_Union[BlobDeleted, _Mapping]] = ..., scan_completed: _Optional[_Union[ScanCompleted, _Mapping]] = ..., signature_verified: _Optional[_Union[SignatureVerified, _Mapping]] = ..., replication_completed: _Optional[_Union[ReplicationCompleted, _Mapping]] = ..., gc_run_completed: _Optional[_Union[GcRunCompleted, _Mapping]] = ..., audit_entry: _Optional[_Union[AuditEntry, _Mapping]] = ...) -> None: ...
+    policy_changed: PolicyChanged
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schema_version: _Optional[int] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ..., repository: _Optional[str] = ..., actor: _Optional[str] = ..., manifest_pushed: _Optional[_Union[ManifestPushed, _Mapping]] = ..., manifest_deleted: _Optional[_Union[ManifestDeleted, _Mapping]] = ..., tag_updated: _Optional[_Union[TagUpdated, _Mapping]] = ..., tag_deleted: _Optional[_Union[TagDeleted, _Mapping]] = ..., blob_deleted: _Optional[_Union[BlobDeleted, _Mapping]] = ..., scan_completed: _Optional[_Union[ScanCompleted, _Mapping]] = ..., signature_verified: _Optional[_Union[SignatureVerified, _Mapping]] = ..., replication_completed: _Optional[_Union[ReplicationCompleted, _Mapping]] = ..., gc_run_completed: _Optional[_Union[GcRunCompleted, _Mapping]] = ..., audit_entry: _Optional[_Union[AuditEntry, _Mapping]] = ..., policy_changed: _Optional[_Union[PolicyChanged, _Mapping]] = ...) -> None: ...
 
 class ManifestPushed(_message.Message):
     __slots__ = ("repository", "digest", "media_type", "size", "tags", "subject_digest", "artifact_type", "actor", "config_media_type")
@@ -265,3 +267,15 @@ class AuditEntry(_message.Message):
     source_address: str
     detail: _containers.ScalarMap[str, str]
     def __init__(self, actor: _Optional[str] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., outcome: _Optional[_Union[AuditOutcome, str]] = ..., source_address: _Optional[str] = ..., detail: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PolicyChanged(_message.Message):
+    __slots__ = ("namespace", "repository", "actor", "deleted")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    repository: str
+    actor: str
+    deleted: bool
+    def __init__(self, namespace: _Optional[str] = ..., repository: _Optional[str] = ..., actor: _Optional[str] = ..., deleted: _Optional[bool] = ...) -> None: ...
