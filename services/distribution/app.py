@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from services.core.bootstrap import Container
+from services.core.content.registry import Registry
 from services.core.runtime import add_ops_routes, dependency_probes
 from services.distribution import oci_api
 from services.distribution.access import AccessControl
@@ -18,7 +19,6 @@ from services.distribution.forwarded import forwarded_middleware
 from services.distribution.keys import ACCESS, METRICS, REGISTRY, SETTINGS
 from services.distribution.management import add_management_routes
 from services.distribution.middleware import errors_middleware, telemetry_middleware
-from services.distribution.registry import Registry
 
 
 def build_registry(c: Container) -> Registry:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from services.core.content.registry import Registry
 from services.core.settings import Settings
 from services.core.telemetry import Metrics
 from services.distribution.access import AccessControl
-from services.distribution.registry import Registry
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", Registry)

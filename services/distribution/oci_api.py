@@ -10,6 +10,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 from multidict import CIMultiDict
 
+from services.core.content.registry import Registry
 from services.core.errors import (
     DeniedError,
     DigestInvalidError,
@@ -29,7 +30,6 @@ from services.core.oci.ranges import parse_content_range, parse_range_header
 from services.core.storage.blobs import BlobPresigner, LocalBlobFiles
 from services.distribution.access import DELETE, PULL, PUSH, AccessControl, Principal
 from services.distribution.keys import ACCESS, AUDIT_DETAIL, METRICS, REGISTRY, SETTINGS
-from services.distribution.registry import Registry
 from services.distribution.sendfile import send_file
 
 CHUNK = 1 << 20

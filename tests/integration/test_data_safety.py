@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from services.core.content.registry import Registry
 from services.core.errors import ConflictError
 from services.core.events import outbox as outbox_module
 from services.core.events.envelope import decode
@@ -15,7 +16,6 @@ from services.core.oci.digest import Digest
 from services.core.oci.names import RepositoryName, Tag
 from services.core.storage.meta import TagRecord
 from services.distribution.keys import REGISTRY
-from services.distribution.registry import Registry
 from tests.integration.conftest import Assembly
 from tests.integration.oci import OCI_MANIFEST, push_image
 from tests.integration.topics import read_topic

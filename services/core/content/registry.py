@@ -1,6 +1,7 @@
-"""Registry logic behind the OCI API: blobs, uploads, manifests, tags, referrers, over the ports.
+"""The registry's content behind the OCI API: blobs, uploads, manifests, tags, referrers, over the ports.
 
-HTTP-free: handlers translate requests into these calls, and errors are typed (services.core.errors).
+HTTP-free: the distribution service's handlers translate requests into these calls, and the other services
+call it directly; errors are typed (services.core.errors).
 Write order is chosen so a crash between any two writes leaves a consistent, repairable state:
 blob bytes before their link, manifest before its tag, events through the outbox with their change.
 """
@@ -10,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from services.core.content import events
 from services.core.errors import (
     BlobUnknownError,
     BlobUploadUnknownError,
@@ -37,7 +39,6 @@ from services.core.policy.tags import tag_immutability
 from services.core.settings import RegistrySettings, TopicSettings
 from services.core.storage.blobs import BlobInfo, BlobPutter, BlobStore
 from services.core.storage.meta import ManifestRecord, MetadataStore, TagRecord
-from services.distribution import events
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,14 @@ class Registry:
         if info is None:
             raise BlobUnknownError(f"blob {digest} is not in repository {repo}")
         return info
+
+    async def read_blob(
+        self, repo: RepositoryName, digest: Digest, *, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream a blob that `repo` links (a digest is reachable only where it is linked)."""
+        await self.linked_blob(repo, digest)
+        async for chunk in self.blobs.read(digest, offset=offset, length=length):
+            yield chunk
 
     async def delete_blob(self, repo: RepositoryName, digest: Digest, *, actor: str) -> None:
         """Unlink the blob from `repo`; the bytes go when GC finds no link left."""
@@ -398,9 +407,12 @@ class Registry:
             raise NameUnknownError(f"repository {repo} is not known to this registry")
         return await self.meta.list_tags(str(repo), after=after, limit=limit)
 
-    async def referrers(self, repo: RepositoryName, subject: Digest, *, artifact_type: str | None) -> bytes:
+    async def referrer_descriptors(
+        self, repo: RepositoryName, subject: Digest, *, artifact_type: str | None = None
+    ) -> list[ReferrerDescriptor]:
+        """The manifests of `repo` whose subject is `subject`, oldest first, filtered by `artifact_type`."""
         records = await self.meta.referrers(str(repo), subject)
-        descriptors = [
+        return [
             ReferrerDescriptor(
                 media_type=r.media_type,
                 digest=r.digest,
@@ -411,7 +423,10 @@ class Registry:
             for r in sorted(records, key=lambda r: (r.created, str(r.digest)))
             if artifact_type is None or r.artifact_type == artifact_type
         ]
-        return build_referrers_index(descriptors)
+
+    async def referrers(self, repo: RepositoryName, subject: Digest, *, artifact_type: str | None) -> bytes:
+        """The referrers API's answer: an image index of `referrer_descriptors`."""
+        return build_referrers_index(await self.referrer_descriptors(repo, subject, artifact_type=artifact_type))
 
     # helpers
 

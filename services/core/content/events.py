@@ -1,4 +1,4 @@
-"""The events the distribution service emits, built as protobuf envelopes for the outbox."""
+"""The events of content changes (manifests, tags, blobs), built as protobuf envelopes for the outbox."""
 
 from __future__ import annotations
 
