@@ -88,8 +88,20 @@ def http_addr_setting(settings: Settings, services: Sequence[str]) -> tuple[str,
 
 
 def bind(settings: Settings, services: Sequence[str]) -> list[socket.socket]:
-    """The bound, listening HTTP sockets; StartupError when the address cannot be had."""
-    addr, setting = http_addr_setting(settings, services)
+    """The bound, listening HTTP sockets; StartupError when the address (or a fixed gRPC port) cannot be had."""
+    sockets = _bind(*http_addr_setting(settings, services))
+    if settings.server.grpc_addr.rpartition(":")[2] != "0" and services != ["distribution"]:
+        try:
+            for sock in _bind(settings.server.grpc_addr, "server.grpc_addr"):
+                sock.close()  # gRPC binds it itself, a moment later
+        except StartupError:
+            for sock in sockets:
+                sock.close()
+            raise
+    return sockets
+
+
+def _bind(addr: str, setting: str) -> list[socket.socket]:
     name = _named(setting)
     try:
         return bind_http(addr)
