@@ -156,3 +156,10 @@ def test_check_config_passes_when_serve_would_start(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["addr"].startswith("127.0.0.1:")
     assert not (tmp_path / "data").exists()
+
+
+def test_a_fixed_grpc_port_in_use_is_found_first(tmp_path: Path, busy_port: int) -> None:
+    env = _env(tmp_path / "data", HANZO_REGISTRY_SERVER__GRPC_ADDR=f"127.0.0.1:{busy_port}")
+    proc = _run("serve", env, tmp_path)
+    assert proc.returncode == 2 and "HANZO_REGISTRY_SERVER__GRPC_ADDR" in proc.stderr, proc.stderr
+    assert not (tmp_path / "data").exists()
