@@ -20,6 +20,7 @@ from opentelemetry import trace
 from services.core.bootstrap import Container
 from services.core.events.envelope import EnvelopeDecodeError, decode
 from services.core.events.log import Delivery, EventLog, LagReporting, Subscription, TopicAdmin
+from services.core.halfclose import answer_half_closed_requests
 from services.core.proto.hanzo.registry.v1 import events_pb2
 from services.core.settings import ConsumerSettings
 from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index
@@ -288,6 +289,7 @@ async def start_http(
     ssl_context: ssl.SSLContext | None = None,
 ) -> web.AppRunner:
     """Serve `app` on `sockets` (from bind_http), or else on `addr`, over TLS with `ssl_context`."""
+    answer_half_closed_requests()
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     if not sockets:

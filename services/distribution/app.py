@@ -9,6 +9,7 @@ from aiohttp import web
 
 from services.core.bootstrap import Container
 from services.core.content.registry import Registry
+from services.core.halfclose import answer_half_closed_requests
 from services.core.runtime import add_ops_routes, dependency_probes
 from services.distribution import oci_api
 from services.distribution.access import AccessControl
@@ -58,6 +59,7 @@ def create_app(c: Container, *, access: AccessControl, registry: Registry | None
         middlewares.append(access_log_middleware)
     middlewares += [audit_middleware, errors_middleware]
     # No client_max_size: blob bodies stream through request.content and are never buffered whole.
+    answer_half_closed_requests()
     app = web.Application(middlewares=middlewares, client_max_size=1 << 62)
     app[SETTINGS] = c.settings
     app[REGISTRY] = registry or build_registry(c)
