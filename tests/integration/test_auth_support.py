@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from services.core.auth.apikeys import generate_key
-from services.distribution.openapi import openapi_document
+from services.distribution.management import openapi_document
 from tests.integration.conftest import Assembly
 
 
@@ -38,23 +39,24 @@ _DOC = openapi_document()
 _REGISTRY: Registry[Any] = Registry().with_resource("urn:hzr", DRAFT202012.create_resource(_DOC))
 
 
+def _template_regex(template: str) -> re.Pattern[str]:
+    """{repository} and {grant} may hold slashes (they are routed as {name:.+}); other parameters may not."""
+    out = ""
+    for part in re.split(r"(\{[^}]+\})", template):
+        if part.startswith("{"):
+            out += ".+" if part in ("{repository}", "{grant}") else "[^/]+"
+        else:
+            out += re.escape(part)
+    return re.compile(out)
+
+
 def _operation(method: str, path: str) -> tuple[str, dict[str, Any]]:
     """The documented operation for a concrete path (template match, fixed segments first)."""
-    parts = path.split("?")[0].rstrip("/").split("/")
+    concrete = path.split("?")[0].rstrip("/")
     candidates = []
     for template, item in _DOC["paths"].items():
-        tparts = template.split("/")
-        if method.lower() not in item:
-            continue
-        if template.endswith("{grant}") and len(parts) >= len(tparts):
-            head = parts[: len(tparts) - 1]
-            ok = all(t.startswith("{") or t == p for t, p in zip(tparts[:-1], head, strict=True))
-        elif len(tparts) == len(parts):
-            ok = all(t.startswith("{") or t == p for t, p in zip(tparts, parts, strict=True))
-        else:
-            ok = False
-        if ok:
-            candidates.append((sum(1 for t in tparts if t.startswith("{")), template))
+        if method.lower() in item and _template_regex(template).fullmatch(concrete):
+            candidates.append((template.count("{"), template))
     assert candidates, f"{method} {path} is not documented"
     template = min(candidates)[1]
     return template, _DOC["paths"][template][method.lower()]
