@@ -82,3 +82,37 @@ async def test_stream_a_linked_blob_with_offset_and_length(assembly: Assembly) -
     with pytest.raises(BlobUnknownError):
         _ = [c async for c in registry.read_blob(RepositoryName("content/elsewhere"), layer)]
     assert digest
+
+
+async def test_delete_a_repository_with_everything_in_it(assembly: Assembly) -> None:
+    from services.core.content.repositories import delete_repository
+    from services.core.errors import NameUnknownError, TagImmutableError
+
+    registry = _registry(assembly)
+    repo = RepositoryName("content/doomed")
+    index, children = await _push_index(assembly, str(repo))
+    await push_referrer(registry, repo, Digest.parse(index), artifact_type=SBOM,
+                        blobs=[ArtifactBlob(SBOM, b"{}")], actor="scanner")
+    await push_image(assembly.client, str(repo), "2.0.0")
+    await push_image(assembly.client, "content/kept", "v1")
+    resp = await assembly.client.post(f"/v2/{repo}/blobs/uploads/")
+    assert resp.status == 202
+    with pytest.raises(TagImmutableError):
+        await delete_repository(registry, repo, actor="admin")
+    assert await registry.meta.list_tags(str(repo)) == ["2.0.0", "multi"], "nothing is deleted when refused"
+    deleted = await delete_repository(registry, repo, actor="admin", force=True)
+    assert (deleted.manifests, deleted.tags, deleted.uploads) == (5, 2, 1)
+    assert deleted.blobs >= 9
+    catalog = await (await assembly.client.get("/v2/_catalog")).json()
+    assert catalog["repositories"] == ["content/kept"]
+    assert (await assembly.client.get(f"/v2/{repo}/manifests/multi")).status == 404
+    assert (await assembly.client.get(f"/v2/{repo}/manifests/{children[0]}")).status == 404
+    with pytest.raises(NameUnknownError):
+        await delete_repository(registry, repo, actor="admin")
+    # what consumers saw: every manifest deleted
+    from services.core.events.envelope import decode
+    from tests.integration.topics import read_topic
+
+    records = await read_topic(assembly.c.events, assembly.c.settings.topics.manifests, 11, timeout=30, linger=0.5)
+    kinds = [decode(r.value).WhichOneof("payload") for r in records]  # type: ignore[attr-defined]
+    assert kinds.count("manifest_deleted") == 5
