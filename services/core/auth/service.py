@@ -55,6 +55,7 @@ from services.core.errors import ConflictError
 from services.core.events.outbox import Operation, Outbox
 from services.core.settings import AuthSettings, TopicSettings
 from services.core.storage.documents import DuplicateKeyError
+from services.core.telemetry import iso_time
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class KeyRing:
                 )
                 await self._store.add_signing_key(current)
                 live.append(current)
-                log.info("new token signing key %s (signs until %d)", current.kid, int(current.active_until))
+                log.info("new token signing key %s (signs until %s)", current.kid, iso_time(current.active_until))
             self._current = current
             self._remember(live)
             return current
