@@ -13,7 +13,9 @@ from referencing.jsonschema import DRAFT202012
 
 from services.core.auth.ratelimit import FailureLimiter
 from services.core.events.envelope import decode
-from services.distribution.management import openapi_document
+from services.distribution.management import ROUTES, openapi_document
+from services.distribution.management_api import Requirement, route_of
+from services.distribution.management_models import MAX_KEY_LIFETIME
 from tests.integration.conftest import Assembly
 from tests.integration.test_auth_oci import Authed, token_access
 from tests.integration.test_auth_support import Api, admin_key, basic, bearer, grant, new_user
@@ -33,6 +35,56 @@ async def test_openapi_document_is_valid_and_served(auth_assembly: Assembly) -> 
               if r.resource is not None and r.resource.canonical.startswith(("/v1/registry", "/token"))}
     assert routes - {"/v1/registry/{tail}"} == set(doc["paths"])
     assert DRAFT202012.create_resource(doc)
+
+
+async def test_every_management_route_declares_its_requirement(auth_assembly: Assembly) -> None:
+    """Each /v1/registry route is made from one route table entry naming who may call it."""
+    seen = set()
+    for route in auth_assembly.client.app.router.routes():  # type: ignore[union-attr]
+        info = route.resource.canonical if route.resource is not None else ""
+        if not info.startswith("/v1/registry"):
+            continue
+        declared = route_of(route.handler)
+        assert declared is not None, f"{route.method} {info} declares no authorization requirement"
+        assert declared.requirement in Requirement
+        seen.add((route.method, declared.template))
+    doc = openapi_document()
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            assert op["x-hanzo-access"] in {r.value for r in Requirement}
+            if path.startswith("/v1/registry"):
+                assert (method.upper(), path) in seen
+    # the security rules of key management, in the table
+    keys = {(r.method, r.path): r.requirement for r in ROUTES if r.path.startswith("/users/{user}/keys")}
+    assert set(keys.values()) == {Requirement.KEY_MANAGER} and len(keys) == 3
+
+
+async def test_request_bodies_are_typed_and_bounded(auth_assembly: Assembly) -> None:
+    admin = Api(auth_assembly.client, bearer(admin_key(auth_assembly)))
+    keys = "/v1/registry/users/admin/keys"
+    for value in (10**309, 2**64, 0, -1, MAX_KEY_LIFETIME + 1, "3600", True, 1.5):
+        answer = await admin.call("POST", keys, json_body={"expires_in_seconds": value}, expect=400)
+        assert answer["errors"][0]["message"].startswith("field 'expires_in_seconds': "), answer
+        assert answer["errors"][0]["code"] == "INVALID_REQUEST"
+    for raw in (b'{"expires_in_seconds": 1e309}', b'{"expires_in_seconds": NaN}'):
+        answer = await admin.call("POST", keys, raw=raw, expect=400)
+        assert "expires_in_seconds" in answer["errors"][0]["message"]
+    await admin.call("POST", keys, raw=b'{"expires_in_seconds": 1' + b"0" * 5000 + b"}", expect=400)
+    await admin.call("POST", keys, json_body={"expires_in_seconds": MAX_KEY_LIFETIME}, expect=201)
+    for body, field in [({"name": "x" * 201}, "name"), ({"namespaces": ["ml"] * 101}, "namespaces"),
+                        ({"namespaces": [1]}, "namespaces.0"), ({"role": "god"}, "role"),
+                        ({"other": 1}, "other"), ({"name": {"a": [[[]]]}}, "name")]:
+        answer = await admin.call("POST", keys, json_body=body, expect=400)
+        assert answer["errors"][0]["message"].startswith(f"field {field!r}: "), answer
+    # deep nesting, wrong shapes and broken JSON are 400s, never 500s
+    for raw in (b"[" * 60_000, b'{"name": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", b"[]", b"null", b"1", b"{",
+                b"\xff"):
+        await admin.call("POST", keys, raw=raw, expect=400)
+    await admin.call("POST", "/v1/registry/users", json_body={"name": "bob", "admin": "true"}, expect=400)
+    await admin.call("POST", "/v1/registry/ml/permissions", json_body={"role": "reader", "user": "admin",
+                                                                      "team": "x"}, expect=400)
+    await admin.call("GET", "/v1/registry/users?limit=" + "9" * 400, expect=400)
+    await admin.call("GET", "/v1/registry/audit?limit=0", expect=400)
 
 
 async def test_users_teams_keys_and_permissions(auth_assembly: Assembly) -> None:
