@@ -3,7 +3,11 @@ process: no request may produce a 5xx, and every response must match the documen
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -29,7 +34,10 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProce
         yield reg
 
 
-def test_management_api_matches_its_document(registry: RegistryProcess) -> None:
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_management_api_matches_its_document(registry: RegistryProcess, mode: GenerationMode) -> None:
+    """Valid requests (positive) and requests that break the document (negative: wrong types, values out of
+    bounds, unknown fields) both get documented answers, never a 5xx."""
     # Driven from a plain test: schemathesis' pytest plugin does not run under pytest 9 yet.
     api = schemathesis.openapi.from_url(f"http://{registry.addr}/v1/registry/openapi.json")
     operations = [result.ok() for result in api.get_all_operations()]
@@ -38,7 +46,7 @@ def test_management_api_matches_its_document(registry: RegistryProcess) -> None:
 
     for operation in operations:
 
-        @given(case=operation.as_strategy())
+        @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
         def exercise(case: schemathesis.Case) -> None:
             nonlocal calls
@@ -56,3 +64,39 @@ def test_management_api_matches_its_document(registry: RegistryProcess) -> None:
 
         exercise()
     assert calls >= len(operations)
+
+
+def _bodies() -> list[tuple[str, bytes]]:
+    deep = b"[" * 60_000 + b"]" * 60_000
+    return [
+        ("a huge integer", b'{"expires_in_seconds": 1' + b"0" * 309 + b', "retention": {"keep_last": 1' + b"0" * 309
+         + b"}}"),
+        ("a huge float", b'{"expires_in_seconds": 1e309, "public": 1e309}'),
+        ("NaN", b'{"expires_in_seconds": NaN, "public": NaN}'),
+        ("more digits than Python reads", b'{"limit": 1' + b"0" * 5000 + b"}"),
+        ("a deeply nested array", deep),
+        ("a deeply nested field", b'{"name": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"),
+        ("a deeply nested object", b'{"a":' * 10_000 + b"1" + b"}" * 10_000),
+    ]
+
+
+def test_huge_numbers_and_deep_nesting_are_refused(registry: RegistryProcess) -> None:
+    """Every operation with a JSON body answers 400 (never 5xx) to huge numbers and deeply nested JSON."""
+    doc = json.loads(urllib.request.urlopen(f"http://{registry.addr}/v1/registry/openapi.json").read())
+    tried = 0
+    for template, item in doc["paths"].items():
+        for method, op in item.items():
+            if "application/json" not in op.get("requestBody", {}).get("content", {}):
+                continue
+            path = re.sub(r"\{[^}]+\}", lambda m: "ml/app" if m.group(0) == "{repository}" else "ml", template)
+            for what, body in _bodies():
+                request = urllib.request.Request(
+                    f"http://{registry.addr}{path}", data=body, method=method.upper(),
+                    headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"})
+                try:
+                    status = urllib.request.urlopen(request).status
+                except urllib.error.HTTPError as exc:
+                    status = exc.code
+                assert status == 400, f"{method.upper()} {template} with {what}: {status}"
+                tried += 1
+    assert tried >= 7 * 8
