@@ -1,4 +1,5 @@
-"""The `hanzo-registry` command: `serve` (all-in-one), one service per process, `check-config`, and `tag`."""
+"""The `hanzo-registry` command: `serve` (all-in-one), one service per process, `check-config`, `tag` and
+`policy`."""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ SERVICES = ("distribution", "scanner", "signer", "gc", "replicator")
 EXIT_CODES = """\
 exit codes:
   0  done (a server: stopped cleanly on SIGTERM or Ctrl-C)
-  1  tag: the registry refused the request (its error is printed)
+  1  tag, policy: the registry refused the request (its error is printed)
   2  bad usage or configuration, or a server that cannot start: a bad setting, a port in use, a data
      directory it cannot write, a backend that does not answer, a TLS file that does not load; one line
      on stderr names the setting and the fix
-  3  tag: the registry cannot be reached
+  3  tag, policy: the registry cannot be reached
 """
 
 
@@ -64,7 +65,39 @@ def _parser() -> argparse.ArgumentParser:
     tag_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
     tag_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
     tag_cmd.add_argument("--force", action="store_true", help="move an immutable tag (admins only)")
+    policy_cmd = sub.add_parser(
+        "policy",
+        help="get, set or remove the policy document (.hanzo/registry.yaml) of a namespace or repository",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    policy_cmd.add_argument("action", choices=["get", "set", "rm"])
+    policy_cmd.add_argument("name", metavar="NAMESPACE[/REPOSITORY]")
+    policy_cmd.add_argument("file", nargs="?", help="set: the YAML (or JSON) document; - or none: stdin")
+    policy_cmd.add_argument("--effective", action="store_true",
+                            help="get: the policy in force for a repository (default <- namespace <- repository)")
+    policy_cmd.add_argument("--registry", help="as for tag")
+    policy_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
+    policy_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
     return parser
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from services.cli import policy
+    from services.cli import tag as tag_command
+
+    try:
+        target = tag_command.target_from(args.registry, args.user, args.key)
+        if args.action == "get":
+            print(policy.get(target, args.name, effective=args.effective), end="")
+        elif args.action == "set":
+            print(policy.put(target, args.name, policy.read_document(args.file)), end="")
+        else:
+            policy.remove(target, args.name)
+    except tag_command.TagCommandError as exc:
+        print(f"hanzo-registry policy: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
 
 
 def _tag(args: argparse.Namespace) -> int:
@@ -195,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "tag":
         return _tag(args)
+    if args.command == "policy":
+        return _policy(args)
     from services.core.settings import SettingsError, load_settings
 
     try:
