@@ -176,6 +176,11 @@ class RegistrySettings(_Section):
         description="Immutable-tag rules, first match wins; default: semver and sha-<hex> tags are immutable",
     )
     public_base_url: str = Field("", description="External URL of the registry; default: from the request")
+    pull_gate_cache_seconds: float = Field(
+        5.0, ge=0, le=3600,
+        description="How long a pull gate's decision (and a repository's effective policy) is reused; other "
+        "replicas see a policy, scan or signature change within this time",
+    )
 
 
 class PolicySettings(_Section):

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import Any
 
 from aiohttp import web
 
 from services.core.bootstrap import Container
+from services.core.content.graph import indexes_listing
 from services.core.content.registry import Registry
 from services.core.halfclose import answer_half_closed_requests
+from services.core.policy.document import PolicyDocument
+from services.core.policy.gates import PullGates
+from services.core.policy.merge import effective
+from services.core.policy.store import PolicyStore, PolicyTarget
 from services.core.runtime import add_ops_routes, dependency_probes
+from services.core.storage.meta import ManifestRecord
 from services.distribution import oci_api
 from services.distribution.access import AccessControl
 from services.distribution.accesslog import access_log_middleware
 from services.distribution.auth_access import TokenAccess, audit_middleware
 from services.distribution.auth_token import add_token_routes
 from services.distribution.forwarded import forwarded_middleware
-from services.distribution.keys import ACCESS, METRICS, REGISTRY, SETTINGS
+from services.distribution.keys import ACCESS, GATES, METRICS, REGISTRY, SETTINGS
 from services.distribution.management import add_management_routes
 from services.distribution.middleware import errors_middleware, telemetry_middleware
 
@@ -30,6 +37,30 @@ def build_registry(c: Container) -> Registry:
         settings=c.settings.registry,
         topics=c.settings.topics,
     )
+
+
+def build_gates(c: Container) -> PullGates:
+    """The pull gates after repository access; the scan and signature gates are added by their services'
+    issues. Policies are read from metadata (default <- namespace <- repository) and cached with the decisions."""
+    store = PolicyStore(c.docs)
+    default = c.settings.policy.default
+
+    async def policies(namespace: str, repository: str) -> PolicyDocument:
+        ns = await store.get(PolicyTarget(namespace))
+        repo = await store.get(PolicyTarget(namespace, repository))
+        return effective(default, namespace=ns.document if ns else None, repository=repo.document if repo else None)
+
+    async def parents(repository: str, manifest: ManifestRecord) -> list[ManifestRecord]:
+        return await indexes_listing(c.meta, repository, manifest)
+
+    return PullGates([], policies, parents, ttl_seconds=c.settings.registry.pull_gate_cache_seconds)
+
+
+def _setup_policies(c: Container) -> Callable[[web.Application], Awaitable[None]]:
+    async def setup(app: web.Application) -> None:
+        await PolicyStore(c.docs).setup()
+
+    return setup
 
 
 def version() -> str:
@@ -65,6 +96,8 @@ def create_app(c: Container, *, access: AccessControl, registry: Registry | None
     app[REGISTRY] = registry or build_registry(c)
     app[ACCESS] = access
     app[METRICS] = c.metrics
+    app[GATES] = build_gates(c)
+    app.on_startup.append(_setup_policies(c))
     app.router.add_get("/v2/", oci_api.base)
     app.router.add_get("/v2", oci_api.base)
     app.router.add_get("/v2/_catalog", oci_api.catalog)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.core.content.registry import Registry
+from services.core.policy.gates import PullGates
 from services.core.settings import Settings
 from services.core.telemetry import Metrics
 from services.distribution.access import AccessControl
@@ -13,6 +14,7 @@ SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", Registry)
 ACCESS = web.AppKey("access", AccessControl)
 METRICS = web.AppKey("metrics", Metrics)
+GATES = web.AppKey("pull_gates", PullGates)
 
 AUDIT_DETAIL = web.RequestKey("audit_detail", dict)
 """What a handler adds to the audit entry of its request (e.g. a forced change and what it replaced)."""

@@ -29,7 +29,7 @@ from services.core.oci.names import RepositoryName, Tag, parse_reference
 from services.core.oci.ranges import parse_content_range, parse_range_header
 from services.core.storage.blobs import BlobPresigner, LocalBlobFiles
 from services.distribution.access import DELETE, PULL, PUSH, AccessControl, Principal
-from services.distribution.keys import ACCESS, AUDIT_DETAIL, METRICS, REGISTRY, SETTINGS
+from services.distribution.keys import ACCESS, AUDIT_DETAIL, GATES, METRICS, REGISTRY, SETTINGS
 from services.distribution.sendfile import send_file
 
 CHUNK = 1 << 20
@@ -323,6 +323,7 @@ async def get_manifest(request: web.Request, route: Route) -> web.StreamResponse
     reference = _lookup_reference(repo, route.rest)
     await _allow(request, repo, PULL)
     record = await _registry(request).resolve(repo, reference)
+    await request.app[GATES].check(repo.namespace, str(repo), record)
     if not _accepts(request, record.media_type):
         raise ManifestUnknownError(
             f"manifest {route.rest} of {repo} is a {record.media_type}, which the request's Accept header excludes"

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from services.core.errors import ManifestUnknownError
 from services.core.oci.digest import Digest
 from services.core.oci.manifest import Descriptor, ParsedManifest, parse_manifest
+from services.core.oci.mediatypes import INDEX_TYPES
 from services.core.oci.platform import Platform
-from services.core.storage.meta import ManifestRecord, MetadataStore
+from services.core.storage.meta import MANIFESTS, ManifestRecord, MetadataStore
 
 MAX_DEPTH = 4
 """An index of indexes of images is as deep as real content goes; deeper is refused, not recursed."""
@@ -87,3 +88,21 @@ async def walk(meta: MetadataStore, repository: str, digest: Digest, *, max_byte
             continue
         children.append(node)
     return ManifestNode(record, parsed, platform, tuple(children), tuple(missing))
+
+
+async def indexes_listing(meta: MetadataStore, repository: str, manifest: ManifestRecord, *, page: int = 500
+                          ) -> list[ManifestRecord]:
+    """The indexes of `repository` that list `manifest` as a child (for gates on platform manifests).
+    Reads the repository's indexes page by page; callers cache what they learn."""
+    found: list[ManifestRecord] = []
+    digest = str(manifest.digest)
+    for media_type in sorted(INDEX_TYPES):
+        after: str | None = None
+        while True:
+            docs = await meta.docs.find(MANIFESTS, {"repository": repository, "media_type": media_type},
+                                        after=after, limit=page)
+            found += [ManifestRecord.from_doc(d) for d in docs if digest in (d.get("references") or ())]
+            if len(docs) < page:
+                break
+            after = str(docs[-1]["_id"])
+    return found

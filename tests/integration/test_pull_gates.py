@@ -1,0 +1,68 @@
+"""Pull gates on the HTTP path, both assemblies: a gate plugged in refuses pulls by tag, by digest, HEAD, and
+the platform manifests of a refused index, with 403 DENIED naming the rule; the rest pull as before."""
+
+from __future__ import annotations
+
+import json
+
+from services.core.oci.digest import Digest
+from services.core.policy.document import PolicyDocument, parse_data
+from services.core.policy.gates import Refusal
+from services.core.policy.store import PolicyStore, PolicyTarget
+from services.core.storage.meta import ManifestRecord
+from services.distribution.keys import GATES
+from tests.integration.conftest import Assembly
+from tests.integration.oci import OCI_INDEX, OCI_MANIFEST, error_code, push_image
+
+ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
+
+
+class AnnotationGate:
+    """Refuses manifests annotated `test.refuse` while the policy enables scanning (a stand-in scan gate)."""
+
+    name = "scan"
+
+    def applies(self, policy: PolicyDocument) -> bool:
+        return policy.scan.enabled
+
+    async def check(self, repository: str, manifest: ManifestRecord, policy: PolicyDocument) -> Refusal | None:
+        if "test.refuse" in manifest.annotations:
+            return Refusal("scan", f"scan.severity_gate={policy.scan.severity_gate}", "CVE-2024-3094 (critical)")
+        return None
+
+
+async def test_gates_refuse_pulls_with_a_reason(assembly: Assembly) -> None:
+    client = assembly.client
+    gates = client.app[GATES]  # type: ignore[index]
+    gates.add(AnnotationGate())
+    bad, _ = await push_image(client, "gated/app", "bad", annotations={"test.refuse": "yes"})
+    good, good_manifest = await push_image(client, "gated/app", "good")
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "annotations": {"test.refuse": "yes"},
+                        "manifests": [{"mediaType": OCI_MANIFEST, "digest": good, "size": len(good_manifest),
+                                       "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
+    resp = await client.put("/v2/gated/app/manifests/multi", data=index, headers={"Content-Type": OCI_INDEX})
+    assert resp.status == 201
+    # No policy: nothing is gated.
+    for ref in ("bad", "good", "multi"):
+        assert (await client.get(f"/v2/gated/app/manifests/{ref}", headers=ACCEPT)).status == 200
+    store = PolicyStore(assembly.c.docs)
+    await store.setup()
+    op = store.put_op(PolicyTarget("gated"), parse_data({"scan": {"enabled": True, "severity_gate": "high"}}),
+                      actor="test")
+    await assembly.c.docs.put(op.collection, op.doc)  # type: ignore[union-attr]
+    gates.invalidate(namespace="gated")
+    for method, ref in (("GET", "bad"), ("HEAD", "bad"), ("GET", bad), ("GET", "multi")):
+        resp = await client.request(method, f"/v2/gated/app/manifests/{ref}", headers=ACCEPT)
+        assert resp.status == 403, (method, ref)
+        if method == "GET":
+            body = await resp.json()
+            assert body["errors"][0]["code"] == "DENIED"
+            assert "refused by the scan gate (scan.severity_gate=high): CVE-2024-3094" in body["errors"][0]["message"]
+    # The index's platform manifest, pulled by digest, is refused with the index; by tag it is the same image.
+    resp = await client.get(f"/v2/gated/app/manifests/{good}", headers=ACCEPT)
+    assert resp.status == 403 and await error_code(resp) == "DENIED"
+    assert "platform manifest of the index" in (await resp.json())["errors"][0]["message"]
+    # Another namespace's pulls are untouched.
+    other, _ = await push_image(client, "open/app", "x", annotations={"test.refuse": "yes"})
+    assert (await client.get("/v2/open/app/manifests/x", headers=ACCEPT)).status == 200
+    assert Digest.parse(other)
