@@ -36,6 +36,7 @@ EVENT_TOPICS: Mapping[str, str] = MappingProxyType(
         "manifest_deleted": "manifests",
         "tag_updated": "tags",
         "tag_deleted": "tags",
+        "policy_changed": "manifests",
         "blob_deleted": "blobs",
         "scan_completed": "scans",
         "signature_verified": "signatures",
