@@ -258,6 +258,11 @@ class TokenAccess:
         if p.token is None and needed <= held:
             return
         if p.anonymous:
+            if p.via == "anonymous" and request.method == "HEAD" and needed == {PULL}:
+                # A HEAD is how pushers check what is already there, and clients that take the first
+                # challenge's scope verbatim and keep that token (oras-py) could then never push. The
+                # token endpoint grants only what the caller holds, so offering push here widens nothing.
+                scope = challenge_scope(repository, frozenset({PULL, PUSH}))
             raise self.challenge(request, f"authentication required to {'/'.join(ordered(needed))} {repository}",
                                  scope=scope, error="insufficient_scope" if p.token else None)
         if p.token is not None and needed <= held:

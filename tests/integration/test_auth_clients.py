@@ -213,3 +213,28 @@ def test_failed_logins_are_limited_per_source_address(assembly: str, tmp_path: P
         assert status == 200
         failures = [e for e in page["entries"] if e["outcome"] == "failure"]
         assert len(failures) == 6 and {e["source_address"] for e in failures} == {"127.0.0.1", "127.0.0.3"}
+
+
+def test_oras_python_pushes_and_pulls_with_its_default_token_auth(registry: RegistryProcess, tmp_path: Path) -> None:
+    """oras-py (0.2.x) logs in with Basic, takes a token for the scope of the first challenge (a HEAD of a
+    blob or manifest) and re-sends that token on a later 401; it fetches a new one only after a 403."""
+    import oras.client
+
+    files = images.model_artifact(tmp_path / "model")
+    client = oras.client.OrasClient(hostname=registry.addr, insecure=True)
+    client.login(username="admin", password=admin_key(registry), hostname=registry.addr)
+    target = f"{registry.addr}/oraspy/auth:v1"
+    response = client.push(
+        target,
+        files=[f"{tmp_path / 'model' / name}:{media_type}" for name, media_type in images.MODEL_FILES.items()],
+        disable_path_validation=True,
+        quiet=True,
+    )
+    assert response.status_code == 201, response.text
+    pulled = client.pull(target, outdir=str(tmp_path / "out"))
+    assert sorted(Path(p).name for p in pulled) == sorted(files)
+    # A reader's default flow pulls, and is refused a push with DENIED, not left looping on 401s.
+    reader = oras.client.OrasClient(hostname=registry.addr, insecure=True)
+    reader.login(username="oraspy-reader", password=make_user(registry, "oraspy-reader", "oraspy", "reader"),
+                 hostname=registry.addr)
+    assert sorted(Path(p).name for p in reader.pull(target, outdir=str(tmp_path / "r"))) == sorted(files)

@@ -77,6 +77,9 @@ async def test_challenges(auth_assembly: Assembly) -> None:
     assert challenge(resp) == f'Bearer realm="{base}/token",service="hanzo-registry",scope="repository:ml/llama:pull"'
     resp = await client.post("/v2/ml/llama/blobs/uploads/")
     assert 'scope="repository:ml/llama:pull,push"' in challenge(resp)
+    # A HEAD without credentials is how pushers look first: it offers push too (granted only if held).
+    resp = await client.head(f"/v2/ml/llama/blobs/sha256:{'0' * 64}")
+    assert 'scope="repository:ml/llama:pull,push"' in challenge(resp)
     resp = await client.get("/v2/_catalog")
     assert 'scope="registry:catalog:*"' in challenge(resp)
 
