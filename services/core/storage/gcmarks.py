@@ -1,0 +1,176 @@
+"""GC marks: the handshake between the garbage collector and the push path (two-phase deletion).
+
+Collection `gc_marks`, one document per thing the collector means to delete:
+  `b:<digest>`             a blob: its bytes and every repository's link to it
+  `m:<repository>@<digest>` a manifest
+
+States, each change a compare-and-set on the one document:
+  seen      the collector saw unlinked bytes for the first time (`since`: their age starts there); no effect
+  marked    the collector means to delete it (phase one, written by run `run`)
+  rescued   a push touched it while it was marked: the collector leaves it (and drops the mark later)
+  deleting  the collector passed its point of no return (it holds the mark until `until`)
+A mark the collector finished with is removed.
+
+The push path pays one metadata read per blob link (and one per manifest push, for all its references):
+- a blob link is written first and its mark read after (`after_link`): whichever of the push and the
+  collector writes first is seen by the other, so either the push rescues a `marked` blob, or it finds
+  `deleting`, waits for the collector to finish and then checks the bytes itself (gone: the caller unlinks
+  and the client uploads the blob again);
+- a manifest push reads the marks of what it references before it commits (`before_manifest`): a marked
+  blob or child manifest is rescued; one being deleted is refused (MANIFEST_BLOB_UNKNOWN, push it again).
+  The collector waits `settle` seconds between marking and its point of no return and then looks for
+  manifests stored since it started, so a push that read no mark is seen by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from services.core.oci.digest import Digest
+from services.core.storage.documents import Document, DocumentStore, Index
+
+GC_MARKS = "gc_marks"
+
+SEEN = "seen"
+MARKED = "marked"
+RESCUED = "rescued"
+DELETING = "deleting"
+
+WAIT_SECONDS = 60.0
+"""The longest a push waits for a collector that holds a mark in `deleting` (beyond its lease, it takes over)."""
+
+
+def blob_key(digest: Digest | str) -> str:
+    return f"b:{digest}"
+
+
+def manifest_key(repository: str, digest: Digest | str) -> str:
+    return f"m:{repository}@{digest}"
+
+
+@runtime_checkable
+class BlobGuard(Protocol):
+    """What the registry's push path asks before it relies on content the collector may be deleting."""
+
+    async def after_link(self, digest: Digest, *, exists: Callable[[], Awaitable[bool]]) -> bool:
+        """Call right after linking `digest`. True: the blob stays. False: the collector deleted it meanwhile
+        (`exists` said so); the caller removes its link and treats the blob as absent."""
+        ...
+
+    async def before_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]) -> list[str]:
+        """Call before storing a manifest that references `blobs` and child `manifests` of `repository`:
+        rescues those marked, and returns the digests being deleted (refuse the push: they are going)."""
+        ...
+
+
+class GcMarks:
+    """Both sides of the handshake over one DocumentStore (module docstring)."""
+
+    def __init__(
+        self,
+        docs: DocumentStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wait_seconds: float = WAIT_SECONDS,
+    ) -> None:
+        self.docs = docs
+        self._clock = clock
+        self._sleep = sleep
+        self._wait = wait_seconds
+
+    async def setup(self) -> None:
+        await self.docs.ensure_collection(GC_MARKS, [Index(("state",))])
+
+    # -- the push side ---------------------------------------------------------------------------
+
+    async def after_link(self, digest: Digest, *, exists: Callable[[], Awaitable[bool]]) -> bool:
+        key = blob_key(digest)
+        if await self._settle(key, await self.docs.get(GC_MARKS, key)):
+            return True
+        return await exists()
+
+    async def before_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]) -> list[str]:
+        keys = {blob_key(d): d for d in blobs} | {manifest_key(repository, d): d for d in manifests}
+        if not keys:
+            return []
+        found = await self.docs.get_many(GC_MARKS, list(keys))
+        refused: list[str] = []
+        for key, doc in found.items():
+            if not await self._settle(key, doc):
+                refused.append(keys[key])
+        return refused
+
+    async def _settle(self, key: str, doc: Document | None) -> bool:
+        """Rescue a marked document; wait out one being deleted. True: nothing was deleted (it is rescued or
+        was never marked); False: the collector was deleting it (the caller checks what is left)."""
+        deadline = self._clock() + self._wait
+        while True:
+            if doc is None or doc.get("state") in (SEEN, RESCUED):
+                return True
+            if doc["state"] == MARKED:
+                if await self.docs.update(GC_MARKS, key, {"state": RESCUED}, expect=_as_read(doc)):
+                    return True
+            elif doc["state"] == DELETING:
+                now = self._clock()
+                if float(doc.get("until", 0.0)) < now or now > deadline:
+                    # A collector that died (or stalls) past its lease: take over; what it deleted is gone.
+                    await self.docs.update(GC_MARKS, key, {"state": RESCUED}, expect=_as_read(doc))
+                    return False
+                await self._sleep(0.05)
+                if await self.docs.get(GC_MARKS, key) is None:
+                    return False
+            doc = await self.docs.get(GC_MARKS, key)
+
+    # -- the collector's side --------------------------------------------------------------------
+
+    async def get(self, key: str) -> Document | None:
+        return await self.docs.get(GC_MARKS, key)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Document]:
+        return await self.docs.get_many(GC_MARKS, keys)
+
+    async def mark(self, key: str, *, run: str, extra: Mapping[str, Any] | None = None) -> None:
+        """Phase one: mark `key` for run `run` (replacing a seen, rescued or stale mark)."""
+        await self.docs.put(GC_MARKS, {"_id": key, "state": MARKED, "run": run, "at": self._clock(), **(extra or {})})
+
+    async def see(self, key: str, *, since: float) -> None:
+        await self.docs.put(GC_MARKS, {"_id": key, "state": SEEN, "since": since})
+
+    async def claim(self, key: str, *, run: str, until: float) -> bool:
+        """The point of no return: marked -> deleting, unless a push rescued it first."""
+        return await self.docs.update(GC_MARKS, key, {"state": DELETING, "until": until},
+                                      expect={"state": MARKED, "run": run})
+
+    async def take_over(self, doc: Document, *, run: str, until: float) -> bool:
+        """A dead run's `deleting` mark (its lease is over): this run finishes the deletion."""
+        return await self.docs.update(GC_MARKS, doc["_id"], {"run": run, "until": until}, expect=_as_read(doc))
+
+    async def release(self, key: str, *, state: str | None = None) -> bool:
+        """Remove the mark (only in `state` when given)."""
+        return await self.docs.delete(GC_MARKS, key, expect={"state": state} if state else None)
+
+    async def in_state(self, state: str, *, after: str | None = None, limit: int = 1000) -> list[Document]:
+        return await self.docs.find(GC_MARKS, {"state": state}, after=after, limit=limit)
+
+    async def all_in_state(self, state: str) -> list[Document]:
+        out: list[Document] = []
+        after: str | None = None
+        while True:
+            page = await self.in_state(state, after=after)
+            out += page
+            if len(page) < 1000:
+                return out
+            after = str(page[-1]["_id"])
+
+    async def release_many(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            await self.docs.delete(GC_MARKS, key)
+
+
+def _as_read(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The compare part of a compare-and-set against `doc` as it was read."""
+    return {k: doc.get(k) for k in ("state", "run", "until")}
