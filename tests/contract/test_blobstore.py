@@ -26,7 +26,7 @@ from services.core.errors import (
 from services.core.oci.digest import Digest
 from services.core.settings import S3BlobSettings
 from services.core.storage import layout
-from services.core.storage.blobs import BlobInfo, BlobPresigner, BlobPutter, BlobStore, LocalBlobFiles
+from services.core.storage.blobs import BlobBulkDeleter, BlobInfo, BlobPresigner, BlobPutter, BlobStore, LocalBlobFiles
 from services.core.storage.fs import FilesystemBlobStore
 from services.core.storage.s3 import S3BlobStore
 from tests.conftest import infra
@@ -507,6 +507,18 @@ async def test_delete_is_idempotent(store: BlobStore) -> None:
     assert await store.stat(digest) is None
     with pytest.raises(BlobUnknownError):
         await read_all(store, digest)
+
+
+async def test_delete_many_removes_present_and_ignores_absent(store: BlobStore) -> None:
+    assert isinstance(store, BlobBulkDeleter)
+    kept = await put(store, b"keep " + uuid.uuid4().bytes)
+    gone = [await put(store, b"bulk %d " % i + uuid.uuid4().bytes) for i in range(5)]
+    absent = Digest.of(b"never stored " + uuid.uuid4().bytes)
+    assert await store.delete_many([*gone, absent]) == []
+    assert [await store.stat(d) for d in gone] == [None] * 5
+    assert await store.stat(kept) is not None
+    assert await store.delete_many([]) == []
+    await store.delete(kept)
 
 
 async def test_iter_all_lists_committed_blobs_only(store: BlobStore) -> None:

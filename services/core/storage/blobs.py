@@ -7,7 +7,7 @@ The repository link of a blob lives in metadata, not here: this store knows dige
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -71,6 +71,14 @@ class BlobIngester(Protocol):
 class BlobDeleter(Protocol):
     async def delete(self, digest: Digest) -> bool:
         """Remove a blob; False when it was absent. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class BlobBulkDeleter(Protocol):
+    async def delete_many(self, digests: Sequence[Digest]) -> list[Digest]:
+        """Remove many blobs in as few requests as the backend allows (S3: one multi-object delete per
+        1000). Returns the digests that could not be removed; an absent blob counts as removed. Idempotent."""
         ...
 
 

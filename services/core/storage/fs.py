@@ -19,7 +19,7 @@ import contextlib
 import fcntl
 import os
 import shutil
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -319,6 +319,20 @@ class FilesystemBlobStore:
         except FileNotFoundError:
             return False
         return True
+
+    async def delete_many(self, digests: Sequence[Digest]) -> list[Digest]:
+        def remove() -> list[Digest]:
+            failed: list[Digest] = []
+            for digest in digests:
+                try:
+                    os.unlink(self._blob_path(digest))
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    failed.append(digest)
+            return failed
+
+        return await asyncio.to_thread(remove)
 
     async def iter_all(self) -> AsyncIterator[BlobInfo]:
         for algorithm in sorted(SUPPORTED_ALGORITHMS):

@@ -47,7 +47,7 @@ import io
 import itertools
 import json
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Final
@@ -486,6 +486,16 @@ class S3BlobStore:
             return False
         await asyncio.to_thread(self._client.remove_object, self._bucket, key)
         return True
+
+    def _remove_keys(self, keys: list[str]) -> set[str]:
+        # One multi-object delete per 1000 keys (S3's limit), which the client batches; absent keys succeed.
+        errors = self._client.remove_objects(self._bucket, [DeleteObject(k) for k in keys])
+        return {e.name for e in errors if e.code not in _MISSING}
+
+    async def delete_many(self, digests: Sequence[Digest]) -> list[Digest]:
+        by_key = {self._blob(d): d for d in digests}
+        failed = await asyncio.to_thread(self._remove_keys, list(by_key))
+        return [by_key[k] for k in failed if k in by_key]
 
     async def _iter_objects(self, prefix: str) -> AsyncIterator[Object]:
         listing = self._list(self._key(prefix))
