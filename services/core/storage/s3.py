@@ -490,7 +490,7 @@ class S3BlobStore:
     def _remove_keys(self, keys: list[str]) -> set[str]:
         # One multi-object delete per 1000 keys (S3's limit), which the client batches; absent keys succeed.
         errors = self._client.remove_objects(self._bucket, [DeleteObject(k) for k in keys])
-        return {e.name for e in errors if e.code not in _MISSING}
+        return {e.name or "" for e in errors if e.code not in _MISSING}
 
     async def delete_many(self, digests: Sequence[Digest]) -> list[Digest]:
         by_key = {self._blob(d): d for d in digests}
