@@ -190,6 +190,71 @@ class PolicySettings(_Section):
     )
 
 
+def _one_or_list(value: Any) -> Any:
+    """One string, a JSON list, or a comma-separated string (the environment's spellings) as a list."""
+    return _cidrs(value)
+
+
+class OidcSettings(_Section):
+    """External identity through an OpenID Connect provider (Hanzo IAM or any other): giving `issuer`
+    turns it on. The issuer comes from this file, so it is trusted (it may be on loopback)."""
+
+    issuer: str = Field(
+        "", description="OIDC issuer URL (discovery at <issuer>/.well-known/openid-configuration); empty: off"
+    )
+    audience: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted `aud` values of IdP tokens, one or a list (comma-separated in the environment); "
+        "default: client_id",
+    )
+    username_claim: str = Field(
+        "preferred_username", description="Claim naming the registry user (falls back to `sub`)"
+    )
+    groups_claim: str = Field("groups", description="Claim listing the user's groups (each becomes a team)")
+    admin_groups: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Groups whose members are registry admins (comma-separated in the environment)",
+    )
+    client_id: str = Field("", description="OAuth2 client id of the registry (browser login of the console)")
+    client_secret: SecretStr | None = Field(None, description="OAuth2 client secret of client_id")
+    jwks_refetch_seconds: float = Field(
+        10.0, ge=0, description="Least time between two JWKS fetches for a token signed by an unknown key"
+    )
+    session_ttl_seconds: int = Field(
+        3600, ge=60, le=24 * 3600, description="Lifetime of a console session made by the browser login"
+    )
+
+    @field_validator("audience", "admin_groups", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _one_or_list(value)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError(f"{value[:200]!r} is not an http(s) URL without query or fragment")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> OidcSettings:
+        if self.issuer and not self.audiences:
+            raise ValueError("auth.oidc.issuer needs auth.oidc.audience or auth.oidc.client_id (the tokens' `aud`)")
+        if self.client_secret is not None and not self.client_id:
+            raise ValueError("auth.oidc.client_secret needs auth.oidc.client_id")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        """The accepted `aud` values: `audience`, else the client id."""
+        return tuple(self.audience) or ((self.client_id,) if self.client_id else ())
+
+
 class AuthSettings(_Section):
     mode: Literal["token", "none"] = Field(
         "token", description="token: Docker token auth, API keys, roles; none: open to anyone (local experiments)"
@@ -208,6 +273,14 @@ class AuthSettings(_Section):
     bootstrap_admin_key: SecretStr | None = Field(
         None, description="API key (hzr_<prefix>_<secret>) of the first admin; else random, in <data_dir>"
     )
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
+
+    @model_validator(mode="after")
+    def _distinct_issuers(self) -> AuthSettings:
+        # Tokens are routed by their `iss`: the registry's own must not be the identity provider's.
+        if self.oidc.issuer and self.oidc.issuer == self.issuer:
+            raise ValueError("auth.oidc.issuer must differ from auth.issuer (the registry's own token issuer)")
+        return self
 
     @field_validator("bootstrap_admin_key")
     @classmethod

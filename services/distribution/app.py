@@ -27,6 +27,7 @@ from services.distribution.forwarded import forwarded_middleware
 from services.distribution.keys import ACCESS, GATES, METRICS, REGISTRY, SETTINGS
 from services.distribution.management import add_management_routes
 from services.distribution.middleware import errors_middleware, telemetry_middleware
+from services.distribution.oidc_login import add_oidc_routes
 
 
 def build_registry(c: Container) -> Registry:
@@ -104,6 +105,7 @@ def create_app(c: Container, *, access: AccessControl, registry: Registry | None
     app.router.add_route("*", "/v2/{tail:.+}", oci_api.dispatch)
     if isinstance(access, TokenAccess):
         add_token_routes(app)
+        add_oidc_routes(app)  # before the management routes: /v1/registry/auth/oidc/* is not a namespace
         add_management_routes(app)
     add_ops_routes(app, c.metrics, dependency_probes(c))
     api = {"oci": "/v2/"}

@@ -10,12 +10,24 @@ of that session is accepted with a token that has since expired (by at most the 
 the token is otherwise valid (our key, issuer, audience), names the same subject, grants push on the
 session's repository, and the user still exists. That token can do nothing else, and the session
 cannot be moved to another repository; clients that refresh their tokens never need this.
+
+External identity (`auth.oidc.issuer` set; off, nothing here changes): a JWT whose unverified `iss` is
+not this registry's is an IdP token, accepted wherever an API key is (Bearer, or the Basic password with
+any user name). It is verified against the IdP's JWKS (services.core.auth.oidc); its first presentation
+makes or syncs the external user (AuthService.sync_external_user); then it is the user's own credential
+like an unrestricted API key (via "key", credential "idp"): checked against the live grants, and allowed
+to manage the keys of its own user (never others' unless a registry admin). A console session (the
+HttpOnly cookie of the browser login, services.distribution.oidc_login) is the same kind of credential
+(credential "session") on /v1/registry, where writes need the X-CSRF-Token header, and on /v2 reads only.
+Registry tokens (our `iss`) keep the path above, unchanged.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Collection, Sequence
@@ -26,7 +38,8 @@ from aiohttp import web
 from services.core.auth.apikeys import looks_like_key
 from services.core.auth.audit import AuditRecord, Outcome
 from services.core.auth.errors import AuthenticationError
-from services.core.auth.model import KeyKind, Role, Subject
+from services.core.auth.model import KeyKind, Role, Subject, User
+from services.core.auth.oidc import IdpTokenError, IdpUnavailableError, OidcProvider, looks_like_jwt, unverified_issuer
 from services.core.auth.ratelimit import FailureLimiter
 from services.core.auth.scopes import CATALOG, PULL, PUSH, REGISTRY, REPOSITORY, WILDCARD, challenge_scope, ordered
 from services.core.auth.service import Authenticated, AuthService
@@ -54,12 +67,22 @@ class AuthPrincipal(Principal):
     """A caller as `auth.mode: token` sees it: how it authenticated and what its token grants."""
 
     via: str = "anonymous"  # anonymous (no credentials) | token | key
+    """token: a registry access token (its `access` claim bounds it). key: the user's own credential,
+    checked against the live grants: an API key (key_prefix set), an IdP token, or a console session."""
     key_prefix: str | None = None
     token: VerifiedToken | None = None
+    credential: str = ""
+    """With via "key": api-key | idp | session (for logs and audit; authorization reads `via`)."""
 
 
 NO_CREDENTIALS = AuthPrincipal("anonymous", anonymous=True)
 PRINCIPAL = web.RequestKey("principal", AuthPrincipal)
+SESSION_COOKIE = "hzr_session"
+CSRF_COOKIE = "hzr_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+SESSION_PURPOSE = "session"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_IDP_LOGINS_MAX = 4096
 
 
 def source_address(request: web.Request) -> str:
@@ -75,11 +98,15 @@ class TokenAccess:
     """AccessControl for `auth.mode: token` (see the module docstring)."""
 
     def __init__(self, *, service: AuthService, settings: Settings, meta: MetadataStore,
-                 limiter: FailureLimiter) -> None:
+                 limiter: FailureLimiter, oidc: OidcProvider | None = None) -> None:
         self.service = service
         self.settings = settings
         self.meta = meta
         self.limiter = limiter
+        self.oidc = oidc
+        # IdP tokens already synced (SHA-256 of the token -> (its exp, user)): a token's groups are synced
+        # once, when it is first presented here; later requests with it only verify it.
+        self._idp_logins: dict[str, tuple[float, str]] = {}
         # Subjects (admin flag, teams, key limits) for a moment, so a catalog page does not reload them per
         # repository. Changes made through this replica clear it at once; other replicas' within _SUBJECT_TTL.
         self._subjects: dict[tuple[str, str | None], tuple[float, int, Subject]] = {}
@@ -114,15 +141,20 @@ class TokenAccess:
     async def _authenticate(self, request: web.Request) -> AuthPrincipal:
         header = request.headers.get("Authorization", "").strip()
         if not header:
-            return NO_CREDENTIALS
+            # Only without an Authorization header: a console session cookie (None when there is none).
+            return await self._session_principal(request) or NO_CREDENTIALS
         scheme, _, credentials = header.partition(" ")
         scheme, credentials = scheme.lower(), credentials.strip()
         if scheme == "bearer" and looks_like_key(credentials):
             return self._key_principal(await self.login(request, credentials, username=None))
+        if scheme == "bearer" and self.is_idp_token(credentials):
+            return self._idp_principal(await self.login_idp(request, credentials))
         if scheme == "bearer":
             return await self._token_principal(request, credentials)
         if scheme == "basic":
             username, password = self.basic_credentials(request, credentials)
+            if self.is_idp_token(password):
+                return self._idp_principal(await self.login_idp(request, password))
             return self._key_principal(await self.login(request, password, username=username))
         raise self.challenge(request, "unsupported Authorization scheme; use Bearer or Basic")
 
@@ -162,7 +194,91 @@ class TokenAccess:
             )
 
     def _key_principal(self, auth: Authenticated) -> AuthPrincipal:
-        return AuthPrincipal(auth.user.name, via="key", key_prefix=auth.key.prefix)
+        return AuthPrincipal(auth.user.name, via="key", key_prefix=auth.key.prefix, credential="api-key")
+
+    # external identity (OIDC): see the module docstring
+
+    def is_idp_token(self, credential: str) -> bool:
+        """With OIDC on: a JWT that is not one of our registry tokens (by its unverified `iss`; either way
+        it is verified next, with the issuer's own keys). A foreign issuer's JWT lands here too, to be
+        refused with that reason."""
+        if self.oidc is None or looks_like_key(credential) or not looks_like_jwt(credential):
+            return False
+        return unverified_issuer(credential) != self.settings.auth.issuer
+
+    async def login_idp(self, request: web.Request, token: str) -> User:
+        """The external user of an IdP token: verified, then (on its first presentation here) the user made
+        or synced. Failures are 401s naming the reason, rate-limited per source address and audited."""
+        assert self.oidc is not None
+        source = source_address(request)
+        self._check_limit(source)
+        try:
+            claims = await self.oidc.verify(token)
+            return await self._synced_user(token, claims, source)
+        except IdpUnavailableError as exc:
+            log.warning("cannot verify an identity provider token: %s", exc)
+            raise self.challenge(request, f"identity provider token not verified: the provider is unavailable "
+                                          f"({str(exc)[:200]})", error="invalid_token") from None
+        except (IdpTokenError, AuthenticationError) as exc:
+            reason = exc.reason
+            if self.limiter.failed(source):
+                log.warning("failed-login limit reached for source %s", source)
+            detail = {"reason": reason[:200], "path": request.path[:200], "user_agent": _agent(request), "via": "oidc"}
+            await self.service.record_quietly(
+                AuditRecord("", "auth.login", "registry", Outcome.FAILURE, source, detail)
+            )
+            raise self.challenge(request, f"identity provider token rejected: {reason}",
+                                 error="invalid_token") from None
+
+    async def _synced_user(self, token: str, claims: dict[str, object], source: str) -> User:
+        assert self.oidc is not None
+        fingerprint = hashlib.sha256(token.encode()).hexdigest()
+        seen = self._idp_logins.get(fingerprint)
+        if seen is not None:
+            user = await self.service.store.user(seen[1])
+            if user is not None and user.external_subject == claims.get("sub"):
+                return user
+        identity = self.oidc.identity(claims)
+        user = await self.service.sync_external_user(identity, source=source)
+        now = time.time()
+        if len(self._idp_logins) >= _IDP_LOGINS_MAX:
+            self._idp_logins = {k: v for k, v in self._idp_logins.items() if v[0] > now}
+            if len(self._idp_logins) >= _IDP_LOGINS_MAX:
+                self._idp_logins.clear()
+        self._idp_logins[fingerprint] = (identity.expires, user.name)
+        return user
+
+    def _idp_principal(self, user: User) -> AuthPrincipal:
+        return AuthPrincipal(user.name, via="key", credential="idp")
+
+    async def _session_principal(self, request: web.Request) -> AuthPrincipal | None:
+        """The console session of the cookie: on /v1/registry (writes only with the CSRF header matching
+        the session) and for /v2 reads; None without a cookie or anywhere else (e.g. /token)."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie or self.oidc is None:
+            return None
+        management = request.path.startswith("/v1/registry/")
+        if not (management or (request.path.startswith("/v2") and request.method in _SAFE_METHODS)):
+            return None
+        try:
+            verified = await self.service.verify_purpose_token(SESSION_PURPOSE, cookie)
+        except TokenInvalidError as exc:
+            raise self.challenge(request, f"console session rejected: {exc.reason}; log in again",
+                                 error="invalid_token") from None
+        if request.method not in _SAFE_METHODS:
+            # Double submit: the header must carry the CSRF value bound into the signed session (its
+            # readable twin cookie is what the console's script sends back; another site cannot read it).
+            expected = verified.claims.get("csrf")
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not isinstance(expected, str) or not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
+                raise DeniedError(f"a write with the console session needs the {CSRF_HEADER} header "
+                                  f"(the value of the {CSRF_COOKIE} cookie)")
+        if not verified.subject:
+            raise self.challenge(request, "console session rejected: it names no user", error="invalid_token")
+        principal = AuthPrincipal(verified.subject, via="key", credential="session")
+        if (await self.subject(principal)).user is None:
+            raise self.challenge(request, "the session's user was deleted", error="invalid_token")
+        return principal
 
     async def _token_principal(self, request: web.Request, token: str) -> AuthPrincipal:
         principal = await self._verified_token_principal(request, token)
@@ -331,7 +447,8 @@ async def build_token_access(c: Container) -> TokenAccess:
     limiter = FailureLimiter(
         limit=c.settings.auth.login_failure_limit, window_seconds=c.settings.auth.login_failure_window_seconds
     )
-    return TokenAccess(service=service, settings=c.settings, meta=c.meta, limiter=limiter)
+    oidc = OidcProvider(c.settings.auth.oidc) if c.settings.auth.oidc.enabled else None
+    return TokenAccess(service=service, settings=c.settings, meta=c.meta, limiter=limiter, oidc=oidc)
 
 
 # audit of registry changes

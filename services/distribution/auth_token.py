@@ -4,8 +4,11 @@ GET  /token?service=&scope=...&scope=...&account=&offline_token=true&client_id= 
 POST /token  grant_type=password (username, password) | refresh_token (refresh_token);
              service, client_id, access_type=offline, scope (space-separated)   (form-encoded)
 
-The password is an API key. Tokens grant the intersection of what was asked and what the caller holds;
-a reduced or empty grant is a 200. Bad credentials are a 401 (rate-limited per source address).
+The password is an API key, or (with `auth.oidc.issuer` set) a JWT of the identity provider: then the
+external user is made or synced and the token is issued to it; no refresh token is made for an IdP login
+(the IdP token's own expiry bounds the login: clients send it again). Tokens grant the intersection of
+what was asked and what the caller holds; a reduced or empty grant is a 200. Bad credentials are a 401
+(rate-limited per source address).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from aiohttp import web
 
 from services.core.auth.apikeys import looks_like_key
 from services.core.auth.errors import InvalidRequestError, UnsupportedGrantError
-from services.core.auth.model import KeyKind
+from services.core.auth.model import KeyKind, User
 from services.core.auth.scopes import ResourceScope, ScopeInvalidError, parse_scopes
 from services.core.auth.service import Authenticated
 from services.core.errors import ManifestTooLargeError
@@ -51,10 +54,12 @@ def _rfc3339(timestamp: float) -> str:
 
 
 async def _issue(
-    access: TokenAccess, auth: Authenticated | None, scopes: list[ResourceScope], *, refresh_token: str | None
+    access: TokenAccess, auth: Authenticated | User | None, scopes: list[ResourceScope], *, refresh_token: str | None
 ) -> dict[str, Any]:
-    key_prefix = auth.key.prefix if auth is not None else None
-    subject = await access.service.subject(auth.user.name if auth else None, key_prefix=key_prefix)
+    # An IdP login (a User) has no key: its token is bounded by the user's live grants alone.
+    key_prefix = auth.key.prefix if isinstance(auth, Authenticated) else None
+    user_name = auth.user.name if isinstance(auth, Authenticated) else auth.name if auth is not None else None
+    subject = await access.service.subject(user_name, key_prefix=key_prefix)
     issued, granted = await access.service.issue_token(subject, scopes, key_prefix=key_prefix)
     body: dict[str, Any] = {
         "token": issued.token,
@@ -76,19 +81,26 @@ async def get_token(request: web.Request) -> web.Response:
     access = _access(request)
     _check_service(access, request.query.get("service"))
     scopes = _scopes(request.query.getall("scope", []))
-    auth: Authenticated | None = None
+    auth: Authenticated | User | None = None
     header = request.headers.get("Authorization", "").strip()
     if header:
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() == "basic":
             username, password = access.basic_credentials(request, credentials.strip())
-            auth = await access.login(request, password, username=username)
+            if access.is_idp_token(password):
+                auth = await access.login_idp(request, password)
+            else:
+                auth = await access.login(request, password, username=username)
         elif scheme.lower() == "bearer" and looks_like_key(credentials.strip()):
             auth = await access.login(request, credentials.strip(), username=None)
+        elif scheme.lower() == "bearer" and access.is_idp_token(credentials.strip()):
+            auth = await access.login_idp(request, credentials.strip())
         else:
             raise access.challenge(request, "the token endpoint takes Basic credentials (user and API key)")
     offline = request.query.get("offline_token", "").lower() == "true"
-    refresh = await access.service.create_refresh_token(auth) if offline and auth is not None else None
+    refresh = None
+    if offline and isinstance(auth, Authenticated):
+        refresh = await access.service.create_refresh_token(auth)
     return _no_store(await _issue(access, auth, scopes, refresh_token=refresh))
 
 
@@ -106,13 +118,18 @@ async def post_token(request: web.Request) -> web.Response:
     _check_service(access, form.get("service"))
     scopes = _scopes([form.get("scope", "")])
     grant_type = form.get("grant_type", "")
+    refresh: str | None
     if grant_type == "password":
         username, password = form.get("username", ""), form.get("password", "")
         if not password:
             raise InvalidRequestError("the password grant needs username and password")
-        auth = await access.login(request, password, username=username or None)
-        offline = form.get("access_type", "") == "offline"
-        refresh = await access.service.create_refresh_token(auth) if offline else None
+        auth: Authenticated | User
+        if access.is_idp_token(password):
+            auth, refresh = await access.login_idp(request, password), None
+        else:
+            auth = await access.login(request, password, username=username or None)
+            offline = form.get("access_type", "") == "offline"
+            refresh = await access.service.create_refresh_token(auth) if offline else None
     elif grant_type == "refresh_token":
         refresh = form.get("refresh_token", "")
         if not refresh:

@@ -54,10 +54,28 @@ def namespace_of(repository: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class User:
+    """A registry user. An external user (`external_issuer` set) was made by a login through that OpenID
+    Connect issuer, is bound to the IdP's `sub` (`external_subject`), and has its admin flag and its
+    IdP-sourced team memberships synced at every login; like every user it has no password."""
+
     name: str
     email: str | None = None
     admin: bool = False
     created: float = 0.0
+    external_issuer: str | None = None
+    external_subject: str | None = None
+
+    @property
+    def external(self) -> bool:
+        return self.external_issuer is not None
+
+
+class MembershipSource(StrEnum):
+    """Who made a team membership: an admin (through the API), or the identity provider's groups claim
+    (synced at login: only these are ever removed by a login)."""
+
+    ADMIN = "admin"
+    IDP = "idp"
 
 
 @dataclass(frozen=True, slots=True)

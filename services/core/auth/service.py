@@ -25,6 +25,7 @@ from services.core.auth.model import (
     ApiKey,
     Grant,
     KeyKind,
+    MembershipSource,
     Role,
     Subject,
     SubjectKind,
@@ -36,6 +37,7 @@ from services.core.auth.model import (
     valid_team_name,
     valid_user_name,
 )
+from services.core.auth.oidc import IdpIdentity
 from services.core.auth.policy import allowed_actions, grant_scopes, manages_namespace
 from services.core.auth.scopes import PULL, ResourceScope
 from services.core.auth.store import AuthStore
@@ -354,6 +356,92 @@ class AuthService:
             now=self._clock(),
             allow_expired=allow_expired,
         )
+
+    # browser sessions and the login state of the OIDC browser flow: registry-signed, their own audiences
+
+    def _purpose_audience(self, purpose: str) -> str:
+        # Never the service itself: a session or login-state token is no registry access token, nor
+        # the other way round (verify_token checks `aud`).
+        return f"{self.settings.service}#{purpose}"
+
+    async def sign_purpose_token(self, purpose: str, *, subject: str, ttl_seconds: int,
+                                 claims: Mapping[str, str]) -> IssuedToken:
+        """A registry-signed token for `purpose` ("session", "oidc-login") carrying `claims`."""
+        key = await self.keys.signing_key()
+        return sign_token(
+            key,
+            issuer=self.settings.issuer,
+            audience=self._purpose_audience(purpose),
+            subject=subject,
+            access=[],
+            ttl_seconds=ttl_seconds,
+            now=self._clock(),
+            extra=claims,
+        )
+
+    async def verify_purpose_token(self, purpose: str, token: str) -> VerifiedToken:
+        """Raises TokenInvalidError (also for a token of another purpose, or a registry access token)."""
+        kid = token_header(token).get("kid")
+        keys = await self.keys.public_keys(kid if isinstance(kid, str) else None)
+        return verify_token(token, public_keys=keys, issuer=self.settings.issuer,
+                            audience=self._purpose_audience(purpose), now=self._clock())
+
+    # external users (OIDC)
+
+    async def sync_external_user(self, identity: IdpIdentity, *, source: str) -> User:
+        """The external user of `identity`, made on its first login, with its admin flag and its IdP team
+        memberships brought in line with the token's groups (teams made on first sight; memberships an
+        admin made are never removed). Every change is audited through the outbox. Raises
+        AuthenticationError when the name belongs to a local user or another identity."""
+        name = identity.user_name
+        user = await self.store.user(name)
+        if user is None:
+            user = User(name, admin=identity.admin, created=self._clock(), external_issuer=identity.issuer,
+                        external_subject=identity.subject)
+            detail = {"external_issuer": identity.issuer[:200], "admin": str(identity.admin).lower(), "via": "oidc"}
+            with contextlib.suppress(ConflictError, DuplicateKeyError):  # a concurrent first login made it
+                await self.record(AuditRecord(name, "user.create", f"user:{name}", Outcome.SUCCESS, source, detail),
+                                  self.store.create_user_ops(user))
+            user = await self.require_user(name)
+        if user.external_issuer != identity.issuer or user.external_subject != identity.subject:
+            owner = "a local user" if not user.external else "another identity"
+            raise AuthenticationError(f"the user name {name!r} belongs to {owner}",
+                                      reason=f"external login as {name} refused: the name belongs to {owner}")
+        if user.admin != identity.admin:
+            with contextlib.suppress(ConflictError):
+                await self.record(
+                    AuditRecord(name, "user.admin", f"user:{name}", Outcome.SUCCESS, source,
+                                {"admin": str(identity.admin).lower(), "via": "oidc"}),
+                    [self.store.set_admin_op(user, admin=identity.admin)],
+                )
+            user = await self.require_user(name)
+        await self._sync_teams(user, identity, source=source)
+        return user
+
+    async def _sync_teams(self, user: User, identity: IdpIdentity, *, source: str) -> None:
+        current = await self.store.memberships_of(user.name)
+        wanted = set(identity.teams)
+        for team in sorted(wanted - current.keys()):
+            now = self._clock()
+            ops: list[Operation] = []
+            if await self.store.team(team) is None:
+                description = "from the identity provider's group of this name"
+                ops.append(self.store.create_team_if_absent_op(Team(team, description, now)))
+            ops.append(self.store.add_member_op(team, user.name, source=MembershipSource.IDP))
+            await self.record(
+                AuditRecord(user.name, "team.member.add", f"team:{team}", Outcome.SUCCESS, source,
+                            {"user": user.name, "via": "oidc", "team_created": str(len(ops) > 1).lower()}),
+                ops,
+            )
+        for team, made_by in sorted(current.items()):
+            if team in wanted or made_by is not MembershipSource.IDP:
+                continue
+            with contextlib.suppress(ConflictError):  # an admin made it theirs meanwhile: it stays
+                await self.record(
+                    AuditRecord(user.name, "team.member.remove", f"team:{team}", Outcome.SUCCESS, source,
+                                {"user": user.name, "via": "oidc"}),
+                    [self.store.remove_idp_member_op(team, user.name)],
+                )
 
     async def create_refresh_token(self, auth: Authenticated) -> str:
         """An offline token (OAuth2 refresh token) with the limits of the key it was obtained with."""

@@ -5,7 +5,7 @@ Collections and keys:
   auth_users         _id = user name
   auth_emails        _id = lower-cased email -> user (a unique claim; a missing email claims nothing)
   auth_teams         _id = team name
-  auth_members       _id = "<team>:<user>"
+  auth_members       _id = "<team>:<user>"; `source` admin (also when absent) | idp (see MembershipSource)
   auth_keys          _id = key prefix; only the SHA-256 of the key is stored (API keys and refresh tokens)
   auth_grants        _id = Grant.id ("<kind>:<subject>@<namespace or repository>")
   auth_public        _id = "n.<namespace>" or "r.<repository>"
@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.core.auth.audit import AUDIT, AuditRecord
-from services.core.auth.model import ApiKey, Grant, KeyKind, Role, SubjectKind, Team, User
+from services.core.auth.model import ApiKey, Grant, KeyKind, MembershipSource, Role, SubjectKind, Team, User
 from services.core.auth.tokens import SigningKey
-from services.core.events.outbox import Delete, Insert, Operation, Put, Update
+from services.core.events.outbox import Create, Delete, Insert, Operation, Put, Update
 from services.core.storage.documents import DocumentStore, Index
 
 USERS = "auth_users"
@@ -41,7 +41,14 @@ COLLECTIONS = (USERS, EMAILS, TEAMS, MEMBERS, KEYS, GRANTS, PUBLIC, SIGNING_KEYS
 
 
 def _user(doc: Mapping[str, Any]) -> User:
-    return User(name=doc["_id"], email=doc.get("email"), admin=bool(doc.get("admin")), created=doc["created"])
+    return User(
+        name=doc["_id"],
+        email=doc.get("email"),
+        admin=bool(doc.get("admin")),
+        created=doc["created"],
+        external_issuer=doc.get("external_issuer"),
+        external_subject=doc.get("external_subject"),
+    )
 
 
 def _key(doc: Mapping[str, Any]) -> ApiKey:
@@ -114,10 +121,16 @@ class AuthStore:
         ops: list[Operation] = []
         if user.email:
             ops.append(Insert(EMAILS, {"_id": user.email.lower(), "user": user.name}))
-        ops.append(
-            Insert(USERS, {"_id": user.name, "email": user.email, "admin": user.admin, "created": user.created})
-        )
+        doc: dict[str, Any] = {"_id": user.name, "email": user.email, "admin": user.admin, "created": user.created}
+        if user.external_issuer is not None:
+            doc |= {"external_issuer": user.external_issuer, "external_subject": user.external_subject}
+        ops.append(Insert(USERS, doc))
         return ops
+
+    def set_admin_op(self, user: User, *, admin: bool) -> Operation:
+        """The admin flag of an external user, synced from its IdP groups (conditional on the user, so a
+        deleted and re-created namesake is not touched)."""
+        return Update(USERS, user.name, {"admin": admin}, expect={"created": user.created})
 
     async def delete_user_ops(self, user: User) -> list[Operation]:
         """Keys, memberships and grants first, the user last (a crash leaves only harmless leftovers)."""
@@ -154,8 +167,21 @@ class AuthStore:
     async def teams_of(self, user: str) -> list[str]:
         return [d["team"] for d in await self.docs.find(MEMBERS, {"user": user}, order_by="team")]
 
-    def add_member_op(self, team: str, user: str) -> Operation:
-        return Put(MEMBERS, {"_id": f"{team}:{user}", "team": team, "user": user, "created": time.time()})
+    async def memberships_of(self, user: str) -> dict[str, MembershipSource]:
+        """The user's teams, each with who made the membership (old documents without one: an admin)."""
+        docs = await self.docs.find(MEMBERS, {"user": user}, order_by="team")
+        return {d["team"]: MembershipSource(d.get("source") or MembershipSource.ADMIN.value) for d in docs}
+
+    def add_member_op(self, team: str, user: str, *, source: MembershipSource = MembershipSource.ADMIN) -> Operation:
+        return Put(MEMBERS, {"_id": f"{team}:{user}", "team": team, "user": user, "created": time.time(),
+                             "source": source.value})
+
+    def remove_idp_member_op(self, team: str, user: str) -> Operation:
+        """Remove a membership only while it is still the IdP's (an admin may have made it their own)."""
+        return Delete(MEMBERS, f"{team}:{user}", expect={"source": MembershipSource.IDP.value})
+
+    def create_team_if_absent_op(self, team: Team) -> Operation:
+        return Create(TEAMS, {"_id": team.name, "description": team.description, "created": team.created})
 
     def remove_member_op(self, team: str, user: str) -> Operation:
         return Delete(MEMBERS, f"{team}:{user}")
