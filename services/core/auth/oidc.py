@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import jwt
@@ -159,6 +160,10 @@ def verify_idp_token(
     if not isinstance(alg, str) or alg not in ALGORITHMS:
         accepted = ", ".join(ALGORITHMS)
         raise IdpTokenError(f"algorithm {str(alg)[:20]!r} is not accepted (only {accepted})")
+    # Another issuer's token is named as such before any key is looked up (only ever a refusal).
+    claimed = unverified_issuer(token)
+    if claimed != issuer:
+        raise IdpTokenError(f"token issuer is not {issuer} (it is {str(claimed)[:100]!r})")
     kid = header.get("kid", "")
     if not isinstance(kid, str) or kid not in keys:
         raise IdpTokenError(f"token is signed by an unknown key {str(kid)[:64]!r}", unknown_key=True)
@@ -366,13 +371,16 @@ class OidcProvider:
             raise IdpUnavailableError("the discovery document has no token_endpoint")
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
                 "code_verifier": code_verifier}
+        headers = {"Accept": "application/json"}
         secret = self.settings.client_secret
-        auth = aiohttp.BasicAuth(self.settings.client_id, secret.get_secret_value()) if secret else None
-        if auth is None:
+        if secret is not None:
+            # client_secret_basic: both parts form-encoded first (RFC 6749 section 2.3.1).
+            pair = f"{quote(self.settings.client_id, safe='')}:{quote(secret.get_secret_value(), safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        else:
             form["client_id"] = self.settings.client_id
         try:
-            async with self._client().post(metadata.token_endpoint, data=form, auth=auth,
-                                           headers={"Accept": "application/json"}) as response:
+            async with self._client().post(metadata.token_endpoint, data=form, headers=headers) as response:
                 body = await response.content.read(MAX_DOCUMENT_BYTES + 1)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
