@@ -27,6 +27,7 @@ from services.distribution import management_models as m
 from services.distribution.management_api import PREFIX, Call, Requirement, Route, register
 from services.distribution.management_policy import install as install_policies
 from services.distribution.management_policy import policy_routes
+from services.distribution.management_repositories import repository_routes
 from services.distribution.openapi import build_document
 
 __all__ = ["PREFIX", "ROUTES", "add_management_routes", "openapi_document"]
@@ -288,6 +289,7 @@ ROUTES: list[Route] = [
     Route("GET", "/audit", list_audit, R.REGISTRY_ADMIN, "The audit log, oldest first", response=m.AuditPage,
           query=m.AuditQuery),
     *policy_routes(),
+    *repository_routes(),
     *_namespace_routes("/namespaces"),
     *_namespace_routes(""),
 ]

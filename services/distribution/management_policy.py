@@ -12,7 +12,7 @@ from services.core.policy.document import PolicyDocument
 from services.core.policy.service import PolicyService
 from services.core.policy.store import PolicyStore, PolicyTarget
 from services.distribution.auth_access import TokenAccess
-from services.distribution.keys import ACCESS, SETTINGS
+from services.distribution.keys import ACCESS, GATES, SETTINGS
 from services.distribution.management_api import Call, Requirement, Route
 from services.distribution.management_models import PolicyQuery
 
@@ -55,11 +55,19 @@ async def get_policy(call: Call) -> PolicyDocument:
 
 async def put_policy(call: Call, body: PolicyDocument) -> PolicyDocument:
     stored = await _service(call).put(_target(call), body, actor=call.who.name, source=call.who.source)
+    _changed(call)
     return stored.document
+
+
+def _changed(call: Call) -> None:
+    """This replica's pull gates see the change at once (others within registry.pull_gate_cache_seconds)."""
+    assert call.namespace is not None
+    call.request.app[GATES].invalidate(namespace=call.namespace)
 
 
 async def delete_policy(call: Call) -> None:
     await _service(call).delete(_target(call), actor=call.who.name, source=call.who.source)
+    _changed(call)
 
 
 def policy_routes() -> list[Route]:

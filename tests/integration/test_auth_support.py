@@ -56,9 +56,11 @@ def _operation(method: str, path: str) -> tuple[str, dict[str, Any]]:
     candidates = []
     for template, item in _DOC["paths"].items():
         if method.lower() in item and _template_regex(template).fullmatch(concrete):
-            candidates.append((template.count("{"), template))
+            candidates.append(template)
     assert candidates, f"{method} {path} is not documented"
-    template = min(candidates)[1]
+    # The first in the document's order, which is the route table's: aiohttp matches routes in the order
+    # they were added (/users/{user} before /{namespace}/permissions, .../policy before the bare name).
+    template = candidates[0]
     return template, _DOC["paths"][template][method.lower()]
 
 
