@@ -327,6 +327,40 @@ async def test_find_where_order_after_limit(backend: Backend) -> None:
     assert await s.count(c, {"kind": None}) == 6
 
 
+async def test_find_with_fields_returns_a_projection(backend: Backend) -> None:
+    """A listing reads only the fields it needs (from a covering index where the adapter has one)."""
+    s, c = backend.store, backend.name()
+    await s.ensure_collection(c, [Index(("repo", "name"))])
+    values: list[Any] = ["text", 7, 2.5, True, False, None, b"\x00b", [1, "x"], {"k": {"n": 1}}]
+    for i, value in enumerate(values):
+        await s.insert(c, {"_id": f"v{i}", "repo": "r", "name": f"n{i}", "value": value, "big": "x" * 100})
+    await s.insert(c, {"_id": "w", "repo": "r", "name": "n9"})  # no "value"
+    await s.insert(c, {"_id": "o", "repo": "other", "name": "n0"})
+    got = await s.find(c, {"repo": "r"}, order_by="name", fields=["name"])
+    assert got == [{"_id": f"v{i}", "name": f"n{i}"} for i in range(len(values))] + [{"_id": "w", "name": "n9"}]
+    page = await s.find(c, {"repo": "r"}, order_by="name", after="n3", limit=2, fields=("name", "_id"))
+    assert page == [{"_id": "v4", "name": "n4"}, {"_id": "v5", "name": "n5"}]
+    typed = await s.find(c, {"repo": "r"}, order_by="name", fields=["value", "missing"])
+    assert all(_same(d["value"], v) for d, v in zip(typed, values, strict=False)), typed
+    assert [sorted(d) for d in typed] == [["_id", "value"]] * len(values) + [["_id"]]
+    assert await s.find(c, fields=[]) == [{"_id": k} for k in ["o", *(f"v{i}" for i in range(len(values))), "w"]]
+
+
+async def test_delete_many_deletes_by_id_in_batches(backend: Backend) -> None:
+    s, c = backend.store, backend.name()
+    assert await s.delete_many(backend.name("never"), ["a"]) == 0
+    await s.ensure_collection(c)
+    keys = [f"k{i:04d}" for i in range(1200)]  # more than one batch of either adapter
+    for key in keys[:600]:
+        await s.insert(c, {"_id": key})
+    assert await s.delete_many(c, [*keys[:300], "missing", keys[0]]) == 300
+    assert await s.delete_many(c, keys[:300]) == 0
+    assert await s.delete_many(c, []) == 0
+    assert [d["_id"] for d in await s.find(c)] == keys[300:600]
+    assert await s.delete_many(c, keys) == 300
+    assert await s.count(c) == 0
+
+
 async def test_find_matches_by_type(backend: Backend) -> None:
     s, c = backend.store, backend.name()
     await s.ensure_collection(c, [Index(("v",))])

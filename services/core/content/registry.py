@@ -254,7 +254,16 @@ class Registry:
                 raise DigestInvalidError(
                     f"manifest digest {parsed.digest} does not match the digest in the URL {reference}"
                 )
-        await self._check_references(repo, parsed)
+        # A manifest this replica knows is stored was checked when it was stored: a push that only tags it
+        # reads neither its references nor the manifest again (meta.py: a stale hint is harmless).
+        known = self.meta.manifest_known(str(repo), parsed.digest)
+        absent = False
+        if not known:
+            if await self.meta.manifest_exists(str(repo), str(parsed.digest)):
+                known = True
+            else:
+                await self._check_references(repo, parsed)
+                absent = True
         await self.meta.ensure_repository(str(repo), namespace=repo.namespace)
         tags = list(
             dict.fromkeys([*([str(reference)] if isinstance(reference, Tag) else []), *(str(t) for t in extra_tags)])
@@ -278,11 +287,8 @@ class Registry:
         forced_moves: list[tuple[str, Digest]] = []
         announced = False
         for _attempt in range(_CAS_ATTEMPTS):
-            ops: list[Operation] = [self.meta.put_manifest_op(record)]
+            tag_ops: list[Operation] = []
             outbound: list[OutboundEvent] = []
-            if not announced:
-                built = events.manifest_pushed(record, tags=tags, actor=actor, parsed=parsed)
-                outbound.append(self._event(built, op=0))
             attempted: list[str] = []
             previous_of: dict[str, Digest] = {}
             for tag in pending:
@@ -290,20 +296,33 @@ class Registry:
                 if current is not None and current.digest == parsed.digest:
                     continue
                 self._check_tag_mutable(repo, tag, current, force=force)
-                ops.append(self.meta.set_tag_op(str(repo), tag, parsed.digest, current=current))
+                tag_ops.append(self.meta.set_tag_op(str(repo), tag, parsed.digest, current=current))
                 attempted.append(tag)
                 if current is not None:
                     previous_of[tag] = current.digest
                 previous = current.digest if current else None
                 forced = force and current is not None
                 built = events.tag_updated(str(repo), tag, parsed.digest, previous, actor=actor, forced=forced)
-                outbound.append(self._event(built, op=len(ops) - 1))
+                outbound.append(self._event(built, op=len(tag_ops) - 1))
+            # The manifest first, unless it is known to be stored and tags move: then the touch after the tags
+            # (a delete of this manifest that read it before now loses, meta.py) re-creates it if a delete
+            # took it meanwhile, so no tag dangles either way. The manifest's event is bound to the
+            # operation that always applies (the create, else the touch).
+            create = not (known and attempted)
+            ops: list[Operation] = [self.meta.put_manifest_op(record, absent=absent)] if create else []
+            first_tag_op = len(ops)
+            outbound = [dataclasses.replace(e, op=(e.op or 0) + first_tag_op) for e in outbound]
+            ops += tag_ops
             if attempted:
-                # After the tags: a delete of this manifest that read it before now loses (meta.py).
                 ops.append(self.meta.touch_manifest_op(record))
+            if not announced:
+                built = events.manifest_pushed(record, tags=tags, actor=actor, parsed=parsed)
+                outbound.insert(0, self._event(built, op=0 if create else len(ops) - 1))
             committed = await self.outbox.commit(ops, outbound, partial=True)
             announced = True
-            lost = [tag for tag, ok in zip(attempted, committed.applied[1:], strict=False) if not ok]
+            known, absent = True, False
+            self.meta.remember_manifest(str(repo), parsed.digest)
+            lost = [tag for tag, ok in zip(attempted, committed.applied[first_tag_op:], strict=False) if not ok]
             moved += [tag for tag in attempted if tag not in lost]
             if force:
                 forced_moves += [(tag, previous_of[tag]) for tag in attempted if tag not in lost and tag in previous_of]
@@ -370,6 +389,7 @@ class Registry:
             committed = await self.outbox.commit(ops, outbound, partial=True)
             deleted += [t for t, ok in zip(tags, committed.applied, strict=False) if ok]
             if committed.applied[-1]:
+                self.meta.forget_manifest(str(repo), reference)
                 return DeletedManifest(reference, tuple(deleted), forced=force)
         gone = f"; tags {', '.join(t.name for t in deleted)} were deleted" if deleted else ""
         raise ConflictError(f"manifest {reference} of {repo} kept being re-pushed; retry the delete{gone}")

@@ -6,7 +6,13 @@ intent log:
 1. `Outbox.commit` inserts one outbox document holding the change (a list of idempotent
    single-document operations) and its events, state `pending`. This insert is the commit point.
 2. It applies the operations in order, then flips the document to `ready`.
-3. `OutboxRelay` publishes `ready` documents in sequence order and then deletes them.
+3. `OutboxRelay` publishes `ready` documents in sequence order and then deletes them (a batch at once).
+
+When the relay of the writer's own process holds the lease (it follows the outbox: `OutboxRelay.follow`),
+step 2's flip is told to that relay in memory instead of written: the relay publishes such a `pending`
+intent as if it were `ready`, and writes the flip itself whenever it cannot publish promptly (the event
+log fails, it loses or gives up the lease, it stops). So only a writer whose process died leaves a
+`pending` intent without a flip, exactly as before.
 
 A writer that dies after step 1 leaves a `pending` intent; once it is older than `stale_after` the
 relay re-applies its operations (they are idempotent, and a conditional one whose post-condition
@@ -62,10 +68,13 @@ class Insert:
 @dataclass(frozen=True, slots=True)
 class Create:
     """Create a document unless one with its `_id` exists, which is then left as it is. Always
-    applicable. For content-addressed documents (same `_id`, same content): a re-push writes nothing."""
+    applicable. For content-addressed documents (same `_id`, same content): a re-push writes nothing.
+    `absent`: the writer has just seen the document missing, so it inserts without reading first (not
+    stored in the intent: a recovery reads first)."""
 
     collection: str
     doc: Mapping[str, Any]
+    absent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +138,7 @@ def _encode_op(op: Operation) -> dict[str, Any]:
             return {"op": "put", "c": collection, "doc": dict(doc)}
         case Insert(collection, doc):
             return {"op": "insert", "c": collection, "doc": dict(doc)}
-        case Create(collection, doc):
+        case Create(collection, doc, _):
             return {"op": "create", "c": collection, "doc": dict(doc)}
         case Update(collection, key, changes, expect):
             return {
@@ -179,9 +188,9 @@ async def apply_operation(docs: DocumentStore, op: Operation) -> bool:
                 return True
             except DuplicateKeyError:
                 return _holds(await docs.get(collection, doc["_id"]), doc)
-        case Create(collection, doc):
-            # Read first: on FerretDB even a refused insert takes the database's write lock.
-            if await docs.get(collection, doc["_id"]) is None:
+        case Create(collection, doc, absent):
+            # Read first (unless just seen absent): on FerretDB even a refused insert takes the write lock.
+            if absent or await docs.get(collection, doc["_id"]) is None:
                 with contextlib.suppress(DuplicateKeyError):
                     await docs.insert(collection, doc)
             return True
@@ -224,6 +233,10 @@ def _unpublished(event_ops: Sequence[int | None], committed: Committed) -> list[
     ]
 
 
+def _ready(skip: Sequence[int]) -> dict[str, Any]:
+    return {"state": "ready", "skip": list(skip)} if skip else {"state": "ready"}
+
+
 def _sequence() -> str:
     # Sortable across processes: wall-clock nanoseconds, then a random tiebreak.
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
@@ -235,10 +248,20 @@ class Outbox:
     def __init__(self, docs: DocumentStore) -> None:
         self._docs = docs
         self._listeners: list[Callable[[], None]] = []
+        self._relay: OutboxRelay | None = None
 
     def on_commit(self, listener: Callable[[], None]) -> None:
-        """Call `listener` after each commit (the local relay wakes up instead of polling)."""
+        """Call `listener` after each commit (the local relay wakes up instead of polling). A relay's
+        `wake` also makes that relay follow this outbox (`OutboxRelay.follow`)."""
         self._listeners.append(listener)
+        relay = getattr(listener, "__self__", None)
+        if isinstance(relay, OutboxRelay) and getattr(listener, "__func__", None) is OutboxRelay.wake:
+            self._relay = relay
+
+    def _follow(self, relay: OutboxRelay) -> None:
+        self._relay = relay
+        if relay.wake not in self._listeners:
+            self._listeners.append(relay.wake)
 
     async def setup(self) -> None:
         await self._docs.ensure_collection(OUTBOX, [Index(("seq",)), Index(("state",))])
@@ -255,38 +278,52 @@ class Outbox:
             if e.op is not None and not 0 <= e.op < len(ops):
                 raise ValueError(f"event for operation {e.op} of a change with {len(ops)} operations")
         intent_id = uuid.uuid4().hex
-        await self._docs.insert(
-            OUTBOX,
-            {
-                "_id": intent_id,
-                "seq": _sequence(),
-                "state": "pending",
-                "created": time.time(),
-                "partial": partial,
-                "ops": [_encode_op(op) for op in ops],
-                "events": [
-                    {
-                        "topic": e.topic,
-                        "key": e.key,
-                        "value": e.value,
-                        "headers": [{"k": k, "v": v} for k, v in e.headers],
-                        "op": e.op,
-                    }
-                    for e in events
-                ],
-            },
-        )
-        committed = await apply_operations(self._docs, ops, partial=partial)
-        skip = _unpublished([e.op for e in events], committed)
-        if len(skip) == len(events):
-            await self._docs.delete(OUTBOX, intent_id)
-        else:
-            # Only this writer changes its pending intent (the relay waits `stale_after` before it
-            # touches one, and then writes the same value), so the store need not serialise this write.
-            changes: dict[str, Any] = {"state": "ready", "skip": skip} if skip else {"state": "ready"}
-            await self._docs.update(OUTBOX, intent_id, changes, uncontended=True)
-            for listener in self._listeners:
-                listener()
+        relay = self._relay
+        if relay is not None:
+            relay._writing(intent_id)
+        try:
+            await self._docs.insert(
+                OUTBOX,
+                {
+                    "_id": intent_id,
+                    "seq": _sequence(),
+                    "state": "pending",
+                    "created": time.time(),
+                    "partial": partial,
+                    "ops": [_encode_op(op) for op in ops],
+                    "events": [
+                        {
+                            "topic": e.topic,
+                            "key": e.key,
+                            "value": e.value,
+                            "headers": [{"k": k, "v": v} for k, v in e.headers],
+                            "op": e.op,
+                        }
+                        for e in events
+                    ],
+                },
+            )
+            committed = await apply_operations(self._docs, ops, partial=partial)
+            skip = _unpublished([e.op for e in events], committed)
+            if len(skip) == len(events):
+                await self._docs.delete(OUTBOX, intent_id)
+                if relay is not None:
+                    relay._writers.discard(intent_id)
+            else:
+                if relay is None or not relay._settled_here(intent_id, skip):
+                    # Only this writer changes its pending intent (the relay waits `stale_after` before it
+                    # touches one, and then writes the same value), so the store need not serialise this.
+                    await self._docs.update(OUTBOX, intent_id, _ready(skip), uncontended=True)
+                for listener in self._listeners:
+                    listener()
+        except BaseException as exc:
+            if relay is not None:
+                relay._abandoned(intent_id)  # left pending: the relay recovers it once stale
+                if isinstance(exc, Exception):
+                    # The relay is held up behind this intent: the flips it keeps in memory become durable.
+                    with contextlib.suppress(Exception):
+                        await relay._write_settled()
+            raise
         if not partial and not committed.complete:
             raise ConflictError("a concurrent change won; retry the request")
         return committed
@@ -329,11 +366,56 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._held_until = 0.0  # when the lease this relay last wrote expires (0: not held)
+        self._running = False
+        # Intents of this process's writers (`follow`): being written; finished, with their skip lists and
+        # since when; abandoned (the writer failed midway: pending until recovered).
+        self._writers: set[str] = set()
+        self._settled: dict[str, tuple[list[int], float]] = {}
+        self._abandoned_ids: set[str] = set()
+        self._behind_other = False  # the last drain waited on a pending intent of another process
         self.stats = RelayStats()
 
     def wake(self) -> None:
         """Called after a local commit so the relay publishes without waiting for its poll."""
         self._wake.set()
+
+    def follow(self, outbox: Outbox) -> None:
+        """Publish `outbox`'s commits promptly (woken by each), and take their `ready` flips in memory
+        while this relay runs and holds the lease (module docstring)."""
+        outbox._follow(self)
+
+    def _settled_here(self, intent_id: str, skip: Sequence[int]) -> bool:
+        """A writer of this process finished `intent_id`: keep its flip in memory if this relay will publish
+        it while still holding the lease; False means the writer must write the flip."""
+        self._writers.discard(intent_id)
+        margin = self._lease_seconds / 4
+        if (
+            not self._running
+            or time.time() > self._held_until - margin
+            or len(self._settled) >= 10 * self._batch
+            # Waiting on an intent this relay cannot settle: flips in memory would not go out promptly.
+            or self._abandoned_ids
+            or self._behind_other
+        ):
+            return False
+        self._settled[intent_id] = (list(skip), time.monotonic())
+        return True
+
+    def _writing(self, intent_id: str) -> None:
+        self._writers.add(intent_id)
+
+    def _abandoned(self, intent_id: str) -> None:
+        self._writers.discard(intent_id)
+        self._abandoned_ids.add(intent_id)
+
+    async def _write_settled(self, *, older_than: float = 0.0) -> None:
+        """Write the flips kept in memory (this relay cannot publish them promptly, or stops)."""
+        limit = time.monotonic() - older_than
+        for intent_id, (skip, since) in list(self._settled.items()):
+            if since <= limit:
+                # An intent already published and deleted matches nothing: harmless.
+                await self._docs.update(OUTBOX, intent_id, _ready(skip), uncontended=True)
+                self._settled.pop(intent_id, None)
 
     async def _hold_lease(self) -> bool:
         now = time.time()
@@ -345,6 +427,9 @@ class OutboxRelay:
         expires = now + self._lease_seconds
         doc = {"owner": self._owner, "expires": expires}
         held = False
+        if self._settled and now > self._held_until - self._lease_seconds / 4:
+            # About to renew late (or to find the lease taken): another relay may publish from now on.
+            await self._write_settled()
         if lease is None:
             try:
                 await self._docs.insert(LEASES, {"_id": "outbox-relay", **doc})
@@ -356,6 +441,8 @@ class OutboxRelay:
                 LEASES, "outbox-relay", doc, expect={"owner": lease["owner"], "expires": lease["expires"]}
             )
         self._held_until = expires if held else 0.0
+        if not held:
+            await self._write_settled()
         return held
 
     async def drain_once(self) -> int:
@@ -367,29 +454,44 @@ class OutboxRelay:
         self.stats.pending = len(intents)
         if self._on_pending is not None:
             self._on_pending(len(intents))
-        for intent in intents:
-            if intent["state"] == "pending":
-                if now - intent["created"] < self._stale_after:
-                    # A live writer may still be applying it; later intents wait so order holds.
-                    break
-                if not await self._recover(intent):
-                    settled += 1
-                    continue
-            skip = set(intent.get("skip") or ())
-            for index, event in enumerate(intent["events"]):
-                if index in skip:
-                    continue
-                await self._events.publish(
-                    event["topic"],
-                    event["key"],
-                    event["value"],
-                    headers=[(h["k"], h["v"]) for h in event["headers"]],
-                )
-                if self._on_published is not None:
-                    self._on_published(event["topic"])
-                self.stats.published += 1
-            await self._docs.delete(OUTBOX, intent["_id"])
-            settled += 1
+        if len(intents) < self._batch:
+            self._abandoned_ids &= {intent["_id"] for intent in intents}  # the others are settled
+        self._behind_other = False
+        done: list[str] = []  # published, deleted together at the end (also when publishing fails)
+        try:
+            for intent in intents:
+                if intent["state"] == "pending":
+                    local = self._settled.get(intent["_id"])
+                    if local is not None:
+                        intent["skip"] = local[0]  # its writer, in this process, has finished it
+                    elif now - intent["created"] < self._stale_after:
+                        # A live writer may still be applying it; later intents wait so order holds.
+                        self._behind_other = intent["_id"] not in self._writers
+                        break
+                    elif not await self._recover(intent):
+                        settled += 1
+                        continue
+                skip = set(intent.get("skip") or ())
+                for index, event in enumerate(intent["events"]):
+                    if index in skip:
+                        continue
+                    await self._events.publish(
+                        event["topic"],
+                        event["key"],
+                        event["value"],
+                        headers=[(h["k"], h["v"]) for h in event["headers"]],
+                    )
+                    if self._on_published is not None:
+                        self._on_published(event["topic"])
+                    self.stats.published += 1
+                done.append(intent["_id"])
+                settled += 1
+        finally:
+            if done:
+                await self._docs.delete_many(OUTBOX, done)
+                for intent_id in done:
+                    self._settled.pop(intent_id, None)
+                    self._abandoned_ids.discard(intent_id)
         return settled
 
     async def _recover(self, intent: dict[str, Any]) -> bool:
@@ -413,6 +515,15 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set; backs off while the event log is down."""
+        self._running = True
+        try:
+            await self._run(stop)
+        finally:
+            self._running = False
+            with contextlib.suppress(Exception):
+                await self._write_settled()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         backoff = self._poll_interval
         while not stop.is_set():
             self._wake.clear()
@@ -422,12 +533,18 @@ class OutboxRelay:
                     # the next commit wakes the relay, so no empty re-read follows every batch.
                     while await self.drain_once() >= self._batch:
                         pass
+                    if self._settled:
+                        # Held up behind another writer's intent: flips kept long enough become durable.
+                        await self._write_settled(older_than=1.0)
                 backoff = self._poll_interval
             except Exception as exc:  # keep relaying; the intents are durable
                 self.stats.failures += 1
                 self.stats.last_error = str(exc)[:500]
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
                 backoff = min(backoff * 2, 10.0)
+                with contextlib.suppress(Exception):
+                    # Not published promptly: make the flips durable, in case this process dies meanwhile.
+                    await self._write_settled()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff):
                     stop_task = asyncio.ensure_future(stop.wait())

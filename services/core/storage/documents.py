@@ -23,6 +23,10 @@ class DuplicateKeyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Index:
+    """An index on `fields`, in order. A non-unique index also holds `_id` (find's tie order) and is
+    meant to cover the queries on its fields: `find(where on a prefix, order_by the next, fields=...)`
+    reads only the index."""
+
     fields: tuple[str, ...]
     unique: bool = False
 
@@ -76,6 +80,12 @@ class DocumentStore(Protocol):
         """Delete one document (conditionally, as in `update`). False when nothing matched."""
         ...
 
+    async def delete_many(self, collection: str, keys: Sequence[str]) -> int:
+        """Delete the documents with these `_id`s, unconditionally; returns how many existed. Idempotent.
+        One round trip per batch of keys (the outbox relay deletes what it published at once). Each
+        document goes atomically; the set does not (no transaction)."""
+        ...
+
     async def find(
         self,
         collection: str,
@@ -84,9 +94,14 @@ class DocumentStore(Protocol):
         order_by: str = "_id",
         after: Any = None,
         limit: int | None = None,
+        fields: Sequence[str] | None = None,
     ) -> list[Document]:
         """Documents whose fields equal `where`, ascending by `order_by` (ties by `_id`),
         strictly greater than `after` when given, at most `limit`. Strings compare by code point.
+
+        With `fields`, each document holds only `_id` and those of `fields` it has (a projection): a
+        query whose `where`, `order_by` and `fields` are all in one index is answered from that index
+        alone (listings), without reading or shipping the documents.
         """
         ...
 

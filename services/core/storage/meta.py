@@ -14,6 +14,15 @@ Collections and keys:
                                            starts at a clock-derived value, so no later incarnation of a
                                            deleted tag repeats a version an old intent may still expect
   uploads       _id = upload id            the repository an upload session belongs to
+
+Listings (`list_tags`, `list_repositories`) ask only for the names, which the (repository, name) index and
+the `_id` index hold: they are answered from index order, with no per-item read.
+
+Each MetadataStore remembers, for a short while, the repositories and manifests it has seen stored
+(`KNOWN_TTL_SECONDS`), so a push to a known repository of a known manifest reads neither again. A stale
+entry is harmless: a push that believes a deleted manifest exists moves its tags and then touches the
+manifest, which re-creates it (`Touch`); a repository record is re-created within the TTL by the next
+write that misses the cache. This replica's deletes forget what they delete at once.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +44,9 @@ BLOB_LINKS = "blob_links"
 MANIFESTS = "manifests"
 TAGS = "tags"
 UPLOADS = "uploads"
+
+KNOWN_TTL_SECONDS = 30.0
+KNOWN_MAX_ENTRIES = 50_000
 
 
 def _key(repository: str, sep: str, rest: str) -> str:
@@ -105,11 +118,47 @@ class UploadRecord:
     created: float
 
 
+class _Known:
+    """Keys seen stored recently (bounded, each for `ttl` seconds): a hint, never the truth."""
+
+    def __init__(self, *, ttl: float, max_entries: int, clock: Callable[[], float]) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._clock = clock
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until < self._clock():
+            del self._until[key]
+            return False
+        return True
+
+    def add(self, key: str) -> None:
+        self._until[key] = self._clock() + self._ttl
+        self._until.move_to_end(key)
+        while len(self._until) > self._max:
+            self._until.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._until.pop(key, None)
+
+
 class MetadataStore:
     """Reads, and operation builders for writes, over one DocumentStore."""
 
-    def __init__(self, docs: DocumentStore) -> None:
+    def __init__(
+        self,
+        docs: DocumentStore,
+        *,
+        known_ttl_seconds: float = KNOWN_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.docs = docs
+        self._known_repositories = _Known(ttl=known_ttl_seconds, max_entries=KNOWN_MAX_ENTRIES, clock=clock)
+        self._known_manifests = _Known(ttl=known_ttl_seconds, max_entries=KNOWN_MAX_ENTRIES, clock=clock)
 
     async def setup(self) -> None:
         await self.docs.ensure_collection(REPOSITORIES)
@@ -121,17 +170,36 @@ class MetadataStore:
     # repositories
 
     async def ensure_repository(self, name: str, *, namespace: str) -> None:
-        """Create the repository record if missing. Idempotent; an empty repository is harmless."""
-        if await self.docs.get(REPOSITORIES, name) is not None:
-            return  # the common case, and a read: an insert refused as a duplicate is still a write
-        with contextlib.suppress(DuplicateKeyError):
-            await self.docs.insert(REPOSITORIES, {"_id": name, "namespace": namespace, "created": time.time()})
+        """Create the repository record if missing. Idempotent; an empty repository is harmless.
+        No command at all when this store has seen the repository recently (module docstring)."""
+        if name in self._known_repositories:
+            return
+        if await self.docs.get(REPOSITORIES, name) is None:
+            # A read first: an insert refused as a duplicate is still a write (FerretDB locks for it).
+            with contextlib.suppress(DuplicateKeyError):
+                await self.docs.insert(REPOSITORIES, {"_id": name, "namespace": namespace, "created": time.time()})
+        self._known_repositories.add(name)
 
     async def repository_exists(self, name: str) -> bool:
-        return await self.docs.get(REPOSITORIES, name) is not None
+        """Read every time (a deleted repository answers NAME_UNKNOWN at once); refreshes the hint."""
+        if await self.docs.get(REPOSITORIES, name) is None:
+            self._known_repositories.discard(name)
+            return False
+        self._known_repositories.add(name)
+        return True
+
+    def forget_repository(self, name: str) -> None:
+        """Call when the repository record is deleted: the next write to it creates the record again."""
+        self._known_repositories.discard(name)
+
+    async def delete_repository_record(self, name: str) -> None:
+        """Delete the repository's record (its content first: the caller's job), and forget it."""
+        self._known_repositories.discard(name)
+        await self.docs.delete(REPOSITORIES, name)
 
     async def list_repositories(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
-        docs = await self.docs.find(REPOSITORIES, after=after, limit=limit)
+        # Only `_id`: answered from the primary key's order.
+        docs = await self.docs.find(REPOSITORIES, after=after, limit=limit, fields=())
         return [d["_id"] for d in docs]
 
     # blob links
@@ -170,15 +238,39 @@ class MetadataStore:
     # manifests
 
     async def manifest(self, repository: str, digest: Digest) -> ManifestRecord | None:
-        doc = await self.docs.get(MANIFESTS, _key(repository, "@", str(digest)))
-        return None if doc is None else ManifestRecord.from_doc(doc)
+        key = _key(repository, "@", str(digest))
+        doc = await self.docs.get(MANIFESTS, key)
+        if doc is None:
+            self._known_manifests.discard(key)
+            return None
+        self._known_manifests.add(key)
+        return ManifestRecord.from_doc(doc)
 
     async def manifest_exists(self, repository: str, digest: str) -> bool:
-        return await self.docs.get(MANIFESTS, _key(repository, "@", digest)) is not None
+        key = _key(repository, "@", digest)
+        exists = await self.docs.get(MANIFESTS, key) is not None
+        if exists:
+            self._known_manifests.add(key)
+        else:
+            self._known_manifests.discard(key)
+        return exists
 
-    def put_manifest_op(self, record: ManifestRecord) -> Operation:
-        # Content-addressed: a stored manifest with this digest already has these bytes.
-        return Create(MANIFESTS, record.to_doc())
+    def manifest_known(self, repository: str, digest: Digest) -> bool:
+        """True if this store saw the manifest stored recently (a hint: see the module docstring)."""
+        return _key(repository, "@", str(digest)) in self._known_manifests
+
+    def remember_manifest(self, repository: str, digest: Digest) -> None:
+        """After a commit that stored (or touched) the manifest."""
+        self._known_manifests.add(_key(repository, "@", str(digest)))
+
+    def forget_manifest(self, repository: str, digest: Digest) -> None:
+        """After a commit that deleted the manifest."""
+        self._known_manifests.discard(_key(repository, "@", str(digest)))
+
+    def put_manifest_op(self, record: ManifestRecord, *, absent: bool = False) -> Operation:
+        """Content-addressed: a stored manifest with this digest already has these bytes. `absent`: the
+        caller has just read it missing, so the writer inserts without reading it again."""
+        return Create(MANIFESTS, record.to_doc(), absent=absent)
 
     def touch_manifest_op(self, record: ManifestRecord) -> Operation:
         """After tags moved to the manifest: a new generation, and the manifest again if it was deleted."""
@@ -202,7 +294,10 @@ class MetadataStore:
         return TagRecord(repository, name, Digest.parse(doc["digest"]), doc["version"], doc["updated"])
 
     async def list_tags(self, repository: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
-        docs = await self.docs.find(TAGS, {"repository": repository}, order_by="name", after=after, limit=limit)
+        # Only the names: answered from the (repository, name) index, in its order.
+        docs = await self.docs.find(
+            TAGS, {"repository": repository}, order_by="name", after=after, limit=limit, fields=("name",)
+        )
         return [d["name"] for d in docs]
 
     async def tags_of(self, repository: str, digest: Digest) -> list[TagRecord]:

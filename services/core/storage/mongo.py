@@ -181,6 +181,10 @@ class MongoDocumentStore:
             if not index.fields:
                 raise ValueError("an index needs at least one field")
             keys = [(check_field(f), ASCENDING) for f in index.fields]
+            if not index.unique and "_id" not in index.fields:
+                # Ending in _id, the index yields find's tie order and covers a projection (`fields`)
+                # on its fields: MongoDB answers such a listing from the index alone.
+                keys.append(("_id", ASCENDING))
             try:
                 await coll.create_index(keys, unique=index.unique)
             except OperationFailure as exc:
@@ -271,6 +275,16 @@ class MongoDocumentStore:
         async with self._locked(collection, key):
             return (await coll.delete_one(query)).deleted_count > 0
 
+    async def delete_many(self, collection: str, keys: Sequence[str]) -> int:
+        coll = self._coll(collection)
+        unique = list(dict.fromkeys(keys))
+        deleted = 0
+        for start in range(0, len(unique), _GET_MANY_BATCH):
+            # Unconditional deletes by _id: atomic per document on FerretDB too, so no lock.
+            batch = unique[start : start + _GET_MANY_BATCH]
+            deleted += (await coll.delete_many({"_id": {"$in": batch}})).deleted_count
+        return deleted
+
     async def find(
         self,
         collection: str,
@@ -279,9 +293,11 @@ class MongoDocumentStore:
         order_by: str = "_id",
         after: Any = None,
         limit: int | None = None,
+        fields: Sequence[str] | None = None,
     ) -> list[Document]:
         coll = self._coll(collection)
         query = _filter(where)
+        projection = None if fields is None else {"_id": 1, **{check_field(f): 1 for f in fields}}
         check_field(order_by)
         if after is not None:
             if isinstance(after, bool) or not isinstance(after, (str, int, float)):
@@ -298,7 +314,7 @@ class MongoDocumentStore:
             if limit == 0:
                 return []  # MongoDB reads limit 0 as "no limit"
         sort = [("_id", ASCENDING)] if order_by == "_id" else [(order_by, ASCENDING), ("_id", ASCENDING)]
-        cursor = coll.find(query, sort=sort, limit=limit or 0)
+        cursor = coll.find(query, projection, sort=sort, limit=limit or 0)
         return [_decode_value(doc) for doc in await cursor.to_list()]
 
     async def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:

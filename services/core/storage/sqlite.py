@@ -103,6 +103,24 @@ def _conditions(where: Mapping[str, Any] | None) -> tuple[list[str], list[Any]]:
     return terms, params
 
 
+def _projected_value(value: Any, json_type: str) -> Any:
+    """A field read with json_extract back to its document value (json_type tells what it was)."""
+    if json_type in ("object", "array"):
+        return _loads(value)  # json_extract renders these as JSON text
+    if json_type in ("true", "false"):
+        return json_type == "true"
+    return value  # text, integer, real, null (None)
+
+
+def _projection(row: sqlite3.Row, fields: Sequence[str]) -> Document:
+    doc: Document = {"_id": row[0]}
+    for i, field in enumerate(fields):
+        value, json_type = row[1 + 2 * i], row[2 + 2 * i]
+        if json_type is not None:  # None: the document lacks the field
+            doc[field] = _projected_value(value, json_type)
+    return doc
+
+
 def _is_missing_table(exc: sqlite3.OperationalError) -> bool:
     return "no such table" in str(exc)
 
@@ -190,15 +208,22 @@ class SqliteDocumentStore:
             if not index.fields:
                 raise ValueError("an index needs at least one field")
             exprs = ", ".join(_expr(f) for f in index.fields)
+            legacy_name = "__".join((name, *index.fields))
+            index_name = legacy_name
             if not index.unique and "_id" not in index.fields:
-                # Ending in _id, the index also yields find's tie order without a sort.
-                exprs += ", _id"
-            index_name = "__".join((name, *index.fields))
+                # Ending in _id, the index also yields find's tie order without a sort; then the type of
+                # each field, so that find's type-strict equality and a projection (`fields`) are
+                # answered from the index alone, never from the documents (a covering index).
+                exprs += ", _id, " + ", ".join(_jtype(f) for f in index.fields)
+                index_name = legacy_name + "__covering"
             unique = "UNIQUE " if index.unique else ""
             try:
                 await db.execute(f'CREATE {unique}INDEX IF NOT EXISTS "{index_name}" ON "{name}" ({exprs})')
             except sqlite3.IntegrityError as exc:
                 raise DuplicateKeyError(str(exc)) from exc
+            if index_name != legacy_name:
+                # The narrower index of earlier versions, which the planner might still prefer.
+                await db.execute(f'DROP INDEX IF EXISTS "{legacy_name}"')
 
     async def get(self, collection: str, key: str) -> Document | None:
         rows = await self._read(f'SELECT _id, doc FROM "{check_collection(collection)}" WHERE _id = ?', (key,))
@@ -268,6 +293,17 @@ class SqliteDocumentStore:
         sql = f'DELETE FROM "{check_collection(collection)}" WHERE ' + " AND ".join(["_id = ?", *terms])
         return await self._write(collection, sql, [key, *params], create=False) > 0
 
+    async def delete_many(self, collection: str, keys: Sequence[str]) -> int:
+        table = check_collection(collection)
+        unique = list(dict.fromkeys(keys))
+        deleted = 0
+        for start in range(0, len(unique), _GET_MANY_BATCH):
+            batch = unique[start : start + _GET_MANY_BATCH]
+            marks = ", ".join("?" * len(batch))
+            deleted += await self._write(collection, f'DELETE FROM "{table}" WHERE _id IN ({marks})', batch,
+                                         create=False)
+        return deleted
+
     async def find(
         self,
         collection: str,
@@ -276,9 +312,11 @@ class SqliteDocumentStore:
         order_by: str = "_id",
         after: Any = None,
         limit: int | None = None,
+        fields: Sequence[str] | None = None,
     ) -> list[Document]:
         table = check_collection(collection)
         terms, params = _conditions(where)
+        projected = None if fields is None else [f for f in dict.fromkeys(fields) if check_field(f) != "_id"]
         order_expr = _expr(order_by)
         if after is not None:
             if isinstance(after, bool) or not isinstance(after, (str, int, float)):
@@ -293,7 +331,12 @@ class SqliteDocumentStore:
                 guard = "= 'text'" if isinstance(after, str) else f"IN {_NUMBER_TYPES}"
                 terms.append(f"{order_expr} > ? AND {_jtype(order_by)} {guard}")
             params.append(_encode(check_text(after)))
-        sql = f'SELECT _id, doc FROM "{table}"'
+        if projected is None:
+            sql = f'SELECT _id, doc FROM "{table}"'
+        else:
+            # Each field as its value and its JSON type: both are in a covering index (ensure_collection).
+            columns = "".join(f", {_expr(f)}, {_jtype(f)}" for f in projected)
+            sql = f'SELECT _id{columns} FROM "{table}"'
         if terms:
             sql += " WHERE " + " AND ".join(terms)
         # Default BINARY collation: strings compare by UTF-8 bytes, i.e. by code point; numbers
@@ -304,7 +347,10 @@ class SqliteDocumentStore:
                 raise ValueError("limit must be >= 0")
             sql += " LIMIT ?"
             params.append(limit)
-        return [self._document(row) for row in await self._read(sql, params)]
+        rows = await self._read(sql, params)
+        if projected is None:
+            return [self._document(row) for row in rows]
+        return [_projection(row, projected) for row in rows]
 
     async def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
         terms, params = _conditions(where)
