@@ -75,6 +75,10 @@ class MongoMetadataSettings(_Section):
     kind: Literal["mongo"]
     uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"), description="MongoDB connection string")
     database: str = Field("hanzo_registry", description="Database name")
+    max_pool_size: int = Field(
+        32, ge=1, le=1000,
+        description="Connections to MongoDB: commands in flight at once (reads never queue behind a write's lock)",
+    )
 
 
 MetadataSettings = Annotated[SqliteMetadataSettings | MongoMetadataSettings, Field(discriminator="kind")]

@@ -112,9 +112,13 @@ class MongoDocumentStore:
         serialize_writes: bool | None = None,
         lock_lease_seconds: float = 15.0,
         lock_acquire_timeout_seconds: float = 30.0,
+        max_pool_size: int = 32,
     ) -> None:
+        # A pool of connections, so that many commands are in flight at once: a read never waits for a
+        # connection that a write holds while it retries a lease lock (FerretDB) or waits for the server.
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             uri,
+            maxPoolSize=max_pool_size,
             serverSelectionTimeoutMS=server_selection_timeout_ms,
             connectTimeoutMS=connect_timeout_ms,
             socketTimeoutMS=socket_timeout_ms,
@@ -127,7 +131,7 @@ class MongoDocumentStore:
 
     @classmethod
     def from_settings(cls, settings: MongoMetadataSettings) -> MongoDocumentStore:
-        return cls(settings.uri.get_secret_value(), settings.database)
+        return cls(settings.uri.get_secret_value(), settings.database, max_pool_size=settings.max_pool_size)
 
     def _coll(self, name: str) -> AsyncCollection[dict[str, Any]]:
         return self._db[check_collection(name)]
