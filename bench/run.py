@@ -354,7 +354,7 @@ def _write_reports(
     return table, checked
 
 
-async def amain(cfg: Config, targets: list[str], keep: bool) -> int:
+async def amain(cfg: Config, targets: list[str], keep: bool, phases: list[str] | None = None) -> int:
     root = scratch_root()
     namespace = new_namespace()  # distributed: bench-<id>; distribution-s3: S3 prefix bench-<id>-distribution
     started = [make_target(name, root, namespace) for name in targets]
@@ -378,7 +378,7 @@ async def amain(cfg: Config, targets: list[str], keep: bool) -> int:
         for t in started:
             states[t.name] = State(t, ops.Client(http, t.base))
         blobs = Blobs()
-        for phase in BENCHMARKS:
+        for phase in [p for p in BENCHMARKS if phases is None or p.name == "setup" or p.name in phases]:
             rounds = phase.rounds(cfg) if phase.rounds is not None else 1
             elapsed = dict.fromkeys(states, 0.0)
             failed: set[str] = set()
@@ -455,7 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=2, help="load-client processes for the req/s benchmarks")
     parser.add_argument("--seconds", type=float, default=None, help="duration of each req/s benchmark")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (data and server logs)")
+    names = [p.name for p in BENCHMARKS if p.name != "setup"]
+    parser.add_argument(
+        "--benchmarks", default=None,
+        help=f"comma-separated subset of {','.join(names)} (a focused run; setup always runs)",
+    )
     args = parser.parse_args(argv)
+    phases = None if args.benchmarks is None else [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    if phases is not None and (not phases or set(phases) - set(names)):
+        parser.error(f"--benchmarks takes names from {', '.join(names)}; got {args.benchmarks!r}")
     targets = [t.strip() for t in args.only.split(",") if t.strip()]
     unknown = set(targets) - set(TARGETS)
     if unknown or not targets:
@@ -465,9 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        return uvloop.run(amain(cfg, targets, args.keep))
+        return uvloop.run(amain(cfg, targets, args.keep, phases))
     except ImportError:
-        return asyncio.run(amain(cfg, targets, args.keep))
+        return asyncio.run(amain(cfg, targets, args.keep, phases))
 
 
 if __name__ == "__main__":
