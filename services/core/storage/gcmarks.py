@@ -9,7 +9,9 @@ States, each change a compare-and-set on the one document:
   marked    the collector means to delete it (phase one, written by run `run`)
   rescued   a push touched it while it was marked: the collector leaves it (and drops the mark later)
   deleting  the collector passed its point of no return (it holds the mark until `until`)
-A mark the collector finished with is removed.
+  deleted   a tombstone, kept TOMBSTONE_SECONDS: a replica that still believes the thing stored (the
+            metadata store's short-lived hints) learns otherwise from it
+A mark the collector let go (rescued, or kept after all) is removed.
 
 The push path pays one metadata read per blob link (and one per manifest push, for all its references):
 - a blob link is written first and its mark read after (`after_link`): whichever of the push and the
@@ -17,7 +19,9 @@ The push path pays one metadata read per blob link (and one per manifest push, f
   `deleting`, waits for the collector to finish and then checks the bytes itself (gone: the caller unlinks
   and the client uploads the blob again);
 - a manifest push reads the marks of what it references before it commits (`before_manifest`): a marked
-  blob or child manifest is rescued; one being deleted is refused (MANIFEST_BLOB_UNKNOWN, push it again).
+  blob or child manifest is rescued; one being deleted, or deleted and not stored again since, is refused
+  (MANIFEST_BLOB_UNKNOWN, push it again). A push that skips reading the manifest because it believes it
+  stored passes the manifest itself too.
   The collector waits `settle` seconds between marking and its point of no return and then looks for
   manifests stored since it started, so a push that read no mark is seen by it.
 """
@@ -31,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from services.core.oci.digest import Digest
 from services.core.storage.documents import Document, DocumentStore, Index
+from services.core.storage.meta import BLOB_LINKS, MANIFESTS
 
 GC_MARKS = "gc_marks"
 
@@ -38,6 +43,9 @@ SEEN = "seen"
 MARKED = "marked"
 RESCUED = "rescued"
 DELETING = "deleting"
+DELETED = "deleted"
+
+TOMBSTONE_SECONDS = 300.0
 
 WAIT_SECONDS = 60.0
 """The longest a push waits for a collector that holds a mark in `deleting` (beyond its lease, it takes over)."""
@@ -62,7 +70,8 @@ class BlobGuard(Protocol):
 
     async def before_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]) -> list[str]:
         """Call before storing a manifest that references `blobs` and child `manifests` of `repository`:
-        rescues those marked, and returns the digests being deleted (refuse the push: they are going)."""
+        rescues those marked, and returns the digests being (or lately) deleted and not stored again (refuse
+        the push: they are gone)."""
         ...
 
 
@@ -100,9 +109,15 @@ class GcMarks:
         found = await self.docs.get_many(GC_MARKS, list(keys))
         refused: list[str] = []
         for key, doc in found.items():
-            if not await self._settle(key, doc):
+            if not await self._settle(key, doc) and not await self._stored(key, repository, keys[key]):
                 refused.append(keys[key])
         return refused
+
+    async def _stored(self, key: str, repository: str, digest: str) -> bool:
+        """Stored again since the collector deleted it: a blob linked (a link comes only with its bytes,
+        `after_link`), or a manifest."""
+        collection = BLOB_LINKS if key.startswith("b:") else MANIFESTS
+        return await self.docs.get(collection, f"{repository}@{digest}") is not None
 
     async def _settle(self, key: str, doc: Document | None) -> bool:
         """Rescue a marked document; wait out one being deleted. True: nothing was deleted (it is rescued or
@@ -111,6 +126,8 @@ class GcMarks:
         while True:
             if doc is None or doc.get("state") in (SEEN, RESCUED):
                 return True
+            if doc["state"] == DELETED:
+                return self._clock() - float(doc.get("at", 0.0)) > TOMBSTONE_SECONDS
             if doc["state"] == MARKED:
                 if await self.docs.update(GC_MARKS, key, {"state": RESCUED}, expect=_as_read(doc)):
                     return True
@@ -148,6 +165,10 @@ class GcMarks:
     async def take_over(self, doc: Document, *, run: str, until: float) -> bool:
         """A dead run's `deleting` mark (its lease is over): this run finishes the deletion."""
         return await self.docs.update(GC_MARKS, doc["_id"], {"run": run, "until": until}, expect=_as_read(doc))
+
+    async def bury(self, key: str) -> None:
+        """Deleted: the mark becomes a tombstone (module docstring)."""
+        await self.docs.put(GC_MARKS, {"_id": key, "state": DELETED, "at": self._clock()})
 
     async def release(self, key: str, *, state: str | None = None) -> bool:
         """Remove the mark (only in `state` when given)."""

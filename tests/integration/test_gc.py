@@ -1,0 +1,91 @@
+"""GC runs on both assemblies: what goes, what stays, dry runs, repair of a run that died."""
+
+from __future__ import annotations
+
+import uuid
+
+from services.core.storage import gcmarks as gm
+from services.gc.sweep import RunOptions
+from tests.integration.conftest import Assembly
+from tests.integration.gc_support import (
+    collector,
+    drop_gc_collections,
+    make_image,
+    make_index,
+    pull_exact,
+    push,
+)
+from tests.integration.oci import digest_of
+
+
+def _run(dry: bool = False) -> RunOptions:
+    return RunOptions(run_id=uuid.uuid4().hex, dry_run=dry, grace_seconds=0)
+
+
+async def test_collects_untagged_and_their_blobs_keeps_tagged_index_children_and_referrers(
+    assembly: Assembly,
+) -> None:
+    client, c = assembly.client, assembly.c
+    gc = collector(c)
+    await gc.setup()
+    try:
+        shared = [b"shared layer " + uuid.uuid4().bytes]
+        kept = make_image(shared=shared)
+        garbage = make_image(shared=shared)
+        child = make_image()
+        index = make_index([child])
+        await push(client, "team/app", kept, "v1")
+        await push(client, "team/app", garbage, "moving")
+        await push(client, "team/app", make_image(), "moving")  # `garbage` is now untagged
+        await push(client, "team/app", index, "multi")
+        signature = make_image()
+        signature_doc = signature.manifest.replace(
+            b'"layers"', b'"subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "'
+            + kept.digest.encode() + b'", "size": ' + str(len(kept.manifest)).encode() + b'}, "layers"', 1)
+        signature.manifest = signature_doc
+        await push(client, "team/app", signature)
+
+        dry = await gc.run(_run(dry=True))
+        assert dry.manifests_deleted == 1
+        assert (await client.get(f"/v2/team/app/manifests/{garbage.digest}")).status == 200
+
+        result = await gc.run(_run())
+        assert not result.errors
+        assert [(d.kind, d.digest) for d in result.deleted if d.kind == "manifest"] == [("manifest", garbage.digest)]
+        own = set(garbage.blobs) - {digest_of(x) for x in shared}
+        assert {d.digest for d in result.deleted if d.kind == "blob"} == own
+        assert result.bytes_freed == sum(len(garbage.blobs[d]) for d in own)
+        assert (await client.get(f"/v2/team/app/manifests/{garbage.digest}")).status == 404
+        await pull_exact(client, "team/app", "v1", kept)
+        await pull_exact(client, "team/app", "multi", index)
+        await pull_exact(client, "team/app", signature.digest, signature)
+        assert result.storage["repositories"]["team/app"] > 0
+        assert result.storage["namespaces"]["team"] == result.storage["total_bytes"]
+        # Nothing left to do.
+        again = await gc.run(_run())
+        assert (again.manifests_deleted, again.blobs_deleted) == (0, 0)
+    finally:
+        await drop_gc_collections(c)
+
+
+async def test_a_run_that_died_past_its_point_of_no_return_is_finished_by_the_next(assembly: Assembly) -> None:
+    client, c = assembly.client, assembly.c
+    gc = collector(c)
+    await gc.setup()
+    try:
+        image = make_image()
+        await push(client, "team/app", image)
+        links = await c.docs.find("blob_links", {"repository": "team/app"})
+        victim = str(links[0]["digest"])
+        # A dead run: it claimed the blob (deleting) and died before deleting anything; its lease is over.
+        await c.docs.put(gm.GC_MARKS, {"_id": gm.blob_key(victim), "state": gm.DELETING, "run": "dead",
+                                       "until": 0.0, "size": 1,
+                                       "links": [{"r": "team/app", "c": links[0]["created"]}]})
+        await c.docs.put(gm.GC_MARKS, {"_id": gm.blob_key("sha256:" + "0" * 64), "state": gm.MARKED,
+                                       "run": "dead"})
+        result = await gc.run(RunOptions(run_id="next", grace_seconds=None))
+        assert victim in {d.digest for d in result.deleted}
+        assert await c.docs.get(gm.GC_MARKS, gm.blob_key("sha256:" + "0" * 64)) is None
+        assert (await c.docs.get(gm.GC_MARKS, gm.blob_key(victim)) or {}).get("state") == gm.DELETED
+    finally:
+        await drop_gc_collections(c)
