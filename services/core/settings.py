@@ -259,6 +259,25 @@ class OidcSettings(_Section):
         return tuple(self.audience) or ((self.client_id,) if self.client_id else ())
 
 
+class GcSettings(_Section):
+    enabled: bool = Field(True, description="Run garbage collection on `schedule`")
+    schedule: str = Field("0 3 * * *", description="When GC runs: cron (minute hour day month weekday), UTC")
+    blob_grace_seconds: int = Field(
+        3600, ge=0, description="Blobs no kept manifest references are deleted only once every link is this old"
+    )
+    settle_seconds: float = Field(
+        5.0, ge=0, description="Between marking and deleting, how long GC waits for pushes in flight to show up"
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from services.core.cron import CronExpression
+
+        CronExpression.parse(value)
+        return value
+
+
 class AuthSettings(_Section):
     mode: Literal["token", "none"] = Field(
         "token", description="token: Docker token auth, API keys, roles; none: open to anyone (local experiments)"
@@ -392,6 +411,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    gc: GcSettings = Field(default_factory=GcSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 
