@@ -105,6 +105,8 @@ class TooManyRequestsError(RegistryError):
 
 
 class UnavailableError(RegistryError):
+    """A backend the request needs (metadata, blob storage, event log) cannot be reached: retry later."""
+
     code, status = "UNAVAILABLE", 503
 
 

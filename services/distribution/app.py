@@ -12,6 +12,7 @@ from services.core.bootstrap import Container
 from services.core.content.graph import indexes_listing
 from services.core.content.registry import Registry
 from services.core.halfclose import answer_half_closed_requests
+from services.core.outages import OutageTracker
 from services.core.policy.document import PolicyDocument
 from services.core.policy.gates import PullGates
 from services.core.policy.merge import effective
@@ -24,7 +25,7 @@ from services.distribution.accesslog import access_log_middleware
 from services.distribution.auth_access import TokenAccess, audit_middleware
 from services.distribution.auth_token import add_token_routes
 from services.distribution.forwarded import forwarded_middleware
-from services.distribution.keys import ACCESS, GATES, METRICS, REGISTRY, SETTINGS
+from services.distribution.keys import ACCESS, GATES, METRICS, OUTAGES, REGISTRY, SETTINGS
 from services.distribution.management import add_management_routes
 from services.distribution.middleware import errors_middleware, telemetry_middleware
 from services.distribution.oidc_login import add_oidc_routes
@@ -64,6 +65,10 @@ def _setup_policies(c: Container) -> Callable[[web.Application], Awaitable[None]
     return setup
 
 
+async def _close_outages(app: web.Application) -> None:
+    await app[OUTAGES].close()
+
+
 def version() -> str:
     try:
         return metadata.version("hanzo-registry")
@@ -98,6 +103,8 @@ def create_app(c: Container, *, access: AccessControl, registry: Registry | None
     app[ACCESS] = access
     app[METRICS] = c.metrics
     app[GATES] = build_gates(c)
+    app[OUTAGES] = OutageTracker(dependency_probes(c))
+    app.on_cleanup.append(_close_outages)
     app.on_startup.append(_setup_policies(c))
     app.router.add_get("/v2/", oci_api.base)
     app.router.add_get("/v2", oci_api.base)

@@ -10,8 +10,9 @@ from aiohttp import web
 from opentelemetry import trace
 
 from services.core.errors import NameUnknownError, RegistryError, error_body
+from services.core.outages import outage_of
 from services.core.telemetry import extract_context
-from services.distribution.keys import METRICS
+from services.distribution.keys import METRICS, OUTAGES
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -65,7 +66,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         # The client went away mid-request; the handler's cleanup already ran.
         log.info("request %s %s aborted: %s", request.method, request.path, exc)
         raise
-    except Exception:
+    except Exception as exc:
+        dependency = outage_of(exc)
+        if dependency is not None:
+            # An expected outage: 503 with Retry-After, logged once per outage by the tracker.
+            return error_response(request, request.app[OUTAGES].unavailable(dependency, exc))
         log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
         return error_response(request, RegistryError("internal error; see the server log"))
     if not response.prepared:
