@@ -26,7 +26,7 @@ def collector(c: Container, *, settle: float = 0.05, grace: float = 3600.0) -> C
 
 
 async def drop_gc_collections(c: Container) -> None:
-    for name in (GC_MARKS, "gc_runs", "gc_storage"):
+    for name in (GC_MARKS, "gc_runs", "gc_run_items", "gc_storage"):
         await c.docs.drop_collection(name)
 
 
