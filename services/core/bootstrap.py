@@ -40,7 +40,7 @@ def build_document_store(settings: Settings) -> DocumentStore:
     if isinstance(meta, MongoMetadataSettings):
         from services.core.storage.mongo import MongoDocumentStore
 
-        return MongoDocumentStore(meta.uri.get_secret_value(), meta.database)
+        return MongoDocumentStore.from_settings(meta)
     assert isinstance(meta, SqliteMetadataSettings)
     from services.core.storage.sqlite import SqliteDocumentStore
 

@@ -74,7 +74,7 @@ async def delete_repository(registry: Registry, repo: RepositoryName, *, actor: 
     for upload in await _all(registry, m.UPLOADS, name):
         await registry.discard_upload(str(upload["_id"]))
         uploads += 1
-    await registry.meta.docs.delete(m.REPOSITORIES, name)
+    await registry.meta.delete_repository_record(name)
     # A push that raced the deletion keeps its content, and so the repository keeps its record.
     for collection in (m.TAGS, m.MANIFESTS, m.BLOB_LINKS):
         if await registry.meta.docs.find(collection, {"repository": name}, limit=1):
