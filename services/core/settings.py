@@ -355,6 +355,26 @@ def _cidrs(value: Any) -> Any:
     return value
 
 
+class SignerSettings(_Section):
+    master_key: SecretStr | None = Field(
+        None, description="Encrypts managed signing keys at rest (at least 16 characters, e.g. `openssl rand "
+        "-hex 32`); without it no key can be created or used"
+    )
+    sigstore_roots: Path | None = Field(
+        None, description="PEM file of the CA certificates (e.g. Fulcio's root and intermediate) trusted for "
+        "keyless cosign and Sigstore bundle signatures; identities come from the policy's signing.identities"
+    )
+    notation_trust_store: Path | None = Field(
+        None, description="Notary trust store directory (x509/ca/<name>/*.pem, x509/signingAuthority/<name>/...)"
+    )
+    notation_trust_policy: Path | None = Field(
+        None, description="Notary trust policy file (trustpolicy.json, version 1.0) for Notary signatures"
+    )
+    max_signature_bytes: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest signature layer the signer reads"
+    )
+
+
 class ServerSettings(_Section):
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto",
@@ -414,6 +434,7 @@ class Settings(BaseSettings):
     gc: GcSettings = Field(default_factory=GcSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    signer: SignerSettings = Field(default_factory=SignerSettings)
 
     @field_validator("addr")
     @classmethod

@@ -22,6 +22,7 @@ class SignatureFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SIGNATURE_FORMAT_UNSPECIFIED: _ClassVar[SignatureFormat]
     SIGNATURE_FORMAT_COSIGN: _ClassVar[SignatureFormat]
     SIGNATURE_FORMAT_NOTATION: _ClassVar[SignatureFormat]
+    SIGNATURE_FORMAT_COSIGN_BUNDLE: _ClassVar[SignatureFormat]
 
 class ReplicationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,6 +44,7 @@ SCAN_STATUS_UNSUPPORTED: ScanStatus
 SIGNATURE_FORMAT_UNSPECIFIED: SignatureFormat
 SIGNATURE_FORMAT_COSIGN: SignatureFormat
 SIGNATURE_FORMAT_NOTATION: SignatureFormat
+SIGNATURE_FORMAT_COSIGN_BUNDLE: SignatureFormat
 REPLICATION_STATUS_UNSPECIFIED: ReplicationStatus
 REPLICATION_STATUS_SUCCEEDED: ReplicationStatus
 REPLICATION_STATUS_FAILED: ReplicationStatus
@@ -190,7 +192,7 @@ class ScanCompleted(_message.Message):
     def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., scanner: _Optional[str] = ..., severity_counts: _Optional[_Mapping[str, int]] = ..., report_id: _Optional[str] = ..., status: _Optional[_Union[ScanStatus, str]] = ...) -> None: ...
 
 class SignatureVerified(_message.Message):
-    __slots__ = ("repository", "digest", "signature_digest", "format", "key_id", "verified", "reason")
+    __slots__ = ("repository", "digest", "signature_digest", "format", "key_id", "verified", "reason", "identity", "issuer", "index")
     REPOSITORY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +200,9 @@ class SignatureVerified(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     VERIFIED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     repository: str
     digest: str
     signature_digest: str
@@ -205,7 +210,10 @@ class SignatureVerified(_message.Message):
     key_id: str
     verified: bool
     reason: str
-    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., signature_digest: _Optional[str] = ..., format: _Optional[_Union[SignatureFormat, str]] = ..., key_id: _Optional[str] = ..., verified: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    identity: str
+    issuer: str
+    index: int
+    def __init__(self, repository: _Optional[str] = ..., digest: _Optional[str] = ..., signature_digest: _Optional[str] = ..., format: _Optional[_Union[SignatureFormat, str]] = ..., key_id: _Optional[str] = ..., verified: _Optional[bool] = ..., reason: _Optional[str] = ..., identity: _Optional[str] = ..., issuer: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
 
 class ReplicationCompleted(_message.Message):
     __slots__ = ("rule", "source_registry", "target_registry", "repository", "digest", "status", "error", "tag")

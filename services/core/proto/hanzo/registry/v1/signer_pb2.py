@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.core.proto.hanzo.registry.v1 import events_pb2 as hanzo_dot_registry_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehanzo/registry/v1/signer.proto\x12\x11hanzo.registry.v1\x1a\x1ehanzo/registry/v1/events.proto\"3\n\rVerifyRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\x90\x01\n\x0eSignatureCheck\x12\x18\n\x10signature_digest\x18\x01 \x01(\t\x12\x32\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\".hanzo.registry.v1.SignatureFormat\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x10\n\x08verified\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"Y\n\x0eVerifyResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12\x35\n\nsignatures\x18\x02 \x03(\x0b\x32!.hanzo.registry.v1.SignatureCheck\"u\n\x0bSignRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x32\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\".hanzo.registry.v1.SignatureFormat\"l\n\x0cSignResponse\x12\x18\n\x10signature_digest\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x32\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\".hanzo.registry.v1.SignatureFormat2\xa0\x01\n\x06Signer\x12M\n\x06Verify\x12 .hanzo.registry.v1.VerifyRequest\x1a!.hanzo.registry.v1.VerifyResponse\x12G\n\x04Sign\x12\x1e.hanzo.registry.v1.SignRequest\x1a\x1f.hanzo.registry.v1.SignResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehanzo/registry/v1/signer.proto\x12\x11hanzo.registry.v1\x1a\x1ehanzo/registry/v1/events.proto\"3\n\rVerifyRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\xb2\x01\n\x0eSignatureCheck\x12\x18\n\x10signature_digest\x18\x01 \x01(\t\x12\x32\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\".hanzo.registry.v1.SignatureFormat\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x10\n\x08verified\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08identity\x18\x06 \x01(\t\x12\x0e\n\x06\x64igest\x18\x07 \x01(\t\"Y\n\x0eVerifyResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12\x35\n\nsignatures\x18\x02 \x03(\x0b\x32!.hanzo.registry.v1.SignatureCheck\"\x9e\x01\n\x0bSignRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x32\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\".hanzo.registry.v1.SignatureFormat\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x18\n\x10\x64ocker_reference\x18\x06 \x01(\t\"l\n\x0cSignResponse\x12\x18\n\x10signature_digest\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x32\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\".hanzo.registry.v1.SignatureFormat2\xa0\x01\n\x06Signer\x12M\n\x06Verify\x12 .hanzo.registry.v1.VerifyRequest\x1a!.hanzo.registry.v1.VerifyResponse\x12G\n\x04Sign\x12\x1e.hanzo.registry.v1.SignRequest\x1a\x1f.hanzo.registry.v1.SignResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYREQUEST']._serialized_start=85
   _globals['_VERIFYREQUEST']._serialized_end=136
   _globals['_SIGNATURECHECK']._serialized_start=139
-  _globals['_SIGNATURECHECK']._serialized_end=283
-  _globals['_VERIFYRESPONSE']._serialized_start=285
-  _globals['_VERIFYRESPONSE']._serialized_end=374
-  _globals['_SIGNREQUEST']._serialized_start=376
-  _globals['_SIGNREQUEST']._serialized_end=493
-  _globals['_SIGNRESPONSE']._serialized_start=495
-  _globals['_SIGNRESPONSE']._serialized_end=603
-  _globals['_SIGNER']._serialized_start=606
-  _globals['_SIGNER']._serialized_end=766
+  _globals['_SIGNATURECHECK']._serialized_end=317
+  _globals['_VERIFYRESPONSE']._serialized_start=319
+  _globals['_VERIFYRESPONSE']._serialized_end=408
+  _globals['_SIGNREQUEST']._serialized_start=411
+  _globals['_SIGNREQUEST']._serialized_end=569
+  _globals['_SIGNRESPONSE']._serialized_start=571
+  _globals['_SIGNRESPONSE']._serialized_end=679
+  _globals['_SIGNER']._serialized_start=682
+  _globals['_SIGNER']._serialized_end=842
 # @@protoc_insertion_point(module_scope)
