@@ -18,6 +18,7 @@ from services.core.policy.gates import PullGates
 from services.core.policy.merge import effective
 from services.core.policy.store import PolicyStore, PolicyTarget
 from services.core.runtime import add_ops_routes, dependency_probes
+from services.core.signing.gate import with_signature_gate
 from services.core.storage.meta import ManifestRecord
 from services.distribution import oci_api
 from services.distribution.access import AccessControl
@@ -55,7 +56,8 @@ def build_gates(c: Container) -> PullGates:
     async def parents(repository: str, manifest: ManifestRecord) -> list[ManifestRecord]:
         return await indexes_listing(c.meta, repository, manifest)
 
-    return PullGates([], policies, parents, ttl_seconds=c.settings.registry.pull_gate_cache_seconds)
+    gates = PullGates([], policies, parents, ttl_seconds=c.settings.registry.pull_gate_cache_seconds)
+    return with_signature_gate(c, gates)
 
 
 def _setup_policies(c: Container) -> Callable[[web.Application], Awaitable[None]]:
