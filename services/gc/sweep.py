@@ -129,6 +129,16 @@ class Collector:
     # -- the run --------------------------------------------------------------------------------
 
     async def run(self, options: RunOptions) -> RunResult:
+        if options.dry_run:
+            return await self._run(options)
+        # Pushes read marks only while a run is announced (gcmarks.GcMarks._collecting).
+        await self.marks.announce(options.run_id)
+        try:
+            return await self._run(options)
+        finally:
+            await self.marks.conclude(options.run_id)
+
+    async def _run(self, options: RunOptions) -> RunResult:
         result = RunResult()
         started = self._clock()
         grace = options.grace_seconds

@@ -19,7 +19,7 @@ import pytest
 
 from services.core.content.registry import Registry
 from services.core.events.local import LocalEventLog
-from services.core.events.outbox import OUTBOX, Outbox, OutboxRelay
+from services.core.events.outbox import LEASES, OUTBOX, Outbox, OutboxRelay
 from services.core.oci.digest import Digest
 from services.core.oci.names import RepositoryName, Tag
 from services.core.settings import RegistrySettings, TopicSettings
@@ -54,7 +54,11 @@ class CountingDocumentStore:
         await self.inner.ensure_collection(name, indexes)
 
     async def get(self, collection: str, key: str) -> Document | None:
-        self._count("get")
+        if collection == LEASES:
+            # The GC lease, read at most every gcmarks.NOTICE_SECONDS per process: not a per-push cost.
+            self.calls[("periodic", "get")] += 1
+        else:
+            self._count("get")
         return await self.inner.get(collection, key)
 
     async def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, Document]:

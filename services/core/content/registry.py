@@ -24,6 +24,7 @@ from services.core.errors import (
     ManifestUnknownError,
     NameUnknownError,
     TagImmutableError,
+    UnavailableError,
     UnsupportedError,
 )
 from services.core.events.outbox import Operation, OutboundEvent, Outbox
@@ -38,6 +39,7 @@ from services.core.oci.names import RepositoryName, Tag
 from services.core.policy.tags import tag_immutability
 from services.core.settings import RegistrySettings, TopicSettings
 from services.core.storage.blobs import BlobInfo, BlobPutter, BlobStore
+from services.core.storage.gcmarks import BlobGuard, GcMarks
 from services.core.storage.meta import ManifestRecord, MetadataStore, TagRecord
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,10 @@ class Registry:
         settings: RegistrySettings,
         topics: TopicSettings,
         clock: Callable[[], float] = time.time,
+        blob_guard: BlobGuard | None = None,
     ) -> None:
         self.blobs = blobs
+        self.blob_guard = blob_guard if blob_guard is not None else GcMarks(meta.docs)
         self.meta = meta
         self.outbox = outbox
         self.settings = settings
@@ -153,6 +157,7 @@ class Registry:
             await self.meta.ensure_repository(str(repo), namespace=repo.namespace)
             info = await self.blobs.put(digest, chunks)
             await self.meta.link_blob(str(repo), info.digest, info.size)
+            await self._guard_link(repo, info)
             return info
         upload_id = await self.start_upload(repo, actor=actor)
         try:
@@ -187,6 +192,7 @@ class Registry:
                     raise
                 await self.meta.link_blob(str(repo), info.digest, info.size)
                 await self.discard_upload(upload_id)
+                await self._guard_link(repo, info)
                 return info
             await self.blobs.append(upload_id, body, offset=size)
         try:
@@ -197,6 +203,7 @@ class Registry:
             raise
         await self.meta.link_blob(str(repo), info.digest, info.size)
         await self.meta.delete_upload(upload_id)
+        await self._guard_link(repo, info)
         return info
 
     async def discard_upload(self, upload_id: str) -> None:
@@ -215,7 +222,23 @@ class Registry:
             return None
         await self.meta.ensure_repository(str(repo), namespace=repo.namespace)
         await self.meta.link_blob(str(repo), digest, size)
+        if not await self._guard_link(repo, BlobInfo(digest, size), absent_ok=True):
+            return None  # GC deleted it meanwhile: the client uploads it
         return BlobInfo(digest, size)
+
+    async def _guard_link(self, repo: RepositoryName, info: BlobInfo, *, absent_ok: bool = False) -> bool:
+        """Right after linking a blob: rescue it from a GC run, or (GC deleted it meanwhile) undo the link
+        and answer UnavailableError, or False with `absent_ok` (services/core/storage/gcmarks.py)."""
+
+        async def exists() -> bool:
+            return await self.blobs.stat(info.digest) is not None
+
+        if await self.blob_guard.after_link(info.digest, exists=exists):
+            return True
+        await self.meta.docs.delete("blob_links", f"{repo}@{info.digest}")
+        if absent_ok:
+            return False
+        raise UnavailableError(f"blob {info.digest} was garbage-collected while it was pushed; push it again")
 
     # manifests
 
@@ -264,6 +287,18 @@ class Registry:
             else:
                 await self._check_references(repo, parsed)
                 absent = True
+        going = await self.blob_guard.before_manifest(  # GC: rescue what it references, or refuse what is gone
+            str(repo),
+            [str(d.digest) for d in parsed.blob_references],
+            [str(d.digest) for d in parsed.child_manifests] + ([str(parsed.digest)] if known else []),
+        )
+        if going:
+            self.meta.forget_manifest(str(repo), parsed.digest)
+            raise ManifestBlobUnknownError(
+                f"manifest references {len(going)} blob(s) or manifest(s) garbage-collected in {repo}; push "
+                "them again: " + ", ".join(going[:10]),
+                detail={"digests": going},
+            )
         await self.meta.ensure_repository(str(repo), namespace=repo.namespace)
         tags = list(
             dict.fromkeys([*([str(reference)] if isinstance(reference, Tag) else []), *(str(t) for t in extra_tags)])

@@ -13,7 +13,8 @@ States, each change a compare-and-set on the one document:
             metadata store's short-lived hints) learns otherwise from it
 A mark the collector let go (rescued, or kept after all) is removed.
 
-The push path pays one metadata read per blob link (and one per manifest push, for all its references):
+While a run goes (and for TOMBSTONE_SECONDS after), the push path pays one metadata read per blob link
+(and one per manifest push, for all its references); outside, one read of COLLECTING per NOTICE_SECONDS:
 - a blob link is written first and its mark read after (`after_link`): whichever of the push and the
   collector writes first is seen by the other, so either the push rescues a `marked` blob, or it finds
   `deleting`, waits for the collector to finish and then checks the bytes itself (gone: the caller unlinks
@@ -33,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from services.core.events.outbox import LEASES
 from services.core.oci.digest import Digest
 from services.core.storage.documents import Document, DocumentStore, Index
 from services.core.storage.meta import BLOB_LINKS, MANIFESTS
@@ -46,6 +48,14 @@ DELETING = "deleting"
 DELETED = "deleted"
 
 TOMBSTONE_SECONDS = 300.0
+
+COLLECTING = "gc-collecting"
+"""A document in the `leases` collection: `until` is when the last run's marks stop mattering (a run sets
+it a day ahead when it starts, and to its end plus TOMBSTONE_SECONDS when it finishes)."""
+
+NOTICE_SECONDS = 0.5
+"""How long the push side trusts what it read of COLLECTING. A run waits twice this after announcing
+itself before it reads anything, so by then every push that links or stores content reads the marks."""
 
 WAIT_SECONDS = 60.0
 """The longest a push waits for a collector that holds a mark in `deleting` (beyond its lease, it takes over)."""
@@ -90,13 +100,41 @@ class GcMarks:
         self._clock = clock
         self._sleep = sleep
         self._wait = wait_seconds
+        self._checked_at = float("-inf")
+        self._collecting_now = False
 
     async def setup(self) -> None:
         await self.docs.ensure_collection(GC_MARKS, [Index(("state",))])
 
     # -- the push side ---------------------------------------------------------------------------
 
+    async def _collecting(self) -> bool:
+        """Whether a run goes, or ended so lately that its marks and tombstones still count: only then does
+        the push side read marks, so a push outside GC's hours costs no extra read. A push asks after it
+        linked (or before it stores a manifest, which the run's check of recent manifests covers); if it
+        read "no" within NOTICE_SECONDS, its link was written before the run's snapshot (the run announces
+        itself and waits 2 * NOTICE_SECONDS first), so the run sees it."""
+        now = self._clock()
+        if now - self._checked_at < NOTICE_SECONDS:
+            return self._collecting_now
+        doc = await self.docs.get(LEASES, COLLECTING)
+        self._collecting_now = doc is not None and float(doc.get("until") or 0.0) > now
+        self._checked_at = now
+        return self._collecting_now
+
+    async def announce(self, run: str) -> None:
+        """The collector's first step: from now on pushes read marks. Returns once every replica has noticed
+        (a crashed run leaves it announced for a day, which costs pushes a read, never safety)."""
+        await self.docs.put(LEASES, {"_id": COLLECTING, "run": run, "until": self._clock() + 86400.0})
+        await self._sleep(2 * NOTICE_SECONDS)
+
+    async def conclude(self, run: str) -> None:
+        """The collector's last step: pushes keep reading marks while its tombstones count."""
+        await self.docs.update(LEASES, COLLECTING, {"until": self._clock() + TOMBSTONE_SECONDS}, expect={"run": run})
+
     async def after_link(self, digest: Digest, *, exists: Callable[[], Awaitable[bool]]) -> bool:
+        if not await self._collecting():
+            return True
         key = blob_key(digest)
         if await self._settle(key, await self.docs.get(GC_MARKS, key)):
             return True
@@ -104,7 +142,7 @@ class GcMarks:
 
     async def before_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]) -> list[str]:
         keys = {blob_key(d): d for d in blobs} | {manifest_key(repository, d): d for d in manifests}
-        if not keys:
+        if not keys or not await self._collecting():
             return []
         found = await self.docs.get_many(GC_MARKS, list(keys))
         refused: list[str] = []
