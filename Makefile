@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 HANZO_REGISTRY_ADDR ?= 127.0.0.1:5000
 HANZO_REGISTRY_DATA_DIR ?= ./var
 
-.PHONY: help venv run serve infra-up infra-down tools test test-unit test-contract test-integration \
+.PHONY: help venv run serve infra-up infra-down tools servers test test-unit test-contract test-integration \
         conformance stack lint proto proto-check bench clean
 
 help: ## list the targets
@@ -66,7 +66,10 @@ test-contract: $(STAMP)
 test-integration: $(STAMP)
 	$(VENV)/bin/pytest -q tests/integration
 
-test: $(STAMP) infra-up tools ## everything: unit, contract and integration tests on the real servers, conformance
+servers: ## infra-up and tools side by side (their builds are independent; each is cached)
+	$(MAKE) --no-print-directory -j2 infra-up tools
+
+test: $(STAMP) servers ## everything: unit, contract and integration tests on the real servers, conformance
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 	bash scripts/conformance.sh
 

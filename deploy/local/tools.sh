@@ -3,7 +3,8 @@
 #   Go (built from the Go module proxy into $CACHE/bin):
 #     oci-conformance       OCI distribution-spec conformance runner (go build)
 #     oci-conformance.test  same suite as a `go test -c` binary (legacy "go test" mode)
-#     crane, oras
+#     crane, oras, cosign, notation (signatures), syft (SBOM reference), helm, kubeconform (the chart)
+#     built in parallel, each cached by version
 #   Debian bookworm (apt): skopeo, docker-registry (CNCF Distribution, /usr/bin/docker-registry),
 #     podman, buildah, umoci  (docker-registry is never started as a service)
 # Usage: deploy/local/tools.sh [go] [apt]      (default: both)
@@ -17,6 +18,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 CONFORMANCE_VERSION="v0.0.0-20260831232431-97274622c111"
 CRANE_VERSION="v0.22.1"          # github.com/google/go-containerregistry
 ORAS_VERSION="v1.3.6"            # oras.land/oras
+COSIGN_VERSION="v3.1.3"          # github.com/sigstore/cosign/v3
+NOTATION_VERSION="v1.3.2"        # github.com/notaryproject/notation
+SYFT_VERSION="v1.57.2"           # github.com/anchore/syft
+HELM_VERSION="v4.3.2"            # helm.sh/helm/v4
+KUBECONFORM_VERSION="v0.8.0"     # github.com/yannh/kubeconform
 # Debian bookworm versions; if the archive has moved on (security update) the
 # current bookworm candidate is installed instead, with a warning.
 declare -A APT_PIN=(
@@ -74,6 +80,24 @@ go_tool() {
       mv "$tmp/$(basename "$pkg")" "$out"
     }
     run_build "$name" _gt
+  fi
+  link "$name" "$(basename "$out")"
+}
+
+# go_src_tool NAME MODULE SUBPKG VERSION : build MODULE@VERSION's SUBPKG inside its downloaded source. For
+# modules whose version list the proxy refuses: `go install m@v` asks for that list (deprecation notices).
+go_src_tool() {
+  local name=$1 mod=$2 sub=$3 ver=$4 out="$BIN/$1-$4"
+  if [[ ! -x $out ]]; then
+    command -v go >/dev/null || die "go is required to build $name"
+    _gst() {
+      local dir src="$CACHE/src/$name-$ver"
+      dir="$(go mod download -json "$mod@$ver" |
+        python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["Dir"]) if "Dir" in d else sys.exit("go mod download: " + d.get("Error", "no Dir"))')"
+      rm -rf "$src" && cp -r "$dir" "$src" && chmod -R u+w "$src"
+      (cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$out.tmp" "./$sub" && mv "$out.tmp" "$out")
+    }
+    run_build "$name" _gst
   fi
   link "$name" "$(basename "$out")"
 }
@@ -154,18 +178,35 @@ install_apt() {
   fi
 }
 
-((do_go)) && {
-  install_conformance
-  go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
-  go_tool oras oras.land/oras/cmd/oras "$ORAS_VERSION"
-}
-((do_apt)) && install_apt
+# Builds run side by side (go's build cache is safe to share); each is cached by version, so a warm
+# machine only re-links. The apt install runs meanwhile.
+pids=()
+bg() { "$@" & pids+=($!); }
+if ((do_go)); then
+  bg install_conformance
+  bg go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
+  bg go_tool oras oras.land/oras/cmd/oras "$ORAS_VERSION"
+  bg go_tool cosign github.com/sigstore/cosign/v3/cmd/cosign "$COSIGN_VERSION"
+  bg go_src_tool notation github.com/notaryproject/notation cmd/notation "$NOTATION_VERSION"
+  bg go_tool syft github.com/anchore/syft/cmd/syft "$SYFT_VERSION"
+  bg go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
+  bg go_tool kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
+fi
+((do_apt)) && bg install_apt
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+((failed == 0)) || die "a tool install failed (logs: $CACHE/logs/build-*.log, $CACHE/logs/apt-install.log)"
 
 cat >"$STATE/tools.env.tmp" <<EOF
 HANZO_TOOL_CONFORMANCE=$BIN/oci-conformance
 HANZO_TOOL_CONFORMANCE_TEST=$BIN/oci-conformance.test
 HANZO_TOOL_CRANE=$BIN/crane
 HANZO_TOOL_ORAS=$BIN/oras
+HANZO_TOOL_COSIGN=$BIN/cosign
+HANZO_TOOL_NOTATION=$BIN/notation
+HANZO_TOOL_SYFT=$BIN/syft
+HANZO_TOOL_HELM=$BIN/helm
+HANZO_TOOL_KUBECONFORM=$BIN/kubeconform
 HANZO_TOOL_SKOPEO=/usr/bin/skopeo
 HANZO_TOOL_DOCKER_REGISTRY=/usr/bin/docker-registry
 HANZO_TOOL_PODMAN=/usr/bin/podman
