@@ -187,6 +187,37 @@ class RegistrySettings(_Section):
     )
 
 
+class VulnDbSettings(_Section):
+    sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="URLs of OSV exports (an `all.zip` per ecosystem, or a JSON array) the scanner imports on a "
+        "schedule (comma-separated in the environment)",
+    )
+    sync_interval_seconds: float = Field(86400.0, ge=60, description="Time between scheduled imports")
+    max_download_bytes: int = Field(1024**3, ge=1024, description="Largest OSV export downloaded")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
+class ScannerSettings(_Section):
+    scan_timeout_seconds: float = Field(900.0, gt=0, description="A scan that takes longer fails")
+    max_layer_bytes: int = Field(16 * 1024**3, ge=1024, description="Decompressed bytes of one layer")
+    max_files: int = Field(1_000_000, ge=100, description="Files of one image, all layers together")
+    max_model_file_bytes: int = Field(
+        4 * 1024**3, ge=1024, description="Largest pickle-based model file scanned for dangerous code"
+    )
+    rematch_interval_seconds: float = Field(
+        5.0, gt=0, description="How often the scanner looks for a changed vulnerability database and re-scan requests"
+    )
+    sbom: bool = Field(True, description="Push a CycloneDX SBOM as a referrer of every scanned image")
+    vulndb: VulnDbSettings = Field(default_factory=VulnDbSettings)
+
+
 class PolicySettings(_Section):
     default: PolicyDocument = Field(
         default_factory=PolicyDocument,
@@ -431,6 +462,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    scanner: ScannerSettings = Field(default_factory=ScannerSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)

@@ -30,6 +30,7 @@ from services.distribution.keys import ACCESS, GATES, METRICS, OUTAGES, REGISTRY
 from services.distribution.management import add_management_routes
 from services.distribution.middleware import errors_middleware, telemetry_middleware
 from services.distribution.oidc_login import add_oidc_routes
+from services.distribution.scanner_api import install_scan_gate
 
 
 def build_registry(c: Container) -> Registry:
@@ -57,6 +58,7 @@ def build_gates(c: Container) -> PullGates:
         return await indexes_listing(c.meta, repository, manifest)
 
     gates = PullGates([], policies, parents, ttl_seconds=c.settings.registry.pull_gate_cache_seconds)
+    install_scan_gate(c, gates)
     return with_signature_gate(c, gates)
 
 

@@ -29,6 +29,7 @@ from services.distribution.management_policy import install as install_policies
 from services.distribution.management_policy import policy_routes
 from services.distribution.management_repositories import repository_routes
 from services.distribution.openapi import build_document
+from services.distribution.scanner_api import scanner_routes
 from services.distribution.signer_api import signer_routes
 
 __all__ = ["PREFIX", "ROUTES", "add_management_routes", "openapi_document"]
@@ -291,6 +292,7 @@ ROUTES: list[Route] = [
           query=m.AuditQuery),
     *policy_routes(),
     *repository_routes(),
+    *scanner_routes(),
     *_namespace_routes("/namespaces"),
     *_namespace_routes(""),
     *signer_routes(),

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from services.core.proto.hanzo.registry.v1 import events_pb2 as hanzo_dot_registry_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fhanzo/registry/v1/scanner.proto\x12\x11hanzo.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ehanzo/registry/v1/events.proto\"6\n\x10GetReportRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\x95\x01\n\rVulnerability\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cpackage_name\x18\x02 \x01(\t\x12\x19\n\x11installed_version\x18\x03 \x01(\t\x12\x15\n\rfixed_version\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\r\n\x05title\x18\x06 \x01(\t\x12\x0f\n\x07ignored\x18\x07 \x01(\x08\"\x80\x03\n\nScanReport\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0f\n\x07scanner\x18\x04 \x01(\t\x12-\n\x06status\x18\x05 \x01(\x0e\x32\x1d.hanzo.registry.v1.ScanStatus\x12J\n\x0fseverity_counts\x18\x06 \x03(\x0b\x32\x31.hanzo.registry.v1.ScanReport.SeverityCountsEntry\x12\x39\n\x0fvulnerabilities\x18\x07 \x03(\x0b\x32 .hanzo.registry.v1.Vulnerability\x12.\n\nscanned_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\t \x01(\t\x1a\x35\n\x13SeverityCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"B\n\x11GetReportResponse\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.hanzo.registry.v1.ScanReport\"3\n\rRescanRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\" \n\x0eRescanResponse\x12\x0e\n\x06queued\x18\x01 \x01(\x08\x32\xb0\x01\n\x07Scanner\x12V\n\tGetReport\x12#.hanzo.registry.v1.GetReportRequest\x1a$.hanzo.registry.v1.GetReportResponse\x12M\n\x06Rescan\x12 .hanzo.registry.v1.RescanRequest\x1a!.hanzo.registry.v1.RescanResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fhanzo/registry/v1/scanner.proto\x12\x11hanzo.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ehanzo/registry/v1/events.proto\"6\n\x10GetReportRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\xea\x01\n\rVulnerability\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cpackage_name\x18\x02 \x01(\t\x12\x19\n\x11installed_version\x18\x03 \x01(\t\x12\x15\n\rfixed_version\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\r\n\x05title\x18\x06 \x01(\t\x12\x0f\n\x07ignored\x18\x07 \x01(\x08\x12\x0f\n\x07\x61liases\x18\x08 \x03(\t\x12\x11\n\tecosystem\x18\t \x01(\t\x12\x0c\n\x04purl\x18\n \x01(\t\x12\x12\n\ncvss_score\x18\x0b \x01(\x01\x12\r\n\x05layer\x18\x0c \x01(\t\"\xc2\x03\n\nScanReport\x12\x11\n\treport_id\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0f\n\x07scanner\x18\x04 \x01(\t\x12-\n\x06status\x18\x05 \x01(\x0e\x32\x1d.hanzo.registry.v1.ScanStatus\x12J\n\x0fseverity_counts\x18\x06 \x03(\x0b\x32\x31.hanzo.registry.v1.ScanReport.SeverityCountsEntry\x12\x39\n\x0fvulnerabilities\x18\x07 \x03(\x0b\x32 .hanzo.registry.v1.Vulnerability\x12.\n\nscanned_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\r\n\x05state\x18\n \x01(\t\x12\x31\n\rdb_updated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x35\n\x13SeverityCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"B\n\x11GetReportResponse\x12-\n\x06report\x18\x01 \x01(\x0b\x32\x1d.hanzo.registry.v1.ScanReport\"3\n\rRescanRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\" \n\x0eRescanResponse\x12\x0e\n\x06queued\x18\x01 \x01(\x08\x32\xb0\x01\n\x07Scanner\x12V\n\tGetReport\x12#.hanzo.registry.v1.GetReportRequest\x1a$.hanzo.registry.v1.GetReportResponse\x12M\n\x06Rescan\x12 .hanzo.registry.v1.RescanRequest\x1a!.hanzo.registry.v1.RescanResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,17 +38,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREPORTREQUEST']._serialized_start=119
   _globals['_GETREPORTREQUEST']._serialized_end=173
   _globals['_VULNERABILITY']._serialized_start=176
-  _globals['_VULNERABILITY']._serialized_end=325
-  _globals['_SCANREPORT']._serialized_start=328
-  _globals['_SCANREPORT']._serialized_end=712
-  _globals['_SCANREPORT_SEVERITYCOUNTSENTRY']._serialized_start=659
-  _globals['_SCANREPORT_SEVERITYCOUNTSENTRY']._serialized_end=712
-  _globals['_GETREPORTRESPONSE']._serialized_start=714
-  _globals['_GETREPORTRESPONSE']._serialized_end=780
-  _globals['_RESCANREQUEST']._serialized_start=782
-  _globals['_RESCANREQUEST']._serialized_end=833
-  _globals['_RESCANRESPONSE']._serialized_start=835
-  _globals['_RESCANRESPONSE']._serialized_end=867
-  _globals['_SCANNER']._serialized_start=870
-  _globals['_SCANNER']._serialized_end=1046
+  _globals['_VULNERABILITY']._serialized_end=410
+  _globals['_SCANREPORT']._serialized_start=413
+  _globals['_SCANREPORT']._serialized_end=863
+  _globals['_SCANREPORT_SEVERITYCOUNTSENTRY']._serialized_start=810
+  _globals['_SCANREPORT_SEVERITYCOUNTSENTRY']._serialized_end=863
+  _globals['_GETREPORTRESPONSE']._serialized_start=865
+  _globals['_GETREPORTRESPONSE']._serialized_end=931
+  _globals['_RESCANREQUEST']._serialized_start=933
+  _globals['_RESCANREQUEST']._serialized_end=984
+  _globals['_RESCANRESPONSE']._serialized_start=986
+  _globals['_RESCANRESPONSE']._serialized_end=1018
+  _globals['_SCANNER']._serialized_start=1021
+  _globals['_SCANNER']._serialized_end=1197
 # @@protoc_insertion_point(module_scope)
