@@ -171,7 +171,8 @@ async def sign(call: Call, body: SignBody) -> Signed:
     except MasterKeyMissingError as exc:
         raise UnsupportedError(f"{exc}") from None
     notices_for(call.access.service.store.docs).changed(str(signed.image))
-    return Signed(signature_digest=str(signed.signature_digest), digest=str(signed.image), key_id=signed.key_id)
+    return Signed(signature_digest=str(signed.signature_digest), format="cosign", digest=str(signed.image),
+                  key_id=signed.key_id)
 
 
 async def signatures(call: Call) -> Signatures:

@@ -33,13 +33,22 @@ def parse(data: bytes) -> Bundle:
     if len(data) > MAX_BUNDLE:
         raise ValueError(f"the bundle is larger than {MAX_BUNDLE} bytes")
     try:
-        return Bundle.from_json(data)
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the bundle is not JSON ({str(exc)[:100]})") from None
+    material = doc.get("verificationMaterial") if isinstance(doc, dict) else None
+    if isinstance(material, dict):
+        # Written without a transparency log (cosign --tlog-upload=false), the bundle has no tlogEntries;
+        # the protobuf JSON mapping allows that (an empty repeated field), the strict model does not.
+        material.setdefault("tlogEntries", [])
+    try:
+        return Bundle.from_json(json.dumps(doc))
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"the bundle is malformed ({where}: {first['msg']})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"the bundle is not JSON ({str(exc)[:100]})") from None
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"the bundle is malformed ({str(exc)[:100]})") from None
 
 
 def _statement_names(payload: bytes, subject: str) -> str | None:
