@@ -79,7 +79,33 @@ def _parser() -> argparse.ArgumentParser:
     policy_cmd.add_argument("--registry", help="as for tag")
     policy_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
     policy_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
+    vulndb_cmd = sub.add_parser("vulndb", help="import OSV records into the vulnerability database, or show it",
+                                epilog=EXIT_CODES, formatter_class=argparse.RawTextHelpFormatter)
+    vulndb_cmd.add_argument("action", choices=["import", "status"])
+    vulndb_cmd.add_argument("path", nargs="?", help="import: an OSV record or array (JSON), or an OSV export zip")
+    vulndb_cmd.add_argument("--registry", help="as for tag")
+    vulndb_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
+    vulndb_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
     return parser
+
+
+def _vulndb(args: argparse.Namespace) -> int:
+    from services.cli import tag as tag_command
+    from services.cli import vulndb
+
+    try:
+        target = tag_command.target_from(args.registry, args.user, args.key)
+        if args.action == "import":
+            if not args.path:
+                raise tag_command.TagCommandError("vulndb import needs a PATH", exit_code=2)
+            result = vulndb.import_file(target, args.path)
+            print(f"imported {result['imported']}, updated {result['updated']}")
+        else:
+            print(vulndb.status(target))
+    except tag_command.TagCommandError as exc:
+        print(f"hanzo-registry vulndb: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
 
 
 def _policy(args: argparse.Namespace) -> int:
@@ -230,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _tag(args)
     if args.command == "policy":
         return _policy(args)
+    if args.command == "vulndb":
+        return _vulndb(args)
     from services.core.settings import SettingsError, load_settings
 
     try:
