@@ -79,8 +79,9 @@ conformance: $(STAMP) ## OCI conformance suite against the embedded and the dist
 stack: $(STAMP) infra-up ## the distributed assembly: every service its own process on the infra
 	bash scripts/stack.sh
 
-bench: $(STAMP) ## benchmarks (throughput, RSS) against the registry and CNCF Distribution
+bench: $(STAMP) ## benchmarks (throughput, RSS) against the registry and CNCF Distribution; the pull gates' cost
 	$(PY) -m bench.run
+	$(PY) -m bench.gates
 
 clean: ## remove the venv and local data (not the infra cache)
 	rm -rf $(VENV) var reports
