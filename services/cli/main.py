@@ -22,11 +22,11 @@ SERVICES = ("distribution", "scanner", "signer", "gc", "replicator")
 EXIT_CODES = """\
 exit codes:
   0  done (a server: stopped cleanly on SIGTERM or Ctrl-C)
-  1  tag, policy: the registry refused the request (its error is printed)
+  1  tag, policy, sign: the registry refused the request (its error is printed)
   2  bad usage or configuration, or a server that cannot start: a bad setting, a port in use, a data
      directory it cannot write, a backend that does not answer, a TLS file that does not load; one line
      on stderr names the setting and the fix
-  3  tag, policy: the registry cannot be reached
+  3  tag, policy, sign: the registry cannot be reached
 """
 
 
@@ -86,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     vulndb_cmd.add_argument("--registry", help="as for tag")
     vulndb_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
     vulndb_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
+    sign_cmd = sub.add_parser(
+        "sign",
+        help="sign an image with a managed key (cosign's format; `cosign verify --key` accepts it)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    sign_cmd.add_argument("image", metavar="IMAGE", help="REPOSITORY[:TAG|@DIGEST], e.g. team/app:v1")
+    sign_cmd.add_argument("--key", required=True, help="hanzo-kms://projects/<namespace>/keys/<name>")
+    sign_cmd.add_argument("--registry", help="as for tag")
+    sign_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
+    sign_cmd.add_argument("--api-key", dest="api_key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
     return parser
 
 
@@ -123,6 +134,20 @@ def _policy(args: argparse.Namespace) -> int:
     except tag_command.TagCommandError as exc:
         print(f"hanzo-registry policy: {exc}", file=sys.stderr)
         return exc.exit_code
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from services.cli import sign as sign_command
+    from services.cli import tag as tag_command
+
+    try:
+        target = tag_command.target_from(args.registry, args.user, args.api_key)
+        signed = sign_command.sign(target, args.image, args.key)
+    except tag_command.TagCommandError as exc:
+        print(f"hanzo-registry sign: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"{args.image} ({signed.get('digest', '')}) signed: {signed.get('signature_digest', '')}")
     return 0
 
 
@@ -256,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _tag(args)
     if args.command == "policy":
         return _policy(args)
+    if args.command == "sign":
+        return _sign(args)
     if args.command == "vulndb":
         return _vulndb(args)
     from services.core.settings import SettingsError, load_settings

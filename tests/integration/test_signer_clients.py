@@ -18,7 +18,7 @@ import pytest
 
 from services.core.auth.apikeys import generate_key
 from tests.conftest import infra
-from tests.integration.registry_process import RegistryProcess, registry_process, request
+from tests.integration.registry_process import EXECUTABLE, RegistryProcess, registry_process, request
 from tests.unit.signer import material as mk
 
 pytestmark = pytest.mark.client
@@ -167,4 +167,11 @@ def test_server_side_signature_verifies_with_cosign(setup: tuple[RegistryProcess
     # Rotation: the new version signs, the old signature keeps verifying.
     status, rotated = api(reg, clients, "POST", f"/v1/registry/namespaces/{NS}/keys/release/versions")
     assert status == 200 and len(rotated["versions"]) == 2, rotated  # type: ignore[index]
+    clients.run(cosign, "verify", "--key", "server.pub", *flags, ref)
+    # The CLI signs with the new version; cosign verifies it with the new public key.
+    out = clients.run(EXECUTABLE, "sign", f"{NS}/server:v1", "--key", key["uri"], "--registry",  # type: ignore[index]
+                      f"http://{reg.addr}", "--user", "admin", "--api-key", clients.key)
+    assert "signed: sha256:" in out.stdout
+    (clients.tmp / "server2.pub").write_text(rotated["public_key"])  # type: ignore[index]
+    clients.run(cosign, "verify", "--key", "server2.pub", *flags, ref)
     clients.run(cosign, "verify", "--key", "server.pub", *flags, ref)
