@@ -6,7 +6,7 @@
 #     crane, oras, cosign, notation (signatures), syft (SBOM reference), helm, kubeconform (the chart)
 #     built in parallel, each cached by version
 #   Debian bookworm (apt): skopeo, docker-registry (CNCF Distribution, /usr/bin/docker-registry),
-#     podman, buildah, umoci  (docker-registry is never started as a service)
+#     podman, buildah, umoci, debootstrap  (docker-registry is never started as a service)
 # Usage: deploy/local/tools.sh [go] [apt]      (default: both)
 # Writes $STATE/tools.env with HANZO_TOOL_* paths.
 set -euo pipefail
@@ -31,8 +31,9 @@ declare -A APT_PIN=(
   [podman]="4.3.1+ds1-8+deb12u1+b3"
   [buildah]="1.28.2+ds1-3+deb12u1+b3"
   [umoci]="0.4.7+ds-3+b7"
+  [debootstrap]="1.0.128+nmu2+deb12u2"
 )
-APT_PKGS=(skopeo docker-registry podman buildah umoci)
+APT_PKGS=(skopeo docker-registry podman buildah umoci debootstrap)
 
 do_go=0 do_apt=0
 if (($# == 0)); then set -- go apt; fi
