@@ -238,3 +238,56 @@ def test_oras_python_pushes_and_pulls_with_its_default_token_auth(registry: Regi
     reader.login(username="oraspy-reader", password=make_user(registry, "oraspy-reader", "oraspy", "reader"),
                  hostname=registry.addr)
     assert sorted(Path(p).name for p in reader.pull(target, outdir=str(tmp_path / "r"))) == sorted(files)
+
+
+def test_podman_and_buildah_log_in_push_and_pull_with_token_auth(registry: RegistryProcess, tmp_path: Path) -> None:
+    """Their default flow: `login` stores the key in an auth file; push and pull then run the token dance."""
+    import shutil
+    import tempfile
+
+    podman_bin, buildah_bin = infra("HANZO_TOOL_PODMAN"), infra("HANZO_TOOL_BUILDAH")
+    runroot = Path(tempfile.mkdtemp(prefix="hzr-run-"))  # podman refuses a runroot over 50 characters
+    store = ["--root", str(tmp_path / "storage"), "--runroot", str(runroot), "--storage-driver", "vfs"]
+    auth_file = tmp_path / "auth.json"
+    auth_file.write_text('{"auths": {}}')  # they refuse an auth file path that does not exist
+    env = {"STORAGE_DRIVER": "vfs", "TMPDIR": str(tmp_path), "REGISTRY_AUTH_FILE": str(auth_file)}
+    try:
+        started = run(registry, buildah_bin, *store, "from", "scratch", env=env, check=False)
+        if started.returncode != 0:
+            reason = started.stderr.decode(errors="replace").strip()[-500:]
+            if "user namespace" in reason.lower() or "unshare" in reason.lower():
+                pytest.skip(f"buildah cannot use user namespaces here: {reason}")
+            pytest.fail(f"buildah from scratch failed: {reason}")
+        container = started.stdout.decode().strip()
+        (tmp_path / "hello.txt").write_bytes(os.urandom(16).hex().encode())
+        run(registry, buildah_bin, *store, "copy", container, tmp_path / "hello.txt", "/hello.txt", env=env)
+        run(registry, buildah_bin, *store, "commit", "--quiet", container, "localhost/hanzo-auth:1", env=env)
+        ref = f"{registry.addr}/containers/app:v1"
+        # Without a login: refused (its first request is a HEAD, whose 401 carries no body to quote).
+        denied = run(registry, podman_bin, *store, "push", "--tls-verify=false", "localhost/hanzo-auth:1",
+                     f"docker://{ref}", env=env, check=False)
+        assert denied.returncode != 0 and b"401" in denied.stderr
+        run(registry, podman_bin, *store, "login", "--tls-verify=false", "-u", "admin", "-p", admin_key(registry),
+            registry.addr, env=env)
+        assert registry.addr in json.loads(auth_file.read_text())["auths"]
+        run(registry, podman_bin, *store, "push", "--tls-verify=false", "--digestfile", tmp_path / "p.digest",
+            "localhost/hanzo-auth:1", f"docker://{ref}", env=env)
+        run(registry, buildah_bin, *store, "push", "--tls-verify=false", "--digestfile", tmp_path / "b.digest",
+            "localhost/hanzo-auth:1", f"docker://{registry.addr}/containers/built:v1", env=env)
+        digest = (tmp_path / "p.digest").read_text().strip()
+        assert (tmp_path / "b.digest").read_text().strip() == digest
+        run(registry, podman_bin, *store, "rmi", "--all", "--force", env=env)
+        run(registry, podman_bin, *store, "pull", "--tls-verify=false", f"{ref.rsplit(':', 1)[0]}@{digest}", env=env)
+        # A reader of the namespace pulls with its own login but cannot push.
+        reader_auth = tmp_path / "reader.json"
+        reader_auth.write_text('{"auths": {}}')
+        reader_env = {**env, "REGISTRY_AUTH_FILE": str(reader_auth)}
+        reader_key = make_user(registry, "containers-reader", "containers", "reader")
+        run(registry, podman_bin, *store, "login", "--tls-verify=false", "-u", "containers-reader", "-p", reader_key,
+            registry.addr, env=reader_env)
+        run(registry, podman_bin, *store, "pull", "--tls-verify=false", ref, env=reader_env)
+        refused = run(registry, podman_bin, *store, "push", "--tls-verify=false", ref,
+                      f"docker://{registry.addr}/containers/other:v1", env=reader_env, check=False)
+        assert refused.returncode != 0 and (b"denied" in refused.stderr.lower() or b"403" in refused.stderr)
+    finally:
+        shutil.rmtree(runroot, ignore_errors=True)
