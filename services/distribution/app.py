@@ -33,13 +33,15 @@ from services.distribution.oidc_login import add_oidc_routes
 from services.distribution.scanner_api import install_scan_gate
 
 
-def build_registry(c: Container) -> Registry:
+def build_registry(c: Container, gates: PullGates | None = None) -> Registry:
     return Registry(
         blobs=c.blobs,
         meta=c.meta,
         outbox=c.outbox,
         settings=c.settings.registry,
         topics=c.settings.topics,
+        # Tag rules of the effective policies, from the cache the pull gates keep (one invalidation for both).
+        policies=gates.effective_policy if gates is not None else None,
     )
 
 
@@ -103,10 +105,11 @@ def create_app(c: Container, *, access: AccessControl, registry: Registry | None
     answer_half_closed_requests()
     app = web.Application(middlewares=middlewares, client_max_size=1 << 62)
     app[SETTINGS] = c.settings
-    app[REGISTRY] = registry or build_registry(c)
+    gates = build_gates(c)
+    app[REGISTRY] = registry or build_registry(c, gates)
     app[ACCESS] = access
     app[METRICS] = c.metrics
-    app[GATES] = build_gates(c)
+    app[GATES] = gates
     app[OUTAGES] = OutageTracker(dependency_probes(c))
     app.on_cleanup.append(_close_outages)
     app.on_startup.append(_setup_policies(c))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from services.core.content import events
@@ -36,7 +36,8 @@ from services.core.oci.manifest import (
     parse_manifest,
 )
 from services.core.oci.names import RepositoryName, Tag
-from services.core.policy.tags import tag_immutability
+from services.core.policy.document import PolicyDocument
+from services.core.policy.tags import TagDecision, policy_tag_immutability, tag_immutability
 from services.core.settings import RegistrySettings, TopicSettings
 from services.core.storage.blobs import BlobInfo, BlobPutter, BlobStore
 from services.core.storage.gcmarks import BlobGuard, GcMarks
@@ -76,9 +77,13 @@ class Registry:
         topics: TopicSettings,
         clock: Callable[[], float] = time.time,
         blob_guard: BlobGuard | None = None,
+        policies: Callable[[str, str], Awaitable[PolicyDocument]] | None = None,
     ) -> None:
         self.blobs = blobs
         self.blob_guard = blob_guard if blob_guard is not None else GcMarks(meta.docs)
+        self.policies = policies
+        """(namespace, repository) -> the effective policy, for its tag rules (cached by the caller); None:
+        the registry's tag_rules alone."""
         self.meta = meta
         self.outbox = outbox
         self.settings = settings
@@ -330,7 +335,7 @@ class Registry:
                 current = await self.meta.tag(str(repo), tag)
                 if current is not None and current.digest == parsed.digest:
                     continue
-                self._check_tag_mutable(repo, tag, current, force=force)
+                await self._check_tag_mutable(repo, tag, current, force=force)
                 tag_ops.append(self.meta.set_tag_op(str(repo), tag, parsed.digest, current=current))
                 attempted.append(tag)
                 if current is not None:
@@ -369,10 +374,18 @@ class Registry:
             raise ConflictError(f"tags {', '.join(pending)} of {repo} kept changing; retry the push{done}")
         return PushedManifest(parsed.digest, record.subject, tuple(tags), tuple(forced_moves))
 
-    def _check_tag_mutable(self, repo: RepositoryName, tag: str, current: TagRecord | None, *, force: bool) -> None:
+    async def _tag_decision(self, repo: RepositoryName, tag: str) -> TagDecision:
+        """The repository's effective policy's tag globs, then the registry's `tag_rules`."""
+        if self.policies is None:
+            return tag_immutability(self.settings.tag_rules, namespace=repo.namespace, tag=tag)
+        policy = await self.policies(repo.namespace, str(repo))
+        return policy_tag_immutability(policy.tags, self.settings.tag_rules, namespace=repo.namespace, tag=tag)
+
+    async def _check_tag_mutable(self, repo: RepositoryName, tag: str, current: TagRecord | None, *, force: bool
+                                 ) -> None:
         if current is None or force:
             return
-        decision = tag_immutability(self.settings.tag_rules, namespace=repo.namespace, tag=tag)
+        decision = await self._tag_decision(repo, tag)
         if decision.immutable:
             raise TagImmutableError(
                 f"tag {tag} of {repo} is immutable (rule {decision.rule!r}): it already points to "
@@ -412,7 +425,7 @@ class Registry:
                 raise ManifestUnknownError(f"manifest {reference} is not in repository {repo}")
             tags = await self.meta.tags_of(str(repo), reference)
             for tag in tags:
-                self._check_tag_deletable(repo, tag, force=force)
+                await self._check_tag_deletable(repo, tag, force=force)
             ops = [self.meta.delete_tag_op(t) for t in tags]
             outbound = [
                 self._event(events.tag_deleted(str(repo), t.name, reference, actor=actor), op=i)
@@ -434,7 +447,7 @@ class Registry:
             current = await self.meta.tag(str(repo), str(tag))
             if current is None:
                 raise ManifestUnknownError(f"tag {tag} is not in repository {repo}")
-            self._check_tag_deletable(repo, current, force=force)
+            await self._check_tag_deletable(repo, current, force=force)
             event = events.tag_deleted(str(repo), current.name, current.digest, actor=actor)
             committed = await self.outbox.commit([self.meta.delete_tag_op(current)], [self._event(event, op=0)],
                                                  partial=True)
@@ -442,12 +455,12 @@ class Registry:
                 return DeletedManifest(current.digest, (current,), forced=force)
         raise ConflictError(f"tag {tag} of {repo} kept changing; retry the delete")
 
-    def _check_tag_deletable(self, repo: RepositoryName, tag: TagRecord, *, force: bool) -> None:
+    async def _check_tag_deletable(self, repo: RepositoryName, tag: TagRecord, *, force: bool) -> None:
         """Deleting an immutable tag would let it be pushed again with other content: it needs the
         same force as moving it."""
         if force:
             return
-        decision = tag_immutability(self.settings.tag_rules, namespace=repo.namespace, tag=tag.name)
+        decision = await self._tag_decision(repo, tag.name)
         if decision.immutable:
             raise TagImmutableError(
                 f"tag {tag.name} of {repo} is immutable (rule {decision.rule!r}) and cannot be deleted; "

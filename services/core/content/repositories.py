@@ -16,7 +16,6 @@ from services.core.content.registry import Registry
 from services.core.errors import BlobUnknownError, ManifestUnknownError, NameUnknownError, TagImmutableError
 from services.core.oci.digest import Digest
 from services.core.oci.names import RepositoryName
-from services.core.policy.tags import tag_immutability
 from services.core.storage import meta as m
 
 _PAGE = 500
@@ -49,9 +48,7 @@ async def delete_repository(registry: Registry, repo: RepositoryName, *, actor: 
         raise NameUnknownError(f"repository {repo} is not known to this registry")
     tags = await _all(registry, m.TAGS, name)
     if not force:
-        immutable = [str(t["name"]) for t in tags
-                     if tag_immutability(registry.settings.tag_rules, namespace=repo.namespace,
-                                         tag=str(t["name"])).immutable]
+        immutable = [str(t["name"]) for t in tags if (await registry._tag_decision(repo, str(t["name"]))).immutable]
         if immutable:
             raise TagImmutableError(
                 f"repository {repo} has immutable tags ({', '.join(immutable[:10])}); a registry admin may "

@@ -119,6 +119,11 @@ class PullGates:
         self._remember(key, _Entry(now, refusal))
         return refusal
 
+    async def effective_policy(self, namespace: str, repository: str) -> PolicyDocument:
+        """The repository's effective policy, from the cache the gates keep (the push path's tag rules use
+        it too, so a policy change reaches both through one `invalidate`)."""
+        return await self._policy(namespace, repository, self._clock())
+
     async def _policy(self, namespace: str, repository: str, now: float) -> PolicyDocument:
         cached = self._policy_cache.get(repository)
         if cached is not None and now - cached[0] < self._ttl:
