@@ -66,3 +66,35 @@ async def test_gates_refuse_pulls_with_a_reason(assembly: Assembly) -> None:
     other, _ = await push_image(client, "open/app", "x", annotations={"test.refuse": "yes"})
     assert (await client.get("/v2/open/app/manifests/x", headers=ACCEPT)).status == 200
     assert Digest.parse(other)
+
+
+async def test_those_who_may_push_read_what_the_gates_hold_back(auth_assembly: Assembly) -> None:
+    """A CI job signs or scans an image the gates refuse to its consumers: cosign and notation read it first."""
+    from tests.integration.test_auth_oci import Authed, setup_users
+    from tests.integration.test_auth_support import admin_key, bearer, token_for
+
+    client = auth_assembly.client
+    api, keys = await setup_users(auth_assembly)
+    client.app[GATES].add(AnnotationGate())  # type: ignore[index]
+    admin = Authed(client, bearer(admin_key(auth_assembly)))
+    await admin.push_image("ml/gated", "v1")
+    await api.call("PUT", "/v1/registry/namespaces/ml/policy", json_body={"scan": {"enabled": True}}, expect=200)
+    # Annotate via a re-push: the stand-in gate refuses manifests carrying `test.refuse`.
+    config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    for blob in (config, b"layer"):
+        await admin.push_blob("ml/gated", blob)
+    from tests.integration.oci import digest_of, image_manifest
+
+    refused = image_manifest(config, [b"layer"], annotations={"test.refuse": "yes"})
+    resp = await client.put("/v2/ml/gated/manifests/held", data=refused,
+                            headers={**admin.headers, "Content-Type": OCI_MANIFEST})
+    assert resp.status == 201
+    reader = bearer(await token_for(client, keys["reader"], "repository:ml/gated:pull"))
+    resp = await client.get("/v2/ml/gated/manifests/held", headers={**reader, **ACCEPT})
+    assert resp.status == 403 and await error_code(resp) == "DENIED"
+    writer = bearer(await token_for(client, keys["writer"], "repository:ml/gated:pull,push"))
+    resp = await client.get("/v2/ml/gated/manifests/held", headers={**writer, **ACCEPT})
+    assert resp.status == 200 and digest_of(await resp.read()) == digest_of(refused)
+    # A writer's pull-only token holds no push: it is a consumer like any other.
+    pull_only = bearer(await token_for(client, keys["writer"], "repository:ml/gated:pull"))
+    assert (await client.get("/v2/ml/gated/manifests/held", headers={**pull_only, **ACCEPT})).status == 403
