@@ -13,7 +13,9 @@ from services.core.runtime import ServiceParts
 from services.distribution.access import AccessControl, OpenAccess
 from services.distribution.app import create_app
 from services.distribution.auth_access import build_token_access
+from services.distribution.gate_events import GateInvalidation
 from services.distribution.janitor import UploadJanitor
+from services.distribution.keys import GATES
 from services.distribution.tls import CertificateReloader, server_context
 
 log = logging.getLogger(__name__)
@@ -45,9 +47,12 @@ async def build(c: Container) -> ServiceParts:
     if tls.enabled:
         context = server_context(tls)
         loops.append(CertificateReloader(tls, context).run)
+    app = create_app(c, access=await build_access(c))
+    # Scan reports, signature results and policy changes refresh this replica's pull-gate decisions.
+    loops.append(GateInvalidation(c.events, [topics.scans, topics.signatures, topics.manifests], app[GATES]).run)
     return ServiceParts(
         name="distribution",
-        http=create_app(c, access=await build_access(c)),
+        http=app,
         loops=loops,
         produces=[topics.manifests, topics.tags, topics.blobs, topics.audit],
         ssl_context=context,

@@ -98,3 +98,50 @@ async def test_those_who_may_push_read_what_the_gates_hold_back(auth_assembly: A
     # A writer's pull-only token holds no push: it is a consumer like any other.
     pull_only = bearer(await token_for(client, keys["writer"], "repository:ml/gated:pull"))
     assert (await client.get("/v2/ml/gated/manifests/held", headers={**pull_only, **ACCEPT})).status == 403
+
+
+class SwitchGate:
+    """Refuses while `refusing` holds; a stand-in for a scan gate whose verdict changes with a new report."""
+
+    name = "scan"
+
+    def __init__(self) -> None:
+        self.refusing = True
+
+    def applies(self, policy: PolicyDocument) -> bool:
+        return policy.scan.enabled
+
+    async def check(self, repository: str, manifest: ManifestRecord, policy: PolicyDocument) -> Refusal | None:
+        return Refusal("scan", "scan.severity_gate=high", "CVE-2024-3094 (critical)") if self.refusing else None
+
+
+async def test_a_scan_event_refreshes_the_gates_of_this_replica(assembly: Assembly) -> None:
+    """Through the event log, as another replica's scanner would announce a new report: within a second, not
+    after the cache's TTL."""
+    import asyncio
+    import time
+
+    from services.core.events.envelope import encode, new_envelope
+    from services.core.proto.hanzo.registry.v1 import events_pb2 as pb
+
+    client = assembly.client
+    gates = client.app[GATES]  # type: ignore[index]
+    gate = SwitchGate()
+    gates.add(gate)
+    digest, _ = await push_image(client, "signed/app", "v1")
+    store = PolicyStore(assembly.c.docs)
+    await store.setup()
+    op = store.put_op(PolicyTarget("signed"), parse_data({"scan": {"enabled": True, "unscanned": "allow"}}),
+                      actor="test")
+    await assembly.c.docs.put(op.collection, op.doc)  # type: ignore[union-attr]
+    gates.invalidate(namespace="signed")
+    assert (await client.get("/v2/signed/app/manifests/v1", headers=ACCEPT)).status == 403
+    gate.refusing = False  # a new report clears the image ...
+    env = new_envelope(pb.ScanCompleted(repository="signed/app", digest=digest), repository="signed/app",
+                       actor="scanner")
+    await assembly.c.events.publish(assembly.c.settings.topics.scans, "signed/app", encode(env))  # ... and says so
+    started = time.monotonic()
+    while (await client.get("/v2/signed/app/manifests/v1", headers=ACCEPT)).status != 200:
+        assert time.monotonic() - started < 4.0, "the gate kept its stale decision until the TTL"
+        await asyncio.sleep(0.05)
+    print(f"unblocked {time.monotonic() - started:.2f}s after the event ({assembly.name})")
