@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from services.core.settings import Settings
 
-SERVICES = ("distribution", "scanner", "signer", "gc", "replicator")
+SERVICES = ("distribution", "scanner", "signer", "gc", "replicator", "webhooks")
 
 EXIT_CODES = """\
 exit codes:
@@ -190,6 +190,7 @@ async def _run(settings: Settings, names: Sequence[str], sockets: Sequence[socke
     from services.replicator import service as replicator
     from services.scanner import service as scanner
     from services.signer import service as signer
+    from services.webhooks import service as webhooks
 
     builders = {
         "distribution": distribution.build,
@@ -197,6 +198,7 @@ async def _run(settings: Settings, names: Sequence[str], sockets: Sequence[socke
         "signer": signer.build,
         "gc": gc.build,
         "replicator": replicator.build,
+        "webhooks": webhooks.build,
     }
     stop = asyncio.Event()
     install_signal_handlers(stop)

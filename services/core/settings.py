@@ -406,6 +406,22 @@ class SignerSettings(_Section):
     )
 
 
+class WebhookSettings(_Section):
+    allow_private_targets: bool = Field(
+        False, description="Let namespace admins' webhooks reach loopback and private addresses (tests, closed "
+        "networks); link-local and cloud metadata addresses stay refused"
+    )
+    timeout_seconds: float = Field(10.0, gt=0, le=300, description="One delivery attempt's time limit")
+    retry_for_seconds: float = Field(
+        24 * 3600.0, gt=0, description="A delivery that keeps failing (non-2xx, timeout) is retried this long"
+    )
+    backoff_initial_seconds: float = Field(10.0, gt=0, description="Delay before the first retry (doubling)")
+    backoff_max_seconds: float = Field(3600.0, gt=0, description="Retry delay cap")
+    poll_interval_seconds: float = Field(2.0, gt=0, description="How often the delivery queue is looked at")
+    concurrency: int = Field(8, ge=1, le=256, description="Deliveries in flight at once per process")
+    retention_days: int = Field(30, ge=1, description="Finished deliveries are kept (and listed) this long")
+
+
 class ServerSettings(_Section):
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto",
@@ -467,6 +483,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     signer: SignerSettings = Field(default_factory=SignerSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @field_validator("addr")
     @classmethod

@@ -28,6 +28,7 @@ from services.distribution.management_api import PREFIX, Call, Requirement, Rout
 from services.distribution.management_policy import install as install_policies
 from services.distribution.management_policy import policy_routes
 from services.distribution.management_repositories import repository_routes
+from services.distribution.management_webhooks import webhook_routes
 from services.distribution.openapi import build_document
 from services.distribution.scanner_api import scanner_routes
 from services.distribution.signer_api import signer_routes
@@ -290,6 +291,7 @@ ROUTES: list[Route] = [
           errors=(404,)),
     Route("GET", "/audit", list_audit, R.REGISTRY_ADMIN, "The audit log, oldest first", response=m.AuditPage,
           query=m.AuditQuery),
+    *webhook_routes(),
     *policy_routes(),
     *repository_routes(),
     *scanner_routes(),
