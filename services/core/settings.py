@@ -309,6 +309,71 @@ class GcSettings(_Section):
         return value
 
 
+WEEK_SECONDS = 7 * 24 * 3600
+
+
+class ProxyRemote(_Section):
+    name: str = Field(..., pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$", max_length=64,
+                      description="The remote's path component: cache/<name>/<path> pulls <path> from it")
+    url: str = Field(..., description="The upstream registry, http(s)://host[:port] (e.g. https://ghcr.io)")
+    username: str | None = Field(None, description="Upstream user (anonymous when unset)")
+    password: SecretStr | None = Field(None, description="Upstream password or token; never returned or logged")
+    ttl: float = Field(float(WEEK_SECONDS), ge=0,
+                       description="Seconds a cached tag -> digest answer is trusted before a HEAD revalidates it")
+    insecure: bool = Field(False, description="Skip TLS verification of the upstream")
+    ca_file: str | None = Field(None, description="A CA bundle to trust for the upstream, besides the system's")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        from services.core.ssrf import Trust, UrlPolicy, UrlRefusedError, check_url_syntax
+
+        try:
+            check_url_syntax(value, UrlPolicy(Trust.TRUSTED))
+        except UrlRefusedError as exc:
+            raise ValueError(str(exc)) from None
+        parts = urlsplit(value)
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("the URL names the registry only: http(s)://host[:port], no path")
+        return value.rstrip("/")
+
+
+def _default_remotes() -> list[ProxyRemote]:
+    return [ProxyRemote(name="docker-hub", url="https://registry-1.docker.io")]
+
+
+class ProxySettings(_Section):
+    enabled: bool = Field(True, description="Serve the pull-through cache under `namespace`")
+    namespace: str = Field("cache", pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$",
+                           description="The namespace of cached repositories (pushes to it are refused)")
+    remotes: list[ProxyRemote] = Field(
+        default_factory=_default_remotes,
+        description="Upstreams, {name, url, username, password, ttl}; replaced by a list PUT to "
+        "/v1/registry/admin/proxy/remotes",
+    )
+    default_remote: str = Field(
+        "docker-hub", description="Serves cache/<path> when <path>'s first component names no remote "
+        "(Docker Hub's library/ convention for one-component names)"
+    )
+    retention: float = Field(float(WEEK_SECONDS), gt=0,
+                             description="Seconds a cached manifest is kept after its last pull; GC collects it then")
+    timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="Longest wait for an upstream's answer (or its next bytes) before a "
+        "cached copy is served stale, or the pull fails with 502"
+    )
+    access_flush_seconds: float = Field(5.0, gt=0, le=600,
+                                        description="Last-pull times are written in batches this often")
+
+    @model_validator(mode="after")
+    def _unique(self) -> ProxySettings:
+        names = [r.name for r in self.remotes]
+        if len(names) != len(set(names)):
+            raise ValueError("proxy.remotes: remote names must be unique")
+        return self
+
+
 class AuthSettings(_Section):
     mode: Literal["token", "none"] = Field(
         "token", description="token: Docker token auth, API keys, roles; none: open to anyone (local experiments)"
@@ -481,6 +546,7 @@ class Settings(BaseSettings):
     scanner: ScannerSettings = Field(default_factory=ScannerSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     signer: SignerSettings = Field(default_factory=SignerSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)

@@ -128,6 +128,32 @@ class Metrics:
             ["service", "method", "code"],
             registry=reg,
         )
+        self.cache_requests = Counter(
+            "hanzo_registry_cache_requests_total",
+            "Pull-through cache lookups per remote and kind (manifest, blob), by result: hit, miss (fetched "
+            "from upstream), stale (served from cache because the upstream failed).",
+            ["remote", "kind", "result"],
+            registry=reg,
+        )
+        self.cache_upstream_errors = Counter(
+            "hanzo_registry_cache_upstream_errors_total",
+            "Failed upstream requests of the pull-through cache, by reason (unreachable, timeout, 429, 5xx, ...).",
+            ["remote", "reason"],
+            registry=reg,
+        )
+        self.cache_bytes = Counter(
+            "hanzo_registry_cache_bytes_total",
+            "Bytes the pull-through cache served, from the cache (source=cache) or fetched from upstream.",
+            ["remote", "source"],
+            registry=reg,
+        )
+        self.cache_upstream_seconds = Histogram(
+            "hanzo_registry_cache_upstream_seconds",
+            "Latency of upstream requests of the pull-through cache (a blob: until its last byte).",
+            ["remote", "kind"],
+            buckets=HTTP_DURATION_BUCKETS,
+            registry=reg,
+        )
         self.build_info = Gauge(
             "hanzo_registry_build_info",
             "Always 1; the version label says which build is running.",

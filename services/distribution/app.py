@@ -25,8 +25,9 @@ from services.distribution.access import AccessControl
 from services.distribution.accesslog import access_log_middleware
 from services.distribution.auth_access import TokenAccess, audit_middleware
 from services.distribution.auth_token import add_token_routes
+from services.distribution.cache.service import PullThroughCache
 from services.distribution.forwarded import forwarded_middleware
-from services.distribution.keys import ACCESS, GATES, METRICS, OUTAGES, REGISTRY, SETTINGS
+from services.distribution.keys import ACCESS, GATES, METRICS, OUTAGES, PULLTHROUGH, REGISTRY, SETTINGS
 from services.distribution.management import add_management_routes
 from services.distribution.middleware import errors_middleware, telemetry_middleware
 from services.distribution.oidc_login import add_oidc_routes
@@ -112,6 +113,10 @@ def create_app(c: Container, *, access: AccessControl, registry: Registry | None
     app[GATES] = gates
     app[OUTAGES] = OutageTracker(dependency_probes(c))
     app.on_cleanup.append(_close_outages)
+    if c.settings.proxy.enabled:
+        cache = PullThroughCache(settings=c.settings, registry=app[REGISTRY], docs=c.docs, metrics=c.metrics)
+        app[PULLTHROUGH] = cache
+        app.cleanup_ctx.append(cache.lifetime)
     app.on_startup.append(_setup_policies(c))
     app.router.add_get("/v2/", oci_api.base)
     app.router.add_get("/v2", oci_api.base)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from services.core.oci.names import RepositoryName, Tag, parse_reference
 from services.core.oci.ranges import parse_content_range, parse_range_header
 from services.core.storage.blobs import BlobPresigner, LocalBlobFiles
 from services.distribution.access import DELETE, PULL, PUSH, AccessControl, Principal
-from services.distribution.keys import ACCESS, AUDIT_DETAIL, GATES, METRICS, REGISTRY, SETTINGS
+from services.distribution.cache.service import STALE_WARNING
+from services.distribution.keys import ACCESS, AUDIT_DETAIL, GATES, METRICS, PULLTHROUGH, REGISTRY, SETTINGS
 from services.distribution.sendfile import send_file
 
 CHUNK = 1 << 20
@@ -173,6 +175,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     handler = _HANDLERS.get((route.kind, request.method))
     if handler is None:
         raise UnsupportedError(f"{request.method} is not supported on {route.kind} endpoints")
+    cache = request.app.get(PULLTHROUGH)
+    if cache is not None:
+        # Pull-through cache (services/distribution/cache/): a containerd mirror request (?ns=<upstream host>)
+        # is served from that upstream's cached repository; pushes under the cache namespace are refused.
+        route = dataclasses.replace(route, name=await cache.mirror_name(request.query.get("ns"), route.name))
+        cache.refuse_writes(route.name, kind=route.kind, method=request.method)
     return await handler(request, route)
 
 
@@ -181,6 +189,12 @@ async def get_blob(request: web.Request, route: Route) -> web.StreamResponse:
     digest = Digest.parse(route.rest)
     await _allow(request, repo, PULL)
     registry = _registry(request)
+    cache = request.app.get(PULLTHROUGH)
+    if cache is not None and cache.covers(str(repo)) and not await cache.is_cached(repo, digest):
+        # Pull-through miss: streamed from upstream while stored (None: linked from local bytes, served below).
+        fetched = await cache.serve_blob(request, repo, digest, lambda n: _count(request, "out", n))
+        if fetched is not None:
+            return fetched
     settings = request.app[SETTINGS]
     redirect = settings.storage.redirect and isinstance(registry.blobs, BlobPresigner)
     if request.method == "GET" and not redirect:
@@ -212,6 +226,8 @@ async def get_blob(request: web.Request, route: Route) -> web.StreamResponse:
     response = web.StreamResponse(status=status, headers=headers)
     if request.method == "HEAD":
         return response
+    if cache is not None and cache.covers(str(repo)):
+        await cache.blob_served(repo, digest, length)  # pull-through hit: metrics and last-pull time
     path = registry.blobs.local_path(digest) if isinstance(registry.blobs, LocalBlobFiles) else None
     if path is not None:
         await send_file(request, response, path, offset, length)
@@ -335,7 +351,13 @@ async def get_manifest(request: web.Request, route: Route) -> web.StreamResponse
     repo = _repo(route)
     reference = _lookup_reference(repo, route.rest)
     principal = await _allow(request, repo, PULL)
-    record = await _registry(request).resolve(repo, reference)
+    cache = request.app.get(PULLTHROUGH)
+    stale = False
+    if cache is not None and cache.covers(str(repo)):
+        # Pull-through: cached, revalidated after the remote's ttl, or fetched; stale when the upstream fails.
+        record, stale = await cache.manifest(repo, reference)
+    else:
+        record = await _registry(request).resolve(repo, reference)
     try:
         await request.app[GATES].check(repo.namespace, str(repo), record)
     except DeniedError:
@@ -353,6 +375,8 @@ async def get_manifest(request: web.Request, route: Route) -> web.StreamResponse
         "ETag": f'"{record.digest}"',
         "Content-Length": str(record.size),
     }
+    if stale:
+        headers["Warning"] = STALE_WARNING
     if request.method == "HEAD":
         return web.Response(status=200, headers=headers)
     return web.Response(status=200, body=record.data, headers=headers)
