@@ -131,7 +131,10 @@ class VulnIndex:
             return
         self.records += 1
         rid = str(record["id"])
-        aliases = tuple(sorted({str(a) for a in record.get("aliases") or [] if isinstance(a, str)} - {rid}))
+        # `upstream` (OSV 1.6: Debian's DEBIAN-CVE-*, Ubuntu's records name their CVE there, not in aliases)
+        # counts as an alias: a policy's scan.ignore of the CVE, and merging with a DSA for it, must work
+        named = [*(record.get("aliases") or []), *(record.get("upstream") or [])]
+        aliases = tuple(sorted({str(a) for a in named if isinstance(a, str)} - {rid}))
         title = str(record.get("summary") or record.get("details") or "")[:300].split("\n")[0]
         for a in record.get("affected") or []:
             pkg = a.get("package") or {}

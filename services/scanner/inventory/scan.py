@@ -117,8 +117,11 @@ def purl_of(f: p.Found, os: OsInfo | None) -> str:
         namespace = os.id if os else {"deb": "debian", "apk": "alpine", "rpm": "redhat"}[f.type]
         if f.arch:
             qualifiers["arch"] = f.arch
-        if f.source_name and f.source_name != f.name:
-            qualifiers["upstream"] = f.source_name
+        # the source package, as syft and grype spell it: `src`, or `src@version` when the versions differ
+        # (a binNMU `+b1`, a binary with its own epoch), so the purl alone says what distro advisories name
+        if f.source_name and (f.source_name != f.name or (f.source_version or f.version) != f.version):
+            src_version = f.source_version or f.version
+            qualifiers["upstream"] = f.source_name + (f"@{src_version}" if src_version != f.version else "")
         if os and os.version_id:
             qualifiers["distro"] = f"{os.id}-{os.version_id}"
     elif f.type == "pypi":

@@ -50,6 +50,20 @@ def test_dpkg_and_os_release_in_every_compression(wrap) -> None:  # type: ignore
     assert libc.layer == "sha256:" + "0" * 64
 
 
+def test_deb_purl_names_the_source_version_when_it_differs() -> None:
+    status = (b"Package: bash\nStatus: install ok installed\nArchitecture: amd64\nSource: bash (5.2.15-2)\n"
+              b"Version: 5.2.15-2+b13\n\n"
+              b"Package: bsdutils\nStatus: install ok installed\nArchitecture: amd64\n"
+              b"Source: util-linux (2.38.1-5+deb12u3)\nVersion: 1:2.38.1-5+deb12u3\n\n"
+              b"Package: dash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 0.5.12-2\n")
+    inv = image(tar([("var/lib/dpkg/status", status), ("etc/os-release", OS_RELEASE_DEBIAN)]))
+    purls = {p.name: p.purl for p in inv.packages}
+    # syft's and grype's spelling: name@version when the binary's version is not its source's
+    assert purls["bash"].endswith("&upstream=bash%405.2.15-2")
+    assert purls["bsdutils"].endswith("&upstream=util-linux%402.38.1-5%2Bdeb12u3")
+    assert "upstream" not in purls["dash"]
+
+
 def test_distroless_status_d() -> None:
     stanza = b"Package: tzdata\nVersion: 2024a-0+deb12u1\nArchitecture: all\n"
     inv = image(tar([("var/lib/dpkg/status.d/tzdata", stanza), ("var/lib/dpkg/status.d/tzdata.md5sums", b"x"),

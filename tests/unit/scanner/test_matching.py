@@ -152,3 +152,17 @@ def test_dpkg_and_semver_agree_on_plain_numbers(a: list[int], b: list[int]) -> N
     va, vb = ".".join(map(str, a)), ".".join(map(str, b))
     assert (vs.key("dpkg", va) < vs.key("dpkg", vb)) == (tuple(a) < tuple(b)) == \
         (vs.key("semver", va) < vs.key("semver", vb))
+
+
+def test_upstream_ids_count_as_aliases_and_merge_with_a_dsa() -> None:
+    # Debian's own OSV records (DEBIAN-CVE-*) name their CVE in `upstream`, not in `aliases`
+    index = VulnIndex.build([
+        rec("DEBIAN-CVE-2023-5363", "Debian:12", "openssl", events=[{"introduced": "0"}, {"fixed": "3.0.11-1~deb12u2"}],
+            upstream=["CVE-2023-5363"]),
+        rec("DSA-5532-1", "Debian:12", "openssl", events=[{"introduced": "0"}, {"fixed": "3.0.11-1~deb12u2"}],
+            aliases=["CVE-2023-5363"]),
+    ])
+    found = index.match(Inventory(DEBIAN, [pkg("deb", "libssl3", "3.0.11-1~deb12u1", source="openssl")], []))
+    assert len(found) == 1
+    assert found[0].id == "DEBIAN-CVE-2023-5363" or "DEBIAN-CVE-2023-5363" in found[0].aliases
+    assert {found[0].id, *found[0].aliases} == {"DEBIAN-CVE-2023-5363", "DSA-5532-1", "CVE-2023-5363"}
