@@ -308,6 +308,61 @@ class GcSettings(_Section):
         CronExpression.parse(value)
         return value
 
+    @field_validator("grpc_addr")
+    @classmethod
+    def _grpc_addr(cls, value: str | None) -> str | None:
+        return check_addr(value) if value else None
+
+
+class ReplicationTargetSettings(_Section):
+    url: str = Field(description="The target registry, e.g. https://eu.example (http:// for plain HTTP)")
+    username: str = Field("", description="User name at the target (empty: anonymous)")
+    password: SecretStr = Field(SecretStr(""), description="Password or API key at the target")
+    insecure: bool = Field(False, description="Skip TLS verification of the target")
+    ca_file: Path | None = Field(None, description="PEM CA bundle to trust for the target")
+
+
+class ReplicationRuleSettings(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Rule name")
+    repositories: str = Field("**", description="Glob of source repositories (`*` within a path segment, `**` "
+                              "across segments)")
+    tags: str = Field("*", description="Glob of tags to replicate")
+    target: ReplicationTargetSettings
+    destination_prefix: str = Field("", description="Prepended to the repository name at the target")
+    mode: Literal["event", "periodic"] = Field("event", description="event: on every push; periodic: on `schedule`")
+    schedule: str | None = Field(None, description="Cron (UTC) of a periodic rule's full sync")
+    delete: bool = Field(False, description="Propagate deletions of manifests and tags")
+    enabled: bool = Field(True, description="Whether the rule replicates")
+    include_referrers: bool = Field(True, description="Carry signatures, SBOMs and attestations along")
+
+    @model_validator(mode="after")
+    def _schedule(self) -> ReplicationRuleSettings:
+        from services.core.cron import CronExpression
+
+        if self.mode == "periodic" and not self.schedule:
+            raise ValueError("a periodic rule needs a schedule (cron, UTC)")
+        if self.schedule:
+            CronExpression.parse(self.schedule)
+        return self
+
+
+class ReplicationSettings(_Section):
+    rules: list[ReplicationRuleSettings] = Field(
+        default_factory=list, description="Rules from the settings file (read-only over the API)"
+    )
+    concurrency: int = Field(8, ge=1, le=256, description="Repositories replicated at once per replicator")
+    blob_concurrency: int = Field(4, ge=1, le=64, description="Blobs of one image copied at once")
+    poll_interval_seconds: float = Field(1.0, gt=0, description="How often the queue is looked at for work "
+                                         "queued elsewhere (resyncs, retries)")
+    backoff_initial_seconds: float = Field(1.0, gt=0, description="First retry delay of a failing copy (doubling)")
+    backoff_max_seconds: float = Field(60.0, gt=0, description="Retry delay cap; a failing copy is retried forever")
+    lagging_after_seconds: float = Field(60.0, gt=0, description="A rule whose oldest queued work is older is "
+                                         "`lagging`")
+    chunked_above_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, description="Blobs larger than this are "
+                                     "pushed in chunks (PATCH), smaller ones in one streamed PUT")
+    chunk_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024,
+                             description="Size of each PATCH of a chunked push")
+
 
 WEEK_SECONDS = 7 * 24 * 3600
 
@@ -545,6 +600,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     scanner: ScannerSettings = Field(default_factory=ScannerSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
+    replication: ReplicationSettings = Field(default_factory=ReplicationSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     server: ServerSettings = Field(default_factory=ServerSettings)

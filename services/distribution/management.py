@@ -27,6 +27,7 @@ from services.distribution import management_models as m
 from services.distribution.management_api import PREFIX, Call, Requirement, Route, register
 from services.distribution.management_policy import install as install_policies
 from services.distribution.management_policy import policy_routes
+from services.distribution.management_replication import replication_routes
 from services.distribution.management_repositories import repository_routes
 from services.distribution.management_webhooks import webhook_routes
 from services.distribution.openapi import build_document
@@ -294,6 +295,7 @@ ROUTES: list[Route] = [
     *webhook_routes(),
     *policy_routes(),
     *repository_routes(),
+    *replication_routes(),
     *scanner_routes(),
     *_namespace_routes("/namespaces"),
     *_namespace_routes(""),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"hanzo/registry/v1/replicator.proto\x12\x11hanzo.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\" \n\x10GetStatusRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\"\xef\x01\n\nRuleStatus\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x17\n\x0ftarget_registry\x18\x02 \x01(\t\x12\x0f\n\x07pending\x18\x03 \x01(\x04\x12\x17\n\x0fsucceeded_total\x18\x04 \x01(\x04\x12\x14\n\x0c\x66\x61iled_total\x18\x05 \x01(\x04\x12\x33\n\x0flast_success_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x31\n\rlast_error_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x11GetStatusResponse\x12,\n\x05rules\x18\x01 \x03(\x0b\x32\x1d.hanzo.registry.v1.RuleStatus\"1\n\rResyncRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\" \n\x0eResyncResponse\x12\x0e\n\x06queued\x18\x01 \x01(\x04\x32\xb3\x01\n\nReplicator\x12V\n\tGetStatus\x12#.hanzo.registry.v1.GetStatusRequest\x1a$.hanzo.registry.v1.GetStatusResponse\x12M\n\x06Resync\x12 .hanzo.registry.v1.ResyncRequest\x1a!.hanzo.registry.v1.ResyncResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"hanzo/registry/v1/replicator.proto\x12\x11hanzo.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\" \n\x10GetStatusRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\"\xda\x02\n\nRuleStatus\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x17\n\x0ftarget_registry\x18\x02 \x01(\t\x12\x0f\n\x07pending\x18\x03 \x01(\x04\x12\x17\n\x0fsucceeded_total\x18\x04 \x01(\x04\x12\x14\n\x0c\x66\x61iled_total\x18\x05 \x01(\x04\x12\x33\n\x0flast_success_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x31\n\rlast_error_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\t \x01(\t\x12\x13\n\x0blag_seconds\x18\n \x01(\x01\x12\x18\n\x10\x63opied_manifests\x18\x0b \x01(\x04\x12\x14\n\x0c\x63opied_bytes\x18\x0c \x01(\x04\x12\x15\n\rlast_event_id\x18\r \x01(\t\"A\n\x11GetStatusResponse\x12,\n\x05rules\x18\x01 \x03(\x0b\x32\x1d.hanzo.registry.v1.RuleStatus\"1\n\rResyncRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\" \n\x0eResyncResponse\x12\x0e\n\x06queued\x18\x01 \x01(\x04\x32\xb3\x01\n\nReplicator\x12V\n\tGetStatus\x12#.hanzo.registry.v1.GetStatusRequest\x1a$.hanzo.registry.v1.GetStatusResponse\x12M\n\x06Resync\x12 .hanzo.registry.v1.ResyncRequest\x1a!.hanzo.registry.v1.ResyncResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=90
   _globals['_GETSTATUSREQUEST']._serialized_end=122
   _globals['_RULESTATUS']._serialized_start=125
-  _globals['_RULESTATUS']._serialized_end=364
-  _globals['_GETSTATUSRESPONSE']._serialized_start=366
-  _globals['_GETSTATUSRESPONSE']._serialized_end=431
-  _globals['_RESYNCREQUEST']._serialized_start=433
-  _globals['_RESYNCREQUEST']._serialized_end=482
-  _globals['_RESYNCRESPONSE']._serialized_start=484
-  _globals['_RESYNCRESPONSE']._serialized_end=516
-  _globals['_REPLICATOR']._serialized_start=519
-  _globals['_REPLICATOR']._serialized_end=698
+  _globals['_RULESTATUS']._serialized_end=471
+  _globals['_GETSTATUSRESPONSE']._serialized_start=473
+  _globals['_GETSTATUSRESPONSE']._serialized_end=538
+  _globals['_RESYNCREQUEST']._serialized_start=540
+  _globals['_RESYNCREQUEST']._serialized_end=589
+  _globals['_RESYNCRESPONSE']._serialized_start=591
+  _globals['_RESYNCRESPONSE']._serialized_end=623
+  _globals['_REPLICATOR']._serialized_start=626
+  _globals['_REPLICATOR']._serialized_end=805
 # @@protoc_insertion_point(module_scope)
