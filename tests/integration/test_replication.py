@@ -17,6 +17,7 @@ import os
 import statistics
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,23 @@ from services.replicator import service as replicator
 from tests.conftest import infra
 from tests.integration.conftest import ASSEMBLIES, Assembly, distributed_settings, embedded_settings, running
 from tests.integration.registry_process import free_port
-from tests.integration.test_oci_client import ARTIFACT_TYPE, artifact_for, bcrypt_hash, make_image, push_image
+from tests.integration.test_oci_client import ARTIFACT_TYPE, artifact_for, make_image, push_image
 
 MASTER_KEY = "replication-master-key-0123456789"
 COSIGN_SIGN = ("--tlog-upload=false", "--allow-insecure-registry", "--allow-http-registry",
                "--use-signing-config=false", "--new-bundle-format=false", "-y")
+
+
+def bcrypt_hash(password: str, *, rounds: int = 5) -> str:
+    """A bcrypt hash of low cost: Distribution checks it on every request (Basic auth, no session), and the
+    default cost (~300 ms a check here) would measure bcrypt, not replication."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=2**rounds))
+    assert hashed and hashed.startswith("$2"), "no bcrypt in crypt(3)"
+    return hashed
 
 
 def tool(name: str) -> str:
