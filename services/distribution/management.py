@@ -29,6 +29,7 @@ from services.distribution.management_policy import install as install_policies
 from services.distribution.management_policy import policy_routes
 from services.distribution.management_replication import replication_routes
 from services.distribution.management_repositories import repository_routes
+from services.distribution.management_upstreams import upstream_routes
 from services.distribution.management_webhooks import webhook_routes
 from services.distribution.openapi import build_document
 from services.distribution.scanner_api import scanner_routes
@@ -293,6 +294,7 @@ ROUTES: list[Route] = [
     Route("GET", "/audit", list_audit, R.REGISTRY_ADMIN, "The audit log, oldest first", response=m.AuditPage,
           query=m.AuditQuery),
     *webhook_routes(),
+    *upstream_routes(),
     *policy_routes(),
     *repository_routes(),
     *replication_routes(),

@@ -5,6 +5,7 @@ through it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -16,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from pydantic import SecretStr
 
 from services.core.auth.apikeys import generate_key
@@ -32,7 +32,6 @@ from tests.integration.test_oci_client import (
     Image,
     bcrypt_hash,
     distribution,
-    free_port,
     make_image,
     push_image,
     read_all,
@@ -51,10 +50,10 @@ def proxy(remotes: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def cache_registry(kind: str, tmp: Path, remotes: list[dict[str, Any]], *, auth: bool = False,
-                         **extra: Any) -> AsyncIterator[Assembly]:
+                         settings_overrides: dict[str, Any] | None = None, **extra: Any) -> AsyncIterator[Assembly]:
     tmp.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:10]
-    overrides: dict[str, Any] = {"proxy": proxy(remotes, **extra)}
+    overrides: dict[str, Any] = {"proxy": proxy(remotes, **extra), **(settings_overrides or {})}
     settings: Settings = (embedded_settings(tmp, **overrides) if kind == "embedded"
                           else distributed_settings(tmp, run_id, **overrides))
     if auth:
@@ -79,6 +78,11 @@ async def upstream_registry(tmp: Path) -> AsyncIterator[Assembly]:
     tmp.mkdir(parents=True, exist_ok=True)
     async with running(embedded_settings(tmp, proxy={"enabled": False}), "embedded") as a:
         yield a
+
+
+def made(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def remote(name: str, registry: str, **extra: Any) -> dict[str, Any]:
@@ -126,7 +130,7 @@ async def test_pull_through_our_registry(kind: str, tmp_path: Path) -> None:
         # Listings answer from the cache; pushes are refused.
         assert [t async for t in client.list_tags(cached)] == ["v1"]
         assert "cache/up/team/app" in [r async for r in client.catalog(address(cache))]
-        resp = await cache.client.put(f"/v2/cache/up/team/app/manifests/v2", data=image.manifest,
+        resp = await cache.client.put("/v2/cache/up/team/app/manifests/v2", data=image.manifest,
                                       headers={"Content-Type": mt.OCI_MANIFEST})
         assert resp.status == 405 and (await resp.json())["errors"][0]["code"] == "UNSUPPORTED"
         resp = await cache.client.post("/v2/cache/up/team/app/blobs/uploads/")
@@ -138,3 +142,214 @@ async def test_pull_through_our_registry(kind: str, tmp_path: Path) -> None:
         assert resp.status == 404
         resp = await cache.client.get("/v2/cache/nosuchremote-x/manifests/v1")
         assert resp.status == 404
+
+
+async def tool(name: str, *args: str) -> bytes:
+    proc = await asyncio.create_subprocess_exec(infra(name), *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, f"{name} {' '.join(args)}: {err.decode()[-2000:]}"
+    return out
+
+
+async def push_index(client: OciClient, repo: RemoteRepository, tag: str) -> tuple[bytes, list[Image]]:
+    images = [make_image(arch) for arch in ("amd64", "arm64")]
+    for image in images:
+        await push_image(client, repo, image)
+    index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [
+        {"mediaType": mt.OCI_MANIFEST, "digest": str(i.digest), "size": len(i.manifest),
+         "platform": {"architecture": arch, "os": "linux"}} for i, arch in zip(images, ("amd64", "arm64"), strict=True)
+    ]}).encode()
+    await client.push_manifest(repo, index, reference=tag, media_type=mt.OCI_INDEX)
+    return index, images
+
+
+async def test_real_clients_multi_arch_index_byte_exact(tmp_path: Path) -> None:
+    """crane and skopeo pull an index and its platform images through the cache, byte for byte."""
+    async with upstream_registry(tmp_path / "up") as up, \
+            cache_registry("embedded", tmp_path / "cache", [remote("up", address(up))]) as cache, \
+            OciClient() as client:
+        index, images = await push_index(client, RemoteRepository(address(up), "team/multi"), "v1")  # type: ignore[arg-type]
+        ref = f"{address(cache)}/cache/up/team/multi"
+        assert await tool("HANZO_TOOL_CRANE", "manifest", "--insecure", f"{ref}:v1") == index
+        for image in images:
+            assert await tool("HANZO_TOOL_CRANE", "manifest", "--insecure", f"{ref}@{image.digest}") == image.manifest
+            for blob in (image.config, *image.layers):
+                assert await tool("HANZO_TOOL_CRANE", "blob", "--insecure", f"{ref}@{Digest.of(blob)}") == blob
+        layout = tmp_path / "layout"
+        await tool("HANZO_TOOL_SKOPEO", "copy", "--all", "--preserve-digests", "--src-tls-verify=false", f"docker://{ref}:v1",
+                   f"oci:{layout}:v1")
+        for image in images:
+            for data in (image.manifest, image.config, *image.layers):
+                assert (layout / "blobs" / "sha256" / Digest.of(data).hex).read_bytes() == data
+        assert (layout / "blobs" / "sha256" / Digest.of(index).hex).read_bytes() == index
+
+
+@pytest.mark.parametrize("kind", ASSEMBLIES)
+async def test_upstream_down_serves_cached_content_stale(kind: str, tmp_path: Path) -> None:
+    async with upstream_registry(tmp_path / "up") as up, \
+            cache_registry(kind, tmp_path / "cache", [remote("up", address(up), ttl=0)],
+                           timeout_seconds=2) as cache, OciClient() as client:
+        image = make_image()
+        await push_image(client, RemoteRepository(address(up), "team/app"), image, tag="v1")  # type: ignore[arg-type]
+        cached = RemoteRepository(address(cache), "cache/up/team/app")  # type: ignore[arg-type]
+        first = await pull_image(client, cached, "v1")
+        resp = await cache.client.get("/v2/cache/up/team/app/manifests/v1")
+        assert resp.status == 200 and "Warning" not in resp.headers  # ttl 0: revalidated, still the same
+        await up.client.close()  # the upstream goes away
+        assert await pull_image(client, cached, "v1") == first
+        resp = await cache.client.get("/v2/cache/up/team/app/manifests/v1", headers={"Accept": mt.OCI_MANIFEST})
+        assert resp.status == 200 and resp.headers["Warning"] == '110 - "stale"'
+        assert await resp.read() == image.manifest
+        assert metric(cache, "hanzo_registry_cache_requests_total", result="stale") >= 2
+        assert metric(cache, "hanzo_registry_cache_upstream_errors_total", remote="up", reason="unreachable") >= 2
+        # Nothing cached: a clear 502 naming the upstream, never a 500.
+        resp = await cache.client.get("/v2/cache/up/team/other/manifests/v1")
+        assert resp.status == 502
+        body = await resp.json()
+        assert body["errors"][0]["code"] == "UNAVAILABLE" and "upstream up" in body["errors"][0]["message"]
+        resp = await cache.client.get(f"/v2/cache/up/team/app/blobs/{Digest.of(b'not cached')}")
+        assert resp.status == 502
+
+
+async def test_moved_tag_is_refetched_after_the_ttl_not_before(tmp_path: Path) -> None:
+    ttl = 2.0
+    async with upstream_registry(tmp_path / "up") as up, \
+            cache_registry("embedded", tmp_path / "cache", [remote("up", address(up), ttl=ttl)]) as cache, \
+            OciClient() as client:
+        upstream = RemoteRepository(address(up), "team/app")  # type: ignore[arg-type]
+        cached = RemoteRepository(address(cache), "cache/up/team/app")  # type: ignore[arg-type]
+        old, new = make_image(), make_image()
+        await push_image(client, upstream, old, tag="v1")
+        assert (await client.get_manifest(cached, "v1")).descriptor.digest == old.digest
+        await push_image(client, upstream, new, tag="v1")  # the tag moves upstream
+        assert (await client.get_manifest(cached, "v1")).descriptor.digest == old.digest  # within the ttl
+        upstream_gets = metric(up, "hanzo_registry_http_requests_total", route="manifest", method="GET")
+        await asyncio.sleep(ttl + 0.2)
+        assert (await client.get_manifest(cached, "v1")).descriptor.digest == new.digest
+        assert (await pull_image(client, cached, "v1"))[1] == [new.config, *new.layers]
+        # Revalidation is a HEAD; the moved tag costs exactly one GET.
+        assert metric(up, "hanzo_registry_http_requests_total", route="manifest", method="GET") == upstream_gets + 1
+        assert metric(up, "hanzo_registry_http_requests_total", route="manifest", method="HEAD") >= 1
+        await asyncio.sleep(ttl + 0.2)
+        heads = metric(up, "hanzo_registry_http_requests_total", route="manifest", method="HEAD")
+        assert (await client.get_manifest(cached, "v1")).descriptor.digest == new.digest  # unchanged: HEAD only
+        assert metric(up, "hanzo_registry_http_requests_total", route="manifest", method="GET") == upstream_gets + 1
+        assert metric(up, "hanzo_registry_http_requests_total", route="manifest", method="HEAD") == heads + 1
+
+
+async def chunks(seed: bytes, count: int) -> AsyncIterator[bytes]:
+    for i in range(count):
+        yield seed[i % 7 :] + seed[: i % 7]
+
+
+@pytest.mark.parametrize("kind", ASSEMBLIES)
+async def test_concurrent_pulls_of_one_uncached_blob_fetch_once(kind: str, tmp_path: Path) -> None:
+    mib = int(os.environ.get("HANZO_TEST_PULLTHROUGH_BLOB_MIB", "256"))
+    seed = os.urandom(1 << 20)
+    digester = hashlib_sha256()
+    async for chunk in chunks(seed, mib):
+        digester.update(chunk)
+    digest = Digest.parse("sha256:" + digester.hexdigest())
+    async with upstream_registry(tmp_path / "up") as up, \
+            cache_registry(kind, tmp_path / "cache", [remote("up", address(up))]) as cache, \
+            OciClient(ClientOptions(read_timeout=120)) as client:
+        await client.push_blob(RemoteRepository(address(up), "team/big"), chunks(seed, mib), digest=digest,  # type: ignore[arg-type]
+                               size=mib << 20)
+        cached = RemoteRepository(address(cache), "cache/up/team/big")  # type: ignore[arg-type]
+        before = metric(up, "hanzo_registry_http_requests_total", route="blob", method="GET")
+
+        async def pull() -> str:
+            h = hashlib_sha256()
+            async for chunk in client.pull_blob(cached, digest, size=mib << 20):
+                h.update(chunk)
+            return h.hexdigest()
+
+        results = await asyncio.gather(*(pull() for _ in range(16)))
+        assert set(results) == {digest.hex}
+        assert metric(up, "hanzo_registry_http_requests_total", route="blob", method="GET") == before + 1
+        assert cache.client.app[PULLTHROUGH].fetches.started == 1
+        assert (await cache.c.blobs.stat(digest)) is not None
+
+
+def hashlib_sha256() -> Any:
+    import hashlib
+
+    return hashlib.sha256()
+
+
+# ------------------------------------------------------------------------------------------ CNCF Distribution
+
+
+@pytest.mark.parametrize("kind", ASSEMBLIES)
+async def test_distribution_upstream_open(kind: str, tmp_path: Path) -> None:
+    async with distribution(made(tmp_path / "dist")) as dist, \
+            cache_registry(kind, tmp_path / "cache", [remote("dist", dist, ttl=0)], timeout_seconds=2) as cache, \
+            OciClient() as client:
+        image = make_image(layer_sizes=(5000, 1_500_000))
+        await push_image(client, RemoteRepository(dist, "team/app"), image, tag="v1")  # type: ignore[arg-type]
+        # The default remote with a one-component path: Docker Hub's library/ convention.
+        await push_image(client, RemoteRepository(dist, "library/alpine"), image, tag="3")  # type: ignore[arg-type]
+        cached = RemoteRepository(address(cache), "cache/dist/team/app")  # type: ignore[arg-type]
+        assert await pull_image(client, cached, "v1") == (image.manifest, [image.config, *image.layers])
+        short = RemoteRepository(address(cache), "cache/alpine")  # type: ignore[arg-type]
+        assert (await pull_image(client, short, "3"))[0] == image.manifest
+    # Distribution is gone: what was cached is still served.
+    async with cache_registry(kind, tmp_path / "cache", [remote("dist", dist, ttl=0)], timeout_seconds=2) as cache, \
+            OciClient() as client:
+        if kind == "embedded":
+            cached = RemoteRepository(address(cache), "cache/dist/team/app")  # type: ignore[arg-type]
+            assert await pull_image(client, cached, "v1") == (image.manifest, [image.config, *image.layers])
+
+
+async def admin_call(a: Assembly, method: str, path: str, body: Any = None, *, user: str = "admin",
+                     key: str | None = None) -> aiohttp.ClientResponse:
+    secret = key or a.c.settings.auth.bootstrap_admin_key.get_secret_value()  # type: ignore[union-attr]
+    token = base64.b64encode(f"{user}:{secret}".encode()).decode()
+    return await a.client.request(method, f"/v1/registry{path}", json=body,
+                                  headers={"Authorization": f"Basic {token}"})
+
+
+@pytest.mark.parametrize("kind", ASSEMBLIES)
+async def test_authenticated_upstream_and_access_on_our_side(kind: str, tmp_path: Path) -> None:
+    """Remotes PUT over the management API (password sealed, never returned) to Distribution with htpasswd;
+    a reader of the cache namespace pulls through it, an anonymous caller is challenged."""
+    master = {"signer": {"master_key": "m" * 32}}
+    async with distribution(made(tmp_path / "dist"), htpasswd=f"alice:{bcrypt_hash('s3cret')}\n") as dist, \
+            cache_registry(kind, tmp_path / "cache", [remote("docker-hub", "registry-1.docker.io:443")], auth=True,
+                           settings_overrides=master) as cache:
+        alice = ClientOptions(registries={dist: RegistryOptions(credentials=Credentials("alice", "s3cret"))})
+        image = make_image()
+        async with OciClient(alice) as client:
+            await push_image(client, RemoteRepository(dist, "alice/app"), image, tag="v1")  # type: ignore[arg-type]
+        resp = await admin_call(cache, "GET", "/admin/proxy/remotes")
+        assert resp.status == 200 and (await resp.json())["source"] == "settings"
+        body = {"remotes": [{"name": "dist", "url": f"http://{dist}", "username": "alice", "password": "s3cret",
+                             "ttl": 60}]}
+        resp = await admin_call(cache, "PUT", "/admin/proxy/remotes", body)
+        assert resp.status == 200, await resp.text()
+        shown = await resp.json()
+        assert shown["source"] == "api" and shown["remotes"][0]["password_set"] is True
+        assert "s3cret" not in json.dumps(shown)
+        stored = await cache.c.docs.get("proxy_remotes", "remotes")
+        assert stored is not None and "s3cret" not in json.dumps(stored)
+        # A PUT without the password keeps it (same user); a bad URL is refused.
+        del body["remotes"][0]["password"]
+        assert (await admin_call(cache, "PUT", "/admin/proxy/remotes", body)).status == 200
+        bad = {"remotes": [{"name": "meta", "url": "http://169.254.169.254"}]}
+        assert (await admin_call(cache, "PUT", "/admin/proxy/remotes", bad)).status == 400
+
+        # Anonymous: challenged.
+        resp = await cache.client.get("/v2/cache/dist/alice/app/manifests/v1")
+        assert resp.status == 401 and "WWW-Authenticate" in resp.headers
+        # A reader of the cache namespace pulls through.
+        assert (await admin_call(cache, "POST", "/users", {"name": "reader"})).status == 201
+        resp = await admin_call(cache, "POST", "/users/reader/keys", {"name": "ci"})
+        reader_key = (await resp.json())["key"]
+        resp = await admin_call(cache, "POST", "/namespaces/cache/permissions", {"user": "reader", "role": "reader"})
+        assert resp.status == 201, await resp.text()
+        assert (await admin_call(cache, "GET", "/admin/proxy/remotes", user="reader", key=reader_key)).status == 403
+        options = ClientOptions(registries={address(cache): RegistryOptions(credentials=Credentials("reader",
+                                                                                                    reader_key))})
+        async with OciClient(options) as client:
+            cached = RemoteRepository(address(cache), "cache/dist/alice/app")  # type: ignore[arg-type]
+            assert await pull_image(client, cached, "v1") == (image.manifest, [image.config, *image.layers])

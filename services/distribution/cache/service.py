@@ -173,6 +173,7 @@ class PullThroughCache:
                 f"upstream {name}", self.settings.timeout_seconds,
                 lambda: head_manifest(client, up.repository, reference)))
         except UpstreamFailure as failure:
+            self._upstream_error(name, failure)
             if failure.not_found:
                 raise ManifestUnknownError(f"tag {reference} is no longer on upstream {name}: {failure.message}"
                                            ) from None
