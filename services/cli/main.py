@@ -22,11 +22,12 @@ SERVICES = ("distribution", "scanner", "signer", "gc", "replicator", "webhooks")
 EXIT_CODES = """\
 exit codes:
   0  done (a server: stopped cleanly on SIGTERM or Ctrl-C)
-  1  tag, policy, sign: the registry refused the request (its error is printed)
+  1  tag, policy, sign, gc: the registry refused the request (its error is printed), or gc run --wait:
+     the run failed
   2  bad usage or configuration, or a server that cannot start: a bad setting, a port in use, a data
      directory it cannot write, a backend that does not answer, a TLS file that does not load; one line
      on stderr names the setting and the fix
-  3  tag, policy, sign: the registry cannot be reached
+  3  tag, policy, sign, gc: the registry cannot be reached
 """
 
 
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="every service in one process (the embedded assembly)", epilog=EXIT_CODES)
     for name in SERVICES:
+        if name == "gc":
+            _gc_parser(sub)
+            continue
         sub.add_parser(name, help=f"run the {name} service alone", epilog=EXIT_CODES)
     check = sub.add_parser(
         "check-config",
@@ -98,6 +102,43 @@ def _parser() -> argparse.ArgumentParser:
     sign_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
     sign_cmd.add_argument("--api-key", dest="api_key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
     return parser
+
+
+def _gc_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gc_cmd = sub.add_parser(
+        "gc", help="run the gc service alone; `gc run` starts a garbage-collection run, `gc history` lists the "
+        "last runs (over the management API, registry admins)", epilog=EXIT_CODES,
+        formatter_class=argparse.RawTextHelpFormatter)
+    gc_cmd.add_argument("action", nargs="?", choices=["run", "history"],
+                        help="run: start a run; history: the last runs; none: run the gc service alone")
+    gc_cmd.add_argument("--dry-run", action="store_true", help="run: find what would be deleted, delete nothing")
+    gc_cmd.add_argument("--wait", action="store_true", help="run: wait for the run to finish and print its result")
+    gc_cmd.add_argument("--grace-seconds", type=float, help="run: replaces every grace period for this run")
+    gc_cmd.add_argument("--limit", type=int, default=20, help="history: runs to list (default 20)")
+    gc_cmd.add_argument("--registry", help="as for tag")
+    gc_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
+    gc_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from services.cli import gc
+    from services.cli import tag as tag_command
+
+    try:
+        target = tag_command.target_from(args.registry, args.user, args.key)
+        if args.action == "history":
+            print(gc.history_table(gc.history(target, limit=args.limit)), end="")
+            return 0
+        run_id = gc.run(target, dry_run=args.dry_run, grace_seconds=args.grace_seconds)
+        if not args.wait:
+            print(f"GC run {run_id} started{' (dry run)' if args.dry_run else ''}")
+            return 0
+        record = gc.wait(target, run_id)
+        print(gc.summary(record))
+        return 0 if record["status"] == "succeeded" else 1
+    except tag_command.TagCommandError as exc:
+        print(f"hanzo-registry gc: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 def _vulndb(args: argparse.Namespace) -> int:
@@ -186,6 +227,7 @@ async def _run(settings: Settings, names: Sequence[str], sockets: Sequence[socke
     from services.core.runtime import install_signal_handlers, run_parts
     from services.core.telemetry import Metrics
     from services.distribution import service as distribution
+    from services.distribution.management_gc import link_in_process
     from services.gc import service as gc
     from services.replicator import service as replicator
     from services.scanner import service as scanner
@@ -206,6 +248,7 @@ async def _run(settings: Settings, names: Sequence[str], sockets: Sequence[socke
     try:
         async with container(settings, metrics=Metrics()) as c:
             parts = [await builders[name](c) for name in names]
+            link_in_process(parts)
             opened = True
             await run_parts(c, parts, stop=stop, http_sockets=sockets)
     except Exception as exc:
@@ -287,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _sign(args)
     if args.command == "vulndb":
         return _vulndb(args)
+    if args.command == "gc" and args.action:
+        return _gc(args)
     from services.core.settings import SettingsError, load_settings
 
     try:

@@ -299,6 +299,12 @@ class GcSettings(_Section):
     settle_seconds: float = Field(
         5.0, ge=0, description="Between marking and deleting, how long GC waits for pushes in flight to show up"
     )
+    grpc_addr: str | None = Field(
+        None,
+        description="host:port of the gc service's gRPC (its server.grpc_addr), which the distribution service "
+        "calls for /v1/registry/admin/gc and /admin/storage in the distributed assembly; unset: only a gc "
+        "service in the same process (`serve`) answers them",
+    )
 
     @field_validator("schedule")
     @classmethod

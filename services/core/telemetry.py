@@ -51,6 +51,7 @@ __all__ = [
 
 # Registry requests range from sub-millisecond HEADs to multi-minute blob uploads.
 HTTP_DURATION_BUCKETS: Final = (0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+GC_DURATION_BUCKETS: Final = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0)
 
 
 def _package_version() -> str:
@@ -126,6 +127,41 @@ class Metrics:
             "hanzo_registry_grpc_requests_total",
             "gRPC requests served, by status code.",
             ["service", "method", "code"],
+            registry=reg,
+        )
+        self.gc_runs = Counter(
+            "hanzo_registry_gc_runs_total",
+            "GC runs finished, by status (succeeded, failed) and trigger (schedule, api, cli).",
+            ["status", "trigger"],
+            registry=reg,
+        )
+        self.gc_run_duration = Histogram(
+            "hanzo_registry_gc_run_duration_seconds",
+            "How long a GC run took, from its start to its record (dry_run: true or false).",
+            ["dry_run"],
+            buckets=GC_DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.gc_deleted = Counter(
+            "hanzo_registry_gc_deleted_total",
+            "What GC runs deleted, by kind (manifest, blob, upload); dry runs count nothing.",
+            ["kind"],
+            registry=reg,
+        )
+        self.gc_bytes_freed = Counter(
+            "hanzo_registry_gc_bytes_freed_total",
+            "Blob bytes GC runs deleted from storage; dry runs count nothing.",
+            registry=reg,
+        )
+        self.gc_errors = Counter(
+            "hanzo_registry_gc_errors_total",
+            "Errors GC runs met (a blob or manifest left for the next run, or a failed run).",
+            registry=reg,
+        )
+        self.gc_last_success_age = Gauge(
+            "hanzo_registry_gc_last_success_age_seconds",
+            "Seconds since the last GC run that succeeded (not a dry run) finished; NaN before the first one. "
+            "Exported by the gc service.",
             registry=reg,
         )
         self.cache_requests = Counter(

@@ -25,6 +25,7 @@ from services.core.auth.model import User as UserRecord
 from services.core.oci.names import RepositoryName
 from services.distribution import management_models as m
 from services.distribution.management_api import PREFIX, Call, Requirement, Route, register
+from services.distribution.management_gc import gc_routes
 from services.distribution.management_policy import install as install_policies
 from services.distribution.management_policy import policy_routes
 from services.distribution.management_replication import replication_routes
@@ -302,6 +303,7 @@ ROUTES: list[Route] = [
     *_namespace_routes("/namespaces"),
     *_namespace_routes(""),
     *signer_routes(),
+    *gc_routes(),
 ]
 """Every operation, in routing order (fixed paths before the namespace routes)."""
 

@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 _STATES = {"running": gc_pb2.GC_RUN_STATE_RUNNING, "succeeded": gc_pb2.GC_RUN_STATE_SUCCEEDED,
            "failed": gc_pb2.GC_RUN_STATE_FAILED}
+_TRIGGERS = {gc_pb2.GC_TRIGGER_UNSPECIFIED: "api", gc_pb2.GC_TRIGGER_API: "api", gc_pb2.GC_TRIGGER_CLI: "cli",
+             gc_pb2.GC_TRIGGER_SCHEDULE: "schedule"}
+_TRIGGER_VALUES = {"api": gc_pb2.GC_TRIGGER_API, "cli": gc_pb2.GC_TRIGGER_CLI, "schedule": gc_pb2.GC_TRIGGER_SCHEDULE}
+DETAILS_DEFAULT = 1000
+DETAILS_MAX = 10_000
 
 
 def build_runs(c: Container) -> GcRuns:
@@ -31,7 +36,24 @@ def build_runs(c: Container) -> GcRuns:
         blob_grace_seconds=s.gc.blob_grace_seconds, upload_expiry_seconds=s.registry.upload_expiry_seconds,
         settle_seconds=s.gc.settle_seconds, forget_manifest=getattr(c.meta, "forget_manifest", None),
     )
-    return GcRuns(c.docs, c.outbox, collector, s.topics)
+    return GcRuns(c.docs, c.outbox, collector, s.topics, metrics=c.metrics)
+
+
+def _timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def run_message(r: dict[str, Any], *, error: str = "") -> gc_pb2.GcRun:
+    run = gc_pb2.GcRun(
+        run_id=r["id"], state=_STATES.get(r["status"], gc_pb2.GC_RUN_STATE_UNSPECIFIED), dry_run=bool(r["dry_run"]),
+        blobs_deleted=r["blobs_deleted"] or 0, bytes_freed=r["bytes_freed"] or 0,
+        manifests_deleted=r["manifests_deleted"] or 0, error=error, errors=r["errors"] or 0,
+        trigger=_TRIGGER_VALUES.get(r["trigger"], gc_pb2.GC_TRIGGER_UNSPECIFIED),
+    )
+    run.started_at.FromDatetime(_timestamp(r["started"]))
+    if r["finished"]:
+        run.finished_at.FromDatetime(_timestamp(r["finished"]))
+    return run
 
 
 class GcServicer(gc_pb2_grpc.GcServicer):
@@ -39,21 +61,41 @@ class GcServicer(gc_pb2_grpc.GcServicer):
         self.runs = runs
 
     async def TriggerRun(self, request: gc_pb2.TriggerRunRequest, context: Any) -> gc_pb2.TriggerRunResponse:
+        grace = request.grace_seconds if request.HasField("grace_seconds") else None
+        if grace is not None and not 0 <= grace <= 10 * 365 * 86400:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "grace_seconds: from 0 to ten years")
         try:
-            run_id = await self.runs.start(trigger="api", dry_run=request.dry_run)
+            run_id = await self.runs.start(trigger=_TRIGGERS.get(request.trigger, "api"), dry_run=request.dry_run,
+                                           grace_seconds=grace)
         except RunInProgressError as exc:
             return gc_pb2.TriggerRunResponse(run_id=exc.run_id, started=False)
         return gc_pb2.TriggerRunResponse(run_id=run_id, started=True)
 
     async def ListRuns(self, request: gc_pb2.ListRunsRequest, context: Any) -> gc_pb2.ListRunsResponse:
-        out = gc_pb2.ListRunsResponse()
-        for r in await self.runs.history(limit=request.limit or 20):
-            run = out.runs.add(run_id=r["id"], state=_STATES.get(r["status"], 0), dry_run=bool(r["dry_run"]),
-                               blobs_deleted=r["blobs_deleted"], bytes_freed=r["bytes_freed"],
-                               manifests_deleted=r["manifests_deleted"])
-            run.started_at.FromDatetime(datetime.fromtimestamp(r["started"], UTC))
-            if r["finished"]:
-                run.finished_at.FromDatetime(datetime.fromtimestamp(r["finished"], UTC))
+        runs, token = await self.runs.history(limit=request.limit or 20, page_token=request.page_token or None)
+        return gc_pb2.ListRunsResponse(runs=[run_message(r) for r in runs], next_page_token=token or "")
+
+    async def GetRun(self, request: gc_pb2.GetRunRequest, context: Any) -> gc_pb2.GetRunResponse:
+        limit = min(request.limit or DETAILS_DEFAULT, DETAILS_MAX)
+        r = await self.runs.get(request.run_id, limit=limit) if request.run_id else None
+        if r is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no GC run {request.run_id[:100]!r}")
+            raise AssertionError("abort returns only by raising")  # pragma: no cover
+        errors = r["error_messages"]
+        return gc_pb2.GetRunResponse(
+            run=run_message(r, error=errors[0] if errors else ""), deleted_total=r["deleted_total"],
+            deleted=[gc_pb2.GcDeletedItem(kind=d["kind"], repository=d["repository"], digest=d["digest"],
+                                          size=d["size"]) for d in r["deleted"]])
+
+    async def GetStorage(self, request: gc_pb2.GetStorageRequest, context: Any) -> gc_pb2.GetStorageResponse:
+        doc = await self.runs.storage()
+        if doc is None:
+            return gc_pb2.GetStorageResponse(measured=False)
+        out = gc_pb2.GetStorageResponse(measured=True, run_id=str(doc.get("run", "")),
+                                        total_bytes=int(doc.get("total_bytes") or 0),
+                                        namespaces=doc.get("namespaces") or {},
+                                        repositories=doc.get("repositories") or {})
+        out.measured_at.FromDatetime(_timestamp(float(doc["at"])))
         return out
 
 

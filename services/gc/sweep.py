@@ -31,6 +31,7 @@ from services.core.storage import gcmarks as gm
 from services.core.storage import meta as m
 from services.core.storage.blobs import BlobBulkDeleter, BlobStore
 from services.core.storage.documents import Document, DocumentStore
+from services.gc.cache_expiry import expire_cache_entries
 from services.gc.mark import (
     Limits,
     LinkFacts,
@@ -147,6 +148,8 @@ class Collector:
         if not options.dry_run:
             await self.repair(options.run_id, result)
         manifests = [f async for f in self._manifest_facts()]
+        manifests = await expire_cache_entries(self.docs, self.outbox, self.topics, manifests, now=started,
+                                               dry_run=options.dry_run)  # pull-through cache entries
         retention = await self._retention({f.repository for f in manifests})
         plan = plan_manifests(manifests, retention, limits)
         gone = await self._delete_manifests(plan.delete, options, started, result)
@@ -454,8 +457,10 @@ def _accounting(links: Iterable[LinkFacts]) -> dict[str, Any]:
         repos[link.repository] += link.size
         namespaces[_namespace(link.repository)][link.digest] = link.size
         total[link.digest] = link.size
+    # Lists of {name, bytes}, not mappings keyed by name: a repository name may hold dots, which documents
+    # refuse in keys (services/core/storage/docvalues.py).
     return {
         "total_bytes": sum(total.values()),
-        "namespaces": {ns: sum(d.values()) for ns, d in sorted(namespaces.items())},
-        "repositories": dict(sorted(repos.items())),
+        "namespaces": [{"name": ns, "bytes": sum(d.values())} for ns, d in sorted(namespaces.items())],
+        "repositories": [{"name": repo, "bytes": size} for repo, size in sorted(repos.items())],
     }

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from services.core.events.outbox import LEASES
 from services.core.proto.hanzo.registry.v1 import gc_pb2
-from services.gc.runs import RunInProgressError
+from services.gc.runs import LEASE, RUNS, RunInProgressError, newest_key
 from services.gc.service import GcServicer, build_runs
 from tests.integration.conftest import Assembly
 from tests.integration.gc_support import drop_gc_collections, make_image, push
@@ -26,7 +27,8 @@ async def test_one_run_at_a_time_history_and_details(assembly: Assembly) -> None
         servicer = GcServicer(runs)
         second = (await servicer.TriggerRun(gc_pb2.TriggerRunRequest(dry_run=True), None)).run_id
         await runs.wait()
-        history = await runs.history(limit=10)
+        history, token = await runs.history(limit=10)
+        assert token is None
         assert [r["id"] for r in history] == [second, first]
         assert history[1]["status"] == "succeeded" and history[1]["trigger"] == "api" and history[1]["dry_run"]
         assert history[1]["manifests_deleted"] == 1
@@ -38,3 +40,60 @@ async def test_one_run_at_a_time_history_and_details(assembly: Assembly) -> None
         await drop_gc_collections(c)
         for name in ("gc_run_items", "leases"):
             await c.docs.drop_collection(name)
+
+
+async def test_history_pages_newest_first_and_old_records_get_the_key(assembly: Assembly) -> None:
+    c = assembly.c
+    runs = build_runs(c)
+    await runs.setup()
+    try:
+        # 45 records, written directly; two share a start time (then the id decides); five predate `newest`.
+        for i in range(45):
+            started = 1000.0 + (i if i != 44 else 43)
+            doc = {"_id": f"run{i:02d}", "id": f"run{i:02d}", "trigger": "schedule", "dry_run": False,
+                   "status": "succeeded", "started": started, "finished": started + 1, "manifests_deleted": 0,
+                   "blobs_deleted": 0, "bytes_freed": 0, "errors": 0}
+            if i >= 5:
+                doc["newest"] = newest_key(started, doc["_id"])
+            await c.docs.put(RUNS, doc)
+        await runs.setup()  # the backfill
+        seen: list[str] = []
+        token = None
+        while True:
+            page, token = await runs.history(limit=10, page_token=token)
+            seen += [r["id"] for r in page]
+            if token is None:
+                break
+        assert seen == ["run43", "run44", *[f"run{i:02d}" for i in range(42, -1, -1)]]
+        assert runs.last_success == 1044.0
+        servicer = GcServicer(runs)
+        listed = await servicer.ListRuns(gc_pb2.ListRunsRequest(limit=40), None)
+        assert len(listed.runs) == 40 and listed.next_page_token
+        rest = await servicer.ListRuns(gc_pb2.ListRunsRequest(limit=40, page_token=listed.next_page_token), None)
+        assert [r.run_id for r in rest.runs] == ["run04", "run03", "run02", "run01", "run00"]
+        assert not rest.next_page_token
+    finally:
+        await drop_gc_collections(c)
+
+
+async def test_a_run_whose_replica_died_is_recorded_failed_by_the_next(assembly: Assembly) -> None:
+    c = assembly.c
+    runs = build_runs(c)
+    runs.collector.settle = 0.01
+    await runs.setup()
+    try:
+        await c.docs.put(RUNS, {"_id": "dead", "id": "dead", "newest": newest_key(1000.0, "dead"), "trigger": "api",
+                                "dry_run": False, "status": "running", "started": 1000.0, "finished": None,
+                                "manifests_deleted": 0, "blobs_deleted": 0, "bytes_freed": 0, "errors": 0})
+        await c.docs.put(LEASES, {"_id": LEASE, "owner": "dead", "expires": 0.0})
+        run_id = await runs.start(trigger="api", dry_run=True)
+        await runs.wait()
+        dead = await runs.get("dead")
+        assert dead is not None and dead["status"] == "failed" and dead["errors"] == 1 and dead["finished"]
+        assert "stopped" in dead["error_messages"][0]
+        new = await runs.get(run_id)
+        assert new is not None and new["status"] == "succeeded"
+        assert await c.docs.get(LEASES, LEASE) is None
+    finally:
+        await drop_gc_collections(c)
+        await c.docs.drop_collection("leases")

@@ -25,25 +25,45 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahanzo/registry/v1/gc.proto\x12\x11hanzo.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x11TriggerRunRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x17\n\x0f\x64\x65lete_untagged\x18\x02 \x01(\x08\"5\n\x12TriggerRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07started\x18\x02 \x01(\x08\"\x8d\x02\n\x05GcRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.hanzo.registry.v1.GcRunState\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rblobs_deleted\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ytes_freed\x18\x07 \x01(\x04\x12\x19\n\x11manifests_deleted\x18\x08 \x01(\x04\x12\r\n\x05\x65rror\x18\t \x01(\t\"4\n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x10ListRunsResponse\x12&\n\x04runs\x18\x01 \x03(\x0b\x32\x18.hanzo.registry.v1.GcRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*y\n\nGcRunState\x12\x1c\n\x18GC_RUN_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14GC_RUN_STATE_RUNNING\x10\x01\x12\x1a\n\x16GC_RUN_STATE_SUCCEEDED\x10\x02\x12\x17\n\x13GC_RUN_STATE_FAILED\x10\x03\x32\xb4\x01\n\x02Gc\x12Y\n\nTriggerRun\x12$.hanzo.registry.v1.TriggerRunRequest\x1a%.hanzo.registry.v1.TriggerRunResponse\x12S\n\x08ListRuns\x12\".hanzo.registry.v1.ListRunsRequest\x1a#.hanzo.registry.v1.ListRunsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahanzo/registry/v1/gc.proto\x12\x11hanzo.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x01\n\x11TriggerRunRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x1a\n\rgrace_seconds\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12-\n\x07trigger\x18\x04 \x01(\x0e\x32\x1c.hanzo.registry.v1.GcTriggerB\x10\n\x0e_grace_secondsJ\x04\x08\x02\x10\x03R\x0f\x64\x65lete_untagged\"5\n\x12TriggerRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07started\x18\x02 \x01(\x08\"\xcc\x02\n\x05GcRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.hanzo.registry.v1.GcRunState\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rblobs_deleted\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ytes_freed\x18\x07 \x01(\x04\x12\x19\n\x11manifests_deleted\x18\x08 \x01(\x04\x12\r\n\x05\x65rror\x18\t \x01(\t\x12-\n\x07trigger\x18\n \x01(\x0e\x32\x1c.hanzo.registry.v1.GcTrigger\x12\x0e\n\x06\x65rrors\x18\x0b \x01(\r\"4\n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x10ListRunsResponse\x12&\n\x04runs\x18\x01 \x03(\x0b\x32\x18.hanzo.registry.v1.GcRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"O\n\rGcDeletedItem\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\"\x81\x01\n\x0eGetRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.hanzo.registry.v1.GcRun\x12\x31\n\x07\x64\x65leted\x18\x02 \x03(\x0b\x32 .hanzo.registry.v1.GcDeletedItem\x12\x15\n\rdeleted_total\x18\x03 \x01(\x04\"\x13\n\x11GetStorageRequest\"\xfe\x02\n\x12GetStorageResponse\x12\x10\n\x08measured\x18\x01 \x01(\x08\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12/\n\x0bmeasured_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12I\n\nnamespaces\x18\x05 \x03(\x0b\x32\x35.hanzo.registry.v1.GetStorageResponse.NamespacesEntry\x12M\n\x0crepositories\x18\x06 \x03(\x0b\x32\x37.hanzo.registry.v1.GetStorageResponse.RepositoriesEntry\x1a\x31\n\x0fNamespacesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x33\n\x11RepositoriesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*h\n\tGcTrigger\x12\x1a\n\x16GC_TRIGGER_UNSPECIFIED\x10\x00\x12\x17\n\x13GC_TRIGGER_SCHEDULE\x10\x01\x12\x12\n\x0eGC_TRIGGER_API\x10\x02\x12\x12\n\x0eGC_TRIGGER_CLI\x10\x03*y\n\nGcRunState\x12\x1c\n\x18GC_RUN_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14GC_RUN_STATE_RUNNING\x10\x01\x12\x1a\n\x16GC_RUN_STATE_SUCCEEDED\x10\x02\x12\x17\n\x13GC_RUN_STATE_FAILED\x10\x03\x32\xde\x02\n\x02Gc\x12Y\n\nTriggerRun\x12$.hanzo.registry.v1.TriggerRunRequest\x1a%.hanzo.registry.v1.TriggerRunResponse\x12S\n\x08ListRuns\x12\".hanzo.registry.v1.ListRunsRequest\x1a#.hanzo.registry.v1.ListRunsResponse\x12M\n\x06GetRun\x12 .hanzo.registry.v1.GetRunRequest\x1a!.hanzo.registry.v1.GetRunResponse\x12Y\n\nGetStorage\x12$.hanzo.registry.v1.GetStorageRequest\x1a%.hanzo.registry.v1.GetStorageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hanzo.registry.v1.gc_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GCRUNSTATE']._serialized_start=611
-  _globals['_GCRUNSTATE']._serialized_end=732
-  _globals['_TRIGGERRUNREQUEST']._serialized_start=82
-  _globals['_TRIGGERRUNREQUEST']._serialized_end=143
-  _globals['_TRIGGERRUNRESPONSE']._serialized_start=145
-  _globals['_TRIGGERRUNRESPONSE']._serialized_end=198
-  _globals['_GCRUN']._serialized_start=201
-  _globals['_GCRUN']._serialized_end=470
-  _globals['_LISTRUNSREQUEST']._serialized_start=472
-  _globals['_LISTRUNSREQUEST']._serialized_end=524
-  _globals['_LISTRUNSRESPONSE']._serialized_start=526
-  _globals['_LISTRUNSRESPONSE']._serialized_end=609
-  _globals['_GC']._serialized_start=735
-  _globals['_GC']._serialized_end=915
+  _globals['_GETSTORAGERESPONSE_NAMESPACESENTRY']._loaded_options = None
+  _globals['_GETSTORAGERESPONSE_NAMESPACESENTRY']._serialized_options = b'8\001'
+  _globals['_GETSTORAGERESPONSE_REPOSITORIESENTRY']._loaded_options = None
+  _globals['_GETSTORAGERESPONSE_REPOSITORIESENTRY']._serialized_options = b'8\001'
+  _globals['_GCTRIGGER']._serialized_start=1433
+  _globals['_GCTRIGGER']._serialized_end=1537
+  _globals['_GCRUNSTATE']._serialized_start=1539
+  _globals['_GCRUNSTATE']._serialized_end=1660
+  _globals['_TRIGGERRUNREQUEST']._serialized_start=83
+  _globals['_TRIGGERRUNREQUEST']._serialized_end=235
+  _globals['_TRIGGERRUNRESPONSE']._serialized_start=237
+  _globals['_TRIGGERRUNRESPONSE']._serialized_end=290
+  _globals['_GCRUN']._serialized_start=293
+  _globals['_GCRUN']._serialized_end=625
+  _globals['_LISTRUNSREQUEST']._serialized_start=627
+  _globals['_LISTRUNSREQUEST']._serialized_end=679
+  _globals['_LISTRUNSRESPONSE']._serialized_start=681
+  _globals['_LISTRUNSRESPONSE']._serialized_end=764
+  _globals['_GETRUNREQUEST']._serialized_start=766
+  _globals['_GETRUNREQUEST']._serialized_end=812
+  _globals['_GCDELETEDITEM']._serialized_start=814
+  _globals['_GCDELETEDITEM']._serialized_end=893
+  _globals['_GETRUNRESPONSE']._serialized_start=896
+  _globals['_GETRUNRESPONSE']._serialized_end=1025
+  _globals['_GETSTORAGEREQUEST']._serialized_start=1027
+  _globals['_GETSTORAGEREQUEST']._serialized_end=1046
+  _globals['_GETSTORAGERESPONSE']._serialized_start=1049
+  _globals['_GETSTORAGERESPONSE']._serialized_end=1431
+  _globals['_GETSTORAGERESPONSE_NAMESPACESENTRY']._serialized_start=1329
+  _globals['_GETSTORAGERESPONSE_NAMESPACESENTRY']._serialized_end=1378
+  _globals['_GETSTORAGERESPONSE_REPOSITORIESENTRY']._serialized_start=1380
+  _globals['_GETSTORAGERESPONSE_REPOSITORIESENTRY']._serialized_end=1431
+  _globals['_GC']._serialized_start=1663
+  _globals['_GC']._serialized_end=2013
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,16 @@ class GcStub:
                 request_serializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/hanzo.registry.v1.Gc/GetRun',
+                request_serializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.GetRunResponse.FromString,
+                _registered_method=True)
+        self.GetStorage = channel.unary_unary(
+                '/hanzo.registry.v1.Gc/GetStorage',
+                request_serializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.GetStorageRequest.SerializeToString,
+                response_deserializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.GetStorageResponse.FromString,
+                _registered_method=True)
 
 
 class GcServicer:
@@ -65,6 +75,20 @@ class GcServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRun(self, request, context):
+        """One run and what it deleted (or, in a dry run, would delete); NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStorage(self, request, context):
+        """Bytes stored per namespace and repository, as the last run that was not a dry run counted them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GcServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +101,16 @@ def add_GcServicer_to_server(servicer, server):
                     servicer.ListRuns,
                     request_deserializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.ListRunsRequest.FromString,
                     response_serializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.GetRunRequest.FromString,
+                    response_serializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.GetRunResponse.SerializeToString,
+            ),
+            'GetStorage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStorage,
+                    request_deserializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.GetStorageRequest.FromString,
+                    response_serializer=hanzo_dot_registry_dot_v1_dot_gc__pb2.GetStorageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +168,60 @@ class Gc:
             '/hanzo.registry.v1.Gc/ListRuns',
             hanzo_dot_registry_dot_v1_dot_gc__pb2.ListRunsRequest.SerializeToString,
             hanzo_dot_registry_dot_v1_dot_gc__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hanzo.registry.v1.Gc/GetRun',
+            hanzo_dot_registry_dot_v1_dot_gc__pb2.GetRunRequest.SerializeToString,
+            hanzo_dot_registry_dot_v1_dot_gc__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStorage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hanzo.registry.v1.Gc/GetStorage',
+            hanzo_dot_registry_dot_v1_dot_gc__pb2.GetStorageRequest.SerializeToString,
+            hanzo_dot_registry_dot_v1_dot_gc__pb2.GetStorageResponse.FromString,
             options,
             channel_credentials,
             insecure,
