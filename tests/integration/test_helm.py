@@ -157,3 +157,49 @@ def test_schema_refuses_unknown_settings() -> None:
     done = subprocess.run([infra("HANZO_TOOL_HELM"), "template", "hzr", str(CHART), "--set",
                            "config.storage.blobs.bukcet=x"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "bukcet" in done.stderr
+
+
+# deploy/docker-compose.yml: the same services and settings on a laptop
+
+
+def _compose() -> dict[str, Any]:
+    import re
+
+    text = (ROOT / "deploy" / "docker-compose.yml").read_text()
+    # Compose's own interpolation: ${VAR:-default} (unset here) and $$ for a literal $.
+    text = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text).replace("$$", "$")
+    doc = yaml.safe_load(text)  # merge keys (<<: *registry) resolved, as Compose does
+    return {k: v for k, v in doc.items() if not k.startswith("x-")}
+
+
+def test_compose_file_follows_the_compose_spec() -> None:
+    import json
+
+    from compose_spec import PyCompose
+
+    doc = _compose()
+    compose = PyCompose.from_json(json.dumps(doc))
+    assert compose.validate() is None
+    assert set(compose.service_names()) == {"distribution", "scanner", "signer", "gc", "replicator", "webhooks",
+                                            "kafka", "mongodb", "minio"}
+    broken = json.loads(json.dumps(doc))
+    broken["services"]["kafka"]["healthcheck"]["tset"] = broken["services"]["kafka"]["healthcheck"].pop("test")
+    with pytest.raises(ValueError, match="tset"):
+        PyCompose.from_json(json.dumps(broken))
+
+
+def test_compose_services_run_every_command_with_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.cli.main import SERVICES
+    from services.core.settings import load_settings
+
+    services = _compose()["services"]
+    commands = {name: s["command"] for name, s in services.items() if "command" in s and "build" in s}
+    assert {c[0] for c in commands.values()} == set(SERVICES)
+    for name in commands:
+        with monkeypatch.context() as m:
+            for key, value in services[name]["environment"].items():
+                assert key.startswith("HANZO_REGISTRY_"), key
+                m.setenv(key, str(value))
+            settings = load_settings()
+        assert (settings.metadata.kind, settings.events.kind, settings.storage.blobs.kind) == ("mongo", "kafka", "s3")
+        assert set(services[name]["depends_on"]) == {"kafka", "mongodb", "minio"}
