@@ -32,6 +32,7 @@ from services.core.storage import meta as m
 from services.core.storage.blobs import BlobBulkDeleter, BlobStore
 from services.core.storage.documents import Document, DocumentStore
 from services.gc.cache_expiry import expire_cache_entries
+from services.gc.cache_expiry import expire_cache_entries
 from services.gc.mark import (
     Limits,
     LinkFacts,
@@ -148,6 +149,8 @@ class Collector:
         if not options.dry_run:
             await self.repair(options.run_id, result)
         manifests = [f async for f in self._manifest_facts()]
+        manifests = await expire_cache_entries(self.docs, self.outbox, self.topics, manifests, now=started,
+                                               dry_run=options.dry_run)  # pull-through cache entries
         manifests = await expire_cache_entries(self.docs, self.outbox, self.topics, manifests, now=started,
                                                dry_run=options.dry_run)  # pull-through cache entries
         retention = await self._retention({f.repository for f in manifests})

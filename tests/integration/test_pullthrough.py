@@ -353,3 +353,42 @@ async def test_authenticated_upstream_and_access_on_our_side(kind: str, tmp_path
         async with OciClient(options) as client:
             cached = RemoteRepository(address(cache), "cache/dist/alice/app")  # type: ignore[arg-type]
             assert await pull_image(client, cached, "v1") == (image.manifest, [image.config, *image.layers])
+
+
+# ------------------------------------------------------------------------------------------ expiry
+
+
+@pytest.mark.parametrize("kind", ASSEMBLIES)
+async def test_gc_collects_cache_entries_not_pulled_within_retention(kind: str, tmp_path: Path) -> None:
+    from services.gc.sweep import RunOptions
+    from tests.integration.gc_support import collector, drop_gc_collections
+
+    async with upstream_registry(tmp_path / "up") as up, \
+            cache_registry(kind, tmp_path / "cache", [remote("up", address(up))], retention=3) as cache, \
+            OciClient() as client:
+        old, fresh = make_image(), make_image()
+        await push_image(client, RemoteRepository(address(up), "team/old"), old, tag="v1")  # type: ignore[arg-type]
+        await push_image(client, RemoteRepository(address(up), "team/fresh"), fresh, tag="v1")  # type: ignore[arg-type]
+        cached_old = RemoteRepository(address(cache), "cache/up/team/old")  # type: ignore[arg-type]
+        cached_fresh = RemoteRepository(address(cache), "cache/up/team/fresh")  # type: ignore[arg-type]
+        await pull_image(client, cached_old, "v1")
+        await asyncio.sleep(2.0)
+        await pull_image(client, cached_fresh, "v1")
+        await asyncio.sleep(1.2)  # old: last pulled 3.2 s ago, past the retention; fresh: 1.2 s ago
+        pulled = cache.client.app[PULLTHROUGH]
+        await pulled.records.flush()
+        try:
+            result = await collector(cache.c, grace=0).run(RunOptions(run_id=uuid.uuid4().hex, grace_seconds=0))
+            assert not result.errors
+            deleted = {(d.kind, d.repository) for d in result.deleted}
+            assert ("manifest", "cache/up/team/old") in deleted
+            assert not any(repo == "cache/up/team/fresh" for _, repo in deleted), result.deleted
+            assert await cache.c.meta.manifest("cache/up/team/old", old.digest) is None
+            assert await cache.c.meta.tag("cache/up/team/old", "v1") is None
+            assert await cache.c.blobs.stat(Digest.of(old.layers[0])) is None
+            assert await cache.c.meta.manifest("cache/up/team/fresh", fresh.digest) is not None
+            # Pulled again: refetched from upstream.
+            assert await pull_image(client, cached_old, "v1") == (old.manifest, [old.config, *old.layers])
+        finally:
+            if kind != "embedded":
+                await drop_gc_collections(cache.c)

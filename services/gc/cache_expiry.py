@@ -1,0 +1,78 @@
+"""Expiry of pull-through cache entries, for a GC run's mark phase.
+
+The distribution service records in `proxy_cache` when each cached manifest was last pulled, with `expires` =
+that time + `proxy.retention` (services/distribution/cache/records.py; documents `m:<repository>@<digest>`
+{kind: "manifest", repository, digest, last_pulled, expires}). A cached manifest not pulled since it expired
+loses its tags here (through the outbox, with TagDeleted events; each delete conditional on the tag as read,
+so a pull that refetched it meanwhile wins) and is handed to the plan as untagged and old: it goes with this
+run, and the blobs only it referenced follow after the blob grace period. A pull that meets it on its way
+refetches it from upstream. Entries whose manifest is gone are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+from services.core.content import events
+from services.core.events.outbox import Delete, Outbox
+from services.core.oci.digest import Digest
+from services.core.settings import TopicSettings
+from services.core.storage import meta as m
+from services.core.storage.documents import DocumentStore
+from services.gc.mark import ManifestFacts
+
+log = logging.getLogger(__name__)
+
+CACHE: Final = "proxy_cache"
+ACTOR: Final = "gc"
+_PAGE: Final = 2000
+
+
+async def _expired(docs: DocumentStore, now: float) -> AsyncIterator[dict[str, Any]]:
+    after: str | None = None
+    while True:
+        page = await docs.find(CACHE, {"kind": "manifest"}, after=after, limit=_PAGE)
+        for doc in page:
+            if float(doc.get("expires") or 0.0) <= now:
+                yield doc
+        if len(page) < _PAGE:
+            return
+        after = str(page[-1]["_id"])
+
+
+async def expire_cache_entries(docs: DocumentStore, outbox: Outbox, topics: TopicSettings,
+                               manifests: list[ManifestFacts], *, now: float, dry_run: bool) -> list[ManifestFacts]:
+    """`manifests` with the expired cache entries untagged and old (their tags deleted unless `dry_run`)."""
+    if not await docs.count(CACHE, {"kind": "manifest"}):
+        return manifests
+    expired = {f"{d['repository']}@{d['digest']}": str(d["_id"]) async for d in _expired(docs, now)}
+    if not expired:
+        return manifests
+    held = {f"{f.repository}@{f.digest}" for f in manifests}
+    if not dry_run:
+        gone = [entry for key, entry in expired.items() if key not in held]
+        if gone:
+            await docs.delete_many(CACHE, gone)
+    out: list[ManifestFacts] = []
+    for f in manifests:
+        if f"{f.repository}@{f.digest}" in expired:
+            if f.tagged and not dry_run:
+                await _untag(docs, outbox, topics, f)
+            f = dataclasses.replace(f, tagged=False, created=0.0)
+        out.append(f)
+    return out
+
+
+async def _untag(docs: DocumentStore, outbox: Outbox, topics: TopicSettings, f: ManifestFacts) -> None:
+    tags = await docs.find(m.TAGS, {"repository": f.repository, "digest": f.digest})
+    for tag in tags:
+        built = events.tag_deleted(f.repository, tag["name"], Digest.parse(f.digest), actor=ACTOR)
+        event = dataclasses.replace(events.outbound(built, topics), op=0)
+        try:
+            await outbox.commit([Delete(m.TAGS, str(tag["_id"]), expect={"version": tag["version"]})], [event],
+                                partial=True)
+        except Exception as exc:  # the manifest stays tagged, so the plan keeps it: next run
+            log.warning("gc: could not untag expired cache entry %s:%s: %s", f.repository, tag["name"], exc)
