@@ -392,3 +392,79 @@ async def test_gc_collects_cache_entries_not_pulled_within_retention(kind: str, 
         finally:
             if kind != "embedded":
                 await drop_gc_collections(cache.c)
+
+
+# ------------------------------------------------------------------------------------------ 429, mirror mode
+
+
+@contextlib.asynccontextmanager
+async def limited_upstream(image: Image) -> AsyncIterator[tuple[str, dict[str, bool]]]:
+    """An upstream serving one image at team/app:v1 that answers 429 (Retry-After: 17) when told to."""
+    from aiohttp import web
+
+    state = {"limited": False}
+    blobs = {str(Digest.of(b)): b for b in (image.config, *image.layers)}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if state["limited"]:
+            return web.json_response({"errors": [{"code": "TOOMANYREQUESTS", "message": "pull limit"}]},
+                                     status=429, headers={"Retry-After": "17"})
+        path = request.path
+        if path.endswith("/manifests/v1") or path.endswith(f"/manifests/{image.digest}"):
+            headers = {"Content-Type": mt.OCI_MANIFEST, "Docker-Content-Digest": str(image.digest)}
+            return web.Response(body=None if request.method == "HEAD" else image.manifest, headers=headers)
+        digest = path.rsplit("/", 1)[-1]
+        if "/blobs/" in path and digest in blobs:
+            if request.method == "HEAD":
+                return web.Response(headers={"Content-Length": str(len(blobs[digest]))})
+            return web.Response(body=blobs[digest])
+        return web.json_response({"errors": [{"code": "NOT_FOUND", "message": "no"}]}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"127.0.0.1:{port}", state
+    finally:
+        await runner.cleanup()
+
+
+async def test_upstream_429_stale_serve_or_429_with_retry_after(tmp_path: Path) -> None:
+    image = make_image()
+    async with limited_upstream(image) as (upstream, state), \
+            cache_registry("embedded", tmp_path / "cache", [remote("hub", upstream, ttl=0)]) as cache, \
+            OciClient() as client:
+        cached = RemoteRepository(address(cache), "cache/hub/team/app")  # type: ignore[arg-type]
+        assert (await pull_image(client, cached, "v1"))[0] == image.manifest
+        state["limited"] = True
+        resp = await cache.client.get("/v2/cache/hub/team/app/manifests/v1")
+        assert resp.status == 200 and resp.headers["Warning"] == '110 - "stale"'
+        assert await resp.read() == image.manifest
+        resp = await cache.client.get("/v2/cache/hub/team/other/manifests/v1")
+        assert resp.status == 429 and resp.headers["Retry-After"] == "17"
+        assert "pull limit" in (await resp.json())["errors"][0]["message"]
+        resp = await cache.client.get(f"/v2/cache/hub/team/app/blobs/{Digest.of(b'other')}")
+        assert resp.status == 429 and resp.headers["Retry-After"] == "17"
+        assert metric(cache, "hanzo_registry_cache_upstream_errors_total", remote="hub", reason="429") == 3
+
+
+async def test_containerd_mirror_requests_map_ns_to_a_remote(tmp_path: Path) -> None:
+    async with upstream_registry(tmp_path / "up") as up, \
+            cache_registry("embedded", tmp_path / "cache", [remote("up", address(up))]) as cache, \
+            OciClient() as client:
+        image = make_image()
+        await push_image(client, RemoteRepository(address(up), "team/app"), image, tag="v1")  # type: ignore[arg-type]
+        resp = await cache.client.get("/v2/team/app/manifests/v1", params={"ns": address(up)},
+                                      headers={"Accept": mt.OCI_MANIFEST})
+        assert resp.status == 200 and await resp.read() == image.manifest
+        layer = Digest.of(image.layers[0])
+        resp = await cache.client.get(f"/v2/team/app/blobs/{layer}", params={"ns": address(up)})
+        assert resp.status == 200 and await resp.read() == image.layers[0]
+        assert await cache.c.meta.manifest("cache/up/team/app", image.digest) is not None
+        # Without ns, or with a host no remote has, the path is a local repository.
+        assert (await cache.client.get("/v2/team/app/manifests/v1")).status == 404
+        assert (await cache.client.get("/v2/team/app/manifests/v1", params={"ns": "quay.io"})).status == 404
