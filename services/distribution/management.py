@@ -26,6 +26,7 @@ from services.core.oci.names import RepositoryName
 from services.distribution import management_models as m
 from services.distribution.management_api import PREFIX, Call, Requirement, Route, register
 from services.distribution.management_gc import gc_routes
+from services.distribution.management_models_api import model_routes
 from services.distribution.management_policy import install as install_policies
 from services.distribution.management_policy import policy_routes
 from services.distribution.management_replication import replication_routes
@@ -300,6 +301,7 @@ ROUTES: list[Route] = [
     *repository_routes(),
     *replication_routes(),
     *scanner_routes(),
+    *model_routes(),
     *_namespace_routes("/namespaces"),
     *_namespace_routes(""),
     *signer_routes(),
