@@ -10,6 +10,9 @@
 ARG BASE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE} AS build
+# The system CA bundle for pip and uv (behind a TLS-inspecting proxy, mount yours over it for the build:
+# buildah bud -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro ...).
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt UV_NATIVE_TLS=1
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
 WORKDIR /src
 RUN python3 -m venv /opt/uv && /opt/uv/bin/pip install --quiet "uv==0.9.*" \
