@@ -50,6 +50,10 @@ class UrlRefusedError(ValueError):
     """The URL may not be fetched; the message says why, for the person who set it."""
 
 
+class AddressRefusedError(OSError):
+    """The resolver's refusal: an OSError, so that aiohttp reports it as a connection error to its caller."""
+
+
 @dataclass(frozen=True, slots=True)
 class UrlPolicy:
     trust: Trust
@@ -152,7 +156,7 @@ class GuardedResolver(AbstractResolver):
             address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
             reason = refusal(address, self._policy)
             if reason is not None:
-                raise UrlRefusedError(f"{host} resolves to {reason}")
+                raise AddressRefusedError(f"{host} resolves to {reason}")
             results.append(ResolveResult(hostname=host, host=str(sockaddr[0]), port=int(sockaddr[1]), family=fam,
                                          proto=proto, flags=socket.AI_NUMERICHOST))
         return results

@@ -28,6 +28,7 @@ from services.core.oci import mediatypes as mt
 from services.core.oci.digest import Digest
 from services.core.oci.manifest import Descriptor, ReferrerDescriptor, parse_manifest
 from services.core.oci.names import Tag, parse_reference
+from services.core.ssrf import guarded_connector
 
 OCI_ARTIFACT_MANIFEST: Final = "application/vnd.oci.artifact.manifest.v1+json"
 """The withdrawn OCI artifact manifest (image-spec 1.1 rc): still served by some registries."""
@@ -106,7 +107,9 @@ class OciClient:
     def transport(self) -> Transport:
         if self._transport is None:
             if self._session is None:
-                self._session = aiohttp.ClientSession(auto_decompress=False)
+                policy = self.options.url_policy
+                connector = guarded_connector(policy) if policy is not None else None
+                self._session = aiohttp.ClientSession(auto_decompress=False, connector=connector)
             self._transport = Transport(self.options, self._session, self.tokens)
         return self._transport
 

@@ -35,6 +35,7 @@ from services.core.client.errors import (
     response_error,
 )
 from services.core.client.reference import api_host
+from services.core.ssrf import UrlPolicy, UrlRefusedError, check_url_syntax
 from services.core.telemetry import inject_headers
 
 MAX_ERROR_BODY: Final = 64 * 1024
@@ -79,6 +80,9 @@ class ClientOptions:
     """Seconds before expiry (at most half its lifetime) a token is replaced for new requests."""
     user_agent: str = "hanzo-registry"
     trace_headers: bool = True
+    url_policy: UrlPolicy | None = None
+    """When set, every URL the client fetches (the registry, its token realm, every redirect) must pass the
+    SSRF guard (services/core/ssrf.py), and connections go only to addresses it allowed."""
 
     def for_registry(self, registry: str) -> RegistryOptions:
         return self.registries.get(registry, self.default)
@@ -185,9 +189,12 @@ class Transport:
             headers["Authorization"] = basic_header(credentials)
             query.append(("account", credentials.username))
         url = realm.with_query(query)
+        self.check_url(url)
         try:
+            # Under a URL policy a realm may not redirect: literal addresses in a Location never meet the resolver.
             async with self.session.get(
-                url, headers=headers, ssl=self._ssl_for(registry), timeout=self._timeout(), allow_redirects=True
+                url, headers=headers, ssl=self._ssl_for(registry), timeout=self._timeout(),
+                allow_redirects=self.options.url_policy is None,
             ) as resp:
                 body = await resp.content.read(MAX_ERROR_BODY)
                 if resp.status != 200:
@@ -284,6 +291,7 @@ class Transport:
         if authorization:
             request_headers["Authorization"] = authorization
         for _ in range(self.options.max_redirects + 1):
+            self.check_url(url)
             try:
                 resp = await self.session.request(
                     method,
@@ -307,6 +315,16 @@ class Transport:
                     (k, v) for k, v in request_headers.items() if k.lower() in _KEPT_ON_REDIRECT
                 )
         raise OciConnectionError(f"{method} {shown(url)}: more than {self.options.max_redirects} redirects")
+
+    def check_url(self, url: URL) -> None:
+        """Refuse a URL the policy forbids by its form alone (scheme, metadata host, a literal address); the
+        guarded connector checks the addresses names resolve to."""
+        if self.options.url_policy is None:
+            return
+        try:
+            check_url_syntax(str(url), self.options.url_policy)
+        except UrlRefusedError as exc:
+            raise OciConnectionError(str(exc)) from None
 
     async def raise_for(self, resp: aiohttp.ClientResponse, *, method: str | None = None) -> OciResponseError:
         """The typed error for `resp` (its body read, bounded, and the response released), to raise."""
