@@ -55,6 +55,15 @@ class S3BlobSettings(_Section):
     secure: bool = Field(False, description="Use HTTPS to reach S3")
     prefix: str = Field("", description="Key prefix inside the bucket")
     part_size: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart part size in bytes")
+    connect_timeout_seconds: float = Field(
+        2.0, gt=0, le=60, description="Connecting to S3 fails after this long (an unreachable S3 is a fast 503)"
+    )
+    read_timeout_seconds: float = Field(
+        120.0, gt=0, description="A call fails when S3 sends nothing for this long (a long transfer is not cut)"
+    )
+    retries: int = Field(
+        2, ge=0, le=10, description="Retries of a failed S3 call (connection errors, 5xx), with a short backoff"
+    )
 
 
 BlobSettings = Annotated[FilesystemBlobSettings | S3BlobSettings, Field(discriminator="kind")]
@@ -79,6 +88,15 @@ class MongoMetadataSettings(_Section):
         32, ge=1, le=1000,
         description="Connections to MongoDB: commands in flight at once (reads never queue behind a write's lock)",
     )
+    server_selection_timeout_seconds: float = Field(
+        2.0, gt=0, le=60, description="A command fails when no MongoDB server is reachable for this long (a fast 503)"
+    )
+    connect_timeout_seconds: float = Field(
+        2.0, gt=0, le=60, description="Opening a connection to MongoDB fails after this long"
+    )
+    socket_timeout_seconds: float = Field(
+        30.0, gt=0, description="A command fails when MongoDB does not answer for this long"
+    )
 
 
 MetadataSettings = Annotated[SqliteMetadataSettings | MongoMetadataSettings, Field(discriminator="kind")]
@@ -94,6 +112,11 @@ class KafkaEventSettings(_Section):
     kind: Literal["kafka"]
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, comma-separated host:port")
     client_id: str = Field("hanzo-registry", description="Kafka client id")
+    request_timeout_seconds: float = Field(
+        2.0, gt=0, le=300,
+        description="Connecting and one producer request (publish, readiness) fail after this long (the outbox relay "
+        "retries; consumers and topic creation keep longer timeouts)",
+    )
 
 
 EventSettings = Annotated[LocalEventSettings | KafkaEventSettings, Field(discriminator="kind")]

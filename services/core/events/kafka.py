@@ -51,6 +51,7 @@ class KafkaEventLog:
         heartbeat_interval_ms: int = 3_000,
         max_poll_interval_ms: int = 300_000,
         request_timeout_ms: int = 30_000,
+        producer_request_timeout_ms: int | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
@@ -58,6 +59,10 @@ class KafkaEventLog:
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._max_poll_interval_ms = max_poll_interval_ms
         self._request_timeout_ms = request_timeout_ms
+        # Connecting and the producer's requests (publish, the readiness probe): short, so an unreachable
+        # cluster fails fast; consumers and topic administration keep `request_timeout_ms` (group joins and
+        # CreateTopics wait long).
+        self._producer_request_timeout_ms = producer_request_timeout_ms or request_timeout_ms
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
         self._subscriptions: set[KafkaSubscription] = set()
@@ -65,7 +70,11 @@ class KafkaEventLog:
 
     @classmethod
     def from_settings(cls, settings: KafkaEventSettings) -> KafkaEventLog:
-        return cls(settings.bootstrap_servers, client_id=settings.client_id)
+        return cls(
+            settings.bootstrap_servers,
+            client_id=settings.client_id,
+            producer_request_timeout_ms=round(settings.request_timeout_seconds * 1000),
+        )
 
     async def _started_producer(self) -> AIOKafkaProducer:
         if self._closed:
@@ -77,7 +86,7 @@ class KafkaEventLog:
                     client_id=self.client_id,
                     acks="all",
                     enable_idempotence=True,
-                    request_timeout_ms=self._request_timeout_ms,
+                    request_timeout_ms=self._producer_request_timeout_ms,
                 )
                 try:
                     await producer.start()

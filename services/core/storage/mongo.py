@@ -131,7 +131,14 @@ class MongoDocumentStore:
 
     @classmethod
     def from_settings(cls, settings: MongoMetadataSettings) -> MongoDocumentStore:
-        return cls(settings.uri.get_secret_value(), settings.database, max_pool_size=settings.max_pool_size)
+        return cls(
+            settings.uri.get_secret_value(),
+            settings.database,
+            max_pool_size=settings.max_pool_size,
+            server_selection_timeout_ms=round(settings.server_selection_timeout_seconds * 1000),
+            connect_timeout_ms=round(settings.connect_timeout_seconds * 1000),
+            socket_timeout_ms=round(settings.socket_timeout_seconds * 1000),
+        )
 
     def _coll(self, name: str) -> AsyncCollection[dict[str, Any]]:
         return self._db[check_collection(name)]

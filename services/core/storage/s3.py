@@ -162,11 +162,21 @@ class S3BlobStore:
         self._bucket = settings.bucket
         self._prefix = settings.prefix.strip("/")
         self._digesters = digesters if digesters is not None else DigesterCache()
-        # Our own pool so close() can release it; bounded timeouts so a dead server fails calls.
+        # Our own pool so close() can release it. Bounded: connecting fails after
+        # `connect_timeout_seconds` (an unreachable S3 is a fast 503), a call fails when S3 sends nothing
+        # for `read_timeout_seconds` (a long transfer is not cut), and a failed call is retried
+        # `retries` times after at most 0.1 s, 0.2 s, ... (capped at 1 s) without honouring a
+        # Retry-After (a restarting gateway's would hold a request for its whole length).
         self._http = urllib3.PoolManager(
             maxsize=32,
-            timeout=urllib3.Timeout(connect=10, read=120),
-            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            timeout=urllib3.Timeout(connect=settings.connect_timeout_seconds, read=settings.read_timeout_seconds),
+            retries=urllib3.Retry(
+                total=settings.retries,
+                backoff_factor=0.1,
+                backoff_max=1.0,
+                status_forcelist=[500, 502, 503, 504],
+                respect_retry_after_header=False,
+            ),
         )
         self._client = Minio(
             settings.endpoint,
