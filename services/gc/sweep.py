@@ -1,8 +1,9 @@
 """One collection run over the ports: snapshot, plan (mark.py), then two-phase deletion through gc_marks.
 
 Online: nothing is locked; the push path and this run meet on single-document compare-and-sets
-(services/core/storage/gcmarks.py). Per phase: mark every candidate, wait `settle` seconds, drop those a
-manifest stored since the run started references, claim the rest (marked -> deleting: a push that rescued
+(services/core/storage/gcmarks.py). Per phase: mark every candidate, wait `settle` seconds (once per phase,
+not per batch: a run's time must not grow by `settle` for every 500 candidates), then batch by batch drop
+those a manifest stored since the run started references, claim the rest (marked -> deleting: a push that rescued
 one first wins), delete, and leave a tombstone. Manifests go first (parents before children, each delete
 conditional on the generation read, through the outbox with its ManifestDeleted event); blobs are planned
 after, from what was really deleted. A run that dies leaves `deleting` marks whose lease runs out: the next
@@ -31,7 +32,6 @@ from services.core.storage import gcmarks as gm
 from services.core.storage import meta as m
 from services.core.storage.blobs import BlobBulkDeleter, BlobStore
 from services.core.storage.documents import Document, DocumentStore
-from services.gc.cache_expiry import expire_cache_entries
 from services.gc.cache_expiry import expire_cache_entries
 from services.gc.mark import (
     Limits,
@@ -151,8 +151,6 @@ class Collector:
         manifests = [f async for f in self._manifest_facts()]
         manifests = await expire_cache_entries(self.docs, self.outbox, self.topics, manifests, now=started,
                                                dry_run=options.dry_run)  # pull-through cache entries
-        manifests = await expire_cache_entries(self.docs, self.outbox, self.topics, manifests, now=started,
-                                               dry_run=options.dry_run)  # pull-through cache entries
         retention = await self._retention({f.repository for f in manifests})
         plan = plan_manifests(manifests, retention, limits)
         gone = await self._delete_manifests(plan.delete, options, started, result)
@@ -229,11 +227,12 @@ class Collector:
             result.manifests_deleted = len(garbage)
             return gone
         stays: set[tuple[str, str]] = set()  # what a manifest that stayed references: it stays too
-        for batch in _batches(garbage, BATCH):
-            for f in batch:
-                await self.marks.mark(gm.manifest_key(f.repository, f.digest), run=options.run_id,
-                                      extra={"generation": f.generation})
+        for f in garbage:  # every mark first, then one settle: not one per batch
+            await self.marks.mark(gm.manifest_key(f.repository, f.digest), run=options.run_id,
+                                  extra={"generation": f.generation})
+        if garbage:
             await self._sleep(self.settle)
+        for batch in _batches(garbage, BATCH):
             recent = await self._recent_references(started)
             for f in batch:  # parents before children (plan order)
                 key = gm.manifest_key(f.repository, f.digest)
@@ -286,22 +285,27 @@ class Collector:
                 result.bytes_freed += c.size
             result.blobs_deleted = len(candidates)
             return deleted
-        for batch in _batches(candidates, BATCH):
-            for c in batch:
-                await self.marks.mark(gm.blob_key(c.digest), run=options.run_id,
-                                      extra={"links": [{"r": x.repository, "c": x.created} for x in c.links],
-                                             "size": c.size})
+        # Every mark first, then one settle (not one per batch). Blobs are independent of each other, so each
+        # step goes CONCURRENCY at a time: on a remote metadata store a run is round trips, not work.
+        await _each(candidates, lambda c: self.marks.mark(
+            gm.blob_key(c.digest), run=options.run_id,
+            extra={"links": [{"r": x.repository, "c": x.created} for x in c.links], "size": c.size}))
+        if candidates:
             await self._sleep(self.settle)
+        for batch in _batches(candidates, BATCH):
             recent = await self._recent_references(started)
             claimed = []
-            for c in batch:
+
+            async def settle(c: Any) -> None:
                 key = gm.blob_key(c.digest)
-                if c.digest in recent:
+                if c.digest in recent:  # noqa: B023 - awaited within the iteration
                     await self.marks.release(key, state=gm.MARKED)
                 elif await self.marks.claim(key, run=options.run_id, until=self._clock() + LEASE_SECONDS):
-                    claimed.append(c)
+                    claimed.append(c)  # noqa: B023
                 else:
                     await self.marks.release(key, state=gm.RESCUED)
+
+            await _each(batch, settle)
             done = await self._finish_blobs([(c.digest, c.size, [(x.repository, x.created) for x in c.links])
                                              for c in claimed], result)
             deleted |= done
@@ -312,7 +316,9 @@ class Collector:
         """Past the point of no return: the links as read (a re-link since wins: the bytes stay), then the
         bytes in one bulk delete, then tombstones."""
         ready: list[tuple[str, int, list[tuple[str, float]]]] = []
-        for digest, size, links in claimed:
+
+        async def unlink(item: tuple[str, int, list[tuple[str, float]]]) -> None:
+            digest, _, links = item
             ops = [Delete(m.BLOB_LINKS, f"{repo}@{digest}", expect={"created": created}) for repo, created in links]
             outbound = [self._event(events.blob_deleted(repo, Digest.parse(digest), actor=ACTOR), op=i)
                         for i, (repo, _) in enumerate(links)]
@@ -321,11 +327,14 @@ class Collector:
             except Exception as exc:
                 result.errors.append(f"blob {digest}: {exc}"[:500])
                 await self.marks.release(gm.blob_key(digest))
-                continue
+                return
             if committed is not None and not committed.complete:
                 await self.marks.release(gm.blob_key(digest))  # linked again meanwhile: it stays
-                continue
-            ready.append((digest, size, links))
+                return
+            ready.append(item)
+
+        await _each(claimed, unlink)
+        ready.sort(key=lambda item: item[0])
         if not ready:
             return set()
         digests = [Digest.parse(d) for d, _, _ in ready]
@@ -339,12 +348,12 @@ class Collector:
                 except Exception:
                     failed.add(str(d))
         done: set[str] = set()
+        await _each([d for d, _, _ in ready if d in failed], lambda d: self.marks.release(gm.blob_key(d)))
+        await _each([d for d, _, _ in ready if d not in failed], lambda d: self.marks.bury(gm.blob_key(d)))
         for digest, size, links in ready:
             if digest in failed:
                 result.errors.append(f"blob {digest}: could not delete its bytes; the next run retries")
-                await self.marks.release(gm.blob_key(digest))
                 continue
-            await self.marks.bury(gm.blob_key(digest))
             done.add(digest)
             result.blobs_deleted += 1
             result.bytes_freed += size
@@ -367,10 +376,11 @@ class Collector:
             return
         for digest in first_seen:
             await self.marks.see(gm.blob_key(digest), since=limits.now)
-        for batch in _batches(delete, BATCH):
-            for digest, _ in batch:
-                await self.marks.mark(gm.blob_key(digest), run=options.run_id, extra={"links": []})
+        for digest, _ in delete:
+            await self.marks.mark(gm.blob_key(digest), run=options.run_id, extra={"links": []})
+        if delete:
             await self._sleep(self.settle)
+        for batch in _batches(delete, BATCH):
             recent = await self._recent_references(started)
             claimed: list[tuple[str, int, list[tuple[str, float]]]] = []
             for digest, size in batch:
@@ -444,6 +454,30 @@ def _namespace(repository: str) -> str:
         return RepositoryName.parse(repository).namespace
     except ValueError:
         return repository.split("/", 1)[0]
+
+
+CONCURRENCY = 16
+"""Metadata commands of the blob phase in flight at once (each blob's own steps stay in order)."""
+
+
+async def _each(items: Iterable[Any], step: Callable[[Any], Awaitable[Any]]) -> None:
+    """`step` for every item, CONCURRENCY at a time (that many workers, not a task per item: a phase may have
+    a million); the first error is raised once the workers stop."""
+    source = iter(items)
+    errors: list[BaseException] = []
+
+    async def worker() -> None:
+        for item in source:
+            if errors:
+                return
+            try:
+                await step(item)
+            except Exception as exc:
+                errors.append(exc)
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    if errors:
+        raise errors[0]
 
 
 def _batches(items: list[Any], size: int) -> Iterable[list[Any]]:

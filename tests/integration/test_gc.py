@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from services.core.storage import gcmarks as gm
+from services.gc import sweep
 from services.gc.sweep import RunOptions
 from tests.integration.conftest import Assembly
 from tests.integration.gc_support import (
@@ -88,5 +91,31 @@ async def test_a_run_that_died_past_its_point_of_no_return_is_finished_by_the_ne
         assert victim in {d.digest for d in result.deleted}
         assert await c.docs.get(gm.GC_MARKS, gm.blob_key("sha256:" + "0" * 64)) is None
         assert (await c.docs.get(gm.GC_MARKS, gm.blob_key(victim)) or {}).get("state") == gm.DELETED
+    finally:
+        await drop_gc_collections(c)
+
+
+async def test_one_settle_per_phase_not_per_batch(assembly: Assembly, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 500 candidates a batch and the default 5 s settle, one settle per batch capped deletion at
+    6,000 blobs a minute whatever the backend; each phase now waits once."""
+    client, c = assembly.client, assembly.c
+    monkeypatch.setattr(sweep, "BATCH", 2)
+    settles: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        if seconds == 0.123:
+            settles.append(seconds)
+
+    gc = collector(c, settle=0.123)
+    gc._sleep = sleep  # the collector's own waits; the marks' announce wait stays real
+    await gc.setup()
+    try:
+        images = [make_image() for _ in range(3)]
+        for image in images:
+            await push(client, "team/app", image)  # untagged
+        result = await gc.run(_run())
+        assert not result.errors and result.manifests_deleted == 3
+        assert result.blobs_deleted == sum(len(i.blobs) for i in images)
+        assert settles == [0.123, 0.123]  # manifests, then blobs (no unlinked bytes here)
     finally:
         await drop_gc_collections(c)

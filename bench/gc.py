@@ -1,0 +1,330 @@
+"""GC at scale (issue 11, item 6): `python -m bench.gc` (`make bench` runs it after bench.run).
+
+1. **Metadata scale** (embedded ports: SQLite, filesystem): synthetic metadata written straight into the
+   SQLite store (default 100,000 manifests of 10 blobs each = 1,000,000 blob records, 10 % of it garbage:
+   untagged manifests 30 days old and their blobs). One real (not dry) run in a fresh process: its time and
+   peak RSS (VmHWM; target < 500 MiB). The blob bytes are not written (the metadata side is measured here;
+   deleting an absent file is the filesystem store's no-op).
+2. **S3 deletes** against the local SeaweedFS (infra.env): N blobs stored under a prefix of their own, then
+   (a) the S3 store's multi-object delete alone, and (b) a whole collector run over FerretDB + SeaweedFS
+   (N unreferenced, old blob links: mark, claim, link deletes through the outbox, bulk delete, tombstones).
+   Target: >= 10,000 blob deletions a minute.
+3. **Push latency during a run** (embedded, in one process as `serve` runs it): small image pushes
+   back to back, in rounds without a run and during one (fresh garbage seeded before each), interleaved;
+   p99 with / p99 without (target <= 1.5).
+
+Nothing is asserted: the numbers go to stdout and reports/bench-gc.json. `--manifests`, `--s3-blobs`,
+`--push-rounds` scale each part down on a loaded machine; `--skip` leaves parts out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.targets import ROOT, distributed_env
+
+DAY = 86400.0
+BLOBS_PER_MANIFEST = 10
+REPOSITORIES = 1000
+
+
+def _digest(*parts: object) -> str:
+    return "sha256:" + hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()
+
+
+def seed(db_path: Path, *, manifests: int, garbage: float, now: float, tag: str = "s") -> dict[str, int]:
+    """Write `manifests` manifests (BLOBS_PER_MANIFEST own blobs each) with their links and tags straight
+    into the SQLite store; the last `garbage` fraction untagged and 30 days old."""
+    from services.core.storage import meta as m
+    from services.core.storage.sqlite import _split_doc
+
+    n_garbage = int(manifests * garbage)
+    con = sqlite3.connect(db_path, timeout=60)
+    con.execute("PRAGMA journal_mode=WAL")
+    rows: dict[str, list[tuple[str, str]]] = {m.MANIFESTS: [], m.BLOB_LINKS: [], m.TAGS: []}
+    payload = b"{" + b" " * 900 + b"}"
+
+    def flush() -> None:
+        for collection, batch in rows.items():
+            if batch:
+                sql = f'INSERT OR REPLACE INTO "{collection}" (_id, doc) VALUES (?, ?)'  # noqa: S608 - our names
+                con.executemany(sql, batch)
+                batch.clear()
+        con.commit()
+
+    for i in range(manifests):
+        repo = f"ns{i % 100:03d}/repo{(i // 100) % (REPOSITORIES // 100):02d}"
+        is_garbage = i >= manifests - n_garbage
+        created = now - 30 * DAY if is_garbage else now - 2 * DAY
+        blobs = [_digest(tag, i, b) for b in range(BLOBS_PER_MANIFEST)]
+        digest = _digest(tag, "manifest", i)
+        rows[m.MANIFESTS].append(_split_doc({
+            "_id": f"{repo}@{digest}", "repository": repo, "digest": digest,
+            "media_type": "application/vnd.oci.image.manifest.v1+json", "size": len(payload), "data": payload,
+            "subject": None, "artifact_type": None, "annotations": [], "references": blobs, "created": created,
+            "generation": uuid.uuid4().hex}))
+        for b in blobs:
+            rows[m.BLOB_LINKS].append(_split_doc({"_id": f"{repo}@{b}", "repository": repo, "digest": b,
+                                                  "size": 4096, "created": created}))
+        if not is_garbage:
+            rows[m.TAGS].append(_split_doc({"_id": f"{repo}:t{tag}{i}", "repository": repo, "name": f"t{tag}{i}",
+                                             "digest": digest}))
+        if len(rows[m.BLOB_LINKS]) >= 50_000:
+            flush()
+    flush()
+    con.close()
+    return {"manifests": manifests, "blob_links": manifests * BLOBS_PER_MANIFEST, "garbage_manifests": n_garbage,
+            "garbage_blobs": n_garbage * BLOBS_PER_MANIFEST}
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _settings(data_dir: Path, **extra: Any) -> Any:
+    from services.core.settings import load_settings
+
+    return load_settings(data_dir=data_dir, auth={"mode": "none"}, **extra)
+
+
+def _collector(c: Any, *, settle: float = 0.0) -> Any:
+    from services.gc.sweep import Collector
+
+    s = c.settings
+    return Collector(docs=c.docs, blobs=c.blobs, outbox=c.outbox, topics=s.topics, default_policy=s.policy.default,
+                     blob_grace_seconds=s.gc.blob_grace_seconds,
+                     upload_expiry_seconds=s.registry.upload_expiry_seconds, settle_seconds=settle,
+                     forget_manifest=getattr(c.meta, "forget_manifest", None))
+
+
+async def _child_run(data_dir: Path) -> dict[str, Any]:
+    """In a fresh process: one real run over what `seed` wrote; time and peak RSS."""
+    from services.core.bootstrap import container
+    from services.gc.sweep import RunOptions
+
+    async with container(_settings(data_dir)) as c:
+        gc = _collector(c)
+        await gc.setup()
+        base = _hwm_bytes()
+        started = time.perf_counter()
+        result = await gc.run(RunOptions(run_id=uuid.uuid4().hex))
+        seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 1), "peak_rss_mib": round(_hwm_bytes() / 2**20, 1),
+            "rss_before_run_mib": round(base / 2**20, 1), "manifests_deleted": result.manifests_deleted,
+            "blobs_deleted": result.blobs_deleted, "errors": len(result.errors)}
+
+
+async def metadata_scale(manifests: int) -> dict[str, Any]:
+    from services.core.bootstrap import container
+
+    data_dir = Path(tempfile.mkdtemp(prefix="hzr-bench-gc-"))
+    settings = _settings(data_dir)
+    async with container(settings):  # creates the collections and indexes
+        pass
+    t = time.perf_counter()
+    counts = seed(data_dir / "metadata.db", manifests=manifests, garbage=0.10, now=time.time())
+    seeded = time.perf_counter() - t
+    command = [sys.executable, "-m", "bench.gc", "--child", str(data_dir)]
+    out = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout  # noqa: ASYNC221
+    run = json.loads(out.strip().splitlines()[-1])
+    scale = 1_000_000 / counts["blob_links"]
+    return {**counts, "seed_seconds": round(seeded, 1), **run,
+            "extrapolated_seconds_at_1m_blobs": round(run["seconds"] * scale, 0) if scale != 1 else None}
+
+
+async def s3_deletes(n: int) -> dict[str, Any]:
+    from services.core.bootstrap import container
+    from services.core.oci.digest import Digest
+    from services.core.storage import meta as m
+    from services.gc.sweep import RunOptions
+
+    namespace = f"bench-gc-{uuid.uuid4().hex[:8]}"
+    env = distributed_env(namespace)
+    s3 = {k.removeprefix("HANZO_REGISTRY_STORAGE__BLOBS__").lower(): v for k, v in env.items()
+          if k.startswith("HANZO_REGISTRY_STORAGE__BLOBS__")}
+    mongo = {"kind": "mongo", "uri": env["HANZO_REGISTRY_METADATA__URI"],
+             "database": env["HANZO_REGISTRY_METADATA__DATABASE"]}
+    settings = _settings(Path(tempfile.mkdtemp(prefix="hzr-bench-gc-s3-")), storage={"blobs": s3}, metadata=mongo)
+    out: dict[str, Any] = {"blobs": n}
+    async with container(settings) as c:
+        try:
+            async def store(i: int, tag: str) -> Digest:
+                data = f"{tag} {i} {namespace}".encode()
+                digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
+
+                async def chunks() -> Any:
+                    yield data
+
+                await c.blobs.put(digest, chunks())  # type: ignore[attr-defined]
+                return digest
+
+            async def store_all(tag: str) -> list[Digest]:
+                sem = asyncio.Semaphore(32)
+
+                async def one(i: int) -> Digest:
+                    async with sem:
+                        return await store(i, tag)
+
+                return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+            t = time.perf_counter()
+            digests = await store_all("raw")
+            out["store_seconds"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            failed = await c.blobs.delete_many(digests)  # type: ignore[attr-defined]
+            seconds = time.perf_counter() - t
+            out["multi_object_delete"] = {"seconds": round(seconds, 2), "failed": len(failed),
+                                          "per_minute": round(n / seconds * 60)}
+
+            digests = await store_all("gc")
+            old = time.time() - 30 * DAY
+            sem = asyncio.Semaphore(32)
+
+            async def link(d: Digest, i: int) -> None:
+                async with sem:
+                    repo = f"bench/r{i % 10}"
+                    await c.docs.put(m.BLOB_LINKS, {"_id": f"{repo}@{d}", "repository": repo, "digest": str(d),
+                                                    "size": 40, "created": old})
+
+            await asyncio.gather(*(link(d, i) for i, d in enumerate(digests)))
+            gc = _collector(c)
+            await gc.setup()
+            t = time.perf_counter()
+            result = await gc.run(RunOptions(run_id=uuid.uuid4().hex))
+            seconds = time.perf_counter() - t
+            out["collector_run"] = {"seconds": round(seconds, 1), "blobs_deleted": result.blobs_deleted,
+                                    "errors": len(result.errors),
+                                    "per_minute": round(result.blobs_deleted / seconds * 60)}
+        finally:
+            for name in await _collections(c):
+                await c.docs.drop_collection(name)
+    return out
+
+
+async def _collections(c: Any) -> list[str]:
+    from services.core.storage import meta as m
+
+    return [m.BLOB_LINKS, m.MANIFESTS, m.TAGS, m.REPOSITORIES, m.UPLOADS, "outbox", "leases", "gc_marks"]
+
+
+async def push_latency(rounds: int, seconds: float, manifests: int) -> dict[str, Any]:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from services.core.bootstrap import container
+    from services.distribution import service as distribution
+    from services.gc.runs import GcRuns
+
+    data_dir = Path(tempfile.mkdtemp(prefix="hzr-bench-gc-push-"))
+    settings = _settings(data_dir, gc={"enabled": False, "settle_seconds": 1.0})
+    off: list[float] = []
+    on: list[float] = []
+    runs_seconds: list[float] = []
+    async with container(settings) as c:
+        parts = await distribution.build(c)
+        assert parts.http is not None
+        runs = GcRuns(c.docs, c.outbox, _collector(c, settle=1.0), settings.topics)
+        await runs.setup()
+        seed(data_dir / "metadata.db", manifests=manifests, garbage=0.0, now=time.time(), tag="kept")
+        async with TestClient(TestServer(parts.http)) as client:
+            counter = 0
+
+            async def push_for(until: Any, into: list[float]) -> None:
+                nonlocal counter
+                while not until():
+                    counter += 1
+                    layer = os.urandom(2048)
+                    config = json.dumps({"n": counter}).encode()
+                    t = time.perf_counter()
+                    for blob in (layer, config):
+                        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+                        resp = await client.post(f"/v2/bench/push/blobs/uploads/?digest={digest}", data=blob,
+                                                 headers={"Content-Type": "application/octet-stream"})
+                        assert resp.status == 201, await resp.text()
+                    doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                       "digest": "sha256:" + hashlib.sha256(layer).hexdigest(), "size": len(layer)}]}
+                    resp = await client.put(f"/v2/bench/push/manifests/t{counter % 50}", data=json.dumps(doc).encode(),
+                                            headers={"Content-Type": doc["mediaType"]})  # type: ignore[arg-type]
+                    assert resp.status == 201, await resp.text()
+                    into.append(time.perf_counter() - t)
+
+            for r in range(rounds):
+                deadline = time.perf_counter() + seconds
+                await push_for(lambda: time.perf_counter() > deadline, off)  # noqa: B023
+                seed(data_dir / "metadata.db", manifests=manifests // 10, garbage=1.0, now=time.time(), tag=f"g{r}")
+                t = time.perf_counter()
+                await runs.start(trigger="api")
+                task = asyncio.gather(*runs._tasks)
+                await push_for(task.done, on)
+                await task
+                runs_seconds.append(time.perf_counter() - t)
+    p99_off, p99_on = _p99(off), _p99(on)
+    return {"rounds": rounds, "pushes_without": len(off), "pushes_during": len(on),
+            "p99_without_ms": round(p99_off * 1000, 1), "p99_during_ms": round(p99_on * 1000, 1),
+            "median_without_ms": round(statistics.median(off) * 1000, 1),
+            "median_during_ms": round(statistics.median(on) * 1000, 1),
+            "ratio": round(p99_on / p99_off, 2), "run_seconds": [round(x, 1) for x in runs_seconds]}
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    if "metadata" not in args.skip:
+        report["metadata_scale"] = await metadata_scale(args.manifests)
+        print("metadata scale:", json.dumps(report["metadata_scale"]), flush=True)
+    if "s3" not in args.skip:
+        report["s3_deletes"] = await s3_deletes(args.s3_blobs)
+        print("S3 deletes:", json.dumps(report["s3_deletes"]), flush=True)
+    if "push" not in args.skip:
+        report["push_latency"] = await push_latency(args.push_rounds, args.push_seconds, args.push_manifests)
+        print("push latency:", json.dumps(report["push_latency"]), flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gc", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifests", type=int, default=100_000, help="x10 blob records (default 100000)")
+    parser.add_argument("--s3-blobs", type=int, default=10_000)
+    parser.add_argument("--push-rounds", type=int, default=3)
+    parser.add_argument("--push-seconds", type=float, default=10.0)
+    parser.add_argument("--push-manifests", type=int, default=20_000, help="kept metadata beside the pushes")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["metadata", "s3", "push"])
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(asyncio.run(_child_run(args.child))))
+        return 0
+    report = asyncio.run(amain(args))
+    out = ROOT / "reports" / "bench-gc.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "child"}, **report}, indent=2))
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
