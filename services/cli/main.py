@@ -1,5 +1,6 @@
-"""The `hanzo-registry` command: `serve` (all-in-one), one service per process, `check-config`, `tag` and
-`policy`."""
+"""The `hanzo-registry` command: `serve` (all-in-one), one service per process, `check-config`, the management
+commands (`tag`, `policy`, `sign`, `vulndb`, `gc`) and the OCI commands (`login`, `push`, `pull`, `ls`, `rm`,
+`inspect`, `model`; services/cli/commands.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.cli import commands
+
 if TYPE_CHECKING:
     import socket
 
@@ -22,12 +25,14 @@ SERVICES = ("distribution", "scanner", "signer", "gc", "replicator", "webhooks")
 EXIT_CODES = """\
 exit codes:
   0  done (a server: stopped cleanly on SIGTERM or Ctrl-C)
-  1  tag, policy, sign, gc: the registry refused the request (its error is printed), or gc run --wait:
-     the run failed
+  1  a command that talks to a registry (tag, policy, sign, gc, vulndb, login, push, pull, ls, rm, inspect,
+     model): the registry refused the request (denied, not found, bad credentials; its error is printed) or
+     sent content that does not match its digest; gc run --wait: the run failed
   2  bad usage or configuration, or a server that cannot start: a bad setting, a port in use, a data
      directory it cannot write, a backend that does not answer, a TLS file that does not load; one line
-     on stderr names the setting and the fix
-  3  tag, policy, sign, gc: the registry cannot be reached
+     on stderr names the setting and the fix; a bad reference, a missing or unreadable file
+  3  the registry cannot be reached, or the connection was lost
+  130 interrupted (Ctrl-C)
 """
 
 
@@ -101,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     sign_cmd.add_argument("--registry", help="as for tag")
     sign_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
     sign_cmd.add_argument("--api-key", dest="api_key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
+    commands.add_parsers(sub, EXIT_CODES)
     return parser
 
 
@@ -332,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _vulndb(args)
     if args.command == "gc" and args.action:
         return _gc(args)
+    if args.command in commands.NAMES:
+        return commands.dispatch(args)
     from services.core.settings import SettingsError, load_settings
 
     try:
