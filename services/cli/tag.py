@@ -1,4 +1,6 @@
-"""`hanzo-registry tag`: point a tag at an existing manifest over the OCI API (optionally forced)."""
+"""`hanzo-registry tag`: point a tag at an existing manifest over the OCI API (optionally forced), on the core
+OCI client. Also the registry target and the small HTTP helper the management commands (policy, sign, vulndb,
+gc) still use."""
 
 from __future__ import annotations
 
@@ -121,14 +123,53 @@ def _explain(body: bytes) -> str:
 
 
 def tag(target: Target, repository: str, source: str, new_tag: str, *, force: bool) -> str:
-    """Make `repository:new_tag` point at `source` (a tag or digest) and return the manifest digest."""
-    target = connect(target)
-    data, headers = _call(target, "GET", f"/v2/{repository}/manifests/{source}", headers={"Accept": MANIFEST_TYPES})
-    put_headers = {"Content-Type": headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json")}
-    if force:
-        put_headers["X-Hanzo-Force"] = "true"
-    _, created = _call(target, "PUT", f"/v2/{repository}/manifests/{new_tag}", body=data, headers=put_headers)
-    return created.get("Docker-Content-Digest", "")
+    """Make `repository:new_tag` point at `source` (a tag or digest) and return the manifest digest. On the core
+    OCI client: the manifest's exact bytes are read and put back under the new tag."""
+    import asyncio
+
+    return asyncio.run(_tag(target, repository, source, new_tag, force=force))
+
+
+async def _tag(target: Target, repository: str, source: str, new_tag: str, *, force: bool) -> str:
+    from services.core.client import (
+        ClientOptions,
+        Credentials,
+        OciClient,
+        OciClientError,
+        OciConnectionError,
+        OciResponseError,
+        RegistryOptions,
+        RemoteRepository,
+    )
+    from services.core.client.auth import repository_scope
+    from services.core.errors import RegistryError
+
+    scheme, _, host = target.registry.partition("://")
+    # host:port (fallbacks given): docker's rule, plain HTTP on loopback only; a URL: its scheme
+    plain = None if target.fallbacks else scheme == "http"
+    credentials = Credentials(target.user, target.key) if target.key else None
+    options = ClientOptions(registries={host: RegistryOptions(credentials=credentials, plain_http=plain)},
+                            user_agent="hanzo-registry-cli", trace_headers=False)
+    try:
+        async with OciClient(options) as client:
+            repo = RemoteRepository(host, repository)  # type: ignore[arg-type]
+            fetched = await client.get_manifest(repo, source)
+            headers = {"Content-Type": fetched.descriptor.media_type}
+            if force:
+                headers["X-Hanzo-Force"] = "true"
+            async with client.transport.expect(
+                host, "PUT", f"/v2/{repository}/manifests/{new_tag}", ok=(201,),
+                scopes=(repository_scope(repository, "pull", "push"),), headers=headers, body=fetched.content,
+            ) as resp:
+                return resp.headers.get("Docker-Content-Digest", str(fetched.descriptor.digest))
+    except OciConnectionError as exc:
+        cause = exc.__cause__
+        raise TagCommandError(f"cannot reach {host}: {cause or exc}", exit_code=3) from None
+    except OciResponseError as exc:
+        explained = exc.message + (f"; {KEY_HELP}" if exc.status == 401 and not target.key else "")
+        raise TagCommandError(f"{exc.method} {exc.url}: {exc.status} {explained}") from None
+    except (OciClientError, RegistryError) as exc:
+        raise TagCommandError(str(exc)) from None
 
 
 def target_from(registry: str | None, user: str, key: str | None) -> Target:

@@ -35,7 +35,8 @@ def _imported(*args: str) -> set[str]:
     return modules
 
 
-@pytest.mark.parametrize("args", [("--help",), ("tag", "--help")])
+@pytest.mark.parametrize("args", [("--help",), ("tag", "--help"), ("push", "--help"), ("model", "push", "--help"),
+                                  ("ls", "--help"), ("inspect", "--help")])
 def test_help_imports_nothing_heavy(args: tuple[str, ...]) -> None:
     modules = _imported(*args)
     assert "services.cli.main" in modules
@@ -119,3 +120,113 @@ def test_an_unreachable_registry_exits_3(capsys: pytest.CaptureFixture[str]) -> 
         port = s.getsockname()[1]
     assert main(["tag", "--registry", f"127.0.0.1:{port}", "team/app", "v1", "v2"]) == 3
     assert "cannot reach" in capsys.readouterr().err
+
+
+# --- the OCI commands (services/cli/oci.py) ---
+
+
+def test_references_default_to_the_local_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.cli import oci
+
+    for name in ("HANZO_REGISTRY_URL", "HANZO_REGISTRY_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    assert str(oci.parse_reference("team/llama:v1")) == "127.0.0.1:5000/team/llama:v1"
+    assert str(oci.parse_reference("cr.example.com/team/llama")) == "cr.example.com/team/llama:latest"
+    monkeypatch.setenv("HANZO_REGISTRY_ADDR", "0.0.0.0:6000")
+    assert str(oci.parse_reference("team/llama@sha256:" + "a" * 64)).startswith("127.0.0.1:6000/team/llama@")
+    monkeypatch.setenv("HANZO_REGISTRY_URL", "http://reg.internal:5000")
+    assert oci.parse_reference("team/llama").repository.registry == "reg.internal:5000"
+    assert oci.default_registry() == ("reg.internal:5000", True)
+
+
+@pytest.mark.parametrize("bad", ["Team/App:v1", "https://cr.example.com/a:b", "team/app:bad tag", "a@sha256:xyz"])
+def test_bad_references_exit_2(bad: str) -> None:
+    from services.cli import oci
+
+    with pytest.raises(oci.CliError) as info:
+        oci.parse_reference(bad)
+    assert info.value.exit_code == 2 and "bad reference" in str(info.value)
+
+
+def test_plain_http_follows_docker_and_the_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import argparse
+    import io
+
+    from services.cli import oci
+    from services.core.client.transport import base_url
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.delenv("HANZO_REGISTRY_URL", raising=False)
+    monkeypatch.delenv("HANZO_REGISTRY_API_KEY", raising=False)
+    args = argparse.Namespace(plain_http=False, insecure=False, ca_file=None, username=None, password_stdin=False)
+    opts = oci.options(args, ["127.0.0.1:5000", "cr.example.com"], io.StringIO())
+    assert str(base_url("127.0.0.1:5000", opts.for_registry("127.0.0.1:5000"))) == "http://127.0.0.1:5000"
+    assert str(base_url("cr.example.com", opts.for_registry("cr.example.com"))) == "https://cr.example.com"
+    args.plain_http, args.insecure = True, True
+    opts = oci.options(args, ["cr.example.com"], io.StringIO())
+    assert opts.for_registry("cr.example.com").plain_http is True
+    assert opts.for_registry("cr.example.com").insecure is True
+
+
+def test_credentials_come_from_the_key_then_the_docker_config(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    import argparse
+    import io
+    import json
+
+    from services.cli import dockerconfig, oci
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.delenv("HANZO_REGISTRY_API_KEY", raising=False)
+    args = argparse.Namespace(username=None, password_stdin=False)
+    assert oci.credentials(args, "reg:5000", io.StringIO()) is None
+    path = dockerconfig.store("reg:5000", "alice", "s3cret")
+    assert path == tmp_path / "config.json" and (path.stat().st_mode & 0o777) == 0o600
+    assert json.loads(path.read_text())["auths"]["reg:5000"]["auth"] == "YWxpY2U6czNjcmV0"
+    creds = oci.credentials(args, "reg:5000", io.StringIO())
+    assert creds is not None and (creds.username, creds.password) == ("alice", "s3cret")
+    monkeypatch.setenv("HANZO_REGISTRY_API_KEY", "hzr_key")
+    creds = oci.credentials(args, "reg:5000", io.StringIO())
+    assert creds is not None and (creds.username, creds.password) == ("hanzo", "hzr_key")
+    args = argparse.Namespace(username="bob", password_stdin=True)
+    creds = oci.credentials(args, "reg:5000", io.StringIO("from-stdin\n"))
+    assert creds is not None and (creds.username, creds.password) == ("bob", "from-stdin")
+    assert dockerconfig.erase("reg:5000") and dockerconfig.get("reg:5000") is None
+
+
+def test_model_files_get_the_products_media_types(tmp_path: Path) -> None:
+    from services.cli import oci
+
+    for name in ("model.safetensors", "adapter_model.safetensors", "model.gguf", "model.onnx", "pytorch_model.bin",
+                 "config.json", "README.md", ".hidden"):
+        (tmp_path / name).write_bytes(b"x")
+    types = {f.title: f.media_type for f in oci.model_files(tmp_path)}
+    assert types == {
+        "model.safetensors": "application/vnd.hanzo.safetensors",
+        "adapter_model.safetensors": "application/vnd.hanzo.lora",
+        "model.gguf": "application/vnd.hanzo.gguf",
+        "model.onnx": "application/vnd.hanzo.onnx",
+        "pytorch_model.bin": "application/vnd.hanzo.pytorch",
+        "config.json": "application/json",
+        "README.md": "application/octet-stream",
+    }
+
+
+@pytest.mark.parametrize("title", ["../evil", "a/b", "..", "", "x\\y"])
+def test_pulled_titles_must_be_plain_names(title: str) -> None:
+    from services.cli import oci
+
+    with pytest.raises(oci.CliError):
+        oci._check_title(title)
+
+
+def test_oci_commands_explain_errors_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["push", f"127.0.0.1:{port}/team/x:v1", str(tmp_path / "missing")]) == 2
+    assert main(["ls", f"127.0.0.1:{port}/team/x"]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "no such file" in err[0] and "cannot reach" in err[1]
