@@ -52,7 +52,8 @@ class GateInvalidation:
         backoff = 0.5
         while not stop.is_set():
             try:
-                sub = await self._events.subscribe(topic, self._group)
+                # A group per topic: members of one group on different topics would rebalance each other.
+                sub = await self._events.subscribe(topic, f"{self._group}-{topic}")
                 try:
                     async for delivery in sub:
                         self.apply(delivery.record.value)
