@@ -121,7 +121,7 @@ class PullThroughCache:
             timeout = self.settings.timeout_seconds
             options = ClientOptions(registries={remote.host: remote.options()}, connect_timeout=timeout,
                                     read_timeout=timeout, max_manifest_bytes=self.registry.settings.max_manifest_bytes,
-                                    user_agent="hanzo-registry pull-through")
+                                    user_agent="hanzo-registry pull-through", url_policy=UrlPolicy(Trust.TRUSTED))
             found = self._clients[remote.fingerprint] = OciClient(options, session=self._session)
         return found
 
