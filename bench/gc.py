@@ -1,4 +1,4 @@
-"""GC at scale (issue 11, item 6): `python -m bench.gc` (`make bench` runs it after bench.run).
+"""GC at scale (issue 11, item 6): `python -m bench.gc` (its own entry; not yet in `make bench`).
 
 1. **Metadata scale** (embedded ports: SQLite, filesystem): synthetic metadata written straight into the
    SQLite store (default 100,000 manifests of 10 blobs each = 1,000,000 blob records, 10 % of it garbage:
