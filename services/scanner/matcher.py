@@ -7,12 +7,14 @@ Findings that are aliases of each other (CVE, GHSA, DSA ...) for the same packag
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from services.scanner import versions as vs
 from services.scanner.inventory.scan import Inventory, OsInfo, Package
 from services.scanner.severity import ORDER, assess
+
+_MAX_MEMO = 500_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +34,11 @@ class Finding:
     """`package` (OSV match) or `model` (dangerous model file)."""
 
     def to_doc(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["aliases"] = list(self.aliases)
-        return d
+        # by hand, not dataclasses.asdict (a deep copy): re-matching writes thousands of these a second
+        return {"id": self.id, "aliases": list(self.aliases), "package": self.package, "version": self.version,
+                "ecosystem": self.ecosystem, "purl": self.purl, "fixed_version": self.fixed_version,
+                "severity": self.severity, "cvss_score": self.cvss_score, "layer": self.layer, "title": self.title,
+                "kind": self.kind}
 
     @staticmethod
     def from_doc(d: dict[str, Any]) -> Finding:
@@ -122,6 +126,9 @@ class VulnIndex:
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str], list[_Entry]] = {}
+        self._hits: dict[tuple[str, str, str], tuple[tuple[_Entry, str | None], ...]] = {}
+        """(ecosystem, name, version) -> the entries it is affected by: images share most of their packages,
+        so re-matching thousands of inventories compares each distinct version once (cleared by `add`)."""
         self.records = 0
         self.generation = 0
         self.updated_at: float | None = None
@@ -129,6 +136,7 @@ class VulnIndex:
     def add(self, record: dict[str, Any]) -> None:
         if record.get("withdrawn"):
             return
+        self._hits.clear()
         self.records += 1
         rid = str(record["id"])
         # `upstream` (OSV 1.6: Debian's DEBIAN-CVE-*, Ubuntu's records name their CVE there, not in aliases)
@@ -165,17 +173,32 @@ class VulnIndex:
         if query is None:
             return []
         eco, name, version = query
+        hits = self._hits.get(query)
+        if hits is None:
+            hits = self._affecting(eco, name, version)
+            if len(self._hits) >= _MAX_MEMO:
+                self._hits.clear()
+            self._hits[query] = hits
+        if not hits:
+            return []
+        out = [Finding(e.record_id, e.aliases, pkg.name, pkg.version, eco, pkg.purl, fixed, e.severity, e.score,
+                       pkg.layer, e.title) for e, fixed in hits]
+        return merge_aliases(out)
+
+    def _affecting(self, eco: str, name: str, version: str) -> tuple[tuple[_Entry, str | None], ...]:
         entries = self._by_key.get((eco, vs.normalise_name(eco, name)))
         if not entries:
-            return []
-        out: list[Finding] = []
+            return ()
+        out: list[tuple[_Entry, str | None]] = []
+        keys: dict[str, Any] = {}
         for e in entries:
             hit, fixed = False, None
             if any(vs.same(e.scheme, version, x) for x in e.versions):
                 hit = True
-            k = vs.key(e.scheme, version) if e.ranges else None
             for r in e.ranges:
-                rk = k if r.scheme == e.scheme else vs.key(r.scheme, version)
+                if r.scheme not in keys:
+                    keys[r.scheme] = vs.key(r.scheme, version)
+                rk = keys[r.scheme]
                 if rk is None:
                     continue
                 try:
@@ -186,9 +209,8 @@ class VulnIndex:
                     hit = True
                     fixed = fixed or fx
             if hit:
-                out.append(Finding(e.record_id, e.aliases, pkg.name, pkg.version, eco, pkg.purl, fixed, e.severity,
-                                   e.score, pkg.layer, e.title))
-        return merge_aliases(out)
+                out.append((e, fixed))
+        return tuple(out)
 
 
 def package_query(pkg: Package, os: OsInfo | None) -> tuple[str, str, str] | None:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, cast
 
 ROOT = Path(os.environ.get("HANZO_SCAN_IMAGES_DIR", Path.home() / ".cache/hanzo-registry/scan-images"))
 SUITE = "bookworm"
@@ -175,7 +175,7 @@ def build_go(dest: Path, work: Path) -> None:
 
 
 class _Hashing:
-    def __init__(self, inner: IO[bytes]) -> None:
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.h = hashlib.sha256()
         self.size = 0
@@ -183,7 +183,7 @@ class _Hashing:
     def write(self, data: bytes) -> int:
         self.h.update(data)
         self.size += len(data)
-        return self.inner.write(data)
+        return int(self.inner.write(data))
 
     def flush(self) -> None:
         self.inner.flush()
@@ -204,9 +204,9 @@ def pack_layer(root: Path, blobs: Path) -> Layer:
     tmp = blobs / f".tmp-{os.getpid()}"
     with open(tmp, "wb") as raw:
         outer = _Hashing(raw)
-        with gzip.GzipFile(fileobj=outer, mode="wb", compresslevel=6, mtime=0) as gz:  # type: ignore[arg-type]
-            inner = _Hashing(gz)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=inner, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[arg-type]
+        with gzip.GzipFile(fileobj=cast(Any, outer), mode="wb", compresslevel=6, mtime=0) as gz:
+            inner = _Hashing(gz)
+            with tarfile.open(fileobj=cast(Any, inner), mode="w|", format=tarfile.PAX_FORMAT) as tf:
                 for path in _entries(root):
                     rel = path.relative_to(root).as_posix()
                     st = path.lstat()
