@@ -82,6 +82,7 @@ stack: $(STAMP) infra-up ## the distributed assembly: every service its own proc
 bench: $(STAMP) ## benchmarks (throughput, RSS) against the registry and CNCF Distribution; the pull gates' cost
 	$(PY) -m bench.run
 	$(PY) -m bench.gates
+	$(PY) -m bench.scanner
 
 clean: ## remove the venv and local data (not the infra cache)
 	rm -rf $(VENV) var reports
