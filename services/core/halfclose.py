@@ -20,6 +20,12 @@ def _eof_received(self: Any) -> bool | None:
     # Idle means the protocol's loop waits for the next request (its `_waiter`) and none is queued.
     if getattr(self, "_waiter", None) is not None and not getattr(self, "_messages", None):
         return None  # an idle connection whose client is gone: close it, as before
+    parser = getattr(self, "_parser", None)
+    try:
+        if parser is not None:
+            parser.feed_eof()  # the request's body is complete: its reader sees the end
+    except Exception:
+        return None  # a body cut short: close as before, so its reader learns it (connection_lost)
     self.close()  # no further requests on this connection; answer this one, then close
     return True
 
