@@ -373,6 +373,18 @@ class ServiceParts:
     http: web.Application | None = None
     loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(default_factory=list)
     ssl_context: ssl.SSLContext | None = None  # HTTPS for `http` (on the API address)
+    group_per_topic: bool = False
+    """Each consumed topic in a consumer group of its own (`consumer_group`). Consumers of one group on
+    different topics rebalance each other: the second one joining stalls the first until its next heartbeat
+    (3 s on Kafka), at every start, scale-out or crash. Off by default, because turning it on renames the
+    groups, and a renamed group starts over from the oldest record (its offsets stay with the old name)."""
+
+
+def consumer_group(parts: ServiceParts, topic: str) -> str:
+    """The consumer group of a service's consumer of `topic`: `hanzo-registry.<service>`, or with
+    `group_per_topic` `hanzo-registry.<service>.<topic>`."""
+    base = f"hanzo-registry.{parts.name}"
+    return f"{base}.{topic}" if parts.group_per_topic else base
 
 
 async def run_parts(
@@ -394,7 +406,7 @@ async def run_parts(
             metrics=c.metrics,
             service=p.name,
             topic=topic,
-            group=f"hanzo-registry.{p.name}",
+            group=consumer_group(p, topic),
             handler=handler,
             settings=settings.consumer,
             dead_letter_suffix=settings.topics.dead_letter_suffix,

@@ -216,11 +216,13 @@ class Replicator:
         """Take due work until `stop`; work in flight is finished (or its lease runs out) on shutdown."""
         try:
             while not stop.is_set():
+                # Cleared before looking at the queue, never after: work queued (or finished) while `_dispatch`
+                # awaits the store sets it again, and the wait below returns at once instead of after a poll.
+                self._wake.clear()
                 try:
                     await self._dispatch()
                 except Exception as exc:  # the metadata store is away: try again shortly
                     log.warning("replication queue unavailable: %s", exc)
-                self._wake.clear()
                 timeout = self.settings.poll_interval_seconds
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):

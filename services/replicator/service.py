@@ -75,4 +75,7 @@ async def build(c: Container) -> ServiceParts:
         produces=[topics.replication],
         grpc=[register],
         loops=[replicator.run, replicator.schedule_loop],
+        # Two topics: one group each, so the consumers never stall each other in a rebalance (the group of
+        # both took ~3 s to settle at every start, which the first events after a start waited for).
+        group_per_topic=True,
     )

@@ -423,3 +423,61 @@ async def test_local_event_log_drops_records_past_retention(tmp_path: Path) -> N
         await sub.close()
     finally:
         await log.close()
+
+
+def test_consumer_groups_are_per_service_or_per_topic() -> None:
+    from services.core.runtime import ServiceParts, consumer_group
+
+    assert consumer_group(ServiceParts(name="gc"), "ns.registry.tags") == "hanzo-registry.gc"
+    per_topic = ServiceParts(name="replicator", group_per_topic=True)
+    assert consumer_group(per_topic, "ns.registry.tags") == "hanzo-registry.replicator.ns.registry.tags"
+    assert consumer_group(per_topic, "ns.registry.manifests") != consumer_group(per_topic, "ns.registry.tags")
+
+
+@pytest.mark.kafka
+@pytest.mark.mongo
+async def test_consumers_of_two_topics_in_groups_per_topic_start_without_a_rebalance_stall(tmp_path: Path) -> None:
+    """In one group on two topics, a consumer that joins after the other one's group settled (its marker sweep
+    took longer, a replica restarted) waits for that one's next heartbeat (3 s) for its partitions. With a
+    group per topic (ServiceParts.group_per_topic) it consumes at once."""
+    from services.core.runtime import ServiceParts, consumer_group
+
+    run_id = uuid.uuid4().hex[:10]
+    kafka = {"kind": "kafka", "bootstrap_servers": infra("HANZO_TEST_KAFKA")}
+    settings = load_settings(data_dir=str(tmp_path), events=kafka)
+    events, docs = build_event_log(settings), build_document_store(settings)
+    topics = [f"test-groups-{run_id}.manifests", f"test-groups-{run_id}.tags"]
+    await events.ensure_topics(topics)  # type: ignore[attr-defined]
+    parts = ServiceParts(name=f"test-{run_id}", group_per_topic=True)
+    stop = asyncio.Event()
+    handled: dict[str, asyncio.Event] = {topic: asyncio.Event() for topic in topics}
+
+    def handler(topic: str) -> Any:
+        async def handle(envelope: pb.Envelope) -> None:
+            handled[topic].set()
+
+        return handle
+
+    tasks = []
+    took = []
+    try:
+        for topic in topics:  # one after the other: the second joins once the first is consuming
+            consumer = EventConsumer(events=events, docs=docs, metrics=Metrics(), service=parts.name, topic=topic,
+                                     group=consumer_group(parts, topic), handler=handler(topic),
+                                     settings=ConsumerSettings())
+            await consumer.setup()
+            started = time.monotonic()
+            tasks.append(asyncio.create_task(consumer.run(stop)))
+            await events.publish(topic, "team/app", encode(_event()))
+            async with asyncio.timeout(30):
+                await handled[topic].wait()
+            took.append(time.monotonic() - started)
+        assert took[1] < 2.0, took
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await events.delete_topics(topics)  # type: ignore[attr-defined]
+        await events.delete_groups([consumer_group(parts, t) for t in topics])  # type: ignore[attr-defined]
+        await docs.drop_collection(PROCESSED)
+        await docs.close()
+        await events.close()
