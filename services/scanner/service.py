@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from services.core.bootstrap import Container
 from services.core.content.registry import Registry
 from services.core.events.envelope import payload_field
+from services.core.models.index import ModelIndexer, ModelIndexHandler
 from services.core.proto.hanzo.registry.v1 import events_pb2 as epb
 from services.core.proto.hanzo.registry.v1 import scanner_pb2 as spb
 from services.core.proto.hanzo.registry.v1 import scanner_pb2_grpc
@@ -150,9 +151,18 @@ async def build(c: Container) -> ServiceParts:
     await engine.setup()
     loops = Loops(engine, s.rematch_interval_seconds, s.vulndb)
     servicer = ScannerServicer(engine.reports)
+    scan = Handler(engine)
+    # The model view is indexed on push here (it reads the same manifests, and a second consumer of the topic
+    # in this service's group would split its partitions with the scan's).
+    models = ModelIndexHandler(ModelIndexer(engine.registry))
+
+    async def on_manifest(envelope: epb.Envelope) -> None:
+        await models(envelope)
+        await scan(envelope)
+
     return ServiceParts(
         name="scanner",
-        consumes=[(c.settings.topics.manifests, Handler(engine))],
+        consumes=[(c.settings.topics.manifests, on_manifest)],
         produces=[c.settings.topics.scans],
         grpc=[lambda server: scanner_pb2_grpc.add_ScannerServicer_to_server(servicer, server)],
         loops=[loops.run],

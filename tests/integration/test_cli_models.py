@@ -183,3 +183,28 @@ def test_oras_cli_and_oras_py_interoperate_with_the_cli(registry: RegistryProces
                 disable_path_validation=True, quiet=True)
     ok(cli("pull", f"{addr}/interop/oraspy:v1", "--dir", tmp_path / "from-oras-py"))
     assert (tmp_path / "from-oras-py" / "model.gguf").read_bytes() == (model / "model.gguf").read_bytes()
+
+
+def test_a_pushed_model_is_indexed_without_being_viewed(registry: RegistryProcess, tmp_path: Path) -> None:
+    """`serve` runs the scanner, whose consumer of the manifests topic indexes model views on push: the listing
+    shows a model nobody has looked at yet. (The distributed registry process here is `distribution` alone.)"""
+    import http.client
+    import time
+
+    if registry.assembly != "embedded":
+        pytest.skip("only `serve` runs the scanner in the registry process of this module")
+    model = tmp_path / "model"
+    model.mkdir()
+    makers.gguf_model(model / "model.gguf")
+    oras_cli("push", f"{registry.addr}/indexed/oras:v1", "--artifact-type", "application/vnd.hanzo.model.v1",
+             "model.gguf:application/vnd.hanzo.gguf", cwd=model)
+    deadline = time.monotonic() + 30
+    while True:
+        conn = http.client.HTTPConnection(registry.host, registry.port, timeout=10)
+        conn.request("GET", "/v1/registry/models?limit=100", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        body = json.loads(conn.getresponse().read())
+        conn.close()
+        if any(m.get("repository") == "indexed/oras" for m in body.get("models", [])):
+            return
+        assert time.monotonic() < deadline, body
+        time.sleep(0.3)
