@@ -53,7 +53,9 @@ from services.replicator.rules import RULES, Rule, RuleInvalidError, rule_from_d
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 120.0
+LEASE_SECONDS = 20.0
+"""A claimed item's lease, renewed every third of it while the copy runs: work of a replicator that died is
+taken by the next one (or by itself, restarted) within this time."""
 RULES_CACHE_SECONDS = 1.0
 
 
