@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
+import json
 import os
 import random
 import signal
@@ -76,7 +78,8 @@ class PrivateServer:
         return dict(os.environ)
 
     def healthy(self) -> bool:
-        return subprocess.run([sys.executable, str(CHECK), *self.probe()], capture_output=True, timeout=15).returncode == 0
+        check = subprocess.run([sys.executable, str(CHECK), *self.probe()], capture_output=True, timeout=15)
+        return check.returncode == 0
 
     def start(self, *, timeout: float = 120.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
@@ -160,18 +163,38 @@ class PrivateSeaweedFS(PrivateServer):
     def command(self) -> list[str]:
         (self.root / "data").mkdir(exist_ok=True)
         config = self.root / "s3.json"
-        config.write_text(
-            '{"identities": [{"name": "hanzo", "credentials": [{"accessKey": "%s", "secretKey": "%s"}],'
-            ' "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}' % (S3_ACCESS_KEY, S3_SECRET_KEY)
-        )
+        config.write_text(json.dumps({"identities": [{
+            "name": "hanzo", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         return [str(self.binary), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.root / 'data'}",
                 f"-master.port={self.master_port}", "-master.volumeSizeLimitMB=64", "-master.telemetry=false",
+                "-master.electionTimeout=1s",
                 f"-volume.port={self.volume_port}", "-volume.max=0", "-volume.preStopSeconds=0",
                 "-filer", f"-filer.port={self.filer_port}", "-s3", f"-s3.port={self.s3_port}",
                 f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
 
     def probe(self) -> list[str]:
         return ["s3", self.endpoint, S3_ACCESS_KEY, S3_SECRET_KEY, "--create", S3_BUCKET]
+
+    def healthy(self) -> bool:
+        """Listing answers and a write goes through: after a restart SeaweedFS serves reads within ~3 s but
+        holds every write until its master is raft leader again and the volume server has re-registered
+        (~15 s with -master.electionTimeout=1s, ~28 s with the default 10s), so "back" means writable."""
+        if not super().healthy():
+            return False
+        import urllib3
+        from minio import Minio
+
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=2), retries=urllib3.Retry(total=0))
+        client = Minio(self.endpoint, access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY, secure=False,
+                       region="us-east-1", http_client=http)
+        try:
+            client.put_object(S3_BUCKET, "faults-probe", io.BytesIO(b"probe"), 5)
+        except Exception:
+            return False
+        finally:
+            http.clear()
+        return True
 
 
 class PrivateKafka(PrivateServer):
