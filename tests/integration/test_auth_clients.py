@@ -222,7 +222,8 @@ def test_oras_python_pushes_and_pulls_with_its_default_token_auth(registry: Regi
 
     files = images.model_artifact(tmp_path / "model")
     client = oras.client.OrasClient(hostname=registry.addr, insecure=True)
-    client.login(username="admin", password=admin_key(registry), hostname=registry.addr)
+    client.login(username="admin", password=admin_key(registry), hostname=registry.addr,
+                 config_path=str(tmp_path / "oras-py.json"))
     target = f"{registry.addr}/oraspy/auth:v1"
     response = client.push(
         target,
@@ -236,7 +237,7 @@ def test_oras_python_pushes_and_pulls_with_its_default_token_auth(registry: Regi
     # A reader's default flow pulls, and is refused a push with DENIED, not left looping on 401s.
     reader = oras.client.OrasClient(hostname=registry.addr, insecure=True)
     reader.login(username="oraspy-reader", password=make_user(registry, "oraspy-reader", "oraspy", "reader"),
-                 hostname=registry.addr)
+                 hostname=registry.addr, config_path=str(tmp_path / "reader-oras-py.json"))
     assert sorted(Path(p).name for p in reader.pull(target, outdir=str(tmp_path / "r"))) == sorted(files)
 
 
@@ -250,7 +251,11 @@ def test_podman_and_buildah_log_in_push_and_pull_with_token_auth(registry: Regis
     store = ["--root", str(tmp_path / "storage"), "--runroot", str(runroot), "--storage-driver", "vfs"]
     auth_file = tmp_path / "auth.json"
     auth_file.write_text('{"auths": {}}')  # they refuse an auth file path that does not exist
-    env = {"STORAGE_DRIVER": "vfs", "TMPDIR": str(tmp_path), "REGISTRY_AUTH_FILE": str(auth_file)}
+    # A home of its own: podman also reads ~/.docker/config.json and $XDG_RUNTIME_DIR/containers/auth.json.
+    (tmp_path / "home").mkdir()
+    env = {"STORAGE_DRIVER": "vfs", "TMPDIR": str(tmp_path), "REGISTRY_AUTH_FILE": str(auth_file),
+           "HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(tmp_path / "home"),
+           "DOCKER_CONFIG": str(tmp_path / "home")}
     try:
         started = run(registry, buildah_bin, *store, "from", "scratch", env=env, check=False)
         if started.returncode != 0:
