@@ -148,6 +148,8 @@ async def test_scan_report_sbom_gate_and_rematch(auth_assembly: Assembly) -> Non
     admin = Api(client, bearer(key))
     push_auth = bearer(await token_for(client, key, "repository:team/app:pull,push", "repository:team/bad:pull,push",
                                        "repository:ml/model:pull,push"))
+    # Consumers pull with pull-only tokens: those who may push read what the gates hold back.
+    pull_auth = bearer(await token_for(client, key, "repository:team/app:pull"))
     imported = await admin.call("POST", f"{R}/admin/vulndb", json_body=RECORDS, expect=200)
     assert imported == {"imported": 3, "updated": 0}
     assert await admin.call("POST", f"{R}/admin/vulndb", json_body=RECORDS[0], expect=200) == \
@@ -186,10 +188,10 @@ async def test_scan_report_sbom_gate_and_rematch(auth_assembly: Assembly) -> Non
         assert referrers[0]["digest"] == body["sbom"]
 
         # the gate: high findings block; ignoring them (by id or alias) lets the pull through
-        assert (await client.get("/v2/team/app/manifests/v1", headers={**push_auth, **ACCEPT})).status == 200
+        assert (await client.get("/v2/team/app/manifests/v1", headers={**pull_auth, **ACCEPT})).status == 200
         await admin.call("PUT", f"{R}/namespaces/team/policy",
                          json_body={"scan": {"enabled": True, "severity_gate": "high"}}, expect=200)
-        resp = await client.get("/v2/team/app/manifests/v1", headers={**push_auth, **ACCEPT})
+        resp = await client.get("/v2/team/app/manifests/v1", headers={**pull_auth, **ACCEPT})
         assert resp.status == 403
         message = (await resp.json())["errors"][0]["message"]
         assert "scan gate (scan.severity_gate: high)" in message and "3 finding(s)" in message
@@ -198,15 +200,15 @@ async def test_scan_report_sbom_gate_and_rematch(auth_assembly: Assembly) -> Non
             "enabled": True, "severity_gate": "high", "ignore": ["DSA-5532-1", "CVE-2021-23337"]}}, expect=200)
         body = await admin.call("GET", f"{R}/team/app/v1/vulnerabilities", expect=200)
         assert body["summary"]["high"] == 0 and sum(f["ignored"] for f in body["vulnerabilities"]) == 3
-        assert (await client.get("/v2/team/app/manifests/v1", headers={**push_auth, **ACCEPT})).status == 200
+        assert (await client.get("/v2/team/app/manifests/v1", headers={**pull_auth, **ACCEPT})).status == 200
 
         # a re-scan never blocks a pull the last report allowed
         queued = await admin.call("POST", f"{R}/team/app/v1/scan", expect=202)
         assert queued == {"digest": digest, "queued": True}
-        assert (await client.get("/v2/team/app/manifests/v1", headers={**push_auth, **ACCEPT})).status == 200
+        assert (await client.get("/v2/team/app/manifests/v1", headers={**pull_auth, **ACCEPT})).status == 200
         before = body["scanned_at"]
         await report(admin, "team/app", "v1", generation_changed=lambda b: b["scanned_at"] != before)
-        assert (await client.get("/v2/team/app/manifests/v1", headers={**push_auth, **ACCEPT})).status == 200
+        assert (await client.get("/v2/team/app/manifests/v1", headers={**pull_auth, **ACCEPT})).status == 200
 
         # re-matching: a new advisory changes the report (no layer read), gate decisions follow
         assert await admin.call("POST", f"{R}/admin/vulndb", json_body=[LATER], expect=200) == \
@@ -214,7 +216,7 @@ async def test_scan_report_sbom_gate_and_rematch(auth_assembly: Assembly) -> Non
         body = await report(admin, "team/app", "v1",
                             generation_changed=lambda b: any(f["package"] == "minimist" for f in b["vulnerabilities"]))
         assert body["summary"]["critical"] == 1
-        resp = await client.get("/v2/team/app/manifests/v1", headers={**push_auth, **ACCEPT})
+        resp = await client.get("/v2/team/app/manifests/v1", headers={**pull_auth, **ACCEPT})
         message = (await resp.json())["errors"][0]["message"]
         assert resp.status == 403 and "GHSA-xvch-5gv4-984h (critical, minimist 1.2.5)" in message
 
