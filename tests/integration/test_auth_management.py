@@ -290,6 +290,10 @@ async def test_fuzz_management_api_against_its_openapi_document(auth_assembly: A
             await caller.call(method.upper(), url, raw=rnd.choice([b"{", b"[]", b"\xff\xfe", b"null"]))
         else:
             await caller.call(method.upper(), url, json_body=_value(body, rnd, doc))
+    # A refusal of a known user, whichever operations the random walk drew (it may have deleted bob).
+    refused = Api(client, bearer(await new_user(admin, "fuzz-" + os.urandom(4).hex())))
+    await refused.call("GET", "/v1/registry/users", expect=403)
+    callers.append(refused)
     # the fuzz reached real outcomes, not only refusals
     statuses = {s for c in callers for _, _, s in c.seen}
     assert {200, 201, 400, 401, 403, 404} <= statuses
