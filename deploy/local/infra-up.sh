@@ -242,10 +242,12 @@ EOF
   log "seaweedfs: starting (master :$WEED_MASTER_PORT, volume :$WEED_VOLUME_PORT, filer :$WEED_FILER_PORT, s3 :$S3_PORT)"
   # Every bucket is a collection; grow 2 volumes at a time instead of 7 so that tests
   # creating many buckets do not exhaust the volume slots (-volume.max=0: sized from
-  # free disk / 256MB). Iceberg/Lance side listeners and telemetry are disabled.
+  # free disk / 256MB). Iceberg/Lance side listeners and telemetry are disabled. A 1 s election
+  # timeout: a restarted server takes writes again in seconds, not the ~30 s of the default 10 s.
   daemonize seaweedfs env WEED_MASTER_VOLUME_GROWTH_COPY_1=2 "$WEED_BIN" server \
     -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$sd/data" \
     -master.port="$WEED_MASTER_PORT" -master.volumeSizeLimitMB=256 -master.telemetry=false \
+    -master.electionTimeout=1s \
     -volume.port="$WEED_VOLUME_PORT" -volume.max=0 -volume.preStopSeconds=0 \
     -filer -filer.port="$WEED_FILER_PORT" \
     -s3 -s3.port="$S3_PORT" -s3.config="$sd/s3.json" -s3.port.iceberg=0 -s3.port.lance=0

@@ -226,16 +226,26 @@ def dependency_probes(c: Container) -> dict[str, Probe]:
     return {"blob storage": c.blobs.ping, "metadata": c.docs.ping, "event log": c.events.ping}
 
 
+_UNREADY: set[str] = set()
+"""Dependencies the last readiness check found down: a WARNING when one goes, an INFO when it is back."""
+
+
 async def check_probes(probes: Mapping[str, Probe], *, timeout: float = 3.0) -> list[str]:
-    """The names of the dependencies whose probe failed; the reasons go to the log only."""
+    """The names of the dependencies whose probe failed; the reasons go to the log only, once per outage."""
     failures: list[str] = []
     for name, probe in probes.items():
         try:
             async with asyncio.timeout(timeout):
                 await probe()
         except Exception as exc:
-            log.warning("readiness: %s is unavailable: %s: %s", name, type(exc).__name__, str(exc)[:300])
+            if name not in _UNREADY:
+                log.warning("readiness: %s is unavailable: %s: %s", name, type(exc).__name__, str(exc)[:300])
+            _UNREADY.add(name)
             failures.append(name)
+        else:
+            if name in _UNREADY:
+                _UNREADY.discard(name)
+                log.info("readiness: %s is back", name)
     return failures
 
 

@@ -497,4 +497,7 @@ def setup_logging(settings: TelemetrySettings, service_name: str, *, stream: Tex
     library_level = max(level, logging.getLevelName(settings.library_log_level.upper()))
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(library_level)
+    # urllib3 warns on every retry of a request (minio's S3 calls): an outage would log one line per attempt.
+    # The registry logs the outage once itself (services/core/outages.py).
+    logging.getLogger("urllib3.connectionpool").setLevel(max(library_level, logging.ERROR))
     return handler
