@@ -57,6 +57,8 @@ LEASE_SECONDS = 20.0
 """A claimed item's lease, renewed every third of it while the copy runs: work of a replicator that died is
 taken by the next one (or by itself, restarted) within this time."""
 RULES_CACHE_SECONDS = 1.0
+CLOCK_SKEW_SECONDS = 1.0
+"""Allowed difference between the clocks of the process that wrote an event and the replicator's."""
 
 
 class RuleNotFoundError(LookupError):
@@ -100,6 +102,7 @@ class Replicator:
         self._static = [rule_from_settings(r) for r in self.settings.rules]
         self._rules: dict[str, Rule] = {}
         self._rules_read = -1e9
+        self._rules_read_at = -1e9  # the same moment on the wall clock (compared with event times)
         self._clients: dict[str, _Clients] = {}
         self._wake = asyncio.Event()
         self._busy: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -115,10 +118,14 @@ class Replicator:
 
     # rules
 
-    async def rules(self, *, fresh: bool = False) -> dict[str, Rule]:
-        """Every rule (settings file and API), re-read at most every RULES_CACHE_SECONDS."""
+    async def rules(self, *, fresh: bool = False, newer_than: float | None = None) -> dict[str, Rule]:
+        """Every rule (settings file and API), re-read at most every RULES_CACHE_SECONDS, and whenever they were
+        last read before `newer_than` (an event's time): a rule made just before a push applies to that push."""
         now = time.monotonic()
+        if newer_than is not None and self._rules_read_at < newer_than + CLOCK_SKEW_SECONDS:
+            fresh = True
         if fresh or now - self._rules_read > RULES_CACHE_SECONDS:
+            read_at = self._clock()
             rules = {r.name: r for r in self._static}
             for doc in await self.docs.find(RULES, limit=10_000):
                 try:
@@ -127,7 +134,7 @@ class Replicator:
                     log.warning("replication rule %s is unusable: %s", doc.get("_id"), exc)
                     continue
                 rules.setdefault(rule.name, rule)
-            self._rules, self._rules_read = rules, now
+            self._rules, self._rules_read, self._rules_read_at = rules, now, read_at
         return self._rules
 
     async def rule(self, name: str) -> Rule:
@@ -173,7 +180,7 @@ class Replicator:
         repository = payload.repository or envelope.repository
         when = envelope.time.ToDatetime(tzinfo=UTC).timestamp() if envelope.HasField("time") else self._clock()
         queued = False
-        for rule in (await self.rules()).values():
+        for rule in (await self.rules(newer_than=when)).values():
             if not rule.event_driven or not rule.matches_repository(repository):
                 continue
             item: dict[str, str] | None = None
