@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.cli import commands
+from services.cli import commands, replication
 
 if TYPE_CHECKING:
     import socket
@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     sign_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
     sign_cmd.add_argument("--api-key", dest="api_key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
     commands.add_parsers(sub, EXIT_CODES)
+    replication.add_parser(sub, EXIT_CODES)
     return parser
 
 
@@ -340,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _gc(args)
     if args.command in commands.NAMES:
         return commands.dispatch(args)
+    if args.command == "replication":
+        return replication.main(args)
     from services.core.settings import SettingsError, load_settings
 
     try:

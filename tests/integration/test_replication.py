@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import os
 import statistics
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from services.cli.main import main as cli_main
 from services.core.auth.apikeys import generate_key
 from services.core.auth.store import AuthStore
 from services.core.client import (
@@ -246,8 +248,9 @@ async def scenario(a: Assembly, b_addr: str, b_key: str, dist: Distribution, cos
             p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
             print(f"\nreplication lag to {name} ({a.name} source): p50 {statistics.median(lags) * 1000:.0f} ms, "
                   f"p99 {p99 * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms over {len(lags)} pushes")
-        if a.name == "embedded":  # the Kafka/FerretDB/S3 source is slower: printed, not asserted (see README)
-            assert statistics.median(lags_b) < 1.0, lags_b
+        # Both sources (the p99 target is measured by bench/replication.py; a test on a shared machine asserts
+        # the median only).
+        assert statistics.median(lags_b) < 1.0, lags_b
         fetched = await client.get_manifest(at_b("team/app"), image.digest)
         assert fetched.content == image.manifest
         for blob in (image.config, *image.layers):
@@ -355,3 +358,20 @@ async def scenario(a: Assembly, b_addr: str, b_key: str, dist: Distribution, cos
         await wait_for("periodic sync", lambda: arrived(at_b("late/team/multi"), "v1", index_digest), within=30)
         status, body = await api(a, "POST", "/v1/registry/admin/replication/rules/late/resync")
         assert status == 202 and body == {"rule": "late", "queued": True}
+
+        # The command line shows the same state (services/cli/replication.py), over the management API.
+        def cli(*argv: str) -> tuple[int, str]:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = cli_main(["replication", *argv, "--registry", f"http://{src_addr}", "--key", key_of(a)])
+            return code, out.getvalue()
+
+        code, text = await asyncio.to_thread(cli, "status")
+        lines = text.splitlines()
+        assert code == 0 and lines[0].split()[:3] == ["RULE", "TARGET", "STATUS"], text
+        assert {line.split()[0] for line in lines[1:]} == {"late", "to-b", "to-d"}, text
+        code, text = await asyncio.to_thread(cli, "status", "to-b", "-o", "json")
+        assert code == 0 and [r["name"] for r in json.loads(text)["rules"]] == ["to-b"], text
+        assert b_key not in text
+        code, text = await asyncio.to_thread(cli, "resync", "to-b")
+        assert code == 0 and "queued" in text, text
