@@ -1,4 +1,4 @@
-"""Replicator service: follows manifest and tag events with its own consumer group, copies what its rules
+"""Replicator service: follows manifest and tag events (a consumer group per topic), copies what its rules
 match to their targets (services/replicator/engine.py), and serves the Replicator gRPC contract."""
 
 from __future__ import annotations
