@@ -8,7 +8,7 @@ the fields they set (a grant names either its team or its user); the OpenAPI doc
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -41,6 +41,17 @@ class Query(BaseModel):
     """Query parameters (parsed from strings; parameters not listed are ignored, as HTTP caches add some)."""
 
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_control_characters(cls, data: Any) -> Any:
+        # Cursors and filters reach the metadata store, which refuses U+0000 (SQLite cuts strings there):
+        # a 400 naming the parameter, never a 500.
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if isinstance(value, str) and any(ord(ch) < 32 for ch in value):
+                    raise ValueError(f"query parameter {name!r} contains a control character")
+        return data
 
 
 # requests
