@@ -387,8 +387,9 @@ class ReplicationSettings(_Section):
     backoff_max_seconds: float = Field(60.0, gt=0, description="Retry delay cap; a failing copy is retried forever")
     lagging_after_seconds: float = Field(60.0, gt=0, description="A rule whose oldest queued work is older is "
                                          "`lagging`")
-    chunked_above_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, description="Blobs larger than this are "
-                                     "pushed in chunks (PATCH), smaller ones in one streamed PUT")
+    chunked_above_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024, description="Blobs larger than this are "
+                                     "pushed in chunks (PATCH, resumable), smaller ones in one streamed PUT (one "
+                                     "fsync at the target, not one per chunk)")
     chunk_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024,
                              description="Size of each PATCH of a chunked push")
 
