@@ -15,6 +15,8 @@ import zipfile
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from services.core.events.envelope import decode
 from services.core.runtime import EventConsumer
 from services.scanner import service as scanner
@@ -277,3 +279,42 @@ async def test_index_answers_per_platform(auth_assembly: Assembly) -> None:
 
 def test_tar_layer_helper_is_a_tar() -> None:
     assert tarfile.is_tarfile(io.BytesIO(tar([("a", b"b")])))
+
+
+async def test_grpc_get_report_and_rescan(auth_assembly: Assembly) -> None:
+    """The scanner's gRPC contract backs the report and re-scan endpoints: GetReport answers the stored report
+    (NOT_FOUND before one exists), Rescan queues a new scan (INVALID_ARGUMENT for a bad digest)."""
+    import grpc
+
+    from services.core.proto.hanzo.registry.v1 import scanner_pb2, scanner_pb2_grpc
+    from services.core.runtime import start_grpc
+
+    a = auth_assembly
+    client = a.client
+    key = admin_key(a)
+    admin = Api(client, bearer(key))
+    push_auth = bearer(await token_for(client, key, "repository:team/grpc:pull,push"))
+    await admin.call("POST", f"{R}/admin/vulndb", json_body=RECORDS, expect=200)
+    async with running_scanner(a) as parts:
+        server, port = await start_grpc("127.0.0.1:0", parts.grpc)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = scanner_pb2_grpc.ScannerStub(channel)
+                missing = "sha256:" + "0" * 64
+                with pytest.raises(grpc.aio.AioRpcError) as exc:
+                    await stub.GetReport(scanner_pb2.GetReportRequest(repository="team/grpc", digest=missing))
+                assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+                digest = await push(client, push_auth, "team/grpc", "v1", image_layers())
+                body = await report(admin, "team/grpc", "v1")
+                got = (await stub.GetReport(scanner_pb2.GetReportRequest(repository="team/grpc", digest=digest))).report
+                assert got.digest == digest and got.repository == "team/grpc"
+                counts = {k: v for k, v in got.severity_counts.items() if v}
+                assert counts == {k: v for k, v in body["summary"].items() if v}
+                assert len(got.vulnerabilities) == len(body["vulnerabilities"])
+                queued = await stub.Rescan(scanner_pb2.RescanRequest(repository="team/grpc", digest=digest))
+                assert queued.queued
+                with pytest.raises(grpc.aio.AioRpcError) as exc:
+                    await stub.Rescan(scanner_pb2.RescanRequest(repository="team/grpc", digest="md5:nope"))
+                assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        finally:
+            await server.stop(None)
