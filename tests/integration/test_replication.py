@@ -375,3 +375,58 @@ async def scenario(a: Assembly, b_addr: str, b_key: str, dist: Distribution, cos
         assert b_key not in text
         code, text = await asyncio.to_thread(cli, "resync", "to-b")
         assert code == 0 and "queued" in text, text
+
+
+@pytest.mark.parametrize("assembly", ASSEMBLIES)
+async def test_grpc_get_status_and_resync(assembly: str, tmp_path: Path) -> None:
+    """The replicator's gRPC contract backs the status and resync endpoints."""
+    import grpc
+
+    from services.core.proto.hanzo.registry.v1 import replicator_pb2, replicator_pb2_grpc
+    from services.core.runtime import start_grpc
+
+    target_key = generate_key().key
+    b_auth = AuthSettings(mode="token", bootstrap_admin_key=SecretStr(target_key))
+    b_settings = embedded_settings(tmp_path / "region-b").model_copy(update={"auth": b_auth})
+    async with running(b_settings, "embedded") as region_b, source_registry(assembly, tmp_path / "source") as a:
+        b_addr = f"{region_b.client.host}:{region_b.client.port}"
+        src_addr = f"{a.client.host}:{a.client.port}"
+        status, body = await api(a, "POST", "/v1/registry/admin/replication/rules", {
+            "name": "to-b", "repositories": "team/**", "tags": "*",
+            "target": {"url": f"http://{b_addr}", "username": "admin", "password": target_key},
+            "mode": "event", "delete": False, "enabled": True})
+        assert status == 201, body
+        options = ClientOptions(registries={
+            src_addr: RegistryOptions(credentials=Credentials("admin", key_of(a))),
+            b_addr: RegistryOptions(credentials=Credentials("admin", target_key)),
+        })
+        parts = await replicator.build(a.c)
+        server, port = await start_grpc("127.0.0.1:0", parts.grpc)
+        try:
+            async with OciClient(options) as client, replicator_running(a), \
+                    grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = replicator_pb2_grpc.ReplicatorStub(channel)
+                image = make_image(layer_sizes=(2048,))
+                await push_image(client, RemoteRepository(src_addr, "team/grpc"), image, tag="v1")  # type: ignore[arg-type]
+
+                async def copied() -> bool:
+                    got = await stub.GetStatus(replicator_pb2.GetStatusRequest(rule="to-b"))
+                    return bool(got.rules) and got.rules[0].copied_manifests >= 1
+
+                await wait_for("the copy counted in GetStatus", copied)
+                got = (await stub.GetStatus(replicator_pb2.GetStatusRequest())).rules
+                assert [(r.rule, r.target_registry) for r in got] == [("to-b", b_addr)]
+                _, listed = await api(a, "GET", "/v1/registry/admin/replication")
+                assert listed["rules"][0]["copied_manifests"] == got[0].copied_manifests
+                resynced = await stub.Resync(replicator_pb2.ResyncRequest(rule="to-b"))
+                assert resynced.queued >= 1
+                for request, code in ((replicator_pb2.ResyncRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+                                      (replicator_pb2.ResyncRequest(rule="nope"), grpc.StatusCode.NOT_FOUND)):
+                    with pytest.raises(grpc.aio.AioRpcError) as exc:
+                        await stub.Resync(request)
+                    assert exc.value.code() == code
+                with pytest.raises(grpc.aio.AioRpcError) as exc:
+                    await stub.GetStatus(replicator_pb2.GetStatusRequest(rule="nope"))
+                assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+        finally:
+            await server.stop(None)
