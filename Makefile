@@ -84,6 +84,7 @@ bench: $(STAMP) ## benchmarks (throughput, RSS) against the registry and CNCF Di
 	$(PY) -m bench.gates
 	$(PY) -m bench.scanner
 	$(PY) -m bench.replication
+	$(PY) -m bench.gc
 
 clean: ## remove the venv and local data (not the infra cache)
 	rm -rf $(VENV) var reports
