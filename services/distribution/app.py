@@ -13,10 +13,9 @@ from services.core.content.graph import indexes_listing
 from services.core.content.registry import Registry
 from services.core.halfclose import answer_half_closed_requests
 from services.core.outages import OutageTracker
-from services.core.policy.document import PolicyDocument
 from services.core.policy.gates import PullGates
-from services.core.policy.merge import effective
-from services.core.policy.store import PolicyStore, PolicyTarget
+from services.core.policy.service import PolicyService
+from services.core.policy.store import PolicyStore
 from services.core.runtime import add_ops_routes, dependency_probes
 from services.core.signing.gate import with_signature_gate
 from services.core.storage.meta import ManifestRecord
@@ -49,18 +48,13 @@ def build_registry(c: Container, gates: PullGates | None = None) -> Registry:
 def build_gates(c: Container) -> PullGates:
     """The pull gates after repository access; the scan and signature gates are added by their services'
     issues. Policies are read from metadata (default <- namespace <- repository) and cached with the decisions."""
-    store = PolicyStore(c.docs)
-    default = c.settings.policy.default
-
-    async def policies(namespace: str, repository: str) -> PolicyDocument:
-        ns = await store.get(PolicyTarget(namespace))
-        repo = await store.get(PolicyTarget(namespace, repository))
-        return effective(default, namespace=ns.document if ns else None, repository=repo.document if repo else None)
+    policies = PolicyService(store=PolicyStore(c.docs), outbox=c.outbox, topics=c.settings.topics,
+                             default=c.settings.policy.default)
 
     async def parents(repository: str, manifest: ManifestRecord) -> list[ManifestRecord]:
         return await indexes_listing(c.meta, repository, manifest)
 
-    gates = PullGates([], policies, parents, ttl_seconds=c.settings.registry.pull_gate_cache_seconds)
+    gates = PullGates([], policies.effective, parents, ttl_seconds=c.settings.registry.pull_gate_cache_seconds)
     install_scan_gate(c, gates)
     return with_signature_gate(c, gates)
 
