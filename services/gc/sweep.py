@@ -31,7 +31,7 @@ from services.core.settings import TopicSettings
 from services.core.storage import gcmarks as gm
 from services.core.storage import meta as m
 from services.core.storage.blobs import BlobBulkDeleter, BlobStore
-from services.core.storage.documents import Document, DocumentStore
+from services.core.storage.documents import Document, DocumentStore, scan
 from services.gc.cache_expiry import expire_cache_entries
 from services.gc.mark import (
     Limits,
@@ -85,15 +85,8 @@ class RunOptions:
     """Replaces every grace period of the run (the blob grace, the untagged age, upload idleness)."""
 
 
-async def _scan(docs: DocumentStore, collection: str) -> AsyncIterator[Document]:
-    after: str | None = None
-    while True:
-        page = await docs.find(collection, after=after, limit=PAGE)
-        for doc in page:
-            yield doc
-        if len(page) < PAGE:
-            return
-        after = str(page[-1]["_id"])
+def _scan(docs: DocumentStore, collection: str) -> AsyncIterator[Document]:
+    return scan(docs, collection, page=PAGE)
 
 
 class Collector:

@@ -17,6 +17,7 @@ from services.core.errors import BlobUnknownError, ManifestUnknownError, NameUnk
 from services.core.oci.digest import Digest
 from services.core.oci.names import RepositoryName
 from services.core.storage import meta as m
+from services.core.storage.documents import scan
 
 _PAGE = 500
 
@@ -31,14 +32,7 @@ class RepositoryDeleted:
 
 
 async def _all(registry: Registry, collection: str, repository: str) -> list[dict[str, object]]:
-    docs: list[dict[str, object]] = []
-    after: str | None = None
-    while True:
-        page = await registry.meta.docs.find(collection, {"repository": repository}, after=after, limit=_PAGE)
-        docs += page
-        if len(page) < _PAGE:
-            return docs
-        after = str(page[-1]["_id"])
+    return [doc async for doc in scan(registry.meta.docs, collection, {"repository": repository}, page=_PAGE)]
 
 
 async def delete_repository(registry: Registry, repo: RepositoryName, *, actor: str, force: bool = False

@@ -10,7 +10,7 @@ lists and nested dicts of those. Field names in `where`/`expect` are top-level o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -120,3 +120,16 @@ class DocumentStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def scan(docs: DocumentStore, collection: str, where: Mapping[str, Any] | None = None, *, page: int = 1000
+               ) -> AsyncIterator[Document]:
+    """Every matching document, in `_id` order, read a page at a time (never the whole collection at once)."""
+    after: str | None = None
+    while True:
+        batch = await docs.find(collection, where, after=after, limit=page)
+        for doc in batch:
+            yield doc
+        if len(batch) < page:
+            return
+        after = str(batch[-1]["_id"])
