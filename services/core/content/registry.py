@@ -374,7 +374,7 @@ class Registry:
             raise ConflictError(f"tags {', '.join(pending)} of {repo} kept changing; retry the push{done}")
         return PushedManifest(parsed.digest, record.subject, tuple(tags), tuple(forced_moves))
 
-    async def _tag_decision(self, repo: RepositoryName, tag: str) -> TagDecision:
+    async def tag_decision(self, repo: RepositoryName, tag: str) -> TagDecision:
         """The repository's effective policy's tag globs, then the registry's `tag_rules`."""
         if self.policies is None:
             return tag_immutability(self.settings.tag_rules, namespace=repo.namespace, tag=tag)
@@ -385,7 +385,7 @@ class Registry:
                                  ) -> None:
         if current is None or force:
             return
-        decision = await self._tag_decision(repo, tag)
+        decision = await self.tag_decision(repo, tag)
         if decision.immutable:
             raise TagImmutableError(
                 f"tag {tag} of {repo} is immutable (rule {decision.rule!r}): it already points to "
@@ -460,7 +460,7 @@ class Registry:
         same force as moving it."""
         if force:
             return
-        decision = await self._tag_decision(repo, tag.name)
+        decision = await self.tag_decision(repo, tag.name)
         if decision.immutable:
             raise TagImmutableError(
                 f"tag {tag.name} of {repo} is immutable (rule {decision.rule!r}) and cannot be deleted; "

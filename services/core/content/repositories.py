@@ -42,7 +42,7 @@ async def delete_repository(registry: Registry, repo: RepositoryName, *, actor: 
         raise NameUnknownError(f"repository {repo} is not known to this registry")
     tags = await _all(registry, m.TAGS, name)
     if not force:
-        immutable = [str(t["name"]) for t in tags if (await registry._tag_decision(repo, str(t["name"]))).immutable]
+        immutable = [str(t["name"]) for t in tags if (await registry.tag_decision(repo, str(t["name"]))).immutable]
         if immutable:
             raise TagImmutableError(
                 f"repository {repo} has immutable tags ({', '.join(immutable[:10])}); a registry admin may "
