@@ -6,7 +6,8 @@
 #     crane, oras, cosign, notation (signatures), syft (SBOM reference), helm, kubeconform (the chart)
 #     built in parallel, each cached by version
 #   Debian bookworm (apt): skopeo, docker-registry (CNCF Distribution, /usr/bin/docker-registry),
-#     podman, buildah, umoci, debootstrap  (docker-registry is never started as a service)
+#     podman, buildah, umoci, debootstrap, chromium + chromium-driver, postgresql
+#     (docker-registry and postgresql are never started as system services)
 # Usage: deploy/local/tools.sh [go] [apt]      (default: both)
 # Writes $STATE/tools.env with HANZO_TOOL_* paths.
 set -euo pipefail
@@ -32,8 +33,11 @@ declare -A APT_PIN=(
   [buildah]="1.28.2+ds1-3+deb12u1+b3"
   [umoci]="0.4.7+ds-3+b7"
   [debootstrap]="1.0.128+nmu2+deb12u2"
+  [chromium]="156.0.8078.114-1~deb12u1"         # the console's end-to-end tests (headless)
+  [chromium-driver]="156.0.8078.114-1~deb12u1"  # Selenium's system driver: no browser download
+  [postgresql]="15+248+deb12u2"                 # FerretDB's PostgreSQL backend (measured against SQLite)
 )
-APT_PKGS=(skopeo docker-registry podman buildah umoci debootstrap)
+APT_PKGS=(skopeo docker-registry podman buildah umoci debootstrap chromium chromium-driver postgresql)
 
 do_go=0 do_apt=0
 if (($# == 0)); then set -- go apt; fi
