@@ -7,7 +7,7 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any, Final, TextIO
@@ -208,6 +208,15 @@ class Metrics:
 # Stateless: always W3C trace context, whatever OTEL_PROPAGATORS says, because our envelopes and
 # headers carry exactly traceparent/tracestate.
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
+
+
+def registered(metrics: Metrics, name: str, make: Callable[[], Any]) -> Any:
+    """The collector already registered under `name` in these metrics, else `make()` (which registers it).
+
+    A service's own families are created when it is built; the embedded assembly and the tests build a
+    service more than once over one Metrics, and prometheus_client refuses a second registration."""
+    existing = getattr(metrics.registry, "_names_to_collectors", {}).get(name)
+    return existing if existing is not None else make()
 
 
 def setup_tracing(settings: TelemetrySettings, service_name: str, *, set_global: bool = True) -> TracerProvider:

@@ -39,6 +39,7 @@ from services.scanner.inventory.layers import decompressed
 from services.scanner.inventory.limits import HostileLayerError, Limits
 from services.scanner.inventory.scan import Inventory, scan_image
 from services.scanner.matcher import Finding, VulnIndex
+from services.scanner.metrics import ScannerMetrics
 from services.scanner.sbom import MEDIA_TYPE as SBOM_TYPE
 from services.scanner.sbom import build_sbom
 
@@ -126,8 +127,10 @@ def summary(findings: list[dict[str, Any]], ignored: Callable[[dict[str, Any]], 
 
 class ScanEngine:
     def __init__(self, *, registry: Registry, docs: DocumentStore, outbox: Outbox, settings: ScannerSettings,
-                 topics: TopicSettings, clock: Callable[[], float] = time.time) -> None:
+                 topics: TopicSettings, clock: Callable[[], float] = time.time,
+                 metrics: ScannerMetrics | None = None) -> None:
         self.registry = registry
+        self.metrics = metrics
         self.docs = docs
         self.outbox = outbox
         self.settings = settings
@@ -165,8 +168,17 @@ class ScanEngine:
 
     # scanning
 
-    async def scan(self, repository: str, digest: str, *, force: bool = False) -> dict[str, Any] | None:
+    async def scan(self, repository: str, digest: str, *, force: bool = False, trigger: str = "push"
+                   ) -> dict[str, Any] | None:
         """Scan a manifest and store its report (with its event); None when the manifest is gone."""
+        started = time.monotonic()
+        doc = await self._scan(repository, digest, force=force)
+        if doc is not None and self.metrics is not None:
+            self.metrics.scans.labels(trigger=trigger, status=doc["status"]).inc()
+            self.metrics.duration.labels(trigger=trigger).observe(time.monotonic() - started)
+        return doc
+
+    async def _scan(self, repository: str, digest: str, *, force: bool) -> dict[str, Any] | None:
         try:
             node = await walk(self.registry.meta, repository, Digest.parse(digest))
         except ManifestUnknownError:
@@ -341,6 +353,10 @@ class ScanEngine:
         elif status == "failed":
             doc["scanned_at"] = None
         counts = summary(doc["findings"])
+        if self.metrics is not None and status != "failed":
+            for severity, n in counts.items():
+                if n:
+                    self.metrics.findings.labels(severity=severity).inc(n)
         event = new_envelope(
             pb.ScanCompleted(repository=repository, digest=digest, scanner=SCANNER, severity_counts=counts,
                              report_id=doc["_id"], status=_STATUS_PB[status]),
@@ -381,6 +397,8 @@ class ScanEngine:
                     continue
                 await self._store(d["repository"], d["digest"], d.get("media_type", ""), results,
                                   sbom=d.get("sbom"), previous=d)
+                if self.metrics is not None:
+                    self.metrics.scans.labels(trigger="rematch", status="complete").inc()
                 changed += 1
             if len(docs) < page:
                 return changed
@@ -388,9 +406,11 @@ class ScanEngine:
 
     async def process_requests(self) -> int:
         done = 0
+        if self.metrics is not None:
+            self.metrics.queued.set(await self.reports.pending())
         for request in await self.reports.requests(limit=20):
             try:
-                await self.scan(request["repository"], request["digest"], force=True)
+                await self.scan(request["repository"], request["digest"], force=True, trigger="request")
             finally:
                 await self.reports.done(request)
             done += 1

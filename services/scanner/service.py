@@ -26,6 +26,7 @@ from services.core.scan import osv
 from services.core.scan.store import ReportStore
 from services.core.settings import VulnDbSettings
 from services.scanner.engine import ScanEngine, summary
+from services.scanner.metrics import ScannerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class ScannerServicer(scanner_pb2_grpc.ScannerServicer):
 async def build(c: Container) -> ServiceParts:
     s = c.settings.scanner
     engine = ScanEngine(registry=build_registry(c), docs=c.docs, outbox=c.outbox, settings=s,
-                        topics=c.settings.topics)
+                        topics=c.settings.topics, metrics=ScannerMetrics(c.metrics))
     await engine.setup()
     loops = Loops(engine, s.rematch_interval_seconds, s.vulndb)
     servicer = ScannerServicer(engine.reports)

@@ -248,6 +248,19 @@ async def test_scan_report_sbom_gate_and_rematch(auth_assembly: Assembly) -> Non
     assert len(app_events) == 3  # the push, the re-scan, the re-match
     assert app_events[-1].severity_counts["critical"] == 1
 
+    # and the dashboards' metrics counted them
+    def sample(name: str, **labels: str) -> float:
+        value = a.c.metrics.registry.get_sample_value(name, labels)
+        return value or 0.0
+
+    assert sample("hanzo_registry_scans_total", trigger="push", status="complete") >= 2
+    assert sample("hanzo_registry_scans_total", trigger="push", status="failed") >= 1
+    assert sample("hanzo_registry_scans_total", trigger="request", status="complete") == 1
+    assert sample("hanzo_registry_scans_total", trigger="rematch", status="complete") >= 1
+    assert sample("hanzo_registry_scan_duration_seconds_count", trigger="push") >= 3
+    assert sample("hanzo_registry_scan_findings_total", severity="critical") >= 2
+    assert a.c.metrics.registry.get_sample_value("hanzo_registry_scan_requests_queued") is not None
+
 
 async def test_index_answers_per_platform(auth_assembly: Assembly) -> None:
     a = auth_assembly

@@ -78,5 +78,6 @@ def test_the_issue_panels_are_there() -> None:
     for needle in ("hanzo_registry_event_consumer_lag", 'service="scanner"', "hanzo_registry_gc_runs_total",
                    "hanzo_registry_gc_bytes_freed_total", "hanzo_registry_replication_lag_seconds_bucket",
                    "hanzo_registry_signature_failures_total", 'result="hit"',
-                   "hanzo_registry_webhook_deliveries_total"):
+                   "hanzo_registry_webhook_deliveries_total", "hanzo_registry_scan_duration_seconds_bucket",
+                   "hanzo_registry_scans_total", "hanzo_registry_scan_requests_queued"):
         assert needle in exprs, needle

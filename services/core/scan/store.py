@@ -162,6 +162,10 @@ class ReportStore:
     async def requests(self, *, limit: int = 100) -> list[dict[str, Any]]:
         return await self.docs.find(REQUESTS, order_by="at", limit=limit)
 
+    async def pending(self) -> int:
+        """How many re-scan requests wait."""
+        return await self.docs.count(REQUESTS)
+
     async def queued(self, repository: str, digest: str) -> bool:
         return await self.docs.get(REQUESTS, report_id(repository, digest)) is not None
 
