@@ -1,5 +1,6 @@
-"""Webhooks service: consumes the registry's event topics in its own group (`hanzo-registry.webhooks`), so
-an event that arrives while it is down is delivered when it is back, and sends the queued deliveries."""
+"""Webhooks service: consumes the registry's event topics in groups of its own (`hanzo-registry.webhooks.<topic>`,
+one per topic, so that its consumers never rebalance each other), so an event that arrives while it is down is
+delivered when it is back, and sends the queued deliveries."""
 
 from __future__ import annotations
 
@@ -30,4 +31,5 @@ async def build(c: Container) -> ServiceParts:
         name="webhooks",
         consumes=[(topic, dispatcher.handle) for topic in topics],
         loops=[sender.run],
+        group_per_topic=True,
     )
