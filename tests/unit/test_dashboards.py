@@ -4,18 +4,9 @@ together (as `serve` builds them), so a metric a service registers at start coun
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
-
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "deploy" / "helm" / "hanzo-registry" / "files" / "prometheus-rules.yaml"
-SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-            "gauge": (), "summary": ("_sum", "_count", "_created"), "info": ("_info",)}
-NAME = re.compile(r"hanzo_registry_[a-z0-9_]+")
+from tests.dashboards import DASHBOARDS, NAME, alert_rules, dashboard_exprs, dashboards, exported_names
 
 
 @pytest.fixture(scope="module")
@@ -39,33 +30,19 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
             body, _ = metrics.render()
         return body.decode()
 
-    text = asyncio.run(scrape())
-    names: set[str] = set()
-    for kind_line in re.findall(r"^# TYPE (\S+) (\S+)$", text, flags=re.MULTILINE):
-        base, kind = kind_line
-        names.add(base)
-        names.update(base + s for s in SUFFIXES.get(kind, ()))
-    names.update(re.findall(r"^(hanzo_registry_[a-z0-9_]+)", text, flags=re.MULTILINE))
-    return names
-
-
-def _dashboard_exprs(path: Path) -> list[str]:
-    doc = json.loads(path.read_text())
-    panels = [p for top in doc["panels"] for p in (top, *top.get("panels", []))]
-    return [t["expr"] for panel in panels for t in panel.get("targets", [])]
+    return exported_names(asyncio.run(scrape()))
 
 
 def test_every_dashboard_metric_exists(exported: set[str]) -> None:
-    dashboards = sorted((ROOT / "deploy" / "grafana").glob("*.json"))
-    assert len(dashboards) >= 2
-    for path in dashboards:
-        used = {name for expr in _dashboard_exprs(path) for name in NAME.findall(expr)}
+    assert len(dashboards()) >= 2
+    for path in dashboards():
+        used = {name for expr in dashboard_exprs(path) for name in NAME.findall(expr)}
         assert used, f"{path.name} queries no hanzo_registry_ metric"
         assert used <= exported, f"{path.name} uses unknown metrics: {sorted(used - exported)}"
 
 
 def test_every_alert_metric_exists(exported: set[str]) -> None:
-    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    rules = alert_rules()
     assert rules
     for rule in rules:
         used = set(NAME.findall(rule["expr"]))
@@ -74,7 +51,7 @@ def test_every_alert_metric_exists(exported: set[str]) -> None:
 
 
 def test_the_issue_panels_are_there() -> None:
-    exprs = " ".join(_dashboard_exprs(ROOT / "deploy" / "grafana" / "hanzo-registry-services.json"))
+    exprs = " ".join(dashboard_exprs(DASHBOARDS / "hanzo-registry-services.json"))
     for needle in ("hanzo_registry_event_consumer_lag", 'service="scanner"', "hanzo_registry_gc_runs_total",
                    "hanzo_registry_gc_bytes_freed_total", "hanzo_registry_replication_lag_seconds_bucket",
                    "hanzo_registry_signature_failures_total", 'result="hit"',
