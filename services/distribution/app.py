@@ -25,6 +25,7 @@ from services.distribution.accesslog import access_log_middleware
 from services.distribution.auth_access import TokenAccess, audit_middleware
 from services.distribution.auth_token import add_token_routes
 from services.distribution.cache.service import PullThroughCache
+from services.distribution.console.routes import add_console_routes
 from services.distribution.forwarded import forwarded_middleware
 from services.distribution.keys import ACCESS, GATES, METRICS, OUTAGES, PULLTHROUGH, REGISTRY, SETTINGS
 from services.distribution.management import add_management_routes
@@ -120,10 +121,12 @@ def create_app(c: Container, *, access: AccessControl, registry: Registry | None
         add_token_routes(app)
         add_oidc_routes(app)  # before the management routes: /v1/registry/auth/oidc/* is not a namespace
         add_management_routes(app)
+        add_console_routes(app)  # /console/: its own session cookie; never an OCI challenge
     add_ops_routes(app, c.metrics, dependency_probes(c))
     api = {"oci": "/v2/"}
     if isinstance(access, TokenAccess):
-        api |= {"management": "/v1/registry/", "openapi": "/v1/registry/openapi.json", "token": "/token"}
+        api |= {"management": "/v1/registry/", "openapi": "/v1/registry/openapi.json", "token": "/token",
+                "console": "/console/"}
     api["metrics"] = "/metrics"
     app.router.add_get("/", _root(api))
     return app

@@ -1,0 +1,153 @@
+"""Logging in and out of the console: user name + API key, checked as the API checks a key."""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+from services.core.auth.audit import AuditRecord, Outcome
+from services.core.errors import RegistryError, TooManyRequestsError, UnauthorizedError
+from services.distribution.auth_access import source_address
+from services.distribution.console import session as sessions
+from services.distribution.console.gateway import token_access
+from services.distribution.console.headers import secured
+from services.distribution.console.render import error_page, page
+
+MAX_FORM_BYTES: Final = 16 * 1024
+HOME: Final = "/console/repositories"
+_REASONS: Final = {"expired": "Your session has ended; log in again.", "logged-out": "You are logged out."}
+
+
+def next_path(value: str | None) -> str:
+    """Where to go after the login: a console path only (never another origin, never a loop to login)."""
+    if (
+        value
+        and value.startswith("/console/")
+        and not value.startswith(("/console/login", "/console/logout"))
+        and "\\" not in value
+        and len(value) <= 2000
+        and value.isprintable()
+    ):
+        return value
+    return HOME
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """A urlencoded form of at most MAX_FORM_BYTES (the app takes bodies of any size: blobs stream)."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise _FormInvalidError("expected a form (application/x-www-form-urlencoded)")
+    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+        raise _FormInvalidError("the form is too large")
+    raw = await request.content.read(MAX_FORM_BYTES + 1)
+    if len(raw) > MAX_FORM_BYTES:
+        raise _FormInvalidError("the form is too large")
+    try:
+        fields = parse_qs(raw.decode(), keep_blank_values=True, max_num_fields=20)
+    except (UnicodeDecodeError, ValueError):
+        raise _FormInvalidError("the form is not valid") from None
+    return {k: v[0] for k, v in fields.items()}
+
+
+class _FormInvalidError(RegistryError):
+    code, status = "INVALID_REQUEST", 400
+
+
+def _login_page(
+    request: web.Request, *, status: int = 200, error: str = "", user: str = "", next_to: str = HOME, notice: str = ""
+) -> web.Response:
+    access = token_access(request)
+    csrf = sessions.login_csrf(request)
+    response = page(
+        request,
+        "login.html",
+        status=status,
+        title="Log in",
+        login_csrf=csrf,
+        error=error,
+        notice=notice,
+        username=user,
+        next=next_to,
+    )
+    sessions.set_login_csrf_cookie(response, request, access, csrf)
+    return response
+
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    access = token_access(request)
+    next_to = next_path(request.query.get("next"))
+    try:
+        await sessions.current(request, access)
+    except sessions.SessionMissingError:
+        return _login_page(request, next_to=next_to, notice=_REASONS.get(request.query.get("reason", ""), ""))
+    return secured(web.Response(status=303, headers={"Location": next_to}))
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    access = token_access(request)
+    try:
+        form = await read_form(request)
+        sessions.check_login_csrf(request, form.get(sessions.CSRF_FIELD, ""))
+    except sessions.CsrfError:
+        return error_page(
+            request, _CsrfRefusedError("the login form expired or came from another site; open the login page again")
+        )
+    except RegistryError as error:
+        return error_page(request, error)
+    user, key, next_to = (
+        form.get("username", "").strip()[:200],
+        form.get("api_key", "").strip(),
+        next_path(form.get("next")),
+    )
+    if not user or not key:
+        return _login_page(
+            request, status=400, error="Enter your user name and an API key.", user=user, next_to=next_to
+        )
+    try:
+        # The API's check: rate-limited per source address, failures audited.
+        authenticated = await access.login(request, key, username=user)
+    except TooManyRequestsError as error:
+        response = _login_page(request, status=429, error=error.message, user=user, next_to=next_to)
+        response.headers["Retry-After"] = error.headers.get("Retry-After", "60")
+        return response
+    except UnauthorizedError:
+        return _login_page(
+            request, status=401, error="The user name or API key is not valid.", user=user, next_to=next_to
+        )
+    token, _ = await sessions.start(access, user=authenticated.user.name, key_prefix=authenticated.key.prefix)
+    await access.service.record_quietly(
+        AuditRecord(
+            authenticated.user.name,
+            "console.login",
+            "registry",
+            Outcome.SUCCESS,
+            source_address(request),
+            {"key": authenticated.key.prefix},
+        )
+    )
+    response = secured(web.Response(status=303, headers={"Location": next_to}))
+    sessions.set_session_cookie(response, request, access, token)
+    response.del_cookie(sessions.LOGIN_CSRF_COOKIE, path=sessions.PATH)
+    return response
+
+
+class _CsrfRefusedError(RegistryError):
+    code, status = "DENIED", 403
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    access = token_access(request)
+    try:
+        session = await sessions.current(request, access)
+        form = await read_form(request)
+        sessions.check_csrf(session, form.get(sessions.CSRF_FIELD, ""))
+    except sessions.SessionMissingError:
+        pass  # nothing to end; the cookie is cleared all the same
+    except sessions.CsrfError:
+        return error_page(request, _CsrfRefusedError("this form has no valid CSRF token; reload the page"))
+    except RegistryError as error:
+        return error_page(request, error)
+    response = secured(web.Response(status=303, headers={"Location": "/console/login?reason=logged-out"}))
+    sessions.clear_session_cookie(response)
+    return response

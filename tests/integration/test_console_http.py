@@ -1,0 +1,121 @@
+"""The console over plain HTTP (no browser): login, session cookie, CSRF, security headers, repository
+isolation and admin-only pages, on both assemblies with auth on."""
+
+from __future__ import annotations
+
+from http.cookies import SimpleCookie
+
+from services.distribution.console.headers import CSP
+from tests.integration.conftest import Assembly
+from tests.integration.console_support import console_login, csrf_of, push_image, seed_report
+from tests.integration.test_auth_support import Api, admin_key, basic, bearer, grant, new_user
+
+
+async def _setup(a: Assembly) -> tuple[str, str]:
+    """team/app (readable by `reader`) and secret/app (not); the reader's key and the admin's."""
+    admin = Api(a.client, bearer(admin_key(a)))
+    key = await new_user(admin, "reader")
+    await grant(admin, "team", "reader", user="reader")
+    headers = basic("admin", admin_key(a))
+    digest, _ = await push_image(a.client, headers, "team/app", "v1")
+    await push_image(a.client, headers, "secret/app", "v1")
+    await seed_report(a, "team/app", digest)
+    return key, admin_key(a)
+
+
+async def test_login_sets_a_strict_short_session_and_pages_are_headed(auth_assembly: Assembly) -> None:
+    a = auth_assembly
+    key, _ = await _setup(a)
+    resp = await a.client.get("/console/repositories", allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"].startswith("/console/login?next=")
+    assert "WWW-Authenticate" not in resp.headers  # the console is no OCI challenge path
+    login = await a.client.get("/console/login")
+    for name, value in {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+                        "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}.items():
+        assert login.headers[name] == value, name
+    assert "default-src 'self'" in CSP and "frame-ancestors 'none'" in CSP and "unsafe-inline" not in CSP
+    html = await login.text()
+    assert "<script>" not in html and " on" + "click=" not in html and "style=" not in html  # nothing inline
+    resp = await a.client.post("/console/login", allow_redirects=False, data={
+        "csrf": csrf_of(html), "username": "reader", "api_key": key, "next": "/console/repositories"})
+    assert resp.status == 303 and resp.headers["Location"] == "/console/repositories"
+    cookie = SimpleCookie()
+    for header in resp.headers.getall("Set-Cookie"):
+        cookie.load(header)
+    session = cookie["hzr_console"]
+    assert session["httponly"] and session["samesite"] == "Strict" and session["path"] == "/console/"
+    assert 0 < int(session["max-age"]) <= 900
+    assert not session["secure"]  # plain HTTP here; over TLS the cookie is Secure
+    page = await a.client.get("/console/repositories")
+    assert page.status == 200 and page.headers["Content-Security-Policy"] == CSP
+    assert "team/app" in await page.text()
+    static = await a.client.get("/console/static/console.js")
+    assert static.status == 200 and static.headers["Content-Type"].startswith("text/javascript")
+    assert (await a.client.get("/console/static/..%2fsession.py")).status == 404
+    # /v2 still challenges as before (the console did not change the OCI API)
+    v2 = await a.client.get("/v2/")
+    assert v2.status == 401 and v2.headers["WWW-Authenticate"].startswith("Bearer realm=")
+
+
+async def test_posts_without_csrf_are_refused(auth_assembly: Assembly) -> None:
+    a = auth_assembly
+    key, _ = await _setup(a)
+    # login: the form's value must equal the browser's login cookie (double submit)
+    await a.client.get("/console/login")
+    for form in ({"username": "reader", "api_key": key}, {"csrf": "forged" * 6, "username": "reader", "api_key": key}):
+        resp = await a.client.post("/console/login", data=form, allow_redirects=False)
+        assert resp.status == 403 and "hzr_console=" not in resp.headers.get("Set-Cookie", "")
+    csrf = await console_login(a.client, "reader", key)
+    # logout: the value must be the one signed into the session
+    for form in ({}, {"csrf": "x" * 43}):
+        resp = await a.client.post("/console/logout", data=form, allow_redirects=False)
+        assert resp.status == 403
+        assert (await a.client.get("/console/repositories", allow_redirects=False)).status == 200
+    resp = await a.client.post("/console/logout", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303
+    assert (await a.client.get("/console/repositories", allow_redirects=False)).status == 303
+
+
+async def test_bad_credentials_get_the_form_again(auth_assembly: Assembly) -> None:
+    a = auth_assembly
+    key, _ = await _setup(a)
+    resp = await a.client.get("/console/login")
+    resp = await a.client.post("/console/login", allow_redirects=False, data={
+        "csrf": csrf_of(await resp.text()), "username": "someone-else", "api_key": key})
+    assert resp.status == 401 and "not valid" in await resp.text()
+    assert "hzr_console=" not in resp.headers.get("Set-Cookie", "")
+
+
+async def test_reader_sees_only_what_it_may_pull_and_no_admin_pages(auth_assembly: Assembly) -> None:
+    a = auth_assembly
+    key, _ = await _setup(a)
+    await console_login(a.client, "reader", key)
+    html = await (await a.client.get("/console/repositories")).text()
+    assert "team/app" in html and "secret/app" not in html
+    assert "/console/admin" not in html
+    for path in ("/console/repositories/secret/app", "/console/repositories/secret/app/-/manifest/v1",
+                 "/console/repositories/secret/app/-/vulnerabilities/v1", "/console/admin",
+                 "/console/namespaces/team", "/console/namespaces/secret"):
+        resp = await a.client.get(path, allow_redirects=False)
+        assert resp.status == 403, path
+        assert "/console/admin" not in await resp.text()
+    ok = await a.client.get("/console/repositories/team/app/-/vulnerabilities/v1")
+    text = await ok.text()
+    assert ok.status == 200 and "CVE-2024-0001" in text and "3.0.13-1" in text
+    assert "Permissions and policy" not in await (await a.client.get("/console/repositories/team/app")).text()
+
+
+async def test_admin_sees_admin_and_namespace_pages(auth_assembly: Assembly) -> None:
+    a = auth_assembly
+    _, key = await _setup(a)
+    await console_login(a.client, "admin", key)
+    html = await (await a.client.get("/console/repositories")).text()
+    assert "team/app" in html and "secret/app" in html and "/console/admin" in html
+    admin_page = await a.client.get("/console/admin")
+    text = await admin_page.text()
+    assert admin_page.status == 200
+    for heading in ("Garbage collection", "Storage usage", "Replication"):
+        assert heading in text
+    ns = await a.client.get("/console/namespaces/team")
+    assert ns.status == 200 and "user reader" in await ns.text()
+    assert (await a.client.get("/console/repositories/team/nothing-here")).status == 404
