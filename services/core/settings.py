@@ -64,6 +64,14 @@ class S3BlobSettings(_Section):
     retries: int = Field(
         2, ge=0, le=10, description="Retries of a failed S3 call (connection errors, 5xx), with a short backoff"
     )
+    control_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=120,
+        description="Deadline of the small control calls (upload session records and markers, HEADs, starting "
+        "a multipart upload): an S3 that takes no writes (SeaweedFS for ~15 s after a restart) is a 503 "
+        "after this long, not a request held for read_timeout_seconds; blob transfers are not affected",
+    )
 
 
 BlobSettings = Annotated[FilesystemBlobSettings | S3BlobSettings, Field(discriminator="kind")]

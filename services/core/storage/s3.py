@@ -32,6 +32,12 @@ to S3 once while they stream and never sit whole in memory or on local disk:
   the only slow path. Then the session prefix is deleted. `abort` aborts the multipart upload(s)
   under the session prefix and deletes its objects.
 
+The small control calls (session records, markers, HEADs, starting a multipart upload) use a second
+client whose reads end after `control_timeout_seconds` (default 5 s) and are not retried; blob bytes
+(parts, pending tails, whole small blobs, copies, reads) use the first, which waits up to
+`read_timeout_seconds` for a slow store. An S3 that answers reads but holds writes, as SeaweedFS does
+for ~15 s after a restart, so turns an upload into a fast 503 instead of a request that hangs.
+
 minio 7.2 has no public multipart API; `_create_multipart_upload`, `_upload_part`,
 `_upload_part_copy`, `_complete_multipart_upload`, `_abort_multipart_upload`,
 `_list_multipart_uploads` and `_put_object` (conditional headers; the public put_object turns
@@ -150,6 +156,38 @@ class _State:
         )
 
 
+def _pool(settings: S3BlobSettings, *, read_timeout: float, retry_reads: bool) -> urllib3.PoolManager:
+    """An HTTP pool for minio: connect within `connect_timeout_seconds`, fail a read after `read_timeout`
+    of silence, retry a failed call `retries` times after 0.1 s, 0.2 s, ... (capped at 1 s) without
+    honouring Retry-After (a restarting gateway's would hold a request for its whole length); read
+    timeouts are retried only when `retry_reads` (waiting again on a store that did not answer in time
+    only makes a control call slower)."""
+    return urllib3.PoolManager(
+        maxsize=32,
+        timeout=urllib3.Timeout(connect=settings.connect_timeout_seconds, read=read_timeout),
+        retries=urllib3.Retry(
+            total=settings.retries,
+            read=None if retry_reads else 0,
+            backoff_factor=0.1,
+            backoff_max=1.0,
+            status_forcelist=[500, 502, 503, 504],
+            respect_retry_after_header=False,
+        ),
+    )
+
+
+def _minio(settings: S3BlobSettings, http: urllib3.PoolManager) -> Minio:
+    return Minio(
+        settings.endpoint,
+        access_key=settings.access_key,
+        secret_key=settings.secret_key.get_secret_value(),
+        secure=settings.secure,
+        # Known region: presigning and requests never stop to ask the server for it.
+        region=settings.region,
+        http_client=http,
+    )
+
+
 def _lost(upload_id: str) -> RangeInvalidError:
     return RangeInvalidError(f"upload {upload_id!r} changed while appending (a concurrent append won)")
 
@@ -162,31 +200,17 @@ class S3BlobStore:
         self._bucket = settings.bucket
         self._prefix = settings.prefix.strip("/")
         self._digesters = digesters if digesters is not None else DigesterCache()
-        # Our own pool so close() can release it. Bounded: connecting fails after
-        # `connect_timeout_seconds` (an unreachable S3 is a fast 503), a call fails when S3 sends nothing
-        # for `read_timeout_seconds` (a long transfer is not cut), and a failed call is retried
-        # `retries` times after at most 0.1 s, 0.2 s, ... (capped at 1 s) without honouring a
-        # Retry-After (a restarting gateway's would hold a request for its whole length).
-        self._http = urllib3.PoolManager(
-            maxsize=32,
-            timeout=urllib3.Timeout(connect=settings.connect_timeout_seconds, read=settings.read_timeout_seconds),
-            retries=urllib3.Retry(
-                total=settings.retries,
-                backoff_factor=0.1,
-                backoff_max=1.0,
-                status_forcelist=[500, 502, 503, 504],
-                respect_retry_after_header=False,
-            ),
-        )
-        self._client = Minio(
-            settings.endpoint,
-            access_key=settings.access_key,
-            secret_key=settings.secret_key.get_secret_value(),
-            secure=settings.secure,
-            # Known region: presigning and requests never stop to ask the server for it.
-            region=settings.region,
-            http_client=self._http,
-        )
+        # Our own pools so close() can release them. Bounded: connecting fails after
+        # `connect_timeout_seconds` (an unreachable S3 is a fast 503), a blob call fails when S3 sends
+        # nothing for `read_timeout_seconds` (a long transfer is not cut).
+        self._http = _pool(settings, read_timeout=settings.read_timeout_seconds, retry_reads=True)
+        self._client = _minio(settings, self._http)
+        # The small control calls (session records, markers, HEADs, starting a multipart upload) go
+        # through a second pool whose reads end after `control_timeout_seconds` and are not retried: a
+        # store that takes no writes (SeaweedFS after a restart, until its master is leader again) makes
+        # them fail fast as an outage (503 + Retry-After), where the blob pool would wait 120 s.
+        self._control_http = _pool(settings, read_timeout=settings.control_timeout_seconds, retry_reads=False)
+        self._control = _minio(settings, self._control_http)
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -206,7 +230,7 @@ class S3BlobStore:
 
     def _exists(self, key: str) -> Object | None:
         try:
-            return self._client.stat_object(self._bucket, key)
+            return self._control.stat_object(self._bucket, key)
         except S3Error as exc:
             if exc.code in _MISSING:
                 return None
@@ -247,7 +271,7 @@ class S3BlobStore:
         if not is_upload_id(upload_id):
             raise BlobUploadUnknownError(f"unknown upload {upload_id[:80]!r}")
         try:
-            response = self._client.get_object(self._bucket, self._key(state_key(upload_id)))
+            response = self._control.get_object(self._bucket, self._key(state_key(upload_id)))
         except S3Error as exc:
             if exc.code in _MISSING:
                 raise BlobUploadUnknownError(f"unknown upload {upload_id[:80]!r}") from None
@@ -265,7 +289,7 @@ class S3BlobStore:
         condition = {"If-Match": f'"{etag}"'} if etag is not None else {"If-None-Match": "*"}
         try:
             # Private API: the public put_object would turn the condition into user metadata.
-            result = self._client._put_object(
+            result = self._control._put_object(
                 self._bucket,
                 self._key(state_key(upload_id)),
                 state.encode(),
@@ -285,10 +309,10 @@ class S3BlobStore:
         return token
 
     def _remove(self, key: str) -> None:
-        self._client.remove_object(self._bucket, key)
+        self._control.remove_object(self._bucket, key)
 
     def _create_multipart(self, upload_id: str) -> str:
-        return self._client._create_multipart_upload(
+        return self._control._create_multipart_upload(
             self._bucket, self._key(data_key(upload_id)), {"Content-Type": "application/octet-stream"}
         )
 
@@ -542,7 +566,7 @@ class S3BlobStore:
 
     async def ping(self) -> None:
         try:
-            exists = await asyncio.to_thread(self._client.bucket_exists, self._bucket)
+            exists = await asyncio.to_thread(self._control.bucket_exists, self._bucket)
         except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
             raise UnavailableError(f"S3 at {self._settings.endpoint} unreachable: {exc}") from exc
         if not exists:
@@ -550,6 +574,7 @@ class S3BlobStore:
 
     async def close(self) -> None:
         self._http.clear()
+        self._control_http.clear()
 
 
 class _Append:

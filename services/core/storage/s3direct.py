@@ -217,7 +217,7 @@ class DirectPut:
         self._session = new_upload_id()
         await asyncio.to_thread(self._write_marker, None)
         self._multipart = await asyncio.to_thread(
-            self._store._client._create_multipart_upload,
+            self._store._control._create_multipart_upload,
             self._store._bucket,
             self._target,
             {"Content-Type": "application/octet-stream"},
@@ -228,7 +228,7 @@ class DirectPut:
         assert self._session is not None
         body = json.dumps({"target": self._target, "multipart": multipart}).encode()
         key = self._store._key(direct_key(self._session))
-        self._store._client.put_object(self._store._bucket, key, io.BytesIO(body), len(body))
+        self._store._control.put_object(self._store._bucket, key, io.BytesIO(body), len(body))
         self._marked = time.monotonic()
 
     def _upload_part(self, multipart: str, number: int, data: bytes) -> Part:
