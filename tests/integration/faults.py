@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,7 +81,9 @@ class PrivateServer:
         check = subprocess.run([sys.executable, str(CHECK), *self.probe()], capture_output=True, timeout=15)
         return check.returncode == 0
 
-    def start(self, *, timeout: float = 120.0) -> None:
+    def start(self, *, timeout: float = 120.0, ready: Callable[[], bool] | None = None) -> None:
+        """Start the server and wait until `ready` (default: `healthy`) says yes."""
+        ready = ready or self.healthy
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -90,7 +92,7 @@ class PrivateServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-            if self.healthy():
+            if ready():
                 return
             time.sleep(0.5)
         raise RuntimeError(f"{self.name} not healthy after {timeout}s:\n{self.tail()}")
@@ -180,8 +182,14 @@ class PrivateSeaweedFS(PrivateServer):
         """Listing answers and a write goes through: after a restart SeaweedFS serves reads within ~3 s but
         holds every write until its master is raft leader again and the volume server has re-registered
         (~15 s with -master.electionTimeout=1s, ~28 s with the default 10s), so "back" means writable."""
-        if not super().healthy():
-            return False
+        return self.readable() and self.writable()
+
+    def readable(self) -> bool:
+        """The S3 API answers a listing (writes may still be held)."""
+        return super().healthy()
+
+    def writable(self) -> bool:
+        """A small PUT is stored within 2 s."""
         import urllib3
         from minio import Minio
 

@@ -266,6 +266,67 @@ def test_blob_storage_stopped_and_restarted(reg: RegistryProcess, servers: Serve
     assert_events(reg, kafka, digests)
 
 
+WINDOW_ANSWER_SECONDS = 8.0  # storage.blobs.control_timeout_seconds (5 s) + connect and backoff slack
+
+
+def test_blob_storage_write_window_after_restart(reg: RegistryProcess, servers: Servers) -> None:
+    """After a restart SeaweedFS answers reads within seconds but holds writes until its master is leader
+    again (~15 s). Pushes in that window get 503 + Retry-After (the control calls' 5 s deadline) or succeed,
+    none waits longer than a few seconds; a push succeeds within 5 s of the store taking writes again, and
+    what was pushed before and during the window pulls intact."""
+    _, seaweed, kafka = servers
+    repo = "faults/window"
+    resp, manifest, blobs = push_image(reg, repo, "before")
+    assert resp.status == 201, resp.body
+    pushed = [("before", manifest, blobs)]
+    seaweed.stop(timeout=5)
+    seaweed.start(ready=seaweed.readable)
+    readable_at = time.monotonic()
+    writable_at: list[float] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set() and not seaweed.writable():
+            time.sleep(0.2)
+        writable_at.append(time.monotonic())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    outcomes: list[tuple[float, int, float]] = []  # (started after readable, status, seconds)
+    try:
+        while True:
+            tag = f"window-{len(outcomes)}"
+            started = time.monotonic()
+            (resp, manifest, blobs), seconds = timed_push(reg, repo, tag)
+            outcomes.append((started - readable_at, resp.status, seconds))
+            if resp.status == 503:
+                assert_unavailable(resp, "blob storage")
+            else:
+                assert resp.status == 201, (resp.status, resp.body[:300])
+                pushed.append((tag, manifest, blobs))
+            assert seconds < WINDOW_ANSWER_SECONDS, f"a push during the write window took {seconds:.1f}s"
+            if writable_at:
+                since = time.monotonic() - writable_at[0]
+                if resp.status == 201:
+                    print(f"a push succeeded {since:.2f}s after SeaweedFS took a write again")
+                    break
+                assert since < RECOVERY_SECONDS, f"no push succeeded within {since:.1f}s: {outcomes}"
+            assert time.monotonic() < readable_at + 120, "SeaweedFS never took writes again"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        watcher.join()
+    window = writable_at[0] - readable_at
+    print(f"write window {window:.1f}s after reads answered; pushes (start s, status, seconds): "
+          + ", ".join(f"{t:.1f}/{st}/{sec:.1f}" for t, st, sec in outcomes))
+    if window > WINDOW_ANSWER_SECONDS:
+        assert any(status == 503 for _, status, _ in outcomes), "a write window passed without a 503"
+    for tag, manifest, blobs in pushed:
+        assert_pullable(reg, repo, tag, manifest, blobs)
+    assert outage_log(reg, "blob storage")[2] == 0, reg.log_tail(80)
+    assert_events(reg, kafka, [digest_of(m) for _, m, _ in pushed])
+
+
 def test_blob_storage_killed_mid_pull(reg: RegistryProcess, servers: Servers) -> None:
     """A blob GET streaming when S3 dies ends short of its Content-Length (never wrong bytes); after S3 is
     back, the client's Range resume completes the blob with the right digest."""
