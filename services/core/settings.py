@@ -330,6 +330,19 @@ class GcSettings(_Section):
     settle_seconds: float = Field(
         5.0, ge=0, description="Between marking and deleting, how long GC waits for pushes in flight to show up"
     )
+    incremental_interval_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How often GC looks for candidates (manifests and blobs that tag moves and deletes may have "
+        "orphaned) and, when some are due, runs incrementally over them alone; 0: only full runs on `schedule`",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Metadata commands a run keeps in flight; unset: 2 on SQLite (pushes share its one "
+        "connection), 32 on MongoDB (a run there is round trips)",
+    )
     grpc_addr: str | None = Field(
         None,
         description="host:port of the gc service's gRPC (its server.grpc_addr), which the distribution service "

@@ -43,26 +43,56 @@ async def _expired(docs: DocumentStore, now: float) -> AsyncIterator[dict[str, A
         after = str(page[-1]["_id"])
 
 
+class CacheExpiry:
+    """The expired cache entries of one run, applied to each repository's manifests as the run streams them."""
+
+    def __init__(self, docs: DocumentStore, outbox: Outbox, topics: TopicSettings, expired: dict[str, str], *,
+                 dry_run: bool) -> None:
+        self.docs = docs
+        self.outbox = outbox
+        self.topics = topics
+        self.expired = expired
+        """`repository@digest` -> the entry's `_id`."""
+        self.dry_run = dry_run
+        self._held: set[str] = set()
+
+    @classmethod
+    async def load(cls, docs: DocumentStore, outbox: Outbox, topics: TopicSettings, *, now: float,
+                   dry_run: bool) -> CacheExpiry:
+        expired: dict[str, str] = {}
+        if await docs.count(CACHE, {"kind": "manifest"}):
+            expired = {f"{d['repository']}@{d['digest']}": str(d["_id"]) async for d in _expired(docs, now)}
+        return cls(docs, outbox, topics, expired, dry_run=dry_run)
+
+    async def apply(self, manifests: list[ManifestFacts]) -> list[ManifestFacts]:
+        """`manifests` with the expired cache entries untagged and old (their tags deleted unless dry)."""
+        if not self.expired:
+            return manifests
+        out: list[ManifestFacts] = []
+        for f in manifests:
+            key = f"{f.repository}@{f.digest}"
+            if key in self.expired:
+                self._held.add(key)
+                if f.tagged and not self.dry_run:
+                    await _untag(self.docs, self.outbox, self.topics, f)
+                f = dataclasses.replace(f, tagged=False, created=0.0)
+            out.append(f)
+        return out
+
+    async def finish(self) -> None:
+        """After every repository was applied: drop the entries whose manifest is gone."""
+        gone = [entry for key, entry in self.expired.items() if key not in self._held]
+        if gone and not self.dry_run:
+            await self.docs.delete_many(CACHE, gone)
+
+
 async def expire_cache_entries(docs: DocumentStore, outbox: Outbox, topics: TopicSettings,
                                manifests: list[ManifestFacts], *, now: float, dry_run: bool) -> list[ManifestFacts]:
-    """`manifests` with the expired cache entries untagged and old (their tags deleted unless `dry_run`)."""
-    if not await docs.count(CACHE, {"kind": "manifest"}):
-        return manifests
-    expired = {f"{d['repository']}@{d['digest']}": str(d["_id"]) async for d in _expired(docs, now)}
-    if not expired:
-        return manifests
-    held = {f"{f.repository}@{f.digest}" for f in manifests}
-    if not dry_run:
-        gone = [entry for key, entry in expired.items() if key not in held]
-        if gone:
-            await docs.delete_many(CACHE, gone)
-    out: list[ManifestFacts] = []
-    for f in manifests:
-        if f"{f.repository}@{f.digest}" in expired:
-            if f.tagged and not dry_run:
-                await _untag(docs, outbox, topics, f)
-            f = dataclasses.replace(f, tagged=False, created=0.0)
-        out.append(f)
+    """`manifests` (all of them) with the expired cache entries untagged and old (their tags deleted unless
+    `dry_run`)."""
+    expiry = await CacheExpiry.load(docs, outbox, topics, now=now, dry_run=dry_run)
+    out = await expiry.apply(manifests)
+    await expiry.finish()
     return out
 
 

@@ -15,7 +15,7 @@ every link to it is older than the blob grace period.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 DAY = 86400.0
@@ -184,7 +184,7 @@ def plan_blobs(links: Iterable[LinkFacts], referenced: set[str], limits: Limits)
     return sorted(by_digest.values(), key=lambda c: c.digest)
 
 
-def unlinked_garbage(stored: Iterable[tuple[str, int]], linked: set[str], seen_since: Mapping[str, float],
+def unlinked_garbage(stored: Iterable[tuple[str, int]], linked: Container[str], seen_since: Mapping[str, float],
                      limits: Limits) -> tuple[list[tuple[str, int]], list[str]]:
     """Stored blobs no repository links: (those old enough to delete, those seen for the first time).
     Blob storage keeps no age the port exposes, so an unlinked blob's age starts when a run first sees it."""
@@ -201,3 +201,34 @@ def unlinked_garbage(stored: Iterable[tuple[str, int]], linked: set[str], seen_s
         elif limits.now - since >= limits.blob_grace_seconds:
             delete.append((digest, size))
     return delete, first_seen
+
+
+def next_expiry(manifests: Iterable[ManifestFacts], retention: Mapping[str, Retention], limits: Limits,
+                *, default: Retention = Retention()) -> float | None:
+    """The earliest time after `limits.now` when an untagged manifest reaches its retention age or an orphan
+    referrer its grace period: when a repository kept for age alone is worth looking at again (None: never,
+    unless something changes it)."""
+    out: float | None = None
+    for m in manifests:
+        if m.tagged:
+            continue
+        if m.subject is not None:
+            at = m.created + limits.blob_grace_seconds
+        elif limits.untagged_seconds is not None:
+            at = m.created + limits.untagged_seconds
+        else:
+            days = retention.get(m.repository, default).untagged_after_days
+            if days == 0:
+                continue
+            at = m.created + days * DAY
+        if at > limits.now and (out is None or at < out):
+            out = at
+    return out
+
+
+def links_due(links: Iterable[LinkFacts], limits: Limits) -> float | None:
+    """When every one of a blob's links is past the grace period (None: already)."""
+    newest = max((link.created for link in links), default=None)
+    if newest is None or limits.now - newest >= limits.blob_grace_seconds:
+        return None
+    return newest + limits.blob_grace_seconds

@@ -147,15 +147,18 @@ class GcRuns:
                 except Exception as exc:  # a blip must not end the renewals: the lease would lapse mid-run
                     log.warning("GC run %s could not renew its lease (retrying): %s", run_id, exc)
 
-    async def start(self, *, trigger: str, dry_run: bool = False, grace_seconds: float | None = None) -> str:
-        """Start a run in the background and return its id; RunInProgressError with the running one's id."""
+    async def start(self, *, trigger: str, dry_run: bool = False, grace_seconds: float | None = None,
+                    incremental: bool = False) -> str:
+        """Start a run in the background and return its id; RunInProgressError with the running one's id.
+        `incremental`: over the due candidates only (candidates.py), recorded with `scope` "incremental"."""
         run_id = uuid.uuid4().hex
         await self._take_lease(run_id)
         started = self._clock()
         record = {"_id": run_id, "id": run_id, "newest": newest_key(started, run_id), "trigger": trigger,
                   "dry_run": dry_run, "status": "running", "started": started, "finished": None,
                   "manifests_deleted": 0, "blobs_deleted": 0,
-                  "bytes_freed": 0, "errors": 0, "error_messages": [], "grace_seconds": grace_seconds}
+                  "bytes_freed": 0, "errors": 0, "error_messages": [], "grace_seconds": grace_seconds,
+                  "scope": "incremental" if incremental else "full"}
         await self.docs.put(RUNS, record)
         task = asyncio.create_task(self._run(record, grace_seconds))
         self._tasks.add(task)
@@ -174,7 +177,8 @@ class GcRuns:
         status = "succeeded"
         try:
             result = await self.collector.run(RunOptions(run_id=run_id, dry_run=record["dry_run"],
-                                                         grace_seconds=grace_seconds))
+                                                         grace_seconds=grace_seconds,
+                                                         incremental=record.get("scope") == "incremental"))
         except Exception as exc:
             log.exception("GC run %s failed", run_id)
             status = "failed"
@@ -280,4 +284,4 @@ def _sizes(value: Any) -> dict[str, int]:
 def _public(doc: Document) -> dict[str, Any]:
     keys = ("id", "trigger", "dry_run", "status", "started", "finished", "manifests_deleted", "blobs_deleted",
             "bytes_freed", "errors")
-    return {k: doc.get(k) for k in keys}
+    return {**{k: doc.get(k) for k in keys}, "scope": doc.get("scope") or "full"}

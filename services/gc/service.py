@@ -1,4 +1,5 @@
-"""GC service: runs on `gc.schedule` (one at a time across replicas), and serves the Gc gRPC contract."""
+"""GC service: full runs on `gc.schedule` (one at a time across replicas), incremental runs over the candidates
+its consumers record from tag moves and deletes (candidates.py), and the Gc gRPC contract."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import grpc
 
 from services.core.bootstrap import Container
 from services.core.cron import CronExpression
-from services.core.proto.hanzo.registry.v1 import gc_pb2, gc_pb2_grpc
-from services.core.runtime import ServiceParts, logging_handler
+from services.core.proto.hanzo.registry.v1 import events_pb2, gc_pb2, gc_pb2_grpc
+from services.core.runtime import EventHandler, ServiceParts
+from services.gc.candidates import CandidateStore, candidates_of
 from services.gc.runs import GcRuns, RunInProgressError
 from services.gc.sweep import Collector
 
@@ -29,12 +31,19 @@ DETAILS_DEFAULT = 1000
 DETAILS_MAX = 10_000
 
 
+def concurrency(c: Container) -> int:
+    """`gc.concurrency`, or what suits the metadata store (the setting's description)."""
+    s = c.settings
+    return s.gc.concurrency or (2 if s.metadata.kind == "sqlite" else 32)
+
+
 def build_runs(c: Container) -> GcRuns:
     s = c.settings
     collector = Collector(
         docs=c.docs, blobs=c.blobs, outbox=c.outbox, topics=s.topics, default_policy=s.policy.default,
         blob_grace_seconds=s.gc.blob_grace_seconds, upload_expiry_seconds=s.registry.upload_expiry_seconds,
         settle_seconds=s.gc.settle_seconds, forget_manifest=getattr(c.meta, "forget_manifest", None),
+        concurrency=concurrency(c),
     )
     return GcRuns(c.docs, c.outbox, collector, s.topics, metrics=c.metrics)
 
@@ -116,16 +125,49 @@ async def schedule_loop(runs: GcRuns, expression: CronExpression, stop: asyncio.
     await runs.wait()
 
 
+def candidate_handler(store: CandidateStore) -> EventHandler:
+    """Records what a content event may have orphaned (idempotent: a redelivery makes it due again)."""
+
+    async def handle(envelope: events_pb2.Envelope) -> None:
+        for candidate in candidates_of(envelope):
+            await store.record(candidate)
+
+    return handle
+
+
+async def incremental_loop(runs: GcRuns, interval: float, stop: asyncio.Event) -> None:
+    """Every `interval` seconds, an incremental run when candidates are due (no run, and no history
+    record, when none are)."""
+    store = runs.collector.candidates
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await stop.wait()
+        if stop.is_set():
+            break
+        try:
+            if await store.any_due(now=time.time()):
+                await runs.start(trigger="schedule", incremental=True)
+        except RunInProgressError:
+            pass  # the running run (full or incremental) holds the lease; candidates wait for the next tick
+        except Exception as exc:  # the next tick tries again
+            log.warning("incremental GC did not start: %s", exc)
+    await runs.wait()
+
+
 async def build(c: Container) -> ServiceParts:
     topics = c.settings.topics
     runs = build_runs(c)
     await runs.setup()
     servicer = GcServicer(runs)
-    handler = logging_handler("gc")
+    handler = candidate_handler(runs.collector.candidates)
     loops = []
     if c.settings.gc.enabled:
         expression = CronExpression.parse(c.settings.gc.schedule)
         loops.append(lambda stop: schedule_loop(runs, expression, stop))
+        interval = c.settings.gc.incremental_interval_seconds
+        if interval > 0:
+            loops.append(lambda stop: incremental_loop(runs, interval, stop))
 
     def register(server: grpc.aio.Server) -> None:
         gc_pb2_grpc.add_GcServicer_to_server(servicer, server)

@@ -8,15 +8,26 @@ one first wins), delete, and leave a tombstone. Manifests go first (parents befo
 conditional on the generation read, through the outbox with its ManifestDeleted event); blobs are planned
 after, from what was really deleted. A run that dies leaves `deleting` marks whose lease runs out: the next
 run finishes them (`repair`), and drops every other mark of a dead run.
+
+Memory: the snapshot streams. Manifests are read a repository at a time (their `_id` order groups them) and
+planned there; what kept manifests reference goes into a DigestSet (32 bytes a digest, digestset.py). Blob
+links are read in digest order, so each blob's links arrive together and are judged at once; only the
+garbage among them is held. A run over a million blob records stays within a few hundred MiB.
+
+Incremental runs (`RunOptions.incremental`) examine only the candidates that content events recorded
+(candidates.py): the repositories they name, planned exactly as a full run plans them, and the blobs those
+repositories (or the events) leave unreferenced, each checked against every repository that links it.
+Deletion is the same two-phase path, so a candidate re-linked or re-pushed before its point of no return stays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,16 +42,20 @@ from services.core.settings import TopicSettings
 from services.core.storage import gcmarks as gm
 from services.core.storage import meta as m
 from services.core.storage.blobs import BlobBulkDeleter, BlobStore
-from services.core.storage.documents import Document, DocumentStore, scan
-from services.gc.cache_expiry import expire_cache_entries
+from services.core.storage.documents import Document, DocumentStore
+from services.gc import candidates as cand
+from services.gc.cache_expiry import CacheExpiry
+from services.gc.digestset import DigestSet, DigestSetBuilder
 from services.gc.mark import (
+    BlobCandidate,
     Limits,
     LinkFacts,
     ManifestFacts,
     Retention,
+    links_due,
+    next_expiry,
     plan_blobs,
     plan_manifests,
-    referenced_blobs,
     unlinked_garbage,
 )
 
@@ -53,6 +68,14 @@ LEASE_SECONDS = 600.0
 CLOCK_SLACK_SECONDS = 60.0
 """Manifests stored up to this long before the run started count as 'since': replicas' clocks differ."""
 MIN_UPLOAD_IDLE_SECONDS = 60.0
+CONCURRENCY = 16
+"""Metadata commands of the blob phase in flight at once, by default (each blob's own steps stay in order)."""
+UNLINK_BATCH = 50
+"""Blobs whose links go in one outbox change."""
+CANDIDATES_PER_RUN = 10_000
+"""Candidates an incremental run examines; the rest wait for the next run."""
+MANIFEST_FIELDS = ("repository", "digest", "created", "references", "subject", "generation", "size")
+LINK_FIELDS = ("repository", "digest", "size", "created")
 
 
 @dataclass
@@ -83,10 +106,86 @@ class RunOptions:
     dry_run: bool = False
     grace_seconds: float | None = None
     """Replaces every grace period of the run (the blob grace, the untagged age, upload idleness)."""
+    incremental: bool = False
+    """Examine the due candidates (candidates.py) instead of the whole graph."""
 
 
-def _scan(docs: DocumentStore, collection: str) -> AsyncIterator[Document]:
-    return scan(docs, collection, page=PAGE)
+async def scan(docs: DocumentStore, collection: str, where: Mapping[str, Any] | None = None, *, page: int = PAGE,
+               fields: Sequence[str] | None = None) -> AsyncIterator[Document]:
+    """Every matching document in `_id` order, a page at a time, with only `fields` (a projection: the
+    snapshot never reads a manifest's bytes)."""
+    after: str | None = None
+    while True:
+        batch = await docs.find(collection, where, after=after, limit=page, fields=fields)
+        for doc in batch:
+            yield doc
+        if len(batch) < page:
+            return
+        after = str(batch[-1]["_id"])
+
+
+def _facts(doc: Document) -> ManifestFacts:
+    return ManifestFacts(repository=doc["repository"], digest=doc["digest"], created=float(doc.get("created") or 0.0),
+                         references=tuple(doc.get("references") or ()), subject=doc.get("subject"),
+                         generation=doc.get("generation"), size=int(doc.get("size") or 0))
+
+
+def _link(doc: Document) -> LinkFacts:
+    return LinkFacts(doc["repository"], doc["digest"], int(doc.get("size") or 0), float(doc.get("created") or 0.0))
+
+
+def _groups(page: list[Document]) -> Iterable[list[LinkFacts]]:
+    """Consecutive links of one digest."""
+    group: list[LinkFacts] = []
+    for doc in page:
+        if group and doc["digest"] != group[-1].digest:
+            yield group
+            group = []
+        group.append(_link(doc))
+    if group:
+        yield group
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+class _Accounting:
+    """Bytes per repository (each blob it links), per namespace and in total (a shared blob counted once),
+    from each blob's links at once (links arrive grouped by digest, so nothing per blob is kept)."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, int] = defaultdict(int)
+        self.namespaces: dict[str, int] = defaultdict(int)
+        self.total = 0
+
+    def add(self, links: list[LinkFacts]) -> None:
+        size = links[0].size
+        for link in links:
+            self.repos[link.repository] += link.size
+        for ns in {_namespace(link.repository) for link in links}:
+            self.namespaces[ns] += size
+        self.total += size
+
+    def summary(self) -> dict[str, Any]:
+        # Lists of {name, bytes}, not mappings keyed by name: a repository name may hold dots, which documents
+        # refuse in keys (services/core/storage/docvalues.py).
+        return {
+            "total_bytes": self.total,
+            "namespaces": [{"name": ns, "bytes": size} for ns, size in sorted(self.namespaces.items())],
+            "repositories": [{"name": repo, "bytes": size} for repo, size in sorted(self.repos.items())],
+        }
+
+
+@dataclass
+class _BlobPlan:
+    candidates: list[BlobCandidate] = field(default_factory=list)
+    linked: DigestSetBuilder = field(default_factory=DigestSetBuilder)
+    accounting: _Accounting = field(default_factory=_Accounting)
+
+    def keep(self, links: list[LinkFacts]) -> None:
+        self.linked.add(links[0].digest)
+        self.accounting.add(links)
 
 
 class Collector:
@@ -104,6 +203,7 @@ class Collector:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         forget_manifest: Callable[[str, Digest], None] | None = None,
+        concurrency: int = CONCURRENCY,
     ) -> None:
         self.docs = docs
         self.blobs = blobs
@@ -114,12 +214,20 @@ class Collector:
         self.upload_expiry = upload_expiry_seconds
         self.settle = settle_seconds
         self.marks = gm.GcMarks(docs, clock=clock, sleep=sleep)
+        self.candidates = cand.CandidateStore(docs, clock=clock)
+        self.concurrency = concurrency
+        """Metadata commands in flight at once. Remote stores want many (a run is round trips); the embedded
+        SQLite store has one connection that pushes share, so there a few keep pushes from queueing behind GC."""
         self._clock = clock
         self._sleep = sleep
         self._forget = forget_manifest
 
     async def setup(self) -> None:
         await self.marks.setup()
+        await self.candidates.setup()
+
+    async def _each(self, items: Iterable[Any], step: Callable[[Any], Awaitable[Any]]) -> None:
+        await _each(items, step, workers=self.concurrency)
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -141,57 +249,115 @@ class Collector:
                         untagged_seconds=grace)
         if not options.dry_run:
             await self.repair(options.run_id, result)
-        manifests = [f async for f in self._manifest_facts()]
-        manifests = await expire_cache_entries(self.docs, self.outbox, self.topics, manifests, now=started,
-                                               dry_run=options.dry_run)  # pull-through cache entries
-        retention = await self._retention({f.repository for f in manifests})
-        plan = plan_manifests(manifests, retention, limits)
-        gone = await self._delete_manifests(plan.delete, options, started, result)
-        referenced = referenced_blobs(manifests, gone)
-        del manifests, plan
-        links = [link async for link in self._links()]
-        candidates = plan_blobs(links, referenced, limits)
+        if options.incremental:
+            await self._incremental(options, started, limits, result)
+            return result
+        policies = await self._policies()
+        expiry = await CacheExpiry.load(self.docs, self.outbox, self.topics, now=started,
+                                        dry_run=options.dry_run)  # pull-through cache entries
+        garbage: list[ManifestFacts] = []
+        referenced = DigestSetBuilder()
+        async for facts in self._repositories():
+            facts = await expiry.apply(facts)
+            plan = plan_manifests(facts, self._retention(policies, facts[0].repository), limits)
+            garbage += plan.delete
+            doomed = {f.digest for f in plan.delete}
+            for f in facts:
+                if f.digest not in doomed:
+                    referenced.update(f.references)
+        await expiry.finish()
+        gone = await self._delete_manifests(garbage, options, started, result)
+        for f in garbage:  # kept after all (rescued, re-tagged): what it references stays
+            if (f.repository, f.digest) not in gone:
+                referenced.update(f.references)
+        del garbage
+        blobs = await self._plan_blobs(referenced.build(), limits)
         del referenced
-        deleted_digests = await self._delete_blobs(candidates, options, started, result)
-        linked = {link.digest for link in links if link.digest not in deleted_digests}
-        result.storage = _accounting(link for link in links if link.digest not in deleted_digests)
-        del links, candidates
-        await self._delete_unlinked(linked, options, started, limits, result)
+        deleted = await self._delete_blobs(blobs.candidates, options, started, result)
+        for c in blobs.candidates:
+            if c.digest not in deleted:
+                blobs.linked.add(c.digest)
+                blobs.accounting.add(c.links)
+        result.storage = blobs.accounting.summary()
+        blobs.candidates = []
+        await self._delete_unlinked(blobs.linked.build(), options, started, limits, result)
         await self._expire_uploads(options, limits, result)
         return result
 
     # -- snapshot -------------------------------------------------------------------------------
 
-    async def _manifest_facts(self) -> AsyncIterator[ManifestFacts]:
-        tagged: set[str] = set()
-        async for tag in _scan(self.docs, m.TAGS):
-            tagged.add(f"{tag['repository']}@{tag['digest']}")
-        async for doc in _scan(self.docs, m.MANIFESTS):
-            yield ManifestFacts(
-                repository=doc["repository"], digest=doc["digest"], created=float(doc.get("created") or 0.0),
-                references=tuple(doc.get("references") or ()), subject=doc.get("subject"),
-                tagged=doc["_id"] in tagged, generation=doc.get("generation"), size=int(doc.get("size") or 0),
-            )
+    async def _repositories(self) -> AsyncIterator[list[ManifestFacts]]:
+        """Every repository's manifests, one repository at a time (`_id` = `repository@digest` groups them),
+        without their bytes."""
+        held: list[ManifestFacts] = []
+        async for doc in scan(self.docs, m.MANIFESTS, page=PAGE, fields=MANIFEST_FIELDS):
+            if held and doc["repository"] != held[-1].repository:
+                yield await self._tagged(held)
+                held = []
+                await asyncio.sleep(0)  # planning is CPU: let requests in between repositories
+            held.append(_facts(doc))
+        if held:
+            yield await self._tagged(held)
 
-    async def _links(self) -> AsyncIterator[LinkFacts]:
-        async for doc in _scan(self.docs, m.BLOB_LINKS):
-            yield LinkFacts(doc["repository"], doc["digest"], int(doc.get("size") or 0),
-                            float(doc.get("created") or 0.0))
+    async def _repository(self, repository: str) -> list[ManifestFacts]:
+        held = [_facts(doc) async for doc in scan(self.docs, m.MANIFESTS, {"repository": repository}, page=PAGE,
+                                                  fields=MANIFEST_FIELDS)]
+        return await self._tagged(held) if held else []
 
-    async def _retention(self, repositories: Iterable[str]) -> dict[str, Retention]:
+    async def _tagged(self, held: list[ManifestFacts]) -> list[ManifestFacts]:
+        repository = held[0].repository
+        tagged = {str(t["digest"]) async for t in scan(self.docs, m.TAGS, {"repository": repository}, page=PAGE,
+                                                        fields=("digest",))}
+        return [dataclasses.replace(f, tagged=True) if f.digest in tagged else f for f in held]
+
+    async def _links_by_digest(self) -> AsyncIterator[list[LinkFacts]]:
+        """Every blob's links, one blob at a time, in digest order."""
+        after: str | None = None
+        while True:
+            page = await self.docs.find(m.BLOB_LINKS, order_by="digest", after=after, limit=PAGE,
+                                        fields=LINK_FIELDS)
+            if len(page) < PAGE:
+                for group in _groups(page):
+                    yield group
+                return
+            last = str(page[-1]["digest"])
+            for group in _groups([d for d in page if d["digest"] != last]):
+                yield group
+            # `after` is strict on the digest alone: the last digest's links, however many, by _id.
+            yield [_link(d) async for d in scan(self.docs, m.BLOB_LINKS, {"digest": last}, page=PAGE,
+                                                fields=LINK_FIELDS)]
+            after = last
+            await asyncio.sleep(0)
+
+    async def _plan_blobs(self, referenced: DigestSet, limits: Limits) -> _BlobPlan:
+        """Stream the links: garbage blobs become candidates; the rest are counted and remembered as linked."""
+        out = _BlobPlan()
+        async for links in self._links_by_digest():
+            digest = links[0].digest
+            if digest in referenced:
+                out.keep(links)
+                continue
+            found = plan_blobs(links, set(), limits)
+            if found:
+                out.candidates += found
+            else:
+                out.keep(links)
+        return out
+
+    async def _policies(self) -> dict[str, PolicyDocument]:
         stored: dict[str, PolicyDocument] = {}
-        async for doc in _scan(self.docs, POLICIES):
+        async for doc in scan(self.docs, POLICIES, page=PAGE):
             try:
                 stored[doc["_id"]] = parse_stored(doc.get("document") or {})
             except ValueError as exc:  # a bad row must not stop GC; its repositories get the default
                 log.warning("gc: ignoring unreadable policy %s: %s", doc["_id"], exc)
-        out: dict[str, Retention] = {}
-        for repo in repositories:
-            namespace = _namespace(repo)
-            policy = effective(self.default_policy, namespace=stored.get(f"ns:{namespace}"),
-                               repository=stored.get(f"repo:{repo}"))
-            out[repo] = Retention(policy.retention.untagged_after_days, policy.retention.keep_last)
-        return out
+        return stored
+
+    def _retention(self, stored: dict[str, PolicyDocument], repo: str) -> dict[str, Retention]:
+        namespace = _namespace(repo)
+        policy = effective(self.default_policy, namespace=stored.get(f"ns:{namespace}"),
+                           repository=stored.get(f"repo:{repo}"))
+        return {repo: Retention(policy.retention.untagged_after_days, policy.retention.keep_last)}
 
     async def _recent_references(self, started: float) -> set[str]:
         """What manifests stored since the run started reference (as `repo@digest` and bare digests)."""
@@ -208,6 +374,86 @@ class Collector:
                 return out
             after = float(page[-1]["created"])
 
+    # -- incremental ------------------------------------------------------------------------------
+
+    async def _incremental(self, options: RunOptions, started: float, limits: Limits, result: RunResult) -> None:
+        """Examine the due candidates (module docstring); each is then removed, or deferred to when what kept
+        it stops counting. A failed run leaves them all for the next one."""
+        due = await self.candidates.due(now=started, limit=CANDIDATES_PER_RUN)
+        if not due:
+            return
+        repos = sorted({str(d["name"]) for d in due if d["kind"] == cand.REPOSITORY})
+        policies = await self._policies()
+        garbage: list[ManifestFacts] = []
+        held: dict[str, list[ManifestFacts]] = {}
+        later: dict[str, float | None] = {}  # candidate key -> when to look again
+        for repo in repos:
+            facts = held[repo] = await self._repository(repo)
+            retention = self._retention(policies, repo)
+            garbage += plan_manifests(facts, retention, limits).delete
+            later[cand.Candidate(cand.REPOSITORY, repo).key] = next_expiry(facts, retention, limits)
+        gone = await self._delete_manifests(garbage, options, started, result)
+        # What each repository's remaining manifests reference (others are read when a blob needs them).
+        refs = {repo: {r for f in facts if (repo, f.digest) not in gone for r in f.references}
+                for repo, facts in held.items()}
+        del held, garbage
+        origin: dict[str, set[str]] = defaultdict(set)  # digest -> candidate keys that led to it
+        for d in due:
+            if d["kind"] == cand.BLOB:
+                origin[str(d["name"])].add(str(d["_id"]))
+        for repo in repos:
+            async for doc in scan(self.docs, m.BLOB_LINKS, {"repository": repo}, page=PAGE, fields=("digest",)):
+                if doc["digest"] not in refs[repo]:
+                    origin[str(doc["digest"])].add(cand.Candidate(cand.REPOSITORY, repo).key)
+        blob_candidates: list[BlobCandidate] = []
+        unlinked: list[str] = []
+        for digest in sorted(origin):
+            links = [_link(doc) async for doc in scan(self.docs, m.BLOB_LINKS, {"digest": digest}, page=PAGE,
+                                                      fields=LINK_FIELDS)]
+            if not links:
+                unlinked.append(digest)
+            elif not await self._referenced_in(digest, {x.repository for x in links}, refs):
+                at = links_due(links, limits)
+                if at is None:
+                    blob_candidates += plan_blobs(links, set(), limits)
+                for key in origin[digest]:
+                    later[key] = _earliest(later.get(key), at)
+        await self._delete_blobs(blob_candidates, options, started, result)
+        stored = []
+        for digest in unlinked:
+            info = await self.blobs.stat(Digest.parse(digest))
+            if info is not None:
+                stored.append((digest, info.size))
+        seen = await self._seen([d for d, _ in stored])
+        waits = await self._sweep_unlinked(stored, DigestSet(), seen, options, started, limits, result)
+        for digest, at in waits.items():
+            for key in origin[digest]:
+                later[key] = _earliest(later.get(key), at)
+        if options.dry_run or result.errors:
+            return  # a failed part is retried by the next run, which finds the candidates still due
+        for doc in due:
+            at = later.get(str(doc["_id"]))
+            if at is None:
+                await self.candidates.done(doc)
+            else:
+                await self.candidates.defer(doc, due=at)
+
+    async def _referenced_in(self, digest: str, repositories: set[str], refs: dict[str, set[str]]) -> bool:
+        """Whether a manifest of one of `repositories` references `digest` (a repository's references are
+        read once per run, and only when a blob asks)."""
+        for repo in sorted(repositories, key=lambda r: r not in refs):
+            if repo not in refs:
+                refs[repo] = {r async for doc in scan(self.docs, m.MANIFESTS, {"repository": repo}, page=PAGE,
+                                                      fields=("references",))
+                              for r in doc.get("references") or ()}
+            if digest in refs[repo]:
+                return True
+        return False
+
+    async def _seen(self, digests: list[str]) -> dict[str, float]:
+        found = await self.marks.get_many([gm.blob_key(d) for d in digests])
+        return {k[2:]: float(v.get("since", 0.0)) for k, v in found.items() if v.get("state") == gm.SEEN}
+
     # -- manifests ------------------------------------------------------------------------------
 
     async def _delete_manifests(self, garbage: list[ManifestFacts], options: RunOptions, started: float,
@@ -220,9 +466,9 @@ class Collector:
             result.manifests_deleted = len(garbage)
             return gone
         stays: set[tuple[str, str]] = set()  # what a manifest that stayed references: it stays too
-        for f in garbage:  # every mark first, then one settle: not one per batch
-            await self.marks.mark(gm.manifest_key(f.repository, f.digest), run=options.run_id,
-                                  extra={"generation": f.generation})
+        # Every mark first, then one settle: not one per batch.
+        await self._each(garbage, lambda f: self.marks.mark(gm.manifest_key(f.repository, f.digest),
+                                                            run=options.run_id, extra={"generation": f.generation}))
         if garbage:
             await self._sleep(self.settle)
         for batch in _batches(garbage, BATCH):
@@ -230,7 +476,7 @@ class Collector:
             for f in batch:  # parents before children (plan order)
                 key = gm.manifest_key(f.repository, f.digest)
                 if f"{f.repository}@{f.digest}" in recent or (f.repository, f.digest) in stays:
-                    await self.marks.release(key, state=gm.MARKED)
+                    await self._let_go(key)
                     stays |= _points_at(f)
                 elif not await self.marks.claim(key, run=options.run_id, until=self._clock() + LEASE_SECONDS):
                     await self.marks.release(key, state=gm.RESCUED)
@@ -265,9 +511,14 @@ class Collector:
         result.deleted.append(Deleted("manifest", f.repository, f.digest, f.size))
         return True
 
+    async def _let_go(self, key: str) -> None:
+        """Drop this run's mark on something that stays, whether or not a push rescued it meanwhile."""
+        if not await self.marks.release(key, state=gm.MARKED):
+            await self.marks.release(key, state=gm.RESCUED)
+
     # -- blobs ----------------------------------------------------------------------------------
 
-    async def _delete_blobs(self, candidates: list[Any], options: RunOptions, started: float,
+    async def _delete_blobs(self, candidates: list[BlobCandidate], options: RunOptions, started: float,
                             result: RunResult) -> set[str]:
         deleted: set[str] = set()
         if options.dry_run:
@@ -276,11 +527,11 @@ class Collector:
                 result.deleted.append(Deleted("blob", ",".join(sorted({x.repository for x in c.links})),
                                               c.digest, c.size))
                 result.bytes_freed += c.size
-            result.blobs_deleted = len(candidates)
+            result.blobs_deleted += len(candidates)
             return deleted
         # Every mark first, then one settle (not one per batch). Blobs are independent of each other, so each
-        # step goes CONCURRENCY at a time: on a remote metadata store a run is round trips, not work.
-        await _each(candidates, lambda c: self.marks.mark(
+        # step goes `concurrency` at a time: on a remote metadata store a run is round trips, not work.
+        await self._each(candidates, lambda c: self.marks.mark(
             gm.blob_key(c.digest), run=options.run_id,
             extra={"links": [{"r": x.repository, "c": x.created} for x in c.links], "size": c.size}))
         if candidates:
@@ -289,16 +540,16 @@ class Collector:
             recent = await self._recent_references(started)
             claimed = []
 
-            async def settle(c: Any) -> None:
+            async def settle(c: BlobCandidate) -> None:
                 key = gm.blob_key(c.digest)
                 if c.digest in recent:  # noqa: B023 - awaited within the iteration
-                    await self.marks.release(key, state=gm.MARKED)
+                    await self._let_go(key)
                 elif await self.marks.claim(key, run=options.run_id, until=self._clock() + LEASE_SECONDS):
                     claimed.append(c)  # noqa: B023
                 else:
                     await self.marks.release(key, state=gm.RESCUED)
 
-            await _each(batch, settle)
+            await self._each(batch, settle)
             done = await self._finish_blobs([(c.digest, c.size, [(x.repository, x.created) for x in c.links])
                                              for c in claimed], result)
             deleted |= done
@@ -307,26 +558,37 @@ class Collector:
     async def _finish_blobs(self, claimed: list[tuple[str, int, list[tuple[str, float]]]],
                             result: RunResult) -> set[str]:
         """Past the point of no return: the links as read (a re-link since wins: the bytes stay), then the
-        bytes in one bulk delete, then tombstones."""
+        bytes in one bulk delete, then tombstones. The links of up to UNLINK_BATCH blobs go in one outbox
+        change (partial: each link's delete is conditional on its own), so a blob costs its conditional
+        deletes and a share of one intent, not an intent of its own."""
         ready: list[tuple[str, int, list[tuple[str, float]]]] = []
 
-        async def unlink(item: tuple[str, int, list[tuple[str, float]]]) -> None:
-            digest, _, links = item
-            ops = [Delete(m.BLOB_LINKS, f"{repo}@{digest}", expect={"created": created}) for repo, created in links]
-            outbound = [self._event(events.blob_deleted(repo, Digest.parse(digest), actor=ACTOR), op=i)
-                        for i, (repo, _) in enumerate(links)]
+        async def unlink(items: list[tuple[str, int, list[tuple[str, float]]]]) -> None:
+            ops: list[Delete] = []
+            outbound: list[OutboundEvent] = []
+            spans: list[tuple[int, int]] = []
+            for digest, _, links in items:
+                first = len(ops)
+                for repo, created in links:
+                    outbound.append(self._event(events.blob_deleted(repo, Digest.parse(digest), actor=ACTOR),
+                                                op=len(ops)))
+                    ops.append(Delete(m.BLOB_LINKS, f"{repo}@{digest}", expect={"created": created}))
+                spans.append((first, len(ops)))
             try:
                 committed = await self.outbox.commit(ops, outbound, partial=True) if ops else None
             except Exception as exc:
-                result.errors.append(f"blob {digest}: {exc}"[:500])
-                await self.marks.release(gm.blob_key(digest))
+                for digest, _, _ in items:
+                    result.errors.append(f"blob {digest}: {exc}"[:500])
+                    await self.marks.release(gm.blob_key(digest))
                 return
-            if committed is not None and not committed.complete:
-                await self.marks.release(gm.blob_key(digest))  # linked again meanwhile: it stays
-                return
-            ready.append(item)
+            for item, (a, b) in zip(items, spans, strict=True):
+                if committed is not None and not all(committed.applied[a:b]):
+                    await self.marks.release(gm.blob_key(item[0]))  # linked again meanwhile: it stays
+                else:
+                    ready.append(item)
 
-        await _each(claimed, unlink)
+        groups = _batches(claimed, max(1, min(UNLINK_BATCH, -(-len(claimed) // self.concurrency))))
+        await self._each(groups, unlink)
         ready.sort(key=lambda item: item[0])
         if not ready:
             return set()
@@ -341,8 +603,8 @@ class Collector:
                 except Exception:
                     failed.add(str(d))
         done: set[str] = set()
-        await _each([d for d, _, _ in ready if d in failed], lambda d: self.marks.release(gm.blob_key(d)))
-        await _each([d for d, _, _ in ready if d not in failed], lambda d: self.marks.bury(gm.blob_key(d)))
+        await self._each([d for d, _, _ in ready if d in failed], lambda d: self.marks.release(gm.blob_key(d)))
+        await self._each([d for d, _, _ in ready if d not in failed], lambda d: self.marks.bury(gm.blob_key(d)))
         for digest, size, links in ready:
             if digest in failed:
                 result.errors.append(f"blob {digest}: could not delete its bytes; the next run retries")
@@ -354,19 +616,31 @@ class Collector:
             result.deleted.append(Deleted("blob", repos, digest, size))
         return done
 
-    async def _delete_unlinked(self, linked: set[str], options: RunOptions, started: float, limits: Limits,
+    async def _delete_unlinked(self, linked: DigestSet, options: RunOptions, started: float, limits: Limits,
                                result: RunResult) -> None:
+        """Stored bytes no repository links (a push that never linked, a link deleted by hand)."""
         seen = {str(d["_id"])[2:]: float(d.get("since", 0.0)) for d in await self.marks.all_in_state(gm.SEEN)}
-        stored = [(str(info.digest), info.size) async for info in self.blobs.iter_all()]
+        stored = [(str(info.digest), info.size) async for info in self.blobs.iter_all()
+                  if str(info.digest) not in linked]
+        await self._sweep_unlinked(stored, linked, seen, options, started, limits, result)
+
+    async def _sweep_unlinked(self, stored: list[tuple[str, int]], linked: DigestSet, seen: dict[str, float],
+                              options: RunOptions, started: float, limits: Limits,
+                              result: RunResult) -> dict[str, float]:
+        """Two-phase deletion of unlinked bytes old enough (`unlinked_garbage`); returns, for those not yet,
+        when they will be."""
         delete, first_seen = unlinked_garbage(stored, linked, seen, limits)
-        for digest in set(seen) & linked:
+        waits = {d: (seen.get(d, limits.now) + limits.blob_grace_seconds) for d, _ in stored}
+        for digest, _ in delete:
+            waits.pop(digest, None)
+        for digest in [d for d in seen if d in linked]:
             await self.marks.release(gm.blob_key(digest), state=gm.SEEN)
         if options.dry_run:
             for digest, size in delete:
                 result.deleted.append(Deleted("blob", "", digest, size))
                 result.blobs_deleted += 1
                 result.bytes_freed += size
-            return
+            return waits
         for digest in first_seen:
             await self.marks.see(gm.blob_key(digest), since=limits.now)
         for digest, _ in delete:
@@ -386,6 +660,7 @@ class Collector:
                 else:
                     await self.marks.release(key, state=gm.RESCUED)
             await self._finish_blobs(claimed, result)
+        return waits
 
     # -- uploads --------------------------------------------------------------------------------
 
@@ -449,12 +724,8 @@ def _namespace(repository: str) -> str:
         return repository.split("/", 1)[0]
 
 
-CONCURRENCY = 16
-"""Metadata commands of the blob phase in flight at once (each blob's own steps stay in order)."""
-
-
-async def _each(items: Iterable[Any], step: Callable[[Any], Awaitable[Any]]) -> None:
-    """`step` for every item, CONCURRENCY at a time (that many workers, not a task per item: a phase may have
+async def _each(items: Iterable[Any], step: Callable[[Any], Awaitable[Any]], *, workers: int = CONCURRENCY) -> None:
+    """`step` for every item, `workers` at a time (that many workers, not a task per item: a phase may have
     a million); the first error is raised once the workers stop."""
     source = iter(items)
     errors: list[BaseException] = []
@@ -468,7 +739,7 @@ async def _each(items: Iterable[Any], step: Callable[[Any], Awaitable[Any]]) -> 
             except Exception as exc:
                 errors.append(exc)
 
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(worker() for _ in range(max(1, workers))))
     if errors:
         raise errors[0]
 
@@ -476,21 +747,3 @@ async def _each(items: Iterable[Any], step: Callable[[Any], Awaitable[Any]]) -> 
 def _batches(items: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def _accounting(links: Iterable[LinkFacts]) -> dict[str, Any]:
-    """Bytes per repository (each blob it links), per namespace and in total (a shared blob counted once)."""
-    repos: dict[str, int] = defaultdict(int)
-    namespaces: dict[str, dict[str, int]] = defaultdict(dict)
-    total: dict[str, int] = {}
-    for link in links:
-        repos[link.repository] += link.size
-        namespaces[_namespace(link.repository)][link.digest] = link.size
-        total[link.digest] = link.size
-    # Lists of {name, bytes}, not mappings keyed by name: a repository name may hold dots, which documents
-    # refuse in keys (services/core/storage/docvalues.py).
-    return {
-        "total_bytes": sum(total.values()),
-        "namespaces": [{"name": ns, "bytes": sum(d.values())} for ns, d in sorted(namespaces.items())],
-        "repositories": [{"name": repo, "bytes": size} for repo, size in sorted(repos.items())],
-    }

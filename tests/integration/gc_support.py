@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from services.core.bootstrap import Container
+from services.core.runtime import EventConsumer
 from services.core.storage.gcmarks import GC_MARKS
+from services.gc import service as gc_service
+from services.gc.candidates import CANDIDATES
+from services.gc.runs import GcRuns
 from services.gc.sweep import Collector
 from tests.integration.oci import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, digest_of
 
@@ -26,7 +33,7 @@ def collector(c: Container, *, settle: float = 0.05, grace: float = 3600.0) -> C
 
 
 async def drop_gc_collections(c: Container) -> None:
-    for name in (GC_MARKS, "gc_runs", "gc_run_items", "gc_storage"):
+    for name in (GC_MARKS, CANDIDATES, "gc_runs", "gc_run_items", "gc_storage"):
         await c.docs.drop_collection(name)
 
 
@@ -120,3 +127,36 @@ async def pull_exact(client: TestClient, repo: str, reference: str, image: Image
         resp = await client.get(f"/v2/{repo}/blobs/{digest}")
         assert resp.status == 200, f"{repo} lost blob {digest}: {resp.status}"
         assert await resp.read() == data, f"{repo} blob {digest} has other bytes"
+
+
+@contextlib.asynccontextmanager
+async def gc_consumers(c: Container) -> AsyncIterator[GcRuns]:
+    """The gc service's consumers (candidates from tag moves and deletes) running on the assembly's event
+    log (Kafka on the distributed one), in a consumer group of the test's own; yields its runs (no loops)."""
+    parts = await gc_service.build(c)
+    runs = gc_service.build_runs(c)
+    await runs.setup()
+    group = f"hanzo-registry.gc-test-{uuid.uuid4().hex[:8]}"
+    consumers = [EventConsumer(events=c.events, docs=c.docs, metrics=c.metrics, service=parts.name, topic=topic,
+                               group=group, handler=handler, settings=c.settings.consumer)
+                 for topic, handler in parts.consumes]
+    for consumer in consumers:
+        await consumer.setup()
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(consumer.run(stop)) for consumer in consumers]
+    try:
+        yield runs
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runs.wait()
+
+
+async def wait_for_candidates(c: Container, keys: set[str], *, timeout: float = 60.0) -> None:
+    """Until every one of `keys` is a recorded candidate (the events went through the relay and the log)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            found = await c.docs.get_many(CANDIDATES, sorted(keys))
+            if set(found) == keys:
+                return
+            await asyncio.sleep(0.1)

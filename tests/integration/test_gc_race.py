@@ -1,5 +1,6 @@
 """GC runs back to back while clients push new images, re-push and mount exactly the blobs being swept, push
-indexes of untagged children and move tags; afterwards every image that should exist pulls byte-exact."""
+indexes of untagged children and move tags; afterwards every image that should exist pulls byte-exact. Full and
+incremental runs take turns, the gc consumers recording candidates from the tag moves meanwhile."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tests.integration.gc_support import (
     Image,
     collector,
     drop_gc_collections,
+    gc_consumers,
     make_image,
     make_index,
     pull_exact,
@@ -34,7 +36,7 @@ async def test_pushes_mounts_and_tag_moves_during_gc_lose_nothing(assembly: Asse
         nonlocal runs, swept
         while not stop.is_set():
             # grace 0: every untagged manifest and unreferenced blob is garbage at once.
-            result = await gc.run(RunOptions(run_id=uuid.uuid4().hex, grace_seconds=0))
+            result = await gc.run(RunOptions(run_id=uuid.uuid4().hex, grace_seconds=0, incremental=runs % 2 == 1))
             assert not result.errors, result.errors
             runs += 1
             swept += result.blobs_deleted + result.manifests_deleted
@@ -71,6 +73,8 @@ async def test_pushes_mounts_and_tag_moves_during_gc_lose_nothing(assembly: Asse
         expected[("race/app", f"index-{n}")] = index
         expected[("race/app", f"moving-{n}")] = moved
 
+    consuming = gc_consumers(c)
+    await consuming.__aenter__()
     collecting = asyncio.create_task(collect())
     try:
         for n in range(ROUNDS):
@@ -85,4 +89,5 @@ async def test_pushes_mounts_and_tag_moves_during_gc_lose_nothing(assembly: Asse
     finally:
         stop.set()
         await asyncio.gather(collecting, return_exceptions=True)
+        await consuming.__aexit__(None, None, None)
         await drop_gc_collections(c)

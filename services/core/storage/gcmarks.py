@@ -36,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from services.core.events.outbox import LEASES
 from services.core.oci.digest import Digest
-from services.core.storage.documents import Document, DocumentStore, Index
+from services.core.storage.documents import Document, DocumentStore, DuplicateKeyError, Index
 from services.core.storage.meta import BLOB_LINKS, MANIFESTS
 
 GC_MARKS = "gc_marks"
@@ -190,7 +190,13 @@ class GcMarks:
 
     async def mark(self, key: str, *, run: str, extra: Mapping[str, Any] | None = None) -> None:
         """Phase one: mark `key` for run `run` (replacing a seen, rescued or stale mark)."""
-        await self.docs.put(GC_MARKS, {"_id": key, "state": MARKED, "run": run, "at": self._clock(), **(extra or {})})
+        doc = {"_id": key, "state": MARKED, "run": run, "at": self._clock(), **(extra or {})}
+        try:
+            # Most keys have no mark yet: an insert is one atomic command even on FerretDB, where a replace
+            # takes its lease lock (three round trips). An existing one (seen, rescued, a tombstone) is replaced.
+            await self.docs.insert(GC_MARKS, doc)
+        except DuplicateKeyError:
+            await self.docs.put(GC_MARKS, doc)
 
     async def see(self, key: str, *, since: float) -> None:
         await self.docs.put(GC_MARKS, {"_id": key, "state": SEEN, "since": since})
