@@ -468,3 +468,104 @@ async def test_containerd_mirror_requests_map_ns_to_a_remote(tmp_path: Path) -> 
         # Without ns, or with a host no remote has, the path is a local repository.
         assert (await cache.client.get("/v2/team/app/manifests/v1")).status == 404
         assert (await cache.client.get("/v2/team/app/manifests/v1", params={"ns": "quay.io"})).status == 404
+
+
+# ------------------------------------------------------------------------------------------ bad and slow upstreams
+
+
+@contextlib.asynccontextmanager
+async def faulty_upstream(image: Image) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """An upstream serving one image at team/app:v1 that, when told, serves a layer whose bytes do not match its
+    digest (same length), or answers manifests only after `delay` seconds."""
+    from aiohttp import web
+
+    state: dict[str, Any] = {"corrupt": False, "delay": 0.0}
+    blobs = {str(Digest.of(b)): b for b in (image.config, *image.layers)}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if "/manifests/" in path:
+            await asyncio.sleep(state["delay"])
+            headers = {"Content-Type": mt.OCI_MANIFEST, "Docker-Content-Digest": str(image.digest)}
+            return web.Response(body=None if request.method == "HEAD" else image.manifest, headers=headers)
+        digest = path.rsplit("/", 1)[-1]
+        if "/blobs/" in path and digest in blobs:
+            data = blobs[digest]
+            if request.method == "HEAD":
+                return web.Response(headers={"Content-Length": str(len(data))})
+            if state["corrupt"]:
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
+            return web.Response(body=data)
+        return web.json_response({"errors": [{"code": "NOT_FOUND", "message": "no"}]}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"127.0.0.1:{port}", state
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_blob_whose_digest_does_not_verify_fails_the_pull_and_is_not_cached(tmp_path: Path) -> None:
+    image = make_image(layer_sizes=(200_000,))
+    layer = Digest.of(image.layers[0])
+    async with faulty_upstream(image) as (upstream, state), \
+            cache_registry("embedded", tmp_path / "cache", [remote("bad", upstream)]) as cache:
+        state["corrupt"] = True
+        resp = await cache.client.get(f"/v2/cache/bad/team/app/blobs/{layer}")
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # ends short of its Content-Length: an error for any client
+        assert await cache.c.blobs.stat(layer) is None
+        assert await cache.c.meta.blob_link("cache/bad/team/app", layer) is None
+        assert metric(cache, "hanzo_registry_cache_upstream_errors_total", remote="bad", reason="digest") == 1
+        # The upstream serves the right bytes again: fetched anew, verified, cached.
+        state["corrupt"] = False
+        resp = await cache.client.get(f"/v2/cache/bad/team/app/blobs/{layer}")
+        assert resp.status == 200 and await resp.read() == image.layers[0]
+        assert await cache.c.blobs.stat(layer) is not None
+
+
+async def test_a_slow_upstream_serves_cached_content_stale_or_fails_with_502(tmp_path: Path) -> None:
+    image = make_image()
+    async with faulty_upstream(image) as (upstream, state), \
+            cache_registry("embedded", tmp_path / "cache", [remote("slow", upstream, ttl=0)],
+                           timeout_seconds=0.5) as cache:
+        resp = await cache.client.get("/v2/cache/slow/team/app/manifests/v1", headers={"Accept": mt.OCI_MANIFEST})
+        assert resp.status == 200 and "Warning" not in resp.headers
+        state["delay"] = 3.0  # slower than proxy.timeout_seconds
+        resp = await cache.client.get("/v2/cache/slow/team/app/manifests/v1", headers={"Accept": mt.OCI_MANIFEST})
+        assert resp.status == 200 and resp.headers["Warning"] == '110 - "stale"'
+        assert await resp.read() == image.manifest
+        resp = await cache.client.get("/v2/cache/slow/team/other/manifests/v1")
+        assert resp.status == 502
+        assert "no answer in time" in (await resp.json())["errors"][0]["message"]
+        assert metric(cache, "hanzo_registry_cache_upstream_errors_total", remote="slow", reason="timeout") == 2
+
+
+async def test_token_auth_upstream_of_our_own_kind(tmp_path: Path) -> None:
+    """The upstream is this registry with token auth on: the cache's OCI client does the token dance with the
+    remote's configured credentials."""
+    key = generate_key().key
+    settings = embedded_settings(tmp_path / "up", proxy={"enabled": False}).model_copy(
+        update={"auth": AuthSettings(mode="token", bootstrap_admin_key=SecretStr(key))})
+    (tmp_path / "up").mkdir(parents=True, exist_ok=True)
+    async with running(settings, "embedded") as up:
+        image = make_image()
+        options = ClientOptions(registries={address(up): RegistryOptions(credentials=Credentials("admin", key))})
+        async with OciClient(options) as client:
+            await push_image(client, RemoteRepository(address(up), "team/app"), image, tag="v1")  # type: ignore[arg-type]
+        async with cache_registry("embedded", tmp_path / "cache",
+                                  [remote("up", address(up), username="admin", password=key)]) as cache, \
+                OciClient() as client:
+            cached = RemoteRepository(address(cache), "cache/up/team/app")  # type: ignore[arg-type]
+            assert await pull_image(client, cached, "v1") == (image.manifest, [image.config, *image.layers])
+            assert metric(up, "hanzo_registry_http_requests_total", route="token") >= 1
+        # Without the credentials the upstream refuses, and the client is told so (502 naming the answer).
+        async with cache_registry("embedded", tmp_path / "anon", [remote("up", address(up))]) as cache:
+            resp = await cache.client.get("/v2/cache/up/team/app/manifests/v1")
+            assert resp.status == 502 and "401" in (await resp.json())["errors"][0]["message"]

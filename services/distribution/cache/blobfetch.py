@@ -1,7 +1,12 @@
 """One upstream fetch per blob digest, shared by every client that asks for it meanwhile (single flight,
 per process). The fetch runs on its own (a client that goes away stops nothing): its bytes go to the blob store,
-which commits them only once the digest verifies, and to a spool file that every waiting client reads as it
-grows, each at its own pace, so nobody waits for the whole blob and no blob is ever held in memory.
+which commits them only once the digest verifies, and stay in a bounded memory window (`window` bytes, the
+newest) from which every client that keeps up is served as they arrive, each at its own pace, so nobody waits
+for the whole blob and no blob is ever held in memory whole. A client that falls behind the window (or joins
+after its start has gone) gets the rest from the blob store once the fetch is stored.
+
+Nothing is written twice: the bytes go to the blob store only (an earlier version also wrote a spool file for the
+readers, which on a disk whose page-cache writes are slow halved a cold pull's speed; bench/cache.py).
 
 A reader gets the blob's last byte only after the store committed it: when the digest does not verify, every
 client's transfer ends short of its Content-Length (an error for any client) and nothing is cached.
@@ -10,19 +15,21 @@ client's transfer ends short of its Content-Length (an error for any client) and
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import bisect
+import collections
 import logging
-import os
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Final
 
 from services.core.oci.digest import Digest
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK: Final = 1 << 20
+WINDOW: Final = 16 << 20
+"""Bytes of a fetch kept in memory for the readers that keep up with it (the newest)."""
+
+ReadStored = Callable[[int, int], AsyncIterator[bytes]]
+"""(offset, length) -> the stored blob's bytes, once the fetch committed it."""
 
 
 class FetchFailedError(Exception):
@@ -35,19 +42,32 @@ class FetchFailedError(Exception):
 
 class BlobFetch:
     """One blob coming from upstream. `source()` yields its verified bytes (the OCI client's pull, which
-    raises after the last chunk if the digest does not match); `store(chunks)` stores them."""
+    raises after the last chunk if the digest does not match); `store(chunks)` stores them; `read_stored`
+    reads them back once stored."""
 
-    def __init__(self, digest: Digest, size: int, *, repository: str, spool_dir: Path,
-                 source: Callable[[], AsyncIterator[bytes]],
-                 store: Callable[[AsyncIterable[bytes]], Awaitable[object]]) -> None:
+    def __init__(
+        self,
+        digest: Digest,
+        size: int,
+        *,
+        repository: str,
+        source: Callable[[], AsyncIterator[bytes]],
+        store: Callable[[AsyncIterable[bytes]], Awaitable[object]],
+        read_stored: ReadStored,
+        window: int = WINDOW,
+    ) -> None:
         self.digest, self.size, self.repository = digest, size, repository
-        self.path = spool_dir / f"{digest.hex[:32]}-{uuid.uuid4().hex}.part"
-        self._source, self._store = source, store
+        self._source, self._store, self._read_stored = source, store, read_stored
+        self._window = window
+        self._chunks: collections.deque[tuple[int, bytes]] = collections.deque()
+        """(offset, bytes) of the newest chunks, contiguous, from `window_start` to `available`."""
+        self._held = 0
+        self.window_start = 0
         self.available = 0
         self.done = False
         self.error: BaseException | None = None
         self._changed = asyncio.Event()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._finished = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     def start(self, on_done: Callable[[BlobFetch], None]) -> None:
@@ -59,11 +79,11 @@ class BlobFetch:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
             finally:
-                os.close(self._fd)
                 self.done = True
+                self._chunks.clear()
+                self._held = 0
                 on_done(self)
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)  # readers keep their open descriptors
+                self._finished.set()
                 self._notify()
 
         self.task = asyncio.get_running_loop().create_task(run(), name=f"pull-through {self.digest}")
@@ -78,38 +98,52 @@ class BlobFetch:
 
     async def _tee(self) -> AsyncIterator[bytes]:
         async for chunk in self._source():
-            view = memoryview(chunk)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            if not chunk:
+                continue
+            self._chunks.append((self.available, chunk))
             self.available += len(chunk)
+            self._held += len(chunk)
+            while self._held - len(self._chunks[0][1]) >= self._window:
+                offset, old = self._chunks.popleft()
+                self._held -= len(old)
+                self.window_start = offset + len(old)
             self._notify()
             yield chunk
-
-    def open(self) -> int:
-        """A descriptor on the spool file for one reader: take it while the fetch is registered (the file
-        goes away when the fetch ends; an open descriptor keeps reading it)."""
-        return os.open(self.path, os.O_RDONLY)
 
     async def started(self) -> None:
         """Until the first bytes arrived or the fetch ended: a failure before any byte is a clean error."""
         while not self.done and self.available == 0:
             await self._changed.wait()
 
-    async def read(self, fd: int, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+    def _slice(self, position: int, limit: int) -> bytes:
+        """Bytes from `position` (inside the window) up to the end of its chunk or `limit`."""
+        index = bisect.bisect_right(self._chunks, position, key=lambda c: c[0]) - 1
+        offset, chunk = self._chunks[index]
+        start, stop = position - offset, min(len(chunk), limit - offset)
+        return chunk if start == 0 and stop == len(chunk) else chunk[start:stop]
+
+    async def read(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
         """Bytes [offset, offset+length) as they arrive; the blob's last byte only once stored. Raises
-        FetchFailedError when the fetch fails. The caller closes `fd`."""
+        FetchFailedError when the fetch fails."""
         end = offset + length
         position = offset
         while position < end:
             changed = self._changed
             if self.error is not None:
                 raise FetchFailedError(self.error)
-            limit = end if self.done else min(self.available, self.size - 1, end)
+            if self.done:  # stored: the rest from the blob store
+                async for data in self._read_stored(position, end - position):
+                    position += len(data)
+                    yield data
+                if position != end:
+                    raise FetchFailedError(OSError(f"stored {self.digest} ended at {position}, not {end}"))
+                return
+            if position < self.window_start:  # fell behind the window: the rest once stored
+                await self._finished.wait()
+                continue
+            limit = min(self.available, self.size - 1, end)
             if position < limit:
-                data = os.pread(fd, min(READ_CHUNK, limit - position), position)
-                if not data:
-                    raise FetchFailedError(OSError(f"spool file of {self.digest} ended early"))
+                data = self._slice(position, limit)
                 position += len(data)
                 yield data
                 continue
@@ -119,30 +153,38 @@ class BlobFetch:
 class BlobFetches:
     """The fetches in flight, by digest."""
 
-    def __init__(self, spool_dir: Path) -> None:
-        self.spool_dir = spool_dir
+    def __init__(self, *, window: int = WINDOW) -> None:
+        self._window = window
         self._fetches: dict[Digest, BlobFetch] = {}
         self.started = 0
         """Fetches started so far (for tests and metrics)."""
 
-    def setup(self) -> None:
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.spool_dir.glob("*.part"):  # a process that died mid-fetch
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
-    def join(self, digest: Digest, size: int, *, repository: str,
-             source: Callable[[], AsyncIterator[bytes]],
-             store: Callable[[AsyncIterable[bytes]], Awaitable[object]]) -> tuple[BlobFetch, int]:
-        """The fetch of `digest` (started now if none is in flight) and a reader's descriptor on it."""
+    def join(
+        self,
+        digest: Digest,
+        size: int,
+        *,
+        repository: str,
+        source: Callable[[], AsyncIterator[bytes]],
+        store: Callable[[AsyncIterable[bytes]], Awaitable[object]],
+        read_stored: ReadStored,
+    ) -> BlobFetch:
+        """The fetch of `digest` (started now if none is in flight)."""
         fetch = self._fetches.get(digest)
         if fetch is None:
-            fetch = BlobFetch(digest, size, repository=repository, spool_dir=self.spool_dir, source=source,
-                              store=store)
+            fetch = BlobFetch(
+                digest,
+                size,
+                repository=repository,
+                source=source,
+                store=store,
+                read_stored=read_stored,
+                window=self._window,
+            )
             self._fetches[digest] = fetch
             self.started += 1
             fetch.start(self._finished)
-        return fetch, fetch.open()
+        return fetch
 
     def _finished(self, fetch: BlobFetch) -> None:
         if self._fetches.get(fetch.digest) is fetch:

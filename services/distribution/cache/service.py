@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Final, TypeVar
 
 import aiohttp
@@ -68,7 +66,7 @@ class UpstreamError(RegistryError):
 
 class PullThroughCache:
     def __init__(self, *, settings: Settings, registry: Registry, docs: DocumentStore, metrics: Metrics,
-                 spool_dir: Path | None = None, clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings.proxy
         self.namespace = settings.proxy.namespace
         self.registry = registry
@@ -83,7 +81,7 @@ class PullThroughCache:
 
         self.remotes = RemoteConfig(docs, settings.proxy, box=box)
         self.records = CacheRecords(docs, retention=settings.proxy.retention, clock=clock)
-        self.fetches = BlobFetches(spool_dir or Path(settings.data_dir) / "proxy-spool")
+        self.fetches = BlobFetches()
         self.metrics = metrics
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
@@ -93,10 +91,9 @@ class PullThroughCache:
     # -- lifetime ---------------------------------------------------------------------------------
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup context: collections, spool directory, upstream session and the flush loop."""
+        """aiohttp cleanup context: collections, upstream session and the flush loop."""
         await self.remotes.setup()
         await self.records.setup()
-        self.fetches.setup()
         flusher = asyncio.create_task(self.records.flush_loop(self.settings.access_flush_seconds))
         yield
         flusher.cancel()
@@ -289,12 +286,14 @@ class PullThroughCache:
         if request.method == "HEAD":
             return web.Response(status=status, headers=headers)
         self.metrics.cache_requests.labels(remote=name, kind=BLOB, result="miss").inc()
-        fetch, fd = self.fetches.join(
+        blobs = self.registry.blobs
+        fetch = self.fetches.join(
             digest, size, repository=str(repo),
             source=lambda: self._pull(client, up, digest, size),
             store=lambda chunks: self.fill.put_blob(repo, digest, chunks, actor=ACTOR),
+            read_stored=lambda at, n: blobs.read(digest, offset=at, length=n),
         )
-        reading = fetch.read(fd, offset, length)
+        reading = fetch.read(offset, length)
         try:
             await fetch.started()
             if fetch.error is not None and fetch.available == 0:
@@ -317,7 +316,6 @@ class PullThroughCache:
                 count_out(sent)
         finally:
             await reading.aclose()
-            os.close(fd)
         if fetch.repository != str(repo):  # fetched for another repository meanwhile: link it here too
             await self.registry.mount(repo, RepositoryName(fetch.repository), digest)
         self.records.pulled(BLOB, str(repo), digest)
