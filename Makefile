@@ -85,6 +85,7 @@ bench: $(STAMP) ## benchmarks (throughput, RSS) against the registry and CNCF Di
 	$(PY) -m bench.scanner
 	$(PY) -m bench.replication
 	$(PY) -m bench.gc
+	$(PY) -m bench.cache
 	$(PY) -m bench.soak
 
 clean: ## remove the venv and local data (not the infra cache)
