@@ -40,6 +40,8 @@ def route_label(path: str) -> str:
         return "management"
     if path.startswith("/token"):
         return "token"
+    if path.startswith("/console"):
+        return "console"
     return "ops"
 
 

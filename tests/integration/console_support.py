@@ -3,6 +3,7 @@ the console over plain HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -11,8 +12,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from services.core.content.registry import Registry
+from services.core.events.outbox import Insert
 from services.core.oci.digest import Digest
-from services.core.oci.names import RepositoryName, Tag
+from services.core.oci.names import RepositoryName
 from services.core.scan.store import REPORTS, ReportStore, report_id
 from tests.integration.conftest import Assembly
 from tests.integration.oci import OCI_INDEX, OCI_MANIFEST, digest_of
@@ -24,25 +26,38 @@ LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 async def push_blob(client: TestClient, repo: str, data: bytes, headers: dict[str, str]) -> None:
     resp = await client.post(f"/v2/{repo}/blobs/uploads/", headers=headers)
     assert resp.status == 202, await resp.text()
-    resp = await client.put(f"{resp.headers['Location']}?digest={digest_of(data)}", data=data,
-                            headers={**headers, "Content-Type": "application/octet-stream"})
+    resp = await client.put(
+        f"{resp.headers['Location']}?digest={digest_of(data)}",
+        data=data,
+        headers={**headers, "Content-Type": "application/octet-stream"},
+    )
     assert resp.status == 201, await resp.text()
 
 
-async def push_image(client: TestClient, headers: dict[str, str], repo: str, tag: str, *,
-                     arch: str = "amd64", layers: tuple[bytes, ...] = (b"layer one " * 300, b"layer two")
-                     ) -> tuple[str, int]:
+async def push_image(
+    client: TestClient,
+    headers: dict[str, str],
+    repo: str,
+    tag: str,
+    *,
+    arch: str = "amd64",
+    layers: tuple[bytes, ...] = (b"layer one " * 300, b"layer two"),
+) -> tuple[str, int]:
     """An image with a config and `layers`; (its digest, its manifest's size)."""
     config = json.dumps({"architecture": arch, "os": "linux", "rootfs": {"type": "layers"}, "tag": tag}).encode()
     for blob in (config, *layers):
         await push_blob(client, repo, blob, headers)
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": CONFIG_TYPE, "digest": digest_of(config), "size": len(config)},
-        "layers": [{"mediaType": LAYER_TYPE, "digest": digest_of(b), "size": len(b)} for b in layers],
-    }).encode()
-    resp = await client.put(f"/v2/{repo}/manifests/{tag}", data=manifest,
-                            headers={**headers, "Content-Type": OCI_MANIFEST})
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": CONFIG_TYPE, "digest": digest_of(config), "size": len(config)},
+            "layers": [{"mediaType": LAYER_TYPE, "digest": digest_of(b), "size": len(b)} for b in layers],
+        }
+    ).encode()
+    resp = await client.put(
+        f"/v2/{repo}/manifests/{tag}", data=manifest, headers={**headers, "Content-Type": OCI_MANIFEST}
+    )
     assert resp.status == 201, await resp.text()
     return digest_of(manifest), len(manifest)
 
@@ -51,37 +66,76 @@ async def push_index(client: TestClient, headers: dict[str, str], repo: str, tag
     """A two-platform index (linux/amd64, linux/arm64) of fresh images."""
     entries = []
     for arch in ("amd64", "arm64"):
-        digest, size = await push_image(client, headers, repo, f"{tag}-{arch}", arch=arch,
-                                        layers=(f"{arch} layer".encode(),))
-        entries.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": size,
-                        "platform": {"os": "linux", "architecture": arch}})
+        digest, size = await push_image(
+            client, headers, repo, f"{tag}-{arch}", arch=arch, layers=(f"{arch} layer".encode(),)
+        )
+        entries.append(
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": digest,
+                "size": size,
+                "platform": {"os": "linux", "architecture": arch},
+            }
+        )
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
     resp = await client.put(f"/v2/{repo}/manifests/{tag}", data=index, headers={**headers, "Content-Type": OCI_INDEX})
     assert resp.status == 201, await resp.text()
     return digest_of(index)
 
 
-async def seed_tags(registry: Registry, repo: str, digest: str, count: int, *, batch: int = 500) -> None:
-    """`count` more tags (t00000, t00001 ...) on an existing manifest, through the content model in batches
-    (one push of the manifest per batch), not one HTTP push per tag."""
-    name = RepositoryName(repo)
-    record = await registry.resolve(name, Digest.parse(digest))
-    for start in range(0, count, batch):
-        tags = [Tag(f"t{i:05d}") for i in range(start, min(start + batch, count))]
-        await registry.put_manifest(name, record.digest, record.data, record.media_type, actor="admin",
-                                    extra_tags=tags)
+async def seed_tags(registry: Registry, repo: str, digest: str, count: int, *, concurrency: int = 64) -> None:
+    """`count` more tags (t00000, t00001 ...) on an existing manifest: the tag documents a push writes
+    (MetadataStore.set_tag_op), inserted concurrently and without events. Pushing them (through the outbox,
+    one operation after another) takes minutes on FerretDB; what the console reads is the same."""
+    target = Digest.parse(digest)
+    await registry.resolve(RepositoryName(repo), target)  # the manifest is there
+    ops = [registry.meta.set_tag_op(repo, f"t{i:05d}", target, current=None) for i in range(count)]
+    for start in range(0, count, concurrency):
+        chunk = [op for op in ops[start : start + concurrency] if isinstance(op, Insert)]
+        assert len(chunk) == len(ops[start : start + concurrency])
+        await asyncio.gather(*(registry.meta.docs.insert(op.collection, op.doc) for op in chunk))
 
 
 FINDINGS = [
-    {"id": "CVE-2024-0001", "aliases": ["GHSA-aaaa-bbbb-cccc"], "package": "openssl", "version": "3.0.11-1",
-     "ecosystem": "Debian:12", "purl": "pkg:deb/debian/openssl@3.0.11-1", "fixed_version": "3.0.13-1",
-     "severity": "critical", "cvss_score": 9.8, "layer": "", "title": "Heap overflow in the TLS parser"},
-    {"id": "CVE-2024-0002", "aliases": [], "package": "zlib", "version": "1.2.13", "ecosystem": "Debian:12",
-     "purl": "pkg:deb/debian/zlib@1.2.13", "fixed_version": None, "severity": "medium", "cvss_score": 5.3,
-     "layer": "", "title": ""},
-    {"id": "CVE-2024-0003", "aliases": [], "package": "requests", "version": "2.28.1", "ecosystem": "PyPI",
-     "purl": "pkg:pypi/requests@2.28.1", "fixed_version": "2.32.0", "severity": "high", "cvss_score": 7.5,
-     "layer": "", "title": ""},
+    {
+        "id": "CVE-2024-0001",
+        "aliases": ["GHSA-aaaa-bbbb-cccc"],
+        "package": "openssl",
+        "version": "3.0.11-1",
+        "ecosystem": "Debian:12",
+        "purl": "pkg:deb/debian/openssl@3.0.11-1",
+        "fixed_version": "3.0.13-1",
+        "severity": "critical",
+        "cvss_score": 9.8,
+        "layer": "",
+        "title": "Heap overflow in the TLS parser",
+    },
+    {
+        "id": "CVE-2024-0002",
+        "aliases": [],
+        "package": "zlib",
+        "version": "1.2.13",
+        "ecosystem": "Debian:12",
+        "purl": "pkg:deb/debian/zlib@1.2.13",
+        "fixed_version": None,
+        "severity": "medium",
+        "cvss_score": 5.3,
+        "layer": "",
+        "title": "",
+    },
+    {
+        "id": "CVE-2024-0003",
+        "aliases": [],
+        "package": "requests",
+        "version": "2.28.1",
+        "ecosystem": "PyPI",
+        "purl": "pkg:pypi/requests@2.28.1",
+        "fixed_version": "2.32.0",
+        "severity": "high",
+        "cvss_score": 7.5,
+        "layer": "",
+        "title": "",
+    },
 ]
 
 
@@ -89,11 +143,21 @@ async def seed_report(a: Assembly, repo: str, digest: str, findings: list[dict[s
     """A complete scan report as the scanner stores it (services/scanner/engine.py), without running it."""
     await ReportStore(a.c.docs).setup()
     now = time.time()
-    await a.c.docs.put(REPORTS, {
-        "_id": report_id(repo, digest), "repository": repo, "digest": digest, "status": "complete",
-        "scanned_at": now, "updated_at": now, "db_updated_at": now, "error": "",
-        "findings": FINDINGS if findings is None else findings, "images": [],
-    })
+    await a.c.docs.put(
+        REPORTS,
+        {
+            "_id": report_id(repo, digest),
+            "repository": repo,
+            "digest": digest,
+            "status": "complete",
+            "scanned_at": now,
+            "updated_at": now,
+            "db_updated_at": now,
+            "error": "",
+            "findings": FINDINGS if findings is None else findings,
+            "images": [],
+        },
+    )
 
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -109,8 +173,11 @@ async def console_login(client: TestClient, user: str, key: str) -> str:
     """Log in through the form; the logged-in page's CSRF value (for the logout form)."""
     resp = await client.get("/console/login")
     assert resp.status == 200
-    resp = await client.post("/console/login", allow_redirects=False, data={
-        "csrf": csrf_of(await resp.text()), "username": user, "api_key": key, "next": "/console/repositories"})
+    resp = await client.post(
+        "/console/login",
+        allow_redirects=False,
+        data={"csrf": csrf_of(await resp.text()), "username": user, "api_key": key, "next": "/console/repositories"},
+    )
     assert resp.status == 303, await resp.text()
     resp = await client.get("/console/repositories")
     assert resp.status == 200

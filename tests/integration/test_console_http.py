@@ -3,12 +3,20 @@ isolation and admin-only pages, on both assemblies with auth on."""
 
 from __future__ import annotations
 
+import uuid
 from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from services.distribution.console.headers import CSP
-from tests.integration.conftest import Assembly
-from tests.integration.console_support import console_login, csrf_of, push_image, seed_report
+from services.distribution.keys import REGISTRY
+from tests.integration.conftest import ASSEMBLIES, Assembly, distributed_settings, embedded_settings
+from tests.integration.console_support import console_login, csrf_of, push_image, seed_report, seed_tags
 from tests.integration.test_auth_support import Api, admin_key, basic, bearer, grant, new_user
+from tests.integration.test_gc_api import _finished as gc_finished
+from tests.integration.test_gc_api import gc_assembly
 
 
 async def _setup(a: Assembly) -> tuple[str, str]:
@@ -30,14 +38,22 @@ async def test_login_sets_a_strict_short_session_and_pages_are_headed(auth_assem
     assert resp.status == 303 and resp.headers["Location"].startswith("/console/login?next=")
     assert "WWW-Authenticate" not in resp.headers  # the console is no OCI challenge path
     login = await a.client.get("/console/login")
-    for name, value in {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
-                        "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}.items():
+    for name, value in {
+        "Content-Security-Policy": CSP,
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store",
+    }.items():
         assert login.headers[name] == value, name
     assert "default-src 'self'" in CSP and "frame-ancestors 'none'" in CSP and "unsafe-inline" not in CSP
     html = await login.text()
     assert "<script>" not in html and " on" + "click=" not in html and "style=" not in html  # nothing inline
-    resp = await a.client.post("/console/login", allow_redirects=False, data={
-        "csrf": csrf_of(html), "username": "reader", "api_key": key, "next": "/console/repositories"})
+    resp = await a.client.post(
+        "/console/login",
+        allow_redirects=False,
+        data={"csrf": csrf_of(html), "username": "reader", "api_key": key, "next": "/console/repositories"},
+    )
     assert resp.status == 303 and resp.headers["Location"] == "/console/repositories"
     cookie = SimpleCookie()
     for header in resp.headers.getall("Set-Cookie"):
@@ -52,6 +68,8 @@ async def test_login_sets_a_strict_short_session_and_pages_are_headed(auth_assem
     static = await a.client.get("/console/static/console.js")
     assert static.status == 200 and static.headers["Content-Type"].startswith("text/javascript")
     assert (await a.client.get("/console/static/..%2fsession.py")).status == 404
+    metrics = await (await a.client.get("/metrics")).text()
+    assert 'route="console"' in metrics  # its own low-cardinality route label
     # /v2 still challenges as before (the console did not change the OCI API)
     v2 = await a.client.get("/v2/")
     assert v2.status == 401 and v2.headers["WWW-Authenticate"].startswith("Bearer realm=")
@@ -80,8 +98,11 @@ async def test_bad_credentials_get_the_form_again(auth_assembly: Assembly) -> No
     a = auth_assembly
     key, _ = await _setup(a)
     resp = await a.client.get("/console/login")
-    resp = await a.client.post("/console/login", allow_redirects=False, data={
-        "csrf": csrf_of(await resp.text()), "username": "someone-else", "api_key": key})
+    resp = await a.client.post(
+        "/console/login",
+        allow_redirects=False,
+        data={"csrf": csrf_of(await resp.text()), "username": "someone-else", "api_key": key},
+    )
     assert resp.status == 401 and "not valid" in await resp.text()
     assert "hzr_console=" not in resp.headers.get("Set-Cookie", "")
 
@@ -93,9 +114,14 @@ async def test_reader_sees_only_what_it_may_pull_and_no_admin_pages(auth_assembl
     html = await (await a.client.get("/console/repositories")).text()
     assert "team/app" in html and "secret/app" not in html
     assert "/console/admin" not in html
-    for path in ("/console/repositories/secret/app", "/console/repositories/secret/app/-/manifest/v1",
-                 "/console/repositories/secret/app/-/vulnerabilities/v1", "/console/admin",
-                 "/console/namespaces/team", "/console/namespaces/secret"):
+    for path in (
+        "/console/repositories/secret/app",
+        "/console/repositories/secret/app/-/manifest/v1",
+        "/console/repositories/secret/app/-/vulnerabilities/v1",
+        "/console/admin",
+        "/console/namespaces/team",
+        "/console/namespaces/secret",
+    ):
         resp = await a.client.get(path, allow_redirects=False)
         assert resp.status == 403, path
         assert "/console/admin" not in await resp.text()
@@ -119,3 +145,60 @@ async def test_admin_sees_admin_and_namespace_pages(auth_assembly: Assembly) -> 
     ns = await a.client.get("/console/namespaces/team")
     assert ns.status == 200 and "user reader" in await ns.text()
     assert (await a.client.get("/console/repositories/team/nothing-here")).status == 404
+
+
+async def test_a_tag_page_reads_one_page_of_tags(auth_assembly: Assembly) -> None:
+    """However many tags a repository has, a page reads `limit + 1` names from the tag index and only the
+    tags and manifests it shows."""
+    a = auth_assembly
+    _, key = await _setup(a)
+    registry = a.client.server.app[REGISTRY]
+    digest, _ = await push_image(a.client, basic("admin", key), "team/many", "latest")
+    await seed_tags(registry, "team/many", digest, 1000)
+    await console_login(a.client, "admin", key)
+    meta = registry.meta
+    listed: list[int | None] = []
+    tag_reads = 0
+    list_tags, tag = meta.list_tags, meta.tag
+
+    async def counting_list(repository: str, **kw: Any) -> list[str]:
+        listed.append(kw.get("limit"))
+        return await list_tags(repository, **kw)
+
+    async def counting_tag(repository: str, name: str) -> Any:
+        nonlocal tag_reads
+        tag_reads += 1
+        return await tag(repository, name)
+
+    meta.list_tags, meta.tag = counting_list, counting_tag  # type: ignore[method-assign]
+    try:
+        resp = await a.client.get("/console/repositories/team/many?after=t00499")
+        html = await resp.text()
+    finally:
+        del meta.list_tags, meta.tag
+    assert resp.status == 200
+    assert listed == [51] and tag_reads == 50
+    assert html.count('<th scope="row">') == 50 and ">t00500<" in html and ">t00549<" in html
+    assert "after=t00549" in html and "First page" in html
+
+
+@pytest.mark.parametrize("name", ASSEMBLIES)
+async def test_admin_page_shows_gc_history_and_storage(name: str, tmp_path: Path) -> None:
+    """With a gc service to ask (in-process as in `serve`, or over gRPC), the admin page shows its runs and
+    the storage it counted."""
+    embedded = name == "embedded"
+    settings = embedded_settings(tmp_path) if embedded else distributed_settings(tmp_path, uuid.uuid4().hex[:10])
+    async with gc_assembly(settings, name) as (a, key):
+        await _gc_and_look(a, key)
+
+
+async def _gc_and_look(a: Assembly, key: str) -> None:
+    api = Api(a.client, bearer(key))
+    await push_image(a.client, basic("admin", key), "team/app", "v1")
+    started = await api.call("POST", "/v1/registry/admin/gc", json_body={"dry_run": False}, expect=202)
+    await gc_finished(api, started["id"])
+    await console_login(a.client, "admin", key)
+    resp = await a.client.get("/console/admin")
+    html = await resp.text()
+    assert resp.status == 200 and started["id"] in html and "succeeded" in html
+    assert "in all, counted by run" in html and "Not available" not in html
