@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -18,6 +19,10 @@ from services.core.oci.names import RepositoryName
 from services.core.scan.store import REPORTS, ReportStore, report_id
 from tests.integration.conftest import Assembly
 from tests.integration.oci import OCI_INDEX, OCI_MANIFEST, digest_of
+from tests.integration.test_models import _client as model_client
+from tests.integration.test_models import _push_dir as push_model_dir
+from tests.unit.models import makers
+from tests.unit.models.makers import Made
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -182,3 +187,15 @@ async def console_login(client: TestClient, user: str, key: str) -> str:
     resp = await client.get("/console/repositories")
     assert resp.status == 200
     return csrf_of(await resp.text())
+
+
+async def push_model(a: Assembly, directory: Path) -> Made:
+    """A small safetensors model (LlamaForCausalLM, config and tokenizer) as models/llama:v1, pushed as the
+    CLI pushes it; what went in (its parameter count)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    made = makers.safetensors_model(directory / "model.safetensors", metadata={"format": "pt"})
+    makers.hf_config(directory / "config.json")
+    makers.tokenizer_json(directory / "tokenizer.json", vocab=64)
+    async with model_client(a) as client:
+        await push_model_dir(client, a, directory, "models/llama:v1")
+    return made

@@ -19,7 +19,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from services.distribution.keys import REGISTRY
 from tests.integration import browser
 from tests.integration.conftest import Assembly
-from tests.integration.console_support import push_image, push_index, seed_report, seed_tags
+from tests.integration.console_support import push_image, push_index, push_model, seed_report, seed_tags
 from tests.integration.test_auth_support import Api, admin_key, basic, bearer, grant, new_user
 
 TAGS = 10_000
@@ -178,9 +178,15 @@ def admin_walk(s: Session, key: str) -> None:
     page = s.text()
     assert "user reader" in page and "severity_gate: critical" in page
     s.check("namespace")
+    s.open("/console/repositories/models/llama")
+    d.find_element(By.LINK_TEXT, "v1").click()
+    d.find_element(By.LINK_TEXT, "Model").click()
+    page = s.text()
+    assert "LlamaForCausalLM" in page and "safetensors" in page and "model.safetensors" in page
+    s.check("model-view")
 
 
-async def test_console_in_chromium(auth_assembly: Assembly) -> None:
+async def test_console_in_chromium(auth_assembly: Assembly, tmp_path: Path) -> None:
     browser.require_browser()
     a = auth_assembly
     axe = await asyncio.to_thread(browser.axe_source)
@@ -189,6 +195,7 @@ async def test_console_in_chromium(auth_assembly: Assembly) -> None:
     await grant(api, "team", "reader", user="reader")
     headers = basic("admin", admin_key(a))
     digest, _ = await push_image(a.client, headers, "team/app", "v1")
+    await push_model(a, tmp_path / "model")
     await push_index(a.client, headers, "team/app", "multi")
     await push_image(a.client, headers, "secret/app", "v1")
     big, _ = await push_image(a.client, headers, "team/big", "latest")
@@ -220,4 +227,4 @@ async def test_console_in_chromium(auth_assembly: Assembly) -> None:
                 driver.quit()
 
     checked = await asyncio.to_thread(walk)
-    assert len(checked) == 11, checked
+    assert len(checked) == 12, checked

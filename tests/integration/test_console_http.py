@@ -13,7 +13,7 @@ import pytest
 from services.distribution.console.headers import CSP
 from services.distribution.keys import REGISTRY
 from tests.integration.conftest import ASSEMBLIES, Assembly, distributed_settings, embedded_settings
-from tests.integration.console_support import console_login, csrf_of, push_image, seed_report, seed_tags
+from tests.integration.console_support import console_login, csrf_of, push_image, push_model, seed_report, seed_tags
 from tests.integration.test_auth_support import Api, admin_key, basic, bearer, grant, new_user
 from tests.integration.test_gc_api import _finished as gc_finished
 from tests.integration.test_gc_api import gc_assembly
@@ -202,3 +202,39 @@ async def _gc_and_look(a: Assembly, key: str) -> None:
     html = await resp.text()
     assert resp.status == 200 and started["id"] in html and "succeeded" in html
     assert "in all, counted by run" in html and "Not available" not in html
+
+
+async def test_the_session_holds_no_more_than_its_key(auth_assembly: Assembly) -> None:
+    """A key limited to a namespace logs in to that namespace only, even for a registry admin (and sees no
+    admin pages); revoking the key ends its console session at once."""
+    a = auth_assembly
+    await _setup(a)
+    api = Api(a.client, bearer(admin_key(a)))
+    limited = await api.call(
+        "POST",
+        "/v1/registry/users/admin/keys",
+        expect=201,
+        json_body={"name": "team-only", "namespaces": ["team"], "role": "reader"},
+    )
+    await console_login(a.client, "admin", limited["key"])
+    html = await (await a.client.get("/console/repositories")).text()
+    assert "team/app" in html and "secret/app" not in html and "/console/admin" not in html
+    assert (await a.client.get("/console/admin", allow_redirects=False)).status == 403
+    assert (await a.client.get("/console/repositories/secret/app", allow_redirects=False)).status == 403
+    await api.call("DELETE", f"/v1/registry/users/admin/keys/{limited['prefix']}", expect=204)
+    resp = await a.client.get("/console/repositories", allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"].startswith("/console/login")
+
+
+async def test_model_page_shows_the_model_view(auth_assembly: Assembly, tmp_path: Path) -> None:
+    a = auth_assembly
+    _, key = await _setup(a)
+    made = await push_model(a, tmp_path / "model")
+    await console_login(a.client, "admin", key)
+    resp = await a.client.get("/console/repositories/models/llama/-/model/v1")
+    html = await resp.text()
+    assert resp.status == 200
+    for expected in ("LlamaForCausalLM", "safetensors", f"{made.parameters:,}", "model.safetensors", "config.json"):
+        assert expected in html, expected
+    resp = await a.client.get("/console/repositories/team/app/-/model/v1")
+    assert resp.status == 200 and "not a model" in await resp.text()
