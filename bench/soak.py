@@ -104,7 +104,7 @@ class Stats:
         self.seconds[op].append(seconds)
 
     def failed(self, op: str, exc: BaseException) -> None:
-        self.errors[op] += 1
+        self.errors[op] = self.errors.get(op, 0) + 1
         if len(self.first_errors) < 10:
             self.first_errors.append(f"{op}: {type(exc).__name__}: {exc}"[:400])
 
@@ -295,7 +295,7 @@ def start_assembly(name: str, root: Path, namespace: str, key: str) -> Assembly:
     return Assembly(name, processes)
 
 
-async def wait_ready(p: Target, timeout: float = 60.0) -> None:
+async def wait_ready(p: Target, timeout: float = 180.0) -> None:
     """Until the process's /readyz (the gc process's on its ops address) answers 200."""
     addr = p.env.get("HANZO_REGISTRY_SERVER__OPS_ADDR") if p.name == "distributed-gc" else f"127.0.0.1:{p.port}"
     deadline = time.monotonic() + timeout
@@ -359,13 +359,17 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def soak(
     name: str, root: Path, *, seconds: float, workers: int, gc_every: float, interval: float
-) -> tuple[Stats, dict[str, Any]]:
+) -> dict[str, Any]:
     namespace = new_namespace()
     key = generate_key().key
     assembly = start_assembly(name, root, namespace, key)
     stats = Stats()
     try:
-        await asyncio.gather(*(wait_ready(p) for p in assembly.processes))
+        try:
+            await asyncio.gather(*(wait_ready(p) for p in assembly.processes))
+        except RuntimeError as exc:
+            stats.failed("start", exc)
+            return summarize(name, stats, seconds)
         print(
             f"{name}: ready ({', '.join(f'{p.name} pid {p.pid}' for p in assembly.processes)}); "
             f"soaking {seconds:.0f}s with {workers} workers, GC every {gc_every:.0f}s",
@@ -384,7 +388,7 @@ async def soak(
             )
         for p in assembly.processes:
             if p.proc is not None and p.proc.poll() is not None:
-                stats.failed("push", RuntimeError(f"{p.name} died ({p.proc.returncode}): {p.log_tail(5)}"))
+                stats.failed("process", RuntimeError(f"{p.name} died ({p.proc.returncode}): {p.log_tail(5)}"))
     finally:
         for p in assembly.processes:
             p.stop()
@@ -392,8 +396,7 @@ async def soak(
             problems = await cleanup(assembly.processes[0])
             if problems:
                 print(f"soak: cleanup of {namespace} incomplete: {problems}", file=sys.stderr)
-    summary = summarize(name, stats, seconds)
-    return stats, summary
+    return summarize(name, stats, seconds)
 
 
 def summarize(name: str, stats: Stats, seconds: float) -> dict[str, Any]:
@@ -480,11 +483,13 @@ async def amain(args: argparse.Namespace) -> int:
     root = scratch_root()
     summaries = []
     for name in args.only.split(","):
-        _, summary = await soak(
+        summary = await soak(
             name, root, seconds=args.seconds, workers=args.workers, gc_every=args.gc_every, interval=args.interval
         )
         summaries.append(summary)
         print(f"{name}: {summary['operations']} operations, {summary['errors']} errors", flush=True)
+        for err in summary["first_errors"]:
+            print(f"  {err}", flush=True)
     out = ROOT / "reports" / "bench" / "soak.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "summaries": summaries}, indent=2, default=str) + "\n")
