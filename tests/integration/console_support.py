@@ -17,6 +17,7 @@ from services.core.events.outbox import Insert
 from services.core.oci.digest import Digest
 from services.core.oci.names import RepositoryName
 from services.core.scan.store import REPORTS, ReportStore, report_id
+from services.core.signing.results import SignatureResult, SignatureResults
 from tests.integration.conftest import Assembly
 from tests.integration.oci import OCI_INDEX, OCI_MANIFEST, digest_of
 from tests.integration.test_models import _client as model_client
@@ -199,3 +200,35 @@ async def push_model(a: Assembly, directory: Path) -> Made:
     async with model_client(a) as client:
         await push_model_dir(client, a, directory, "models/llama:v1")
     return made
+
+
+async def seed_signatures(a: Assembly, repo: str, digest: str) -> None:
+    """Two signatures as the signer records them: one verified by a key, one that failed."""
+    results = SignatureResults(a.c.docs)
+    await results.setup()
+    for n, (state, reason, key_id) in enumerate(
+        [
+            ("verified", "verified by a key of the policy", "sha256:" + "1" * 64),
+            ("failed", "the signature does not match the image", ""),
+        ]
+    ):
+        signature = "sha256:" + f"{n + 7}" * 64
+        await results.replace(
+            repo,
+            signature,
+            [
+                SignatureResult(
+                    repository=repo,
+                    subject=digest,
+                    signature=signature,
+                    index=0,
+                    format="cosign",
+                    state=state,
+                    reason=reason,
+                    key_id=key_id,
+                    signed_at=time.time(),
+                    checked=time.time(),
+                    namespace=repo.split("/")[0],
+                )
+            ],
+        )

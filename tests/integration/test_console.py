@@ -19,7 +19,14 @@ from selenium.webdriver.support.ui import WebDriverWait
 from services.distribution.keys import REGISTRY
 from tests.integration import browser
 from tests.integration.conftest import Assembly
-from tests.integration.console_support import push_image, push_index, push_model, seed_report, seed_tags
+from tests.integration.console_support import (
+    push_image,
+    push_index,
+    push_model,
+    seed_report,
+    seed_signatures,
+    seed_tags,
+)
 from tests.integration.test_auth_support import Api, admin_key, basic, bearer, grant, new_user
 
 TAGS = 10_000
@@ -141,7 +148,8 @@ def reader_walk(s: Session, reader_key: str) -> None:
     assert "yes (policy)" in ignored.text
     s.check("vulnerabilities")
     d.find_element(By.LINK_TEXT, "Signatures").click()
-    assert "No signatures" in s.text()
+    page = s.text()
+    assert "VERIFIED" in page and "FAILED" in page and "the signature does not match the image" in page
     s.check("signatures")
     d.find_element(By.LINK_TEXT, "Model").click()
     assert "not a model" in s.text()
@@ -210,6 +218,7 @@ async def test_console_in_chromium(auth_assembly: Assembly, tmp_path: Path) -> N
         },
     )
     await seed_report(a, "team/app", digest)
+    await seed_signatures(a, "team/app", digest)
     base = str(a.client.make_url("")).rstrip("/")
 
     def walk() -> list[str]:
