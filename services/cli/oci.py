@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
-from services.cli import dockerconfig
+from yarl import URL
+
+from services.cli import dockerconfig, upload_state
 from services.core.client import (
     ClientOptions,
     Credentials,
@@ -34,10 +36,11 @@ from services.core.client import (
     RemoteRepository,
 )
 from services.core.client.auth import repository_scope
+from services.core.client.blobs import UploadSession
 from services.core.client.reference import _is_registry
 from services.core.errors import RegistryError
 from services.core.oci import mediatypes as mt
-from services.core.oci.digest import Digest
+from services.core.oci.digest import Digest, Digester
 
 DEFAULT_REGISTRY: Final = "127.0.0.1:5000"
 EMPTY_CONFIG: Final = b"{}"
@@ -47,7 +50,9 @@ MODEL_ARTIFACT: Final = "application/vnd.hanzo.model.v1"
 RELATION: Final = "vnd.hanzo.model.relation"
 READ_CHUNK: Final = 8 * 1024 * 1024
 CHUNKED_ABOVE: Final = 64 * 1024 * 1024
-"""Files larger than this are pushed in PATCH chunks (`ClientOptions.chunk_size`), smaller ones in one PUT."""
+"""Files larger than this are pushed in resumable PATCH chunks of PUSH_CHUNK bytes, smaller ones in one PUT."""
+PUSH_CHUNK: Final = 32 * 1024 * 1024
+"""Bytes per PATCH of a large file: at most this much is sent again after a break, and held in memory."""
 MODEL_MEDIA_TYPES: Final = {
     ".safetensors": "application/vnd.hanzo.safetensors",
     ".gguf": "application/vnd.hanzo.gguf",
@@ -241,9 +246,11 @@ async def file_digest(path: Path) -> tuple[Digest, int]:
     return await asyncio.to_thread(run)
 
 
-async def file_chunks(path: Path, on_chunk: Callable[[int], None]) -> AsyncIterator[bytes]:
+async def file_chunks(path: Path, on_chunk: Callable[[int], None], *, offset: int = 0) -> AsyncIterator[bytes]:
     handle = await asyncio.to_thread(path.open, "rb")
     try:
+        if offset:
+            handle.seek(offset)
         while chunk := await asyncio.to_thread(handle.read, READ_CHUNK):
             on_chunk(len(chunk))
             yield chunk
@@ -325,12 +332,17 @@ async def push_files(client: OciClient, ref: ImageReference, files: Sequence[Loc
             def advance(n: int, task: Any = task) -> None:
                 bar.update(task, advance=n)
 
-            result = await client.push_blob(
-                repo, file_chunks(f.path, advance), digest=digest, size=size,
-                method="chunked" if size > CHUNKED_ABOVE else "post-put")
+            def done(n: int, task: Any = task) -> None:
+                bar.update(task, completed=n)
+
+            if size > CHUNKED_ABOVE:
+                transfer = await push_resumable(client, repo, f.path, digest, size, done)
+            else:
+                result = await client.push_blob(repo, file_chunks(f.path, advance), digest=digest, size=size)
+                transfer = {"uploaded": result, "resumed_from": 0, "bytes_sent": size if result == "uploaded" else 0}
             bar.update(task, completed=size)
             layers.append({"mediaType": f.media_type, "digest": str(digest), "size": size,
-                           "annotations": {TITLE: f.title}, "_result": result})
+                           "annotations": {TITLE: f.title}, "_result": transfer})
         await client.push_blob(repo, EMPTY_CONFIG, digest=Digest.of(EMPTY_CONFIG), size=len(EMPTY_CONFIG))
     created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     doc: dict[str, Any] = {
@@ -354,8 +366,73 @@ async def push_files(client: OciClient, ref: ImageReference, files: Sequence[Loc
         "artifact_type": artifact_type, "size": pushed.size,
         "subject": str(subject_desc.digest) if subject_desc else None,
         "files": [{"name": layer["annotations"][TITLE], "media_type": layer["mediaType"], "digest": layer["digest"],
-                   "size": layer["size"], "uploaded": layer["_result"]} for layer in layers],
+                   "size": layer["size"], **layer["_result"]} for layer in layers],
     }
+
+
+async def push_resumable(client: OciClient, repo: RemoteRepository, path: Path, digest: Digest, size: int,
+                         progress: Callable[[int], None]) -> dict[str, Any]:
+    """A large file in PATCH chunks whose session is saved after every chunk (services/cli/upload_state.py):
+    a run killed mid-way is continued by the next one from the registry's offset."""
+    if await client.blob_size(repo, digest) is not None:
+        upload_state.remove(repo.registry, str(repo.name), str(digest))
+        return {"uploaded": "exists", "resumed_from": 0, "bytes_sent": 0}
+    saved = upload_state.load(repo.registry, str(repo.name), str(digest), size)
+
+    def remember(session: UploadSession) -> None:
+        upload_state.save(upload_state.UploadState(registry=repo.registry, repository=str(repo.name),
+                                                   digest=str(digest), size=size, location=str(session.location),
+                                                   offset=session.offset))
+        progress(session.offset)
+
+    result = await client.push_blob_resumable(
+        repo, lambda offset: file_chunks(path, lambda n: None, offset=offset), digest=digest, size=size,
+        chunk_size=PUSH_CHUNK, session=URL(saved.location) if saved else None, on_session=remember)
+    upload_state.remove(repo.registry, str(repo.name), str(digest))
+    return {"uploaded": "uploaded", "resumed_from": result.resumed_from, "bytes_sent": result.bytes_sent,
+            "resumes": result.resumes}
+
+
+async def _hash_prefix(path: Path, digest: Digest, size: int) -> Digester | None:
+    """A digester over a `.part` file an earlier pull left (None: nothing usable; an over-long one is dropped)."""
+    def run() -> Digester | None:
+        try:
+            held = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        if held == 0 or held > size:
+            path.unlink()
+            return None
+        digester = Digester(digest.algorithm)
+        with path.open("rb") as handle:
+            while chunk := handle.read(READ_CHUNK):
+                digester.update(chunk)
+        return digester
+
+    return await asyncio.to_thread(run)
+
+
+async def pull_to_file(client: OciClient, repo: RemoteRepository, digest: Digest, size: int, target: Path,
+                       progress: Callable[[int], None]) -> dict[str, Any]:
+    """One blob into `target`, through `.<name>.part` beside it: a part left by a killed run is hashed and
+    continued with `Range`, the digest checked over the whole file before it is renamed into place. A part
+    that does not verify is deleted (the next run starts from zero)."""
+    partial = target.with_name(f".{target.name}.part")
+    prefix = await _hash_prefix(partial, digest, size)
+    resumed_from = prefix.size if prefix else 0
+    progress(resumed_from)
+    received = 0
+    try:
+        with partial.open("ab" if prefix else "wb") as handle:
+            async for chunk in client.pull_blob(repo, digest, size=size, prefix=prefix):
+                await asyncio.to_thread(handle.write, chunk)
+                received += len(chunk)
+                progress(resumed_from + received)
+    except OciDigestMismatchError:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, target)
+    return {"resumed_from": resumed_from, "bytes_received": received}
 
 
 async def pull_files(client: OciClient, ref: ImageReference, directory: Path, *, out: Out) -> dict[str, Any]:
@@ -375,15 +452,14 @@ async def pull_files(client: OciClient, ref: ImageReference, directory: Path, *,
             name = _check_title(str(title))
             digest, size = Digest.parse(str(layer["digest"])), int(layer["size"])
             target = directory / name
-            partial = directory / f".{name}.partial"
             task = bar.add_task(name, total=size)
-            with partial.open("wb") as handle:
-                async for chunk in client.pull_blob(repo, digest, size=size):
-                    await asyncio.to_thread(handle.write, chunk)
-                    bar.update(task, advance=len(chunk))
-            os.replace(partial, target)
+
+            def done(n: int, task: Any = task) -> None:
+                bar.update(task, completed=n)
+
+            transfer = await pull_to_file(client, repo, digest, size, target, done)
             files.append({"name": name, "media_type": layer.get("mediaType"), "digest": str(digest), "size": size,
-                          "path": str(target), "layer": index})
+                          "path": str(target), "layer": index, **transfer})
     return {"reference": str(ref), "digest": str(fetched.descriptor.digest), "artifact_type": doc.get("artifactType"),
             "files": files}
 

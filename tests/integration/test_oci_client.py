@@ -33,13 +33,16 @@ from services.core.client import (
     OciManifestTooLargeError,
     OciNotFoundError,
     OciResponseError,
+    OciTooManyRequestsError,
     OciUnauthorizedError,
     RegistryOptions,
     RemoteRepository,
     referrers_tag,
 )
+from services.core.client import blobs as blob_client
+from services.core.client.blobs import UploadSession
 from services.core.oci import mediatypes as mt
-from services.core.oci.digest import Digest
+from services.core.oci.digest import Digest, Digester
 from services.core.settings import AuthSettings
 from tests.conftest import infra
 from tests.integration.conftest import (
@@ -325,6 +328,64 @@ async def test_tokens_refreshed_during_a_long_chunked_push(short_token_assembly:
         assert client.tokens.fetched == fetched + 1
 
 
+class Killed(Exception):
+    """Stands for the process dying mid-push: not an error the client resumes after."""
+
+
+async def test_resumable_push_continues_an_earlier_session_and_outlives_tokens(
+    short_token_assembly: Assembly,
+) -> None:
+    a = short_token_assembly
+    repo = RemoteRepository(registry_of(a), "ml/resumable")  # type: ignore[arg-type]
+    data = os.urandom(6 * 50_000)
+    digest = Digest.of(data)
+    saved: list[UploadSession] = []
+
+    def dies_after_three(offset: int) -> AsyncIterator[bytes]:
+        async def gen() -> AsyncIterator[bytes]:
+            async for chunk in chunks_of(data[offset:], 50_000):
+                if saved and saved[-1].offset >= 150_000:
+                    raise Killed  # after the registry acknowledged three chunks
+                yield chunk
+
+        return gen()
+
+    async with OciClient(admin_options(a)) as client:
+        with pytest.raises(Killed):
+            await client.push_blob_resumable(repo, dies_after_three, digest=digest, size=len(data),
+                                             chunk_size=50_000, on_session=saved.append)
+    assert saved[-1].offset == 150_000
+
+    async with OciClient(admin_options(a)) as client:  # a new process: only the saved session is known
+        def slow(offset: int) -> AsyncIterator[bytes]:
+            return chunks_of(data[offset:], 50_000, pause=1.1)  # ~3.3 s: outlives a 2-second token
+
+        result = await client.push_blob_resumable(repo, slow, digest=digest, size=len(data), chunk_size=50_000,
+                                                  session=saved[-1].location)
+        assert (result.resumed_from, result.bytes_sent) == (150_000, 150_000)
+        assert client.tokens.fetched >= 2
+        # A pull from bytes already held asks for the rest only and checks the digest over the whole.
+        held = Digester()
+        held.update(data[:100_000])
+        download = client.pull_blob(repo, digest, prefix=held)
+        assert await read_all(download) == data[100_000:]
+        assert download.size == len(data)
+        wrong = Digester()
+        wrong.update(b"x" * 100_000)
+        with pytest.raises(OciDigestMismatchError):
+            await read_all(client.pull_blob(repo, digest, prefix=wrong))
+
+        # A session the registry no longer has (cancelled) starts again from zero.
+        location, _ = await blob_client._start_session(client.transport, repo)
+        (await client.transport.request(repo.registry, "DELETE", location)).release()
+        other = os.urandom(70_000)
+        again = await client.push_blob_resumable(
+            repo, lambda offset: chunks_of(other[offset:], 30_000), digest=Digest.of(other), size=len(other),
+            session=location)
+        assert (again.resumed_from, again.bytes_sent) == (0, len(other))
+        assert await read_all(client.pull_blob(repo, Digest.of(other))) == other
+
+
 # ------------------------------------------------------------------------------------------ CNCF Distribution
 
 
@@ -434,6 +495,8 @@ class Fake:
     token_requests: list[list[str]] = field(default_factory=list)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     chunk_min: int = 0
+    manifest_head: tuple[int, dict[str, str]] | None = None
+    """Status and headers of every manifest HEAD (e.g. a 429 with Retry-After)."""
     patches: list[tuple[str, str]] = field(default_factory=list)
     uploaded: bytearray = field(default_factory=bytearray)
 
@@ -511,6 +574,8 @@ class Fake:
     def manifest(self, request: web.Request) -> web.Response:
         """A manifest whose HEAD answer lacks Docker-Content-Digest (some registries' proxies strip it)."""
         headers = {"Content-Type": mt.OCI_MANIFEST}
+        if request.method == "HEAD" and self.manifest_head is not None:
+            return web.Response(status=self.manifest_head[0], headers=self.manifest_head[1])
         if request.method == "HEAD":
             return web.Response(headers={**headers, "Content-Length": str(len(self.blob))})
         return web.Response(body=self.blob, headers=headers)
@@ -676,6 +741,26 @@ async def test_resolve_falls_back_to_get_and_requests_carry_trace_context() -> N
     assert [method for method, _ in fake.requests] == ["HEAD", "GET"]
     trace_id = format(span.get_span_context().trace_id, "032x")
     assert all(trace_id in headers["traceparent"] for _, headers in fake.requests)
+
+
+async def test_resolve_does_not_turn_a_refused_head_into_a_pull() -> None:
+    """A 429 or 5xx HEAD is raised with its Retry-After (a GET would count as a pull and meet the same limit);
+    only a registry without HEAD (405) is asked with GET."""
+    manifest = make_image().manifest
+    fake = Fake(manifest, manifest_head=(429, {"Retry-After": "7"}))
+    async with serving(fake.app()) as registry, OciClient() as client:
+        repo = RemoteRepository(registry, FAKE_REPO)  # type: ignore[arg-type]
+        with pytest.raises(OciTooManyRequestsError) as limited:
+            await client.resolve(repo, "v1")
+        assert limited.value.retry_after == 7.0 and limited.value.headers["Retry-After"] == "7"
+        fake.manifest_head = (503, {})
+        with pytest.raises(OciResponseError) as failed:
+            await client.resolve(repo, "v1")
+        assert failed.value.status == 503 and failed.value.retry_after is None
+        assert [method for method, _ in fake.requests] == ["HEAD", "HEAD"]
+        fake.manifest_head = (405, {})
+        assert (await client.resolve(repo, "v1")).digest == Digest.of(manifest)
+        assert [method for method, _ in fake.requests][2:] == ["HEAD", "GET"]
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:

@@ -1,5 +1,6 @@
 """Blob transfers over a Transport: streamed, verified pulls that resume with Range after a dropped
-connection, and pushes (monolithic, single POST, chunked) with cross-repository mount."""
+connection (or from bytes the caller already holds), pushes (monolithic, single POST, chunked) with
+cross-repository mount, and resumable chunked pushes that continue a session from the registry's offset."""
 
 from __future__ import annotations
 
@@ -7,14 +8,22 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Final, Literal
 
 import aiohttp
 from yarl import URL
 
 from services.core.client.auth import repository_scope
-from services.core.client.errors import OciClientError, OciConnectionError, OciDigestMismatchError, OciProtocolError
+from services.core.client.errors import (
+    OciClientError,
+    OciConnectionError,
+    OciDigestMismatchError,
+    OciNotFoundError,
+    OciProtocolError,
+    OciResponseError,
+)
 from services.core.client.reference import RemoteRepository
 from services.core.client.transport import Transport, shown
 from services.core.oci.digest import Digest, Digester
@@ -55,17 +64,31 @@ def _resume_offset(resp: aiohttp.ClientResponse, offset: int) -> int:
 
 
 async def pull_blob(
-    transport: Transport, repo: RemoteRepository, digest: Digest, *, size: int | None = None
-) -> AsyncIterator[bytes]:
+    transport: Transport,
+    repo: RemoteRepository,
+    digest: Digest,
+    *,
+    size: int | None = None,
+    prefix: Digester | None = None,
+    on_size: Callable[[int], None] | None = None,
+) -> AsyncGenerator[bytes, None]:
     """The blob's bytes, chunk by chunk. A dropped or stalled connection is resumed with `Range: bytes=N-`
-    (at most `max_resumes` times); redirects are followed. The digest (and `size`, when given) are checked
-    as bytes pass: OciDigestMismatchError is raised after the last chunk if they do not match, so the
-    caller must not commit what it received before the iterator finishes."""
-    digester = Digester(digest.algorithm)
+    (at most `max_resumes` times); redirects are followed. The digest (and `size`,
+    when given) are checked as bytes pass: OciDigestMismatchError is raised after the last chunk if they do
+    not match, so the caller must not commit what it received before the iterator finishes.
+
+    `prefix` is a digester that has already hashed the first `prefix.size` bytes of the blob (a `.part` file
+    left by an earlier run): the pull asks for the rest only, and the digest is checked over the whole.
+    `on_size` is told the blob's whole size as the registry announces it (Content-Length, Content-Range)."""
+    digester = prefix if prefix is not None else Digester(digest.algorithm)
+    if digester.algorithm != digest.algorithm:
+        raise ValueError(f"prefix hashed with {digester.algorithm}, the blob's digest is {digest.algorithm}")
     resumes = 0
     options = transport.options
     while True:
         offset = digester.size
+        if size is not None and offset >= size:
+            break  # the caller held every byte already: nothing to ask for, only the checks below
         headers = {"Accept": "*/*"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -83,6 +106,10 @@ async def pull_blob(
             if resp.status not in (200, 206) or (resp.status == 206 and not offset):
                 raise await transport.raise_for(resp, method="GET")
             skip = _resume_offset(resp, offset)
+            if on_size is not None:
+                announced = _announced_size(resp)
+                if announced is not None:
+                    on_size(announced)
             try:
                 async for chunk in resp.content.iter_chunked(options.read_chunk_size):
                     if skip:
@@ -111,6 +138,45 @@ async def pull_blob(
         raise OciDigestMismatchError(f"blob {digest}: received {digester.size} bytes, expected {size}")
     if digester.digest() != digest:
         raise OciDigestMismatchError(f"blob {digest}: received content has digest {digester.digest()}")
+
+
+def _announced_size(resp: aiohttp.ClientResponse) -> int | None:
+    """The whole blob's size from a 200's Content-Length or a 206's Content-Range total."""
+    if resp.status == 200:
+        return resp.content_length
+    match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
+    return int(match.group(3)) if match and match.group(3) != "*" else None
+
+
+class BlobDownload:
+    """A blob pull as an async iterator of verified chunks (see `pull_blob`) that also tells its `size`: the
+    one the caller gave, else the registry's, known once the first answer arrived."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        repo: RemoteRepository,
+        digest: Digest,
+        *,
+        size: int | None = None,
+        prefix: Digester | None = None,
+    ) -> None:
+        self.digest = digest
+        self.size = size
+        self._chunks = pull_blob(transport, repo, digest, size=size, prefix=prefix, on_size=self._learn)
+
+    def _learn(self, size: int) -> None:
+        if self.size is None:
+            self.size = size
+
+    def __aiter__(self) -> BlobDownload:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
 
 
 async def blob_size(transport: Transport, repo: RemoteRepository, digest: Digest) -> int | None:
@@ -272,3 +338,166 @@ async def _patch_all(
             (await transport.request(repo.registry, "DELETE", location, scopes=_push_scopes(repo))).release()
         raise OciDigestMismatchError(f"pushed content has digest {digester.digest()}, not {digest}")
     return location
+
+
+# ---------------------------------------------------------------------------------------------- resumable push
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSession:
+    """An open upload session: where to send the next chunk and how many bytes the registry holds."""
+
+    location: URL
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumableResult:
+    """What a resumable push did: the offset it started from (non-zero: it continued an earlier session),
+    the bytes it sent (chunks re-sent after a break included), and how often it resumed within this call."""
+
+    resumed_from: int
+    bytes_sent: int
+    resumes: int
+
+
+SourceAt = Callable[[int], AsyncIterable[bytes]]
+"""The blob's bytes from an offset to its end (a file opened and seeked): a resumed push reads from there."""
+
+
+def _range_end(text: str | None) -> int:
+    """Bytes held according to an upload's `Range: 0-<last>` header. `0-0` is read as empty: the spec's form
+    cannot tell 0 bytes from 1, and a wrong guess only costs a 416 and a fresh session."""
+    start, sep, end = (text or "").strip().removeprefix("bytes=").partition("-")
+    if not sep or not start.isdigit() or not end.isdigit() or int(start) != 0:
+        raise OciProtocolError(f"upload status without a usable Range header: {text!r}")
+    return 0 if int(end) == 0 else int(end) + 1
+
+
+async def upload_status(transport: Transport, repo: RemoteRepository, location: URL) -> UploadSession:
+    """The session's state (GET its Location). OciNotFoundError when the registry no longer has it."""
+    async with transport.expect(repo.registry, "GET", location, ok=(204, 200), scopes=_push_scopes(repo)) as resp:
+        where = _location(resp) if resp.headers.get("Location") else location
+        return UploadSession(where, _range_end(resp.headers.get("Range")))
+
+
+def _transient(exc: OciClientError) -> bool:
+    """Worth resuming after: a lost connection or a server that failed for now (5xx, 429)."""
+    if isinstance(exc, OciConnectionError):
+        return True
+    return isinstance(exc, OciResponseError) and (exc.status >= 500 or exc.status == 429)
+
+
+async def push_blob_resumable(
+    transport: Transport,
+    repo: RemoteRepository,
+    open_at: SourceAt,
+    *,
+    digest: Digest,
+    size: int,
+    chunk_size: int | None = None,
+    session: URL | None = None,
+    on_session: Callable[[UploadSession], None] | None = None,
+) -> ResumableResult:
+    """A chunked upload that survives dropped connections and restarts of the caller.
+
+    `session` is the Location of an upload an earlier run opened: its offset is read (GET) and the push
+    continues there; a session the registry has forgotten (404) is started again. `on_session` is called
+    with the session after it opens and after every chunk the registry accepted, so a caller can persist it
+    and continue after being killed. Within the call, a lost connection or a 5xx answer is resumed from the
+    registry's offset (at most `max_resumes` times in a row without progress). A 401 on a chunk is answered
+    by the transport with a refreshed token (chunks are bytes, so they can be sent again): a transfer is
+    never limited by a token's lifetime. The digest is verified by the registry when the session closes (a
+    resumed push never sees the bytes sent before, so it cannot hash them itself)."""
+    options = transport.options
+    chunk = chunk_size or options.chunk_size
+    current: UploadSession | None = None
+    if session is not None:
+        try:
+            current = await upload_status(transport, repo, session)
+        except OciNotFoundError:
+            current = None  # expired, cancelled or collected: start again
+        except OciProtocolError:
+            current = None
+        if current is not None and current.offset > size:
+            current = None
+    if current is None:
+        location, min_chunk = await _start_session(transport, repo)
+        chunk = max(chunk, min_chunk)
+        current = UploadSession(location, 0)
+    if on_session is not None:
+        on_session(current)
+    resumed_from, sent, resumes, failures = current.offset, 0, 0, 0
+    while True:
+        progress = current.offset
+        try:
+            if current.offset < size:
+                async for piece in _rechunk(open_at(current.offset), chunk):
+                    end = current.offset + len(piece)
+                    if end > size:
+                        raise OciDigestMismatchError(f"the source holds more than the {size} bytes announced")
+                    headers = {
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{current.offset}-{end - 1}",
+                        "Content-Length": str(len(piece)),
+                    }
+                    sent += len(piece)
+                    async with transport.expect(
+                        repo.registry,
+                        "PATCH",
+                        current.location,
+                        ok=(202,),
+                        scopes=_push_scopes(repo),
+                        headers=headers,
+                        body=piece,
+                    ) as resp:
+                        current = UploadSession(_location(resp), end)
+                    if on_session is not None:
+                        on_session(current)
+            if current.offset != size:
+                raise OciDigestMismatchError(f"the source ended at byte {current.offset}, not at {size}")
+            async with transport.expect(
+                repo.registry,
+                "PUT",
+                current.location,
+                ok=(201,),
+                scopes=_push_scopes(repo),
+                params={"digest": str(digest)},
+                body=b"",
+                headers={"Content-Type": "application/octet-stream", "Content-Length": "0"},
+            ):
+                return ResumableResult(resumed_from, sent, resumes)
+        except OciResponseError as exc:
+            if exc.status == 416:
+                # The registry holds other bytes than we thought (a guess at `0-0`, a racing writer): start over.
+                location, _ = await _start_session(transport, repo)
+                current = UploadSession(location, 0)
+                failures += 1
+                if failures > options.max_resumes:
+                    raise
+                continue
+            if not _transient(exc):
+                raise
+            error: OciClientError = exc
+        except OciConnectionError as exc:
+            error = exc
+        failures = 0 if current.offset > progress else failures + 1
+        if failures > options.max_resumes:
+            raise error
+        resumes += 1
+        log.info("chunked push of %s broke at byte %d (%r); resuming", digest, current.offset, error)
+        await asyncio.sleep(options.resume_delay * max(failures, 1))
+        try:
+            current = await upload_status(transport, repo, current.location)
+        except OciNotFoundError:
+            # Gone after our closing PUT: the answer was lost, not the blob. Otherwise: start again.
+            if await blob_size(transport, repo, digest) == size:
+                return ResumableResult(resumed_from, sent, resumes)
+            location, _ = await _start_session(transport, repo)
+            current = UploadSession(location, 0)
+        except (OciConnectionError, OciResponseError) as status_error:
+            if not _transient(status_error):
+                raise
+            continue  # still down: the next round fails fast and counts against max_resumes
+        if on_session is not None:
+            on_session(current)

@@ -4,7 +4,10 @@ transfer failed."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 MAX_MESSAGE_BODY: Final = 300
@@ -46,10 +49,21 @@ class OciProtocolError(OciClientError):
 
 class OciResponseError(OciClientError):
     """The registry answered a request with an error status. `code` is the first OCI error code of the body
-    (`UNKNOWN` when there is none), `errors` every parsed entry."""
+    (`UNKNOWN` when there is none), `errors` every parsed entry, `headers` the answer's headers (a 429's or
+    503's `Retry-After` tells a caller when to come back: `retry_after`)."""
 
-    def __init__(self, *, method: str, url: str, status: int, errors: tuple[ErrorDetail, ...], body: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        method: str,
+        url: str,
+        status: int,
+        errors: tuple[ErrorDetail, ...],
+        body: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.method, self.url, self.status, self.errors = method, url, status, errors
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
         self.code = errors[0].code if errors else "UNKNOWN"
         if errors:
             explained = "; ".join(f"{e.code}: {e.message}" if e.message else e.code for e in errors)
@@ -57,6 +71,25 @@ class OciResponseError(OciClientError):
             explained = body[:MAX_MESSAGE_BODY].strip() or "(no body)"
         self.message = explained
         super().__init__(f"{method} {url}: {status} {explained}")
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds to wait from `Retry-After` (delta-seconds or an HTTP date), None when absent or unreadable."""
+        return parse_retry_after(self.headers.get("Retry-After"))
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds from now (never negative); None when absent or neither form."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(when - (time.time() if now is None else now), 0.0)
 
 
 class OciUnauthorizedError(OciResponseError):
@@ -106,7 +139,16 @@ def parse_error_body(body: bytes) -> tuple[ErrorDetail, ...]:
     return tuple(out)
 
 
-def response_error(*, method: str, url: str, status: int, body: bytes) -> OciResponseError:
-    """The typed error for an error response (its class chosen by status)."""
+def response_error(
+    *, method: str, url: str, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> OciResponseError:
+    """The typed error for an error response (its class chosen by status), keeping the answer's headers."""
     cls = _BY_STATUS.get(status, OciResponseError)
-    return cls(method=method, url=url, status=status, errors=parse_error_body(body), body=body.decode(errors="replace"))
+    return cls(
+        method=method,
+        url=url,
+        status=status,
+        errors=parse_error_body(body),
+        body=body.decode(errors="replace"),
+        headers=headers,
+    )

@@ -5,7 +5,7 @@ transfers in `blobs.py`, authentication and HTTP in `transport.py`."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
@@ -25,7 +25,7 @@ from services.core.client.reference import RemoteRepository
 from services.core.client.transport import ClientOptions, Transport, shown
 from services.core.errors import RegistryError
 from services.core.oci import mediatypes as mt
-from services.core.oci.digest import Digest
+from services.core.oci.digest import Digest, Digester
 from services.core.oci.manifest import Descriptor, ReferrerDescriptor, parse_manifest
 from services.core.oci.names import Tag, parse_reference
 from services.core.ssrf import guarded_connector
@@ -38,6 +38,9 @@ MANIFEST_ACCEPT: Final = ", ".join(
 )
 
 Reference = str | Tag | Digest
+
+_HEAD_UNSUPPORTED: Final = frozenset({405, 501})
+"""HEAD answers that mean "ask with GET" rather than "no" or "not now"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +147,9 @@ class OciClient:
 
     async def resolve(self, repo: RemoteRepository, reference: Reference) -> Descriptor:
         """The descriptor (media type, digest, size) of a tag or digest: HEAD, or GET when the HEAD answer
-        lacks what we need. Raises OciNotFoundError when there is no such manifest."""
+        lacks what we need or the registry does not serve HEAD (405, 501). Any other error answer is raised
+        as it is, a 429 or 5xx included: a GET then would count as a pull (Docker Hub's rate limit) and meet
+        the same limit. Raises OciNotFoundError when there is no such manifest."""
         ref = _reference(reference)
         resp = await self.transport.request(
             repo.registry,
@@ -154,7 +159,7 @@ class OciClient:
             headers={"Accept": MANIFEST_ACCEPT},
         )
         try:
-            if resp.status == 404 or resp.status in (401, 403):
+            if resp.status != 200 and resp.status not in _HEAD_UNSUPPORTED:
                 raise await self.transport.raise_for(resp, method="HEAD")
             header_digest = resp.headers.get("Docker-Content-Digest")
             media_type = mt.base_media_type(resp.headers.get("Content-Type", ""))
@@ -210,11 +215,12 @@ class OciClient:
         reference: Reference | None = None,
         media_type: str | None = None,
         update_referrers_tag: bool = True,
+        headers: Mapping[str, str] | None = None,
     ) -> Descriptor:
         """PUT a manifest by tag or (default) by its digest, with its media type as Content-Type (default: its
-        `mediaType` field). A manifest with a `subject` pushed to a registry without the referrers API (no
-        `OCI-Subject` in the answer) is also added to the subject's referrers tag (`sha256-<hex>`), unless
-        `update_referrers_tag` is False."""
+        `mediaType` field) and any extra `headers` (e.g. the registry's own `X-Hanzo-Force`). A manifest with a
+        `subject` pushed to a registry without the referrers API (no `OCI-Subject` in the answer) is also added
+        to the subject's referrers tag (`sha256-<hex>`), unless `update_referrers_tag` is False."""
         media_type = media_type or _media_type_of(content, None)
         descriptor = Descriptor(media_type, Digest.of(content), len(content))
         ref = _reference(reference) if reference is not None else descriptor.digest
@@ -224,7 +230,7 @@ class OciClient:
             f"/v2/{repo.name}/manifests/{ref}",
             ok=(201,),
             scopes=_push(repo),
-            headers={"Content-Type": media_type},
+            headers={**(headers or {}), "Content-Type": media_type},
             body=content,
         ) as resp:
             answered = self._parse_digest(resp.headers.get("Docker-Content-Digest"))
@@ -287,9 +293,36 @@ class OciClient:
         """The blob's size if the repository has it (HEAD), else None."""
         return await blobs.blob_size(self.transport, repo, digest)
 
-    def pull_blob(self, repo: RemoteRepository, digest: Digest, *, size: int | None = None) -> AsyncIterator[bytes]:
-        """The blob as an async iterator of chunks, verified and resumed; see `blobs.pull_blob`."""
-        return blobs.pull_blob(self.transport, repo, digest, size=size)
+    def pull_blob(
+        self, repo: RemoteRepository, digest: Digest, *, size: int | None = None, prefix: Digester | None = None
+    ) -> blobs.BlobDownload:
+        """The blob as an async iterator of chunks, verified and resumed (from `prefix`, bytes the caller
+        already holds, when given); its `size` is known once the first chunk arrived. See `blobs.pull_blob`."""
+        return blobs.BlobDownload(self.transport, repo, digest, size=size, prefix=prefix)
+
+    async def push_blob_resumable(
+        self,
+        repo: RemoteRepository,
+        open_at: blobs.SourceAt,
+        *,
+        digest: Digest,
+        size: int,
+        chunk_size: int | None = None,
+        session: URL | None = None,
+        on_session: Callable[[blobs.UploadSession], None] | None = None,
+    ) -> blobs.ResumableResult:
+        """A chunked push that continues `session` (an earlier run's) from the registry's offset and resumes
+        after lost connections; see `blobs.push_blob_resumable`."""
+        return await blobs.push_blob_resumable(
+            self.transport,
+            repo,
+            open_at,
+            digest=digest,
+            size=size,
+            chunk_size=chunk_size,
+            session=session,
+            on_session=on_session,
+        )
 
     async def push_blob(
         self,

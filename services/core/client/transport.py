@@ -57,6 +57,9 @@ class RegistryOptions:
     plain_http: bool | None = None
     insecure: bool = False
     ca_file: str | None = None
+    basic_always: bool = False
+    """Send the credentials as Basic on every request, without waiting for a challenge or trading them for a
+    token: for APIs that take API keys but refuse registry access tokens (our management API's writes)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,7 +158,10 @@ class Transport:
 
     async def _authorization(self, registry: str, scopes: Sequence[str], *, refresh: bool = False) -> str | None:
         challenge = self._challenges.get(registry)
-        credentials = self.options.for_registry(registry).credentials
+        options = self.options.for_registry(registry)
+        credentials = options.credentials
+        if options.basic_always and credentials is not None:
+            return basic_header(credentials)
         if challenge is None:
             return None
         if challenge.scheme == "basic":
@@ -193,7 +199,10 @@ class Transport:
         try:
             # Under a URL policy a realm may not redirect: literal addresses in a Location never meet the resolver.
             async with self.session.get(
-                url, headers=headers, ssl=self._ssl_for(registry), timeout=self._timeout(),
+                url,
+                headers=headers,
+                ssl=self._ssl_for(registry),
+                timeout=self._timeout(),
                 allow_redirects=self.options.url_policy is None,
             ) as resp:
                 body = await resp.content.read(MAX_ERROR_BODY)
@@ -334,7 +343,11 @@ class Transport:
             body = b""
         finally:
             resp.release()
-        return response_error(method=method or resp.method, url=shown(resp.url), status=resp.status, body=body)
+        # A copy: the response's own multidict goes with the released connection; headers repeat rarely.
+        headers = {key: value for key, value in resp.headers.items()}
+        return response_error(
+            method=method or resp.method, url=shown(resp.url), status=resp.status, body=body, headers=headers
+        )
 
     @contextlib.asynccontextmanager
     async def expect(
