@@ -1,109 +1,214 @@
-"""Argument parsers of the OCI commands (`login`, `logout`, `push`, `pull`, `ls`, `rm`, `inspect`, `model
-push|pull|inspect|ls`): argparse only, so `--help` stays fast; the work is in services/cli/oci.py."""
+"""The OCI commands of `hanzo-registry` as Click commands (`login`, `logout`, `push`, `pull`, `ls`, `rm`,
+`inspect`, `model push|pull|inspect|ls`, `scan`, `verify`): options only, so `--help` stays fast; the work is in
+services/cli/oci.py, services/cli/layouts.py and services/cli/checks.py, imported when a command runs."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-NAMES = frozenset({"login", "logout", "push", "pull", "ls", "rm", "inspect", "model"})
+import click
+
+from services.cli.exits import EXIT_CODES
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 ADDRESSING = """\
-references: [REGISTRY/]REPOSITORY[:TAG][@DIGEST], docker's convention (no registry: $HANZO_REGISTRY_ADDR,
-else 127.0.0.1:5000; HTTPS, except loopback hosts, which get plain HTTP; --plain-http and --insecure for
-others). Credentials: -u/--username with $HANZO_REGISTRY_API_KEY or --password-stdin, else the docker
-config (~/.docker/config.json, $DOCKER_CONFIG) that `login` writes and docker, oras and skopeo read.
+\b
+references: [REGISTRY/]REPOSITORY[:TAG][@DIGEST], docker's convention (no registry:
+$HANZO_REGISTRY_ADDR, else 127.0.0.1:5000; HTTPS, except loopback hosts, which get plain HTTP;
+--plain-http and --insecure for others). Credentials: -u/--username with $HANZO_REGISTRY_API_KEY or
+--password-stdin, else the docker config (~/.docker/config.json, $DOCKER_CONFIG) that `login` writes
+and docker, oras and skopeo read.
+"""
+EPILOG = EXIT_CODES + "\n" + ADDRESSING
+
+TRANSFERS = """\
+\b
+Large files: files over 64 MB are pushed in 32 MiB chunks; the session is saved under
+$XDG_CACHE_HOME/hanzo-registry/uploads/ after every chunk, so a push that was killed or lost its
+connection continues from the registry's offset when run again. Pulls write `.NAME.part` and continue
+it with Range; the digest is checked over the whole file before it is renamed into place.
+Progress bars (bytes, rate, ETA) go to stderr when it is a terminal (not with -q or -o json).
 """
 
 
-def _common(*, output: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--plain-http", action="store_true", help="plain HTTP for a non-loopback registry")
-    p.add_argument("--insecure", action="store_true", help="HTTPS without verifying the certificate")
-    p.add_argument("--ca-file", help="a CA bundle to trust (besides the system's)")
-    p.add_argument("-u", "--username", help="user name (the password: $HANZO_REGISTRY_API_KEY or --password-stdin)")
-    p.add_argument("--password-stdin", action="store_true", help="read the password (API key) from stdin")
-    if output:
-        p.add_argument("-o", "--output", choices=["text", "json"], default="text", help="text (default) or json")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    return p
+def _connection(*, output: bool = True) -> Callable[[F], F]:
+    """The options every OCI command takes: how to reach the registry, credentials, output."""
+
+    def decorate(f: F) -> F:
+        options = [
+            click.option("--plain-http", is_flag=True, help="Plain HTTP for a non-loopback registry."),
+            click.option("--insecure", is_flag=True, help="HTTPS without verifying the certificate."),
+            click.option("--ca-file", help="A CA bundle to trust (besides the system's)."),
+            click.option("-u", "--username",
+                         help="User name (the password: $HANZO_REGISTRY_API_KEY or --password-stdin)."),
+            click.option("--password-stdin", is_flag=True, help="Read the password (API key) from stdin."),
+        ]
+        if output:
+            options.append(click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+                                        show_default=True, help="Text, or one JSON document on stdout."))
+        options.append(click.option("-q", "--quiet", is_flag=True, help="No progress bars."))
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
 
 
-def add_parsers(sub: Any, epilog: str) -> None:
-    """Register the commands on `sub` (the subparsers of `hanzo-registry`)."""
-    fmt = argparse.RawTextHelpFormatter
-    common = _common()
-    text = epilog + "\n" + ADDRESSING
-
-    login = sub.add_parser("login", parents=[_common(output=False)], help="check credentials and store them in "
-                           "the docker config (docker, oras and skopeo read them too)", epilog=text,
-                           formatter_class=fmt)
-    login.add_argument("registry", metavar="REGISTRY", help="host[:port]")
-    logout = sub.add_parser("logout", help="remove a registry's credentials from the docker config", epilog=text,
-                            formatter_class=fmt)
-    logout.add_argument("registry", metavar="REGISTRY")
-
-    push = sub.add_parser("push", parents=[common], help="push files as an OCI artifact (as `oras push` does)",
-                          epilog=text, formatter_class=fmt)
-    push.add_argument("reference", metavar="REF")
-    push.add_argument("files", metavar="FILE[:MEDIA_TYPE]", nargs="+")
-    push.add_argument("--artifact-type", default="application/vnd.unknown.artifact.v1")
-    push.add_argument("--annotation", "-a", action="append", default=[], metavar="KEY=VALUE",
-                      help="manifest annotation (repeatable)")
-    push.add_argument("--subject", metavar="REF", help="push as a referrer of this manifest (same repository)")
-
-    pull = sub.add_parser("pull", parents=[common], help="pull an artifact's files (named by their titles)",
-                          epilog=text, formatter_class=fmt)
-    pull.add_argument("reference", metavar="REF")
-    pull.add_argument("--dir", default=".", help="where to write the files (default: .)")
-
-    ls = sub.add_parser("ls", parents=[common], help="list repositories (no argument or REGISTRY), tags "
-                        "(REPOSITORY) or models (--models)", epilog=text, formatter_class=fmt)
-    ls.add_argument("target", nargs="?", metavar="REGISTRY|REPOSITORY")
-    ls.add_argument("--models", action="store_true", help="list models (filters: --architecture, --format, ...)")
-    _model_filters(ls)
-
-    rm = sub.add_parser("rm", parents=[common], help="delete a manifest (a tag: the manifest it points at, with "
-                        "all its tags)", epilog=text, formatter_class=fmt)
-    rm.add_argument("reference", metavar="REF")
-
-    inspect = sub.add_parser("inspect", parents=[common], help="a manifest: media type, digest, platforms, sizes, "
-                             "and the model view of a model", epilog=text, formatter_class=fmt)
-    inspect.add_argument("reference", metavar="REF")
-
-    model = sub.add_parser("model", help="push, pull, inspect and list models", epilog=text, formatter_class=fmt)
-    msub = model.add_subparsers(dest="model_command", required=True)
-    mpush = msub.add_parser("push", parents=[common], help="push a model directory; media types from the file "
-                            "types, artifact type application/vnd.hanzo.model.v1", epilog=text, formatter_class=fmt)
-    mpush.add_argument("directory", metavar="DIR")
-    mpush.add_argument("reference", metavar="REF")
-    mpush.add_argument("--base", metavar="REF", help="the base model (same repository): becomes the `subject`")
-    mpush.add_argument("--relation", choices=["fine-tune", "quantization", "adapter"],
-                       help="what this model is to --base (default: adapter for LoRA files, else fine-tune)")
-    mpush.add_argument("--annotation", "-a", action="append", default=[], metavar="KEY=VALUE")
-    mpull = msub.add_parser("pull", parents=[common], help="pull a model into a directory", epilog=text,
-                            formatter_class=fmt)
-    mpull.add_argument("reference", metavar="REF")
-    mpull.add_argument("directory", metavar="DIR")
-    minspect = msub.add_parser("inspect", parents=[common], help="the model view (format, parameters, "
-                               "architecture, quantization, files, lineage)", epilog=text, formatter_class=fmt)
-    minspect.add_argument("reference", metavar="REF")
-    mls = msub.add_parser("ls", parents=[common], help="list models", epilog=text, formatter_class=fmt)
-    mls.add_argument("target", nargs="?", metavar="REGISTRY")
-    _model_filters(mls)
+def _model_filters(f: F) -> F:
+    for option in reversed([
+        click.option("--architecture"),
+        click.option("--format"),
+        click.option("--quantization"),
+        click.option("--min-parameters", type=int),
+        click.option("--max-parameters", type=int),
+        click.option("--query", "-Q", "q", help="Text in the repository, name, architecture or format."),
+    ]):
+        f = option(f)
+    return f
 
 
-def _model_filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--architecture")
-    p.add_argument("--format")
-    p.add_argument("--quantization")
-    p.add_argument("--min-parameters", type=int)
-    p.add_argument("--max-parameters", type=int)
-    p.add_argument("--query", "-Q", dest="q", help="text in the repository, name, architecture or format")
-
-
-def dispatch(args: argparse.Namespace) -> int:
+def run(command: str, **values: Any) -> int:
+    """Hand the parsed values to services/cli/oci.py (as the namespace it reads)."""
     from services.cli import oci
 
-    return oci.main(args, stdin=sys.stdin)
+    return oci.main(argparse.Namespace(command=command, **values), stdin=sys.stdin)
+
+
+def register(group: click.Group) -> None:
+    """Add the OCI commands to `group` (the `hanzo-registry` group)."""
+
+    @group.command(epilog=EPILOG)
+    @click.argument("registry")
+    @_connection(output=False)
+    def login(**values: Any) -> int:
+        """Check credentials and store them in the docker config (docker, oras and skopeo read them too)."""
+        return run("login", **values)
+
+    @group.command(epilog=EPILOG)
+    @click.argument("registry")
+    def logout(**values: Any) -> int:
+        """Remove a registry's credentials from the docker config."""
+        return run("logout", **values)
+
+    @group.command(epilog=EPILOG + "\n" + TRANSFERS + "\n" + LAYOUTS)
+    @click.argument("reference", metavar="REF")
+    @click.argument("files", metavar="FILE[:MEDIA_TYPE]...", nargs=-1)
+    @click.option("--artifact-type", default="application/vnd.unknown.artifact.v1", show_default=True)
+    @click.option("--annotation", "-a", multiple=True, metavar="KEY=VALUE", help="Manifest annotation (repeatable).")
+    @click.option("--subject", metavar="REF", help="Push as a referrer of this manifest (same repository).")
+    @click.option("--from", "source", metavar="oci:DIR[:TAG]|docker-archive:FILE",
+                  help="Push the image in an OCI image layout or a `docker save` tarball instead of files.")
+    @_connection()
+    def push(**values: Any) -> int:
+        """Push files as an OCI artifact (as `oras push` does), or an image from a layout (--from)."""
+        if not values["files"] and not values["source"]:
+            raise click.UsageError("give FILE arguments, or --from oci:DIR[:TAG] or --from docker-archive:FILE")
+        if values["files"] and values["source"]:
+            raise click.UsageError("give FILE arguments or --from, not both")
+        return run("push", **values)
+
+    @group.command(epilog=EPILOG + "\n" + TRANSFERS + "\n" + LAYOUTS)
+    @click.argument("reference", metavar="REF")
+    @click.option("--dir", "dir", default=".", show_default=True, help="Where to write an artifact's files.")
+    @click.option("--to", "destination", metavar="oci:DIR[:TAG]|docker-archive:FILE",
+                  help="Write the image into an OCI image layout or a `docker save` tarball.")
+    @click.option("--platform", metavar="OS/ARCH[/VARIANT]",
+                  help="--to: the platform to take from a multi-platform index (default: this machine's).")
+    @_connection()
+    def pull(**values: Any) -> int:
+        """Pull an artifact's files (named by their titles), or an image into a layout (--to)."""
+        return run("pull", **values)
+
+    @group.command(epilog=EPILOG)
+    @click.argument("target", required=False, metavar="[REGISTRY|REPOSITORY]")
+    @click.option("--models", is_flag=True, help="List models (filters: --architecture, --format, ...).")
+    @_model_filters
+    @_connection()
+    def ls(**values: Any) -> int:
+        """List repositories (no argument or REGISTRY), tags (REPOSITORY) or models (--models)."""
+        return run("ls", **values)
+
+    @group.command(epilog=EPILOG)
+    @click.argument("reference", metavar="REF")
+    @_connection()
+    def rm(**values: Any) -> int:
+        """Delete a manifest (a tag: the manifest it points at, with all its tags)."""
+        return run("rm", **values)
+
+    @group.command(epilog=EPILOG)
+    @click.argument("reference", metavar="REF")
+    @_connection()
+    def inspect(**values: Any) -> int:
+        """A manifest: media type, digest, platforms, sizes, and the model view of a model."""
+        return run("inspect", **values)
+
+    @group.command(epilog=EPILOG)
+    @click.argument("reference", metavar="REF")
+    @click.option("--rescan", is_flag=True, help="Queue a new scan first (needs push access), then wait for it.")
+    @click.option("--wait", "wait", type=float, default=60.0, show_default=True,
+                  help="Seconds to wait for a report that is not there yet.")
+    @_connection()
+    def scan(**values: Any) -> int:
+        """The vulnerability report of an image (the scanner's), optionally after a rescan."""
+        return run("scan", **values)
+
+    @group.command(epilog=EPILOG)
+    @click.argument("reference", metavar="REF")
+    @click.option("--key", "key_ref", metavar="hanzo-kms://projects/NS/keys/NAME",
+                  help="Only signatures by this managed key count (default: any trusted key).")
+    @_connection()
+    def verify(**values: Any) -> int:
+        """Verify an image's signatures (the signer's check); exit 1 when none verifies."""
+        return run("verify", **values)
+
+    @group.group(epilog=EPILOG)
+    def model() -> None:
+        """Push, pull, inspect and list models."""
+
+    @model.command("push", epilog=EPILOG + "\n" + TRANSFERS)
+    @click.argument("directory", metavar="DIR")
+    @click.argument("reference", metavar="REF")
+    @click.option("--base", metavar="REF", help="The base model (same repository): becomes the `subject`.")
+    @click.option("--relation", type=click.Choice(["fine-tune", "quantization", "adapter"]),
+                  help="What this model is to --base (default: adapter for LoRA files, else fine-tune).")
+    @click.option("--annotation", "-a", multiple=True, metavar="KEY=VALUE")
+    @_connection()
+    def model_push(**values: Any) -> int:
+        """Push a model directory; media types from the file types, artifact type application/vnd.hanzo.model.v1."""
+        return run("model", model_command="push", **values)
+
+    @model.command("pull", epilog=EPILOG + "\n" + TRANSFERS)
+    @click.argument("reference", metavar="REF")
+    @click.argument("directory", metavar="DIR")
+    @_connection()
+    def model_pull(**values: Any) -> int:
+        """Pull a model into a directory."""
+        return run("model", model_command="pull", **values)
+
+    @model.command("inspect", epilog=EPILOG)
+    @click.argument("reference", metavar="REF")
+    @_connection()
+    def model_inspect(**values: Any) -> int:
+        """The model view (format, parameters, architecture, quantization, files, lineage)."""
+        return run("model", model_command="inspect", **values)
+
+    @model.command("ls", epilog=EPILOG)
+    @click.argument("target", required=False, metavar="[REGISTRY]")
+    @_model_filters
+    @_connection()
+    def model_ls(**values: Any) -> int:
+        """List models."""
+        return run("model", model_command="ls", **values)
+
+
+LAYOUTS = """\
+\b
+Layouts: oci:DIR[:TAG] is an OCI image layout (oci-layout, index.json, blobs/sha256/...; TAG is the
+org.opencontainers.image.ref.name of the index entry, as skopeo and umoci write it);
+docker-archive:FILE is a `docker save` tarball (manifest.json, config, layer tars), pushed as a Docker
+v2 manifest. Blobs go byte for byte both ways.
+"""

@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from services.cli.tag import TagCommandError, Target, _call, connect
+from services.cli.api import call as _call
+from services.cli.api import connect
+from services.cli.target import TagCommandError, Target
 
 PATH = "/v1/registry/admin/gc"
 POLL_SECONDS = 1.0

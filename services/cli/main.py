@@ -1,19 +1,22 @@
-"""The `hanzo-registry` command: `serve` (all-in-one), one service per process, `check-config`, the management
-commands (`tag`, `policy`, `sign`, `vulndb`, `gc`) and the OCI commands (`login`, `push`, `pull`, `ls`, `rm`,
-`inspect`, `model`; services/cli/commands.py)."""
+"""The `hanzo-registry` command (Click): `serve` (all-in-one), one service per process, `check-config`, the
+management commands (`tag`, `policy`, `sign`, `vulndb`, `gc`, `replication`; services/cli/management.py) and
+the OCI commands (`login`, `push`, `pull`, `ls`, `rm`, `inspect`, `model`, `scan`, `verify`;
+services/cli/commands.py)."""
 
 from __future__ import annotations
 
 # Imports stay light here: `--help` and `tag` must start fast (no aiohttp, pydantic or grpc until a server or
 # the settings are needed). tests/unit/test_cli.py keeps it so.
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.cli import commands, replication
+import click
+
+from services.cli import commands, management
+from services.cli.exits import EXIT_CODES, INTERRUPTED, USAGE
 
 if TYPE_CHECKING:
     import socket
@@ -22,194 +25,64 @@ if TYPE_CHECKING:
 
 SERVICES = ("distribution", "scanner", "signer", "gc", "replicator", "webhooks")
 
-EXIT_CODES = """\
-exit codes:
-  0  done (a server: stopped cleanly on SIGTERM or Ctrl-C)
-  1  a command that talks to a registry (tag, policy, sign, gc, vulndb, login, push, pull, ls, rm, inspect,
-     model): the registry refused the request (denied, not found, bad credentials; its error is printed) or
-     sent content that does not match its digest; gc run --wait: the run failed
-  2  bad usage or configuration, or a server that cannot start: a bad setting, a port in use, a data
-     directory it cannot write, a backend that does not answer, a TLS file that does not load; one line
-     on stderr names the setting and the fix; a bad reference, a missing or unreadable file
-  3  the registry cannot be reached, or the connection was lost
-  130 interrupted (Ctrl-C)
-"""
+
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--config", type=click.Path(path_type=Path),
+              help="YAML settings file (environment variables override it).")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """Hanzo Registry: the OCI registry's servers and its command-line client."""
+    ctx.obj = {"config": config}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hanzo-registry", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--config", type=Path, help="YAML settings file (environment variables override it)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="every service in one process (the embedded assembly)", epilog=EXIT_CODES)
-    for name in SERVICES:
-        if name == "gc":
-            _gc_parser(sub)
-            continue
-        sub.add_parser(name, help=f"run the {name} service alone", epilog=EXIT_CODES)
-    check = sub.add_parser(
-        "check-config",
-        help="check everything `serve` checks at start (settings, files, port, backends) and print the "
-        "settings (secrets masked)",
-        epilog=EXIT_CODES,
-    )
-    check.add_argument(
-        "--offline", action="store_true", help="check the settings and files only, not the port or the backends"
-    )
-    tag_cmd = sub.add_parser(
-        "tag",
-        help="point a tag at an existing manifest (an immutable one needs --force)",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawTextHelpFormatter,
-    )
-    tag_cmd.add_argument("repository", help="e.g. team/app")
-    tag_cmd.add_argument("source", help="the tag or digest of the manifest")
-    tag_cmd.add_argument("new_tag")
-    tag_cmd.add_argument(
-        "--registry",
-        help="the registry: a URL, or host:port (https first; http too for loopback hosts)\n"
-        "default: $HANZO_REGISTRY_URL, else $HANZO_REGISTRY_ADDR, else 127.0.0.1:5000",
-    )
-    tag_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
-    tag_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
-    tag_cmd.add_argument("--force", action="store_true", help="move an immutable tag (admins only)")
-    policy_cmd = sub.add_parser(
-        "policy",
-        help="get, set or remove the policy document (.hanzo/registry.yaml) of a namespace or repository",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawTextHelpFormatter,
-    )
-    policy_cmd.add_argument("action", choices=["get", "set", "rm"])
-    policy_cmd.add_argument("name", metavar="NAMESPACE[/REPOSITORY]")
-    policy_cmd.add_argument("file", nargs="?", help="set: the YAML (or JSON) document; - or none: stdin")
-    policy_cmd.add_argument("--effective", action="store_true",
-                            help="get: the policy in force for a repository (default <- namespace <- repository)")
-    policy_cmd.add_argument("--registry", help="as for tag")
-    policy_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
-    policy_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
-    vulndb_cmd = sub.add_parser("vulndb", help="import OSV records into the vulnerability database, or show it",
-                                epilog=EXIT_CODES, formatter_class=argparse.RawTextHelpFormatter)
-    vulndb_cmd.add_argument("action", choices=["import", "status"])
-    vulndb_cmd.add_argument("path", nargs="?", help="import: an OSV record or array (JSON), or an OSV export zip")
-    vulndb_cmd.add_argument("--registry", help="as for tag")
-    vulndb_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
-    vulndb_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
-    sign_cmd = sub.add_parser(
-        "sign",
-        help="sign an image with a managed key (cosign's format; `cosign verify --key` accepts it)",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawTextHelpFormatter,
-    )
-    sign_cmd.add_argument("image", metavar="IMAGE", help="REPOSITORY[:TAG|@DIGEST], e.g. team/app:v1")
-    sign_cmd.add_argument("--key", required=True, help="hanzo-kms://projects/<namespace>/keys/<name>")
-    sign_cmd.add_argument("--registry", help="as for tag")
-    sign_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
-    sign_cmd.add_argument("--api-key", dest="api_key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
-    commands.add_parsers(sub, EXIT_CODES)
-    replication.add_parser(sub, EXIT_CODES)
-    return parser
+def serve(ctx: click.Context, command: str) -> int:
+    """Start `command` (serve: every service) with the settings of the group's --config."""
+    from services.core.settings import SettingsError, load_settings
+
+    root = ctx.find_root()
+    try:
+        settings = load_settings((root.obj or {}).get("config"))
+    except SettingsError as exc:
+        return _fail(exc)
+    return _serve(command, settings)
 
 
-def _gc_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    gc_cmd = sub.add_parser(
-        "gc", help="run the gc service alone; `gc run` starts a garbage-collection run, `gc history` lists the "
-        "last runs (over the management API, registry admins)", epilog=EXIT_CODES,
-        formatter_class=argparse.RawTextHelpFormatter)
-    gc_cmd.add_argument("action", nargs="?", choices=["run", "history"],
-                        help="run: start a run; history: the last runs; none: run the gc service alone")
-    gc_cmd.add_argument("--dry-run", action="store_true", help="run: find what would be deleted, delete nothing")
-    gc_cmd.add_argument("--wait", action="store_true", help="run: wait for the run to finish and print its result")
-    gc_cmd.add_argument("--grace-seconds", type=float, help="run: replaces every grace period for this run")
-    gc_cmd.add_argument("--limit", type=int, default=20, help="history: runs to list (default 20)")
-    gc_cmd.add_argument("--registry", help="as for tag")
-    gc_cmd.add_argument("--user", default="hanzo", help="user name for the API key (default: hanzo)")
-    gc_cmd.add_argument("--key", help="API key (default: $HANZO_REGISTRY_API_KEY)")
+@cli.command("serve", epilog=EXIT_CODES)
+@click.pass_context
+def serve_command(ctx: click.Context) -> int:
+    """Every service in one process (the embedded assembly)."""
+    return serve(ctx, "serve")
 
 
-def _gc(args: argparse.Namespace) -> int:
-    from services.cli import gc
-    from services.cli import tag as tag_command
+def _service_command(name: str) -> None:
+    @cli.command(name, epilog=EXIT_CODES, help=f"Run the {name} service alone.")
+    @click.pass_context
+    def run_service(ctx: click.Context) -> int:
+        return serve(ctx, name)
+
+
+for _name in SERVICES:
+    if _name != "gc":  # `gc` is also `gc run|history` (services/cli/management.py)
+        _service_command(_name)
+
+
+@cli.command("check-config", epilog=EXIT_CODES)
+@click.option("--offline", is_flag=True, help="Check the settings and files only, not the port or the backends.")
+@click.pass_context
+def check_config(ctx: click.Context, offline: bool) -> int:
+    """Check everything `serve` checks at start (settings, files, port, backends) and print the settings
+    (secrets masked)."""
+    from services.core.settings import SettingsError, load_settings
 
     try:
-        target = tag_command.target_from(args.registry, args.user, args.key)
-        if args.action == "history":
-            print(gc.history_table(gc.history(target, limit=args.limit)), end="")
-            return 0
-        run_id = gc.run(target, dry_run=args.dry_run, grace_seconds=args.grace_seconds)
-        if not args.wait:
-            print(f"GC run {run_id} started{' (dry run)' if args.dry_run else ''}")
-            return 0
-        record = gc.wait(target, run_id)
-        print(gc.summary(record))
-        return 0 if record["status"] == "succeeded" else 1
-    except tag_command.TagCommandError as exc:
-        print(f"hanzo-registry gc: {exc}", file=sys.stderr)
-        return exc.exit_code
+        settings = load_settings((ctx.find_root().obj or {}).get("config"))
+    except SettingsError as exc:
+        return _fail(exc)
+    return _check_config(settings, offline=offline)
 
 
-def _vulndb(args: argparse.Namespace) -> int:
-    from services.cli import tag as tag_command
-    from services.cli import vulndb
-
-    try:
-        target = tag_command.target_from(args.registry, args.user, args.key)
-        if args.action == "import":
-            if not args.path:
-                raise tag_command.TagCommandError("vulndb import needs a PATH", exit_code=2)
-            result = vulndb.import_file(target, args.path)
-            print(f"imported {result['imported']}, updated {result['updated']}")
-        else:
-            print(vulndb.status(target))
-    except tag_command.TagCommandError as exc:
-        print(f"hanzo-registry vulndb: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-def _policy(args: argparse.Namespace) -> int:
-    from services.cli import policy
-    from services.cli import tag as tag_command
-
-    try:
-        target = tag_command.target_from(args.registry, args.user, args.key)
-        if args.action == "get":
-            print(policy.get(target, args.name, effective=args.effective), end="")
-        elif args.action == "set":
-            print(policy.put(target, args.name, policy.read_document(args.file)), end="")
-        else:
-            policy.remove(target, args.name)
-    except tag_command.TagCommandError as exc:
-        print(f"hanzo-registry policy: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-def _sign(args: argparse.Namespace) -> int:
-    from services.cli import sign as sign_command
-    from services.cli import tag as tag_command
-
-    try:
-        target = tag_command.target_from(args.registry, args.user, args.api_key)
-        signed = sign_command.sign(target, args.image, args.key)
-    except tag_command.TagCommandError as exc:
-        print(f"hanzo-registry sign: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"{args.image} ({signed.get('digest', '')}) signed: {signed.get('signature_digest', '')}")
-    return 0
-
-
-def _tag(args: argparse.Namespace) -> int:
-    from services.cli import tag as tag_command
-
-    try:
-        target = tag_command.target_from(args.registry, args.user, args.key)
-        digest = tag_command.tag(target, args.repository, args.source, args.new_tag, force=args.force)
-    except tag_command.TagCommandError as exc:
-        print(f"hanzo-registry tag: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"{args.repository}:{args.new_tag} -> {digest}")
-    return 0
+commands.register(cli)
+management.register(cli)
 
 
 def _fail(message: object) -> int:
@@ -269,7 +142,7 @@ async def _run(settings: Settings, names: Sequence[str], sockets: Sequence[socke
         ) from exc
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
+def _serve(command: str, settings: Settings) -> int:
     import asyncio
     import logging
     from collections.abc import Callable
@@ -279,12 +152,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from services.core.settings import SettingsError
     from services.core.telemetry import setup_logging, setup_tracing
 
-    names = list(SERVICES) if args.command == "serve" else [args.command]
+    names = list(SERVICES) if command == "serve" else [command]
     try:
         sockets = _preflight(settings, names)
     except StartupError as exc:
         return _fail(exc)
-    service_name = "all-in-one" if args.command == "serve" else args.command
+    service_name = "all-in-one" if command == "serve" else command
     # Metadata holds token signing keys and key hashes; blobs may be private images: owner-only files.
     os.umask(0o077)
     setup_logging(settings.telemetry, service_name)
@@ -328,30 +201,22 @@ def _check_config(settings: Settings, *, offline: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "tag":
-        return _tag(args)
-    if args.command == "policy":
-        return _policy(args)
-    if args.command == "sign":
-        return _sign(args)
-    if args.command == "vulndb":
-        return _vulndb(args)
-    if args.command == "gc" and args.action:
-        return _gc(args)
-    if args.command in commands.NAMES:
-        return commands.dispatch(args)
-    if args.command == "replication":
-        return replication.main(args)
-    from services.core.settings import SettingsError, load_settings
-
+    """Run the command line; the exit code (EXIT_CODES). Usage errors are one line and exit 2."""
     try:
-        settings = load_settings(args.config)
-    except SettingsError as exc:
-        return _fail(exc)
-    if args.command == "check-config":
-        return _check_config(settings, offline=args.offline)
-    return _serve(args, settings)
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="hanzo-registry",
+                          standalone_mode=False)
+    except click.UsageError as exc:
+        where = f"hanzo-registry {exc.ctx.command_path.removeprefix('hanzo-registry').strip()}".strip() \
+            if exc.ctx else "hanzo-registry"
+        print(f"{where}: {exc.format_message()} (see --help)", file=sys.stderr)
+        return USAGE
+    except click.ClickException as exc:
+        print(f"hanzo-registry: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("hanzo-registry: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -3,12 +3,16 @@ document over the management API (YAML, as in `.hanzo/registry.yaml`)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import urllib.parse
 
-from services.cli.tag import TagCommandError, Target, _call, connect
+from services.cli.api import call as _call
+from services.cli.api import connect
+from services.cli.target import TagCommandError, Target
 
 YAML = "application/yaml"
+JSON = "application/json"
 
 
 def policy_path(name: str) -> str:
@@ -22,18 +26,25 @@ def policy_path(name: str) -> str:
     return f"/v1/registry/namespaces/{quoted}/policy"
 
 
-def get(target: Target, name: str, *, effective: bool = False) -> str:
-    """The document set on `name` (or, for a repository with `effective`, the policy in force), as YAML."""
+def get(target: Target, name: str, *, effective: bool = False, as_json: bool = False) -> str:
+    """The document set on `name` (or, for a repository with `effective`, the policy in force), as YAML (or
+    the registry's JSON)."""
     path = policy_path(name) + ("?effective=true" if effective else "")
-    body, _ = _call(connect(target), "GET", path, headers={"Accept": YAML})
-    return body.decode()
+    body, _ = _call(connect(target), "GET", path, headers={"Accept": JSON if as_json else YAML})
+    return _text(body, as_json=as_json)
 
 
-def put(target: Target, name: str, document: bytes) -> str:
+def put(target: Target, name: str, document: bytes, *, as_json: bool = False) -> str:
     """Replace `name`'s document with `document` (YAML or JSON); returns what the registry stored."""
     body, _ = _call(connect(target), "PUT", policy_path(name), body=document,
-                    headers={"Content-Type": YAML, "Accept": YAML})
-    return body.decode()
+                    headers={"Content-Type": YAML, "Accept": JSON if as_json else YAML})
+    return _text(body, as_json=as_json)
+
+
+def _text(body: bytes, *, as_json: bool) -> str:
+    if not as_json:
+        return body.decode()
+    return json.dumps(json.loads(body), indent=2) + "\n"
 
 
 def remove(target: Target, name: str) -> None:

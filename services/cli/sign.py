@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import urllib.parse
 
-from services.cli.tag import TagCommandError, Target, _call, connect
+from services.cli.api import call as _call
+from services.cli.api import connect
+from services.cli.target import TagCommandError, Target
 
 
 def split_image(image: str) -> tuple[str, str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from services.cli.tag import TagCommandError, Target, _call, connect
+from services.cli.api import call as _call
+from services.cli.api import connect
+from services.cli.target import TagCommandError, Target
 
 PATH = "/v1/registry/admin/vulndb"
 
@@ -23,6 +25,7 @@ def import_file(target: Target, path: str) -> dict[str, int]:
     return result
 
 
-def status(target: Target) -> str:
+def status(target: Target) -> dict[str, object]:
     body, _ = _call(connect(target), "GET", PATH)
-    return json.dumps(json.loads(body), indent=2)
+    state: dict[str, object] = json.loads(body)
+    return state

@@ -45,8 +45,7 @@ def test_help_imports_nothing_heavy(args: tuple[str, ...]) -> None:
 
 
 def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["tag", "--help"])
+    assert main(["tag", "--help"]) == 0
     out = capsys.readouterr().out
     assert "exit codes:" in out and "HANZO_REGISTRY_URL" in out and "HANZO_REGISTRY_ADDR" in out
     for code in ("0", "1", "2", "3"):
