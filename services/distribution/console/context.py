@@ -12,6 +12,7 @@ from aiohttp import web
 from services.core.errors import RegistryError, UnauthorizedError
 from services.distribution.console import session as sessions
 from services.distribution.console.gateway import caller, token_access, use_principal
+from services.distribution.console.headers import secured
 from services.distribution.console.render import error_page, unexpected
 from services.distribution.management_api import Caller
 
@@ -43,7 +44,7 @@ def login_redirect(request: web.Request, reason: str = "") -> web.Response:
     if reason:
         query["reason"] = reason
     location = "/console/login" + ("?" + urlencode(query, quote_via=quote) if query else "")
-    response = web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+    response = secured(web.Response(status=303, headers={"Location": location}))
     sessions.clear_session_cookie(response)
     return response
 

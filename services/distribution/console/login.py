@@ -8,6 +8,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from services.core.auth.audit import AuditRecord, Outcome
+from services.core.auth.errors import InvalidRequestError
 from services.core.errors import RegistryError, TooManyRequestsError, UnauthorizedError
 from services.distribution.auth_access import source_address
 from services.distribution.console import session as sessions
@@ -37,21 +38,17 @@ def next_path(value: str | None) -> str:
 async def read_form(request: web.Request) -> dict[str, str]:
     """A urlencoded form of at most MAX_FORM_BYTES (the app takes bodies of any size: blobs stream)."""
     if request.content_type != "application/x-www-form-urlencoded":
-        raise _FormInvalidError("expected a form (application/x-www-form-urlencoded)")
+        raise InvalidRequestError("expected a form (application/x-www-form-urlencoded)")
     if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        raise _FormInvalidError("the form is too large")
+        raise InvalidRequestError("the form is too large")
     raw = await request.content.read(MAX_FORM_BYTES + 1)
     if len(raw) > MAX_FORM_BYTES:
-        raise _FormInvalidError("the form is too large")
+        raise InvalidRequestError("the form is too large")
     try:
         fields = parse_qs(raw.decode(), keep_blank_values=True, max_num_fields=20)
     except (UnicodeDecodeError, ValueError):
-        raise _FormInvalidError("the form is not valid") from None
+        raise InvalidRequestError("the form is not valid") from None
     return {k: v[0] for k, v in fields.items()}
-
-
-class _FormInvalidError(RegistryError):
-    code, status = "INVALID_REQUEST", 400
 
 
 def _login_page(
@@ -89,11 +86,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     try:
         form = await read_form(request)
         sessions.check_login_csrf(request, form.get(sessions.CSRF_FIELD, ""))
-    except sessions.CsrfError:
-        return error_page(
-            request, _CsrfRefusedError("the login form expired or came from another site; open the login page again")
-        )
-    except RegistryError as error:
+    except RegistryError as error:  # a form that is not one, or without its CSRF value (403)
         return error_page(request, error)
     user, key, next_to = (
         form.get("username", "").strip()[:200],
@@ -132,10 +125,6 @@ async def login(request: web.Request) -> web.StreamResponse:
     return response
 
 
-class _CsrfRefusedError(RegistryError):
-    code, status = "DENIED", 403
-
-
 async def logout(request: web.Request) -> web.StreamResponse:
     access = token_access(request)
     try:
@@ -144,8 +133,6 @@ async def logout(request: web.Request) -> web.StreamResponse:
         sessions.check_csrf(session, form.get(sessions.CSRF_FIELD, ""))
     except sessions.SessionMissingError:
         pass  # nothing to end; the cookie is cleared all the same
-    except sessions.CsrfError:
-        return error_page(request, _CsrfRefusedError("this form has no valid CSRF token; reload the page"))
     except RegistryError as error:
         return error_page(request, error)
     response = secured(web.Response(status=303, headers={"Location": "/console/login?reason=logged-out"}))

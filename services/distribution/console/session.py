@@ -18,6 +18,7 @@ from typing import Final
 from aiohttp import web
 
 from services.core.auth.tokens import KEY_CLAIM, TokenInvalidError
+from services.core.errors import DeniedError
 from services.distribution.auth_access import AuthPrincipal, TokenAccess
 
 PATH: Final = "/console/"
@@ -37,8 +38,8 @@ class SessionMissingError(Exception):
         self.reason = reason
 
 
-class CsrfError(Exception):
-    """A form POST without the CSRF value of its session (or login form)."""
+class CsrfError(DeniedError):
+    """A form POST without the CSRF value of its session (or login form): 403, rendered as an error page."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +132,10 @@ def set_login_csrf_cookie(response: web.StreamResponse, request: web.Request, ac
 def check_login_csrf(request: web.Request, sent: str) -> None:
     """Double submit: the form field must equal the cookie (another site can set neither)."""
     if not same(sent, request.cookies.get(LOGIN_CSRF_COOKIE, "")):
-        raise CsrfError()
+        raise CsrfError("the login form expired or came from another site; open the login page again")
 
 
 def check_csrf(session: Session, sent: str) -> None:
     """Session-bound: the form field must equal the CSRF value signed into the session."""
     if not same(sent, session.csrf):
-        raise CsrfError()
+        raise CsrfError("this form has no valid CSRF token; reload the page and send it again")
