@@ -68,5 +68,6 @@ async def test_root_names_the_api_roots_and_the_version(token_assembly: tuple[As
         "management": "/v1/registry/",
         "openapi": "/v1/registry/openapi.json",
         "token": "/token",
+        "console": "/console/",
         "metrics": "/metrics",
     }
