@@ -6,6 +6,8 @@ Kept, whatever their age:
   delete untagged), and its `retention.keep_last` newest untagged ones;
 - every manifest a kept index references (recursively), and every referrer of a kept manifest (recursively:
   a signature of an SBOM of a kept image is kept);
+- the subject of a kept manifest: the base model of a kept adapter or quantization (models name their base as
+  `subject`), the image of a tagged signature, so no kept manifest is left pointing at a deleted one;
 - a referrer whose subject the repository does not hold is garbage once older than the blob grace period
   (a referrer may be pushed before its subject).
 A blob (its bytes and all its links) is garbage when no kept manifest of any repository references it and
@@ -113,6 +115,8 @@ def plan_manifests(
             m = held[digest]
             stack += [r for r in m.references if r in held and r not in kept]
             stack += [r for r in referrers.get(digest, ()) if r not in kept]
+            if m.subject and m.subject in held and m.subject not in kept:
+                stack.append(m.subject)
         plan.kept |= {(repo, d) for d in kept}
         garbage = [m for d, m in held.items() if d not in kept]
         plan.delete += _parents_first(garbage, held)

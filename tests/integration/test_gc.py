@@ -119,3 +119,25 @@ async def test_one_settle_per_phase_not_per_batch(assembly: Assembly, monkeypatc
         assert settles == [0.123, 0.123]  # manifests, then blobs (no unlinked bytes here)
     finally:
         await drop_gc_collections(c)
+
+
+async def test_the_base_model_of_a_kept_adapter_stays(assembly: Assembly) -> None:
+    """A model adapter (or quantization) names its base as `subject` (hanzo-registry model push --base): while
+    the adapter is kept, its base is too, untagged and old as it may be."""
+    client, c = assembly.client, assembly.c
+    gc = collector(c)
+    await gc.setup()
+    try:
+        base = make_image()
+        await push(client, "models/llm", base)  # by digest: untagged
+        adapter = make_image()
+        adapter.manifest = adapter.manifest.replace(
+            b'"layers"', b'"subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "'
+            + base.digest.encode() + b'", "size": ' + str(len(base.manifest)).encode() + b'}, "layers"', 1)
+        await push(client, "models/llm", adapter, "v1-lora")
+        result = await gc.run(_run())
+        assert not result.errors and result.manifests_deleted == 0
+        await pull_exact(client, "models/llm", base.digest, base)
+        await pull_exact(client, "models/llm", "v1-lora", adapter)
+    finally:
+        await drop_gc_collections(c)

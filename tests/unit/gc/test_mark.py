@@ -73,6 +73,15 @@ def test_referrers_of_garbage_go_with_it_first() -> None:
     assert deleted(ms) == ["sig", "sbom", "image"]
 
 
+def test_the_base_model_of_a_kept_adapter_or_quantization_is_kept() -> None:
+    """Models name their base as `subject`: a kept (tagged) adapter keeps its untagged, old base, and the base
+    keeps its other referrers (a quantization of it, its signature)."""
+    ms = [m("base", refs=("weights",)), m("adapter", subject="base", tagged=True), m("q4", subject="base"),
+          m("sig", subject="base"), m("other-old")]
+    assert deleted(ms) == ["other-old"]
+    assert deleted([m("base"), m("adapter", subject="base")]) == ["adapter", "base"]  # neither kept
+
+
 def test_orphan_referrer_waits_for_the_grace_period() -> None:
     assert deleted([m("sig", subject="missing", created=NEW)]) == []
     assert deleted([m("sig", subject="missing", created=OLD)]) == ["sig"]
@@ -142,6 +151,7 @@ def test_nothing_kept_ever_references_something_deleted(ms: list[ManifestFacts],
             assert not x.tagged
             continue
         assert not gone & set(x.references), "a kept index lost a child"
+        assert x.subject not in gone, "a kept referrer (an adapter) lost its subject (its base model)"
     # Every referrer of a kept manifest is kept.
     for x in ms:
         if x.subject and x.subject not in gone and any(y.digest == x.subject for y in ms):
