@@ -66,7 +66,7 @@ def seed(db_path: Path, *, manifests: int, garbage: float, now: float, tag: str 
         con.commit()
 
     for i in range(manifests):
-        repo = f"ns{i % 100:03d}/repo{(i // 100) % (REPOSITORIES // 100):02d}"
+        repo = _repository(i)
         is_garbage = i >= manifests - n_garbage
         created = now - 30 * DAY if is_garbage else now - 2 * DAY
         blobs = [_digest(tag, i, b) for b in range(BLOBS_PER_MANIFEST)]
@@ -105,30 +105,49 @@ def _settings(data_dir: Path, **extra: Any) -> Any:
 
 
 def _collector(c: Any, *, settle: float = 0.0) -> Any:
-    from services.gc.sweep import Collector
+    """The collector the gc service builds (build_runs: its concurrency for the store), with `settle`."""
+    from services.gc.service import build_runs
 
-    s = c.settings
-    return Collector(docs=c.docs, blobs=c.blobs, outbox=c.outbox, topics=s.topics, default_policy=s.policy.default,
-                     blob_grace_seconds=s.gc.blob_grace_seconds,
-                     upload_expiry_seconds=s.registry.upload_expiry_seconds, settle_seconds=settle,
-                     forget_manifest=getattr(c.meta, "forget_manifest", None))
+    collector = build_runs(c).collector
+    collector.settle = settle
+    return collector
+
+
+CANDIDATE_REPOSITORIES = 10
 
 
 async def _child_run(data_dir: Path) -> dict[str, Any]:
-    """In a fresh process: one real run over what `seed` wrote; time and peak RSS."""
+    """In a fresh process: an incremental run over CANDIDATE_REPOSITORIES repositories recorded as candidates
+    (as tag moves would), then one real full run over what `seed` wrote; time and peak RSS of each."""
     from services.core.bootstrap import container
+    from services.gc.candidates import REPOSITORY, Candidate
     from services.gc.sweep import RunOptions
 
     async with container(_settings(data_dir)) as c:
         gc = _collector(c)
         await gc.setup()
         base = _hwm_bytes()
+        for i in range(CANDIDATE_REPOSITORIES):
+            await gc.candidates.record(Candidate(REPOSITORY, _repository(i)))
+        started = time.perf_counter()
+        incremental = await gc.run(RunOptions(run_id=uuid.uuid4().hex, incremental=True))
+        incremental_seconds = time.perf_counter() - started
+        after_incremental = _hwm_bytes()
         started = time.perf_counter()
         result = await gc.run(RunOptions(run_id=uuid.uuid4().hex))
         seconds = time.perf_counter() - started
     return {"seconds": round(seconds, 1), "peak_rss_mib": round(_hwm_bytes() / 2**20, 1),
             "rss_before_run_mib": round(base / 2**20, 1), "manifests_deleted": result.manifests_deleted,
-            "blobs_deleted": result.blobs_deleted, "errors": len(result.errors)}
+            "blobs_deleted": result.blobs_deleted, "errors": len(result.errors),
+            "incremental": {"candidate_repositories": CANDIDATE_REPOSITORIES,
+                            "seconds": round(incremental_seconds, 1),
+                            "peak_rss_mib": round(after_incremental / 2**20, 1),
+                            "manifests_deleted": incremental.manifests_deleted,
+                            "blobs_deleted": incremental.blobs_deleted, "errors": len(incremental.errors)}}
+
+
+def _repository(i: int) -> str:
+    return f"ns{i % 100:03d}/repo{(i // 100) % (REPOSITORIES // 100):02d}"
 
 
 async def metadata_scale(manifests: int) -> dict[str, Any]:
@@ -149,7 +168,7 @@ async def metadata_scale(manifests: int) -> dict[str, Any]:
             "extrapolated_seconds_at_1m_blobs": round(run["seconds"] * scale, 0) if scale != 1 else None}
 
 
-async def s3_deletes(n: int) -> dict[str, Any]:
+async def s3_deletes(n: int, *, concurrency: int | None = None) -> dict[str, Any]:
     from services.core.bootstrap import container
     from services.core.oci.digest import Digest
     from services.core.storage import meta as m
@@ -161,8 +180,9 @@ async def s3_deletes(n: int) -> dict[str, Any]:
           if k.startswith("HANZO_REGISTRY_STORAGE__BLOBS__")}
     mongo = {"kind": "mongo", "uri": env["HANZO_REGISTRY_METADATA__URI"],
              "database": env["HANZO_REGISTRY_METADATA__DATABASE"]}
-    settings = _settings(Path(tempfile.mkdtemp(prefix="hzr-bench-gc-s3-")), storage={"blobs": s3}, metadata=mongo)
-    out: dict[str, Any] = {"blobs": n}
+    settings = _settings(Path(tempfile.mkdtemp(prefix="hzr-bench-gc-s3-")), storage={"blobs": s3}, metadata=mongo,
+                         gc={"concurrency": concurrency})
+    out: dict[str, Any] = {"blobs": n, "gc_concurrency": concurrency or "default"}
     async with container(settings) as c:
         try:
             async def store(i: int, tag: str) -> Digest:
@@ -296,7 +316,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         report["metadata_scale"] = await metadata_scale(args.manifests)
         print("metadata scale:", json.dumps(report["metadata_scale"]), flush=True)
     if "s3" not in args.skip:
-        report["s3_deletes"] = await s3_deletes(args.s3_blobs)
+        report["s3_deletes"] = await s3_deletes(args.s3_blobs, concurrency=args.gc_concurrency)
         print("S3 deletes:", json.dumps(report["s3_deletes"]), flush=True)
     if "push" not in args.skip:
         report["push_latency"] = await push_latency(args.push_rounds, args.push_seconds, args.push_manifests)
@@ -309,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifests", type=int, default=100_000, help="x10 blob records (default 100000)")
     parser.add_argument("--s3-blobs", type=int, default=10_000)
+    parser.add_argument("--gc-concurrency", type=int, help="gc.concurrency of the S3 part (default: the service's)")
     parser.add_argument("--push-rounds", type=int, default=3)
     parser.add_argument("--push-seconds", type=float, default=10.0)
     parser.add_argument("--push-manifests", type=int, default=20_000, help="kept metadata beside the pushes")

@@ -14,7 +14,7 @@ import heapq
 from collections.abc import Iterable, Iterator
 
 KEY = 32
-_CHUNK = 1 << 16
+_CHUNK = 1 << 13
 _SHA256 = "sha256:"
 
 
@@ -69,8 +69,9 @@ class DigestSet:
 
 
 class DigestSetBuilder:
-    """Collects digests in any order, with duplicates; sorts in chunks of 65,536 keys, so the transient cost
-    is one chunk's objects beside the packed chunks."""
+    """Collects digests in any order, with duplicates; sorts in chunks of 8,192 keys, so the transient cost
+    is one chunk's objects beside the packed chunks, and no sort holds the caller's event loop for more than
+    a few milliseconds (the final merge is long: run `build` in a thread)."""
 
     def __init__(self) -> None:
         self._pending: list[bytes] = []
