@@ -29,6 +29,20 @@ WEED_MASTER_PORT=${HANZO_INFRA_WEED_MASTER_PORT:-9333}     # gRPC = +10000 (1933
 WEED_VOLUME_PORT=${HANZO_INFRA_WEED_VOLUME_PORT:-18080}    # gRPC = +10000 (28080)
 WEED_FILER_PORT=${HANZO_INFRA_WEED_FILER_PORT:-8888}       # gRPC = +10000 (18888)
 
+POSTGRES_PORT=${HANZO_INFRA_POSTGRES_PORT:-5433}            # FerretDB's PostgreSQL backend (5432 left to a system cluster)
+
+# FerretDB's backend: sqlite (FerretDB's own files) or postgresql (Debian's PostgreSQL, started beside it).
+FERRETDB_BACKEND=${HANZO_FERRETDB_BACKEND:-sqlite}
+PG_BIN=${HANZO_INFRA_PG_BIN:-/usr/lib/postgresql/15/bin}   # Debian's postgresql (tools.sh apt)
+PG_USER="ferretdb"                                         # role and database FerretDB uses (trust on loopback)
+# PostgreSQL refuses to run as root: as root it runs as the `postgres` system user, whose data directory
+# must be reachable by that user (not under /root, mode 700), so it lives under /var/tmp, one per $STATE.
+if ((EUID == 0)); then
+  PG_DIR=${HANZO_INFRA_PG_DIR:-/var/tmp/hanzo-registry-postgres/$(printf '%s' "$STATE" | cksum | cut -d' ' -f1)}
+else
+  PG_DIR=${HANZO_INFRA_PG_DIR:-$STATE/postgres}
+fi
+
 S3_ACCESS_KEY="hanzo"
 S3_SECRET_KEY="hanzo-secret-key"
 S3_BUCKETS=(hanzo-registry hanzo-registry-test)

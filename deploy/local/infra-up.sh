@@ -2,7 +2,9 @@
 # Install (if not cached) and start (if not already running and healthy) the local
 # test infrastructure on loopback:
 #   kafka  Apache Kafka (KRaft, single node)   127.0.0.1:9092 (controller 9093)
-#   mongo  FerretDB v1 with the SQLite handler 127.0.0.1:27017
+#   mongo  FerretDB v1                         127.0.0.1:27017
+#          HANZO_FERRETDB_BACKEND=sqlite (default) or postgresql: the latter also starts Debian's
+#          PostgreSQL 15 on 127.0.0.1:5433 (as the `postgres` user when run as root)
 #   s3     SeaweedFS S3 gateway                127.0.0.1:8333
 # Usage: deploy/local/infra-up.sh [kafka] [mongo] [s3]      (default: all)
 # Writes $STATE/infra.env with the HANZO_TEST_* connection settings.
@@ -19,7 +21,7 @@ for arg in "$@"; do
     kafka) want_kafka=1 ;;
     mongo | ferretdb) want_mongo=1 ;;
     s3 | seaweedfs | seaweed) want_s3=1 ;;
-    -h | --help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
     *) die "unknown component '$arg' (expected: kafka mongo s3)" ;;
   esac
 done
@@ -183,9 +185,75 @@ install_ferretdb() {
     "$FERRETDB_BIN" _ferretdb_prep
 }
 
+# ============================================================== PostgreSQL (FerretDB's postgresql backend)
+# As root, PostgreSQL runs as the `postgres` system user (it refuses root); setpriv execs, so the pid
+# file holds the postmaster itself. Its data directory is $PG_DIR/data (see common.sh), its unix socket
+# $PG_DIR, TCP on 127.0.0.1:$POSTGRES_PORT only; trust authentication (initdb -A trust: local socket and
+# loopback only). synchronous_commit=off: a crash of the machine may lose the last commits (never
+# corrupts), which is fine for test data and spares an fsync per FerretDB command.
+PG_AS=()
+((EUID == 0)) && PG_AS=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+
+install_postgres() {
+  [[ -x $PG_BIN/postgres && -x $PG_BIN/initdb ]] && return 0
+  # Debian's postgresql is in tools.sh's apt list (pinned); `make servers` runs tools beside infra-up,
+  # so install it here too when it is missing (tools.sh takes its own lock; apt runs once).
+  log "postgres: $PG_BIN/postgres missing; installing Debian's postgresql with tools.sh apt"
+  bash "$HANZO_LOCAL_DIR/tools.sh" apt
+  [[ -x $PG_BIN/postgres ]] || die "postgres not found in $PG_BIN after tools.sh apt (set HANZO_INFRA_PG_BIN)"
+}
+
+init_postgres() {
+  [[ -f $PG_DIR/data/PG_VERSION ]] && return 0
+  log "postgres: initdb in $PG_DIR/data"
+  mkdir -p "$PG_DIR"
+  rm -rf "$PG_DIR/data"
+  ((EUID == 0)) && chown postgres:postgres "$PG_DIR" && chmod 700 "$PG_DIR"
+  (cd / && "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 \
+    --no-instructions) >>"$LOGS/postgres.log" 2>&1 </dev/null || { log_tail postgres; die "initdb failed"; }
+}
+
+start_postgres() {
+  local probe=("${CHECK[@]}" postgres "127.0.0.1:$POSTGRES_PORT" postgres postgres)
+  if pid_of postgres >/dev/null; then
+    wait_healthy postgres 60 "${probe[@]}"
+  elif "${probe[@]}" >/dev/null 2>&1; then
+    log "postgres: something not started by infra-up already answers on :$POSTGRES_PORT; using it"
+  else
+    install_postgres
+    init_postgres
+    log "postgres: starting $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$POSTGRES_PORT ($PG_DIR)"
+    daemonize postgres "${PG_AS[@]}" "$PG_BIN/postgres" -D "$PG_DIR/data" \
+      -c listen_addresses=127.0.0.1 -c port="$POSTGRES_PORT" -c unix_socket_directories="$PG_DIR" \
+      -c max_connections=200 -c shared_buffers=256MB -c synchronous_commit=off -c logging_collector=off
+    wait_healthy postgres 60 "${probe[@]}"
+  fi
+  # FerretDB's role and database (idempotent).
+  local psql=("$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d postgres -tA)
+  if [[ -z "$("${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'")" ]]; then
+    "${psql[@]}" -c "CREATE ROLE $PG_USER LOGIN"
+  fi
+  if [[ -z "$("${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = '$PG_USER'")" ]]; then
+    "${psql[@]}" -c "CREATE DATABASE $PG_USER OWNER $PG_USER"
+  fi
+  "${CHECK[@]}" postgres "127.0.0.1:$POSTGRES_PORT" "$PG_USER" "$PG_USER" >/dev/null
+}
+
 start_mongo() {
   local probe=("${CHECK[@]}" mongo "127.0.0.1:$MONGO_PORT")
+  case "$FERRETDB_BACKEND" in
+    sqlite | postgresql) ;;
+    *) die "HANZO_FERRETDB_BACKEND=$FERRETDB_BACKEND (expected sqlite or postgresql)" ;;
+  esac
   if pid_of ferretdb >/dev/null; then
+    local running
+    running="$(cat "$STATE/ferretdb.backend" 2>/dev/null || echo sqlite)"
+    if [[ $running != "$FERRETDB_BACKEND" ]]; then
+      # Never restart a running FerretDB behind the back of whoever uses it.
+      log "ferretdb: WARNING: running on $running, not $FERRETDB_BACKEND; left as it is" \
+        "(run 'infra-down.sh mongo' first to switch)"
+    fi
+    [[ $running == postgresql ]] && start_postgres
     wait_healthy ferretdb 60 "${probe[@]}"
     return 0
   fi
@@ -194,11 +262,17 @@ start_mongo() {
     return 0
   fi
   install_ferretdb
+  local backend=(--handler=sqlite --sqlite-url="file:$STATE/ferretdb/data/")
+  if [[ $FERRETDB_BACKEND == postgresql ]]; then
+    start_postgres
+    backend=(--handler=postgresql --postgresql-url="postgres://$PG_USER@127.0.0.1:$POSTGRES_PORT/$PG_USER")
+  fi
   mkdir -p "$STATE/ferretdb/data" "$STATE/ferretdb/state"
-  log "ferretdb: starting $FERRETDB_VERSION on 127.0.0.1:$MONGO_PORT"
+  log "ferretdb: starting $FERRETDB_VERSION ($FERRETDB_BACKEND backend) on 127.0.0.1:$MONGO_PORT"
+  echo "$FERRETDB_BACKEND" >"$STATE/ferretdb.backend"
   daemonize ferretdb "$FERRETDB_BIN" \
     --listen-addr="127.0.0.1:$MONGO_PORT" \
-    --handler=sqlite --sqlite-url="file:$STATE/ferretdb/data/" \
+    "${backend[@]}" \
     --state-dir="$STATE/ferretdb/state" \
     --debug-addr="127.0.0.1:$FERRETDB_DEBUG_PORT" \
     --telemetry=disable --log-level=info
@@ -263,6 +337,7 @@ t0=$SECONDS
 cat >"$STATE/infra.env.tmp" <<EOF
 HANZO_TEST_KAFKA=127.0.0.1:$KAFKA_PORT
 HANZO_TEST_MONGO_URI=mongodb://127.0.0.1:$MONGO_PORT
+HANZO_TEST_FERRETDB_BACKEND=$(cat "$STATE/ferretdb.backend" 2>/dev/null || echo "$FERRETDB_BACKEND")
 HANZO_TEST_S3_ENDPOINT=127.0.0.1:$S3_PORT
 HANZO_TEST_S3_ACCESS_KEY=$S3_ACCESS_KEY
 HANZO_TEST_S3_SECRET_KEY=$S3_SECRET_KEY

@@ -7,6 +7,8 @@ Used by deploy/local/infra-up.sh; no third-party Python packages needed.
       ApiVersions + Metadata request; healthy when the broker lists >= 1 broker.
   infra_check.py mongo HOST:PORT
       OP_MSG {ping: 1} against the admin db; healthy when ok == 1.
+  infra_check.py postgres HOST:PORT USER DATABASE
+      StartupMessage (trust auth) + simple query `SELECT 1`; healthy when the row comes back.
   infra_check.py s3 HOST:PORT ACCESS SECRET [--create BUCKET]... [--require BUCKET]...
       SigV4-signed ListBuckets (and PUT bucket for --create); healthy when every
       --require / --create bucket is listed.
@@ -181,6 +183,43 @@ def check_mongo(addr):
     return f"mongo ok: hello maxWireVersion={hello.get('maxWireVersion')}, ping ok"
 
 
+# ------------------------------------------------------------------ PostgreSQL
+def _pg_messages(sock):
+    """Backend messages (type, body) until ReadyForQuery; an ErrorResponse raises."""
+    while True:
+        kind = _recv_exact(sock, 1)
+        (length,) = struct.unpack(">i", _recv_exact(sock, 4))
+        body = _recv_exact(sock, length - 4)
+        if kind == b"E":
+            fields = dict((f[:1], f[1:]) for f in body.split(b"\x00") if f)
+            raise ValueError(f"postgres error {fields.get(b'C', b'?').decode()}: {fields.get(b'M', b'').decode()}")
+        if kind == b"R" and struct.unpack(">i", body[:4])[0] != 0:
+            raise ValueError(f"postgres asks for authentication (code {struct.unpack('>i', body[:4])[0]}), not trust")
+        yield kind, body
+        if kind == b"Z":
+            return
+
+
+def check_postgres(addr, user, database):
+    host, port = _split_addr(addr)
+    with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+        sock.settimeout(TIMEOUT)
+        params = b"".join(k + b"\x00" + v.encode() + b"\x00" for k, v in ((b"user", user), (b"database", database)))
+        startup = struct.pack(">i", 196608) + params + b"\x00"  # protocol 3.0
+        sock.sendall(struct.pack(">i", len(startup) + 4) + startup)
+        version = b"?"
+        for kind, body in _pg_messages(sock):
+            if kind == b"S" and body.startswith(b"server_version\x00"):
+                version = body.split(b"\x00")[1]
+        query = b"SELECT 1\x00"
+        sock.sendall(b"Q" + struct.pack(">i", len(query) + 4) + query)
+        rows = [body for kind, body in _pg_messages(sock) if kind == b"D"]
+        sock.sendall(b"X" + struct.pack(">i", 4))
+    if len(rows) != 1:
+        raise ValueError(f"SELECT 1 returned {len(rows)} rows")
+    return f"postgres ok: server_version {version.decode()}, SELECT 1 as {user} on {database}"
+
+
 # ------------------------------------------------------------------------ S3
 def _sign(key, msg):
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
@@ -249,6 +288,8 @@ def main(argv):
             msg = check_kafka(addr)
         elif kind == "mongo":
             msg = check_mongo(addr)
+        elif kind == "postgres":
+            msg = check_postgres(addr, argv[3], argv[4])
         elif kind == "s3":
             access, secret = argv[3], argv[4]
             create, require, rest = [], [], argv[5:]
