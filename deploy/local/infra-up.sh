@@ -21,7 +21,7 @@ for arg in "$@"; do
     kafka) want_kafka=1 ;;
     mongo | ferretdb) want_mongo=1 ;;
     s3 | seaweedfs | seaweed) want_s3=1 ;;
-    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
     *) die "unknown component '$arg' (expected: kafka mongo s3)" ;;
   esac
 done
