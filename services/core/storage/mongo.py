@@ -69,13 +69,33 @@ def _filter(where: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _is_unique_violation(exc: OperationFailure) -> bool:
-    # FerretDB 1.x reports a unique index violated by an update or by createIndexes as an
-    # InternalError (code 1) carrying SQLite's message, not as E11000.
-    return exc.code == _DUPLICATE_KEY or "UNIQUE constraint failed" in str(exc)
+    # MongoDB: E11000. FerretDB 1.x reports a unique index violated by an update or by createIndexes as an
+    # InternalError (code 1) carrying its backend's message: SQLite's "UNIQUE constraint failed", or
+    # PostgreSQL's unique_violation (SQLSTATE 23505).
+    text = str(exc)
+    return exc.code == _DUPLICATE_KEY or "UNIQUE constraint failed" in text or "SQLSTATE 23505" in text
 
 
 class DocumentLockTimeoutError(PyMongoError):
     """A document stayed locked by another writer longer than the acquire timeout (FerretDB only)."""
+
+
+class _BlindWrite:
+    """Unconditional updates of one document with the same fields, waiting for its lock together (FerretDB).
+
+    Each waiter replaces `ops` with its own: sent in one command, the last one's values are what the
+    writes in sequence would have left (each overwrites the same fields). The command goes out after
+    every joiner called, and each returns after it, so every caller's write happened within its call."""
+
+    __slots__ = ("done", "ops", "owner", "shape")
+
+    def __init__(self, shape: tuple[tuple[str, ...], tuple[str, ...]], ops: dict[str, Any], owner: object) -> None:
+        self.shape = shape
+        self.ops = ops
+        self.owner = owner
+        self.done: asyncio.Future[tuple[bool | None, tuple[object, Exception] | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
 
 
 class MongoDocumentStore:
@@ -91,7 +111,22 @@ class MongoDocumentStore:
     FerretDB (detected from buildInfo, or forced with `serialize_writes`) every write to an existing
     document first takes a lease lock: a document `{collection}/{key}` inserted into
     `_documentstore_locks` and deleted afterwards. A crashed holder's lock expires after
-    `lock_lease_seconds`. Real MongoDB never pays for this.
+    `lock_lease_seconds`. Real MongoDB never pays for this. Within one process the writers of one
+    document queue on an asyncio lock before they take the lease (no polling of the lock table by
+    writers of the same process), and unconditional updates of the same fields of one document that
+    wait together go out as one command (`_BlindWrite`): a push touches its manifest, and a thousand
+    tags pushed at once to one manifest cost a few lock rounds, not a thousand.
+
+    Real MongoDB differs, and nothing here needs more than MongoDB offers:
+    - concurrency: MongoDB runs the pool's commands in parallel (`max_pool_size`) and updates one document
+      atomically, so no lease is taken and no write waits for another's lock (buildInfo without
+      `ferretdbVersion`); a manifest GET never waits behind a lock on either server (reads take none);
+    - FerretDB-only behaviour is not relied on: the lease locks are ordinary inserts and deletes by `_id`
+      on a collection of their own, the unique-violation check also accepts FerretDB's SQLite message but
+      MongoDB's E11000 first, and listings use indexes ending in `_id`, which MongoDB answers from the
+      index alone (a covered query) and FerretDB 1.x reads in full and filters itself (its SQLite backend
+      pushes down only `_id` equality, its PostgreSQL backend also field equality);
+    - `{field: None}` and missing fields: see the next paragraph.
 
     Keep the fields of a unique index present and non-null: MongoDB indexes a missing field as
     null (two such documents collide) where FerretDB and SQLite do not; FerretDB has no sparse or
@@ -128,6 +163,9 @@ class MongoDocumentStore:
         self._serialize = serialize_writes
         self._lease = lock_lease_seconds
         self._acquire_timeout = lock_acquire_timeout_seconds
+        # FerretDB mode: writers of one document in this process queue here before taking its lease.
+        self._local: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._blind: dict[str, _BlindWrite] = {}
 
     @classmethod
     def from_settings(cls, settings: MongoMetadataSettings) -> MongoDocumentStore:
@@ -155,8 +193,25 @@ class MongoDocumentStore:
         if not await self._serializes():
             yield
             return
-        locks = self._db[LOCKS_COLLECTION]
         lock_id = f"{collection}/{key}"  # collection names have no "/": unambiguous
+        local, users = self._local.get(lock_id, (None, 0))
+        if local is None:
+            local = asyncio.Lock()
+        self._local[lock_id] = (local, users + 1)
+        try:
+            async with local, self._leased(lock_id):
+                yield
+        finally:
+            local, users = self._local[lock_id]
+            if users == 1:
+                del self._local[lock_id]
+            else:
+                self._local[lock_id] = (local, users - 1)
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, lock_id: str) -> AsyncIterator[None]:
+        """The lease lock of one document in the lock collection, across processes."""
+        locks = self._db[LOCKS_COLLECTION]
         token = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._acquire_timeout
@@ -268,14 +323,61 @@ class MongoDocumentStore:
         if not ops:
             # An empty update document is an error in MongoDB; this is a pure check.
             return await coll.count_documents(query, limit=1) > 0
+        if not expect and not uncontended and await self._serializes():
+            return await self._blind_update(collection, key, ops)
         async with contextlib.nullcontext() if uncontended else self._locked(collection, key):
-            try:
-                result = await coll.update_one(query, ops)
-            except OperationFailure as exc:
-                if _is_unique_violation(exc):
-                    raise DuplicateKeyError(str(exc)) from exc
-                raise
+            return await self._update_one(coll, query, ops)
+
+    @staticmethod
+    async def _update_one(coll: AsyncCollection[dict[str, Any]], query: dict[str, Any], ops: dict[str, Any]) -> bool:
+        try:
+            result = await coll.update_one(query, ops)
+        except OperationFailure as exc:
+            if _is_unique_violation(exc):
+                raise DuplicateKeyError(str(exc)) from exc
+            raise
         return result.matched_count > 0
+
+    async def _blind_update(self, collection: str, key: str, ops: dict[str, Any]) -> bool:
+        """An unconditional update under the document's lock, sent together with the unconditional updates
+        of the same fields that wait for the lock with it (FerretDB mode; see `_BlindWrite`)."""
+        lock_id = f"{collection}/{key}"
+        query = {"_id": key}
+        shape = (tuple(sorted(ops.get("$set", ()))), tuple(sorted(ops.get("$unset", ()))))
+        me = object()
+        batch = self._blind.get(lock_id)
+        if batch is not None and batch.shape == shape:
+            batch.ops, batch.owner = ops, me
+            matched, failure = await asyncio.shield(batch.done)
+            if matched is not None:
+                return matched
+            if failure is not None and failure[0] is me:
+                raise failure[1]
+        if batch is not None:
+            # Another shape waits, or the command that went out was not this caller's: write alone.
+            async with self._locked(collection, key):
+                return await self._update_one(self._coll(collection), query, ops)
+        batch = _BlindWrite(shape, ops, me)
+        self._blind[lock_id] = batch
+        try:
+            async with self._locked(collection, key):
+                if self._blind.get(lock_id) is batch:
+                    del self._blind[lock_id]  # sealed: who comes now waits for the next command
+                sent_ops, sent_owner = batch.ops, batch.owner
+                try:
+                    matched = await self._update_one(self._coll(collection), query, sent_ops)
+                except Exception as exc:
+                    batch.done.set_result((None, (sent_owner, exc)))
+                    if sent_owner is me:
+                        raise
+                    return await self._update_one(self._coll(collection), query, ops)  # this caller's own
+                batch.done.set_result((matched, None))
+                return matched
+        finally:
+            if self._blind.get(lock_id) is batch:
+                del self._blind[lock_id]
+            if not batch.done.done():
+                batch.done.set_result((None, None))  # nothing sent (cancelled): the joiners write alone
 
     async def delete(self, collection: str, key: str, *, expect: Mapping[str, Any] | None = None) -> bool:
         query = {**_filter(expect), "_id": key}
