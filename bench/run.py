@@ -354,15 +354,18 @@ def _write_reports(
     return table, checked
 
 
-async def amain(cfg: Config, targets: list[str], keep: bool, phases: list[str] | None = None) -> int:
+async def amain(
+    cfg: Config, targets: list[str], keep: bool, phases: list[str] | None = None, mongo_uri: str | None = None
+) -> int:
     root = scratch_root()
     namespace = new_namespace()  # distributed: bench-<id>; distribution-s3: S3 prefix bench-<id>-distribution
-    started = [make_target(name, root, namespace) for name in targets]
+    started = [make_target(name, root, namespace, mongo_uri=mongo_uri) for name in targets]
     states: dict[str, State] = {}
     meta: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}",
         "loadavg_start": os.getloadavg(),
+        "mongo_uri": next((t.env["HANZO_REGISTRY_METADATA__URI"] for t in started if t.namespace), None),
     }
     exit_code = 0
     http = ops.session()
@@ -455,9 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=2, help="load-client processes for the req/s benchmarks")
     parser.add_argument("--seconds", type=float, default=None, help="duration of each req/s benchmark")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (data and server logs)")
+    parser.add_argument(
+        "--mongo-uri",
+        default=os.environ.get("HANZO_BENCH_MONGO_URI"),
+        help="MongoDB/FerretDB of the distributed target instead of infra.env's (env HANZO_BENCH_MONGO_URI), "
+        "e.g. mongodb://127.0.0.1:27018 for a second FerretDB on PostgreSQL",
+    )
     names = [p.name for p in BENCHMARKS if p.name != "setup"]
     parser.add_argument(
-        "--benchmarks", default=None,
+        "--benchmarks",
+        default=None,
         help=f"comma-separated subset of {','.join(names)} (a focused run; setup always runs)",
     )
     args = parser.parse_args(argv)
@@ -473,9 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        return uvloop.run(amain(cfg, targets, args.keep, phases))
+        return uvloop.run(amain(cfg, targets, args.keep, phases, args.mongo_uri))
     except ImportError:
-        return asyncio.run(amain(cfg, targets, args.keep, phases))
+        return asyncio.run(amain(cfg, targets, args.keep, phases, args.mongo_uri))
 
 
 if __name__ == "__main__":

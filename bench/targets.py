@@ -243,8 +243,10 @@ def _distribution_config(addr: str, storage: str) -> str:
     )
 
 
-def make_target(name: str, root: Path, namespace: str | None = None) -> Target:
-    """`namespace` (default: a new one) names the S3 prefix, database and topics of the S3-backed targets."""
+def make_target(name: str, root: Path, namespace: str | None = None, *, mongo_uri: str | None = None) -> Target:
+    """`namespace` (default: a new one) names the S3 prefix, database and topics of the S3-backed targets;
+    `mongo_uri` replaces infra.env's MongoDB (FerretDB) for the distributed target, e.g. a second FerretDB on
+    another backend (deploy/local/README.md)."""
     namespace = namespace or new_namespace()
     workdir = root / name
     workdir.mkdir(parents=True)
@@ -263,6 +265,8 @@ def make_target(name: str, root: Path, namespace: str | None = None) -> Target:
         return Target(name, [*hanzo, "serve"], {**env, **common}, port, workdir)
     if name == "distributed":
         env = {k: v for k, v in distributed_env(namespace).items()}
+        if mongo_uri:
+            env["HANZO_REGISTRY_METADATA__URI"] = mongo_uri
         return Target(name, [*hanzo, "distribution"], {**env, **common}, port, workdir, namespace=namespace)
     if name == "distribution":
         config = workdir / "config.yml"
@@ -386,7 +390,9 @@ INFRA_MARK = "/.cache/hanzo-registry/infra/"
 
 
 def infra_pids() -> list[int]:
-    """The local Kafka, FerretDB and SeaweedFS processes (make infra-up), found by their command lines."""
+    """The local Kafka, FerretDB and SeaweedFS processes (make infra-up), found by their command lines, and
+    every PostgreSQL server process (FerretDB's postgresql backend; its backends rename their command lines),
+    found by its executable."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -394,6 +400,9 @@ def infra_pids() -> list[int]:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     if INFRA_MARK.encode() in f.read():
                         pids.append(int(entry))
+                        continue
+                if os.readlink(f"/proc/{entry}/exe").startswith("/usr/lib/postgresql/"):
+                    pids.append(int(entry))
             except OSError:
                 pass
     return pids
