@@ -1,15 +1,22 @@
-"""GC run control on both assemblies: one run at a time (lease), history newest first, details, the servicer."""
+"""GC run control on both assemblies: one run at a time (lease), history newest first, details, the servicer,
+the run-completed event; and abandoned upload sessions collected."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
 import pytest
 
+from services.core.events.envelope import decode
 from services.core.events.outbox import LEASES
 from services.core.proto.hanzo.registry.v1 import gc_pb2
 from services.gc.runs import LEASE, RUNS, RunInProgressError, newest_key
 from services.gc.service import GcServicer, build_runs
+from services.gc.sweep import RunOptions
 from tests.integration.conftest import Assembly
-from tests.integration.gc_support import drop_gc_collections, make_image, push
+from tests.integration.gc_support import collector, drop_gc_collections, make_image, push
+from tests.integration.oci import digest_of
 
 
 async def test_one_run_at_a_time_history_and_details(assembly: Assembly) -> None:
@@ -97,3 +104,61 @@ async def test_a_run_whose_replica_died_is_recorded_failed_by_the_next(assembly:
     finally:
         await drop_gc_collections(c)
         await c.docs.drop_collection("leases")
+
+
+async def test_a_run_announces_itself_with_a_gc_run_completed_event(assembly: Assembly) -> None:
+    c = assembly.c
+    runs = build_runs(c)
+    runs.collector.settle = 0.01
+    await runs.setup()
+    try:
+        run_id = await runs.start(trigger="api", dry_run=True)
+        await runs.wait()
+        sub = await c.events.subscribe(c.settings.topics.gc, f"test-{uuid.uuid4().hex[:8]}")
+        try:
+            async with asyncio.timeout(60):
+                async for delivery in sub:  # the topic is shared on Kafka: earlier tests' runs come first
+                    await delivery.ack()
+                    env = decode(delivery.record.value)
+                    if env.WhichOneof("payload") == "gc_run_completed" and env.gc_run_completed.run_id == run_id:
+                        break
+        finally:
+            await sub.close()
+        done = env.gc_run_completed
+        assert done.dry_run and done.finished_at.ToDatetime() >= done.started_at.ToDatetime()
+    finally:
+        await drop_gc_collections(c)
+        await c.docs.drop_collection("leases")
+
+
+async def test_abandoned_upload_sessions_go_open_ones_stay(assembly: Assembly) -> None:
+    client, c = assembly.client, assembly.c
+    locations = []
+    for _ in range(2):
+        resp = await client.post("/v2/team/app/blobs/uploads/")
+        assert resp.status == 202
+        resp = await client.patch(resp.headers["Location"], data=b"x" * 100,
+                                  headers={"Content-Type": "application/octet-stream"})
+        assert resp.status == 202
+        locations.append(resp.headers["Location"])
+        await asyncio.sleep(2.5)  # S3 keeps modification times in whole seconds
+    modified = sorted([m async for _, m in c.blobs.iter_uploads()])
+    assert len(modified) == 2 and modified[0] < modified[1]
+    gc = collector(c)
+    await gc.setup()
+    expiry = c.settings.registry.upload_expiry_seconds
+    gc._clock = lambda: (modified[0] + modified[1]) / 2 + expiry  # the first is idle past the expiry, not the second
+    try:
+        result = await gc.run(RunOptions(run_id=uuid.uuid4().hex))
+        assert result.uploads_deleted == 1 and [d.kind for d in result.deleted] == ["upload"]
+        assert len([u async for u in c.blobs.iter_uploads()]) == 1
+        abandoned, open_ = locations
+        resp = await client.patch(abandoned, data=b"y", headers={"Content-Type": "application/octet-stream"})
+        assert resp.status == 404, await resp.text()
+        data = b"x" * 100 + b"done"
+        sep = "&" if "?" in open_ else "?"
+        resp = await client.put(f"{open_}{sep}digest={digest_of(data)}", data=b"done",
+                                headers={"Content-Type": "application/octet-stream"})
+        assert resp.status == 201, await resp.text()
+    finally:
+        await drop_gc_collections(c)
