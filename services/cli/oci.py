@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import os
+import platform as host_platform
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import IO, Any, Final
 
 from yarl import URL
 
-from services.cli import dockerconfig, upload_state
+from services.cli import checks, dockerconfig, layouts, upload_state
 from services.core.client import (
     ClientOptions,
     Credentials,
@@ -145,15 +146,19 @@ def credentials(args: argparse.Namespace, registry: str, stdin: IO[str]) -> Cred
     return None
 
 
-def options(args: argparse.Namespace, registries: Sequence[str], stdin: IO[str]) -> ClientOptions:
+def options(args: argparse.Namespace, registries: Sequence[str], stdin: IO[str], *,
+            basic: bool = False) -> ClientOptions:
+    """`basic`: send the API key as Basic on every request (management API calls that change something refuse
+    registry access tokens)."""
     env_registry, env_plain = default_registry()
     per: dict[str, RegistryOptions] = {}
     for registry in dict.fromkeys(registries):
         plain = True if getattr(args, "plain_http", False) else (env_plain if registry == env_registry else None)
         per[registry] = RegistryOptions(credentials=credentials(args, registry, stdin), plain_http=plain,
                                         insecure=getattr(args, "insecure", False),
-                                        ca_file=getattr(args, "ca_file", None))
-    return ClientOptions(registries=per, user_agent="hanzo-registry-cli", trace_headers=False)
+                                        ca_file=getattr(args, "ca_file", None), basic_always=basic)
+    # A long transfer may break many times; each resume continues from the registry's offset.
+    return ClientOptions(registries=per, user_agent="hanzo-registry-cli", trace_headers=False, max_resumes=20)
 
 
 # ---------------------------------------------------------------------------------------------- output, progress
@@ -464,6 +469,82 @@ async def pull_files(client: OciClient, ref: ImageReference, directory: Path, *,
             "files": files}
 
 
+# ---------------------------------------------------------------------------------------------- images on disk
+
+
+def _progress(bar: Any) -> layouts.Progress:
+    tasks: dict[str, Any] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=total)
+        bar.update(tasks[name], completed=done)
+
+    return update
+
+
+async def push_image(client: OciClient, ref: ImageReference, source: str, *, out: Out) -> dict[str, Any]:
+    """`push REF --from oci:DIR[:TAG]|docker-archive:FILE`."""
+    try:
+        location = layouts.parse_location(source)
+        tag = str(ref.tag) if ref.digest is None and ref.tag is not None else None
+        with out.bar() as bar:
+            if location.kind == "oci":
+                result = await layouts.push_oci_layout(client, ref.repository, location, tag=tag,
+                                                       progress=_progress(bar))
+            else:
+                result = await layouts.push_docker_archive(client, ref.repository, location, tag=tag,
+                                                           progress=_progress(bar))
+    except layouts.LayoutError as exc:
+        raise CliError(str(exc), exit_code=2) from None
+    if ref.digest is not None and result["digest"] != str(ref.digest):
+        raise CliError(f"the image has digest {result['digest']}, not {ref.digest}")
+    return {"reference": str(ref), "source": source, **result}
+
+
+def _this_platform() -> str:
+    machine = host_platform.machine().lower()
+    return "linux/" + {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm/v7"}.get(machine, machine)
+
+
+def pick_platform(index: dict[str, Any], wanted: str) -> Digest:
+    """The digest of `wanted` (os/arch[/variant]) in an index; CliError listing what it has otherwise."""
+    have = []
+    for m in index.get("manifests") or []:
+        p = m.get("platform") or {}
+        name = "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
+        have.append(name)
+        if name == wanted or (name.count("/") == 2 and wanted.count("/") == 1 and name.startswith(wanted + "/")):
+            return Digest.parse(str(m["digest"]))
+    raise CliError(f"the index has no {wanted} image (it has: {', '.join(have) or 'none'}); use --platform",
+                   exit_code=2)
+
+
+async def pull_image(client: OciClient, ref: ImageReference, destination: str, *, platform: str | None,
+                     out: Out) -> dict[str, Any]:
+    """`pull REF --to oci:DIR[:TAG]|docker-archive:FILE`."""
+    repo = ref.repository
+    try:
+        location = layouts.parse_location(destination)
+        with out.bar() as bar:
+            if location.kind == "oci":
+                tag = location.tag or (str(ref.tag) if ref.tag is not None else None)
+                result = await layouts.pull_oci_layout(client, repo, ref.reference, location, tag=tag,
+                                                       progress=_progress(bar))
+                return {"reference": str(ref), "destination": destination, **result}
+            fetched = await client.get_manifest(repo, ref.reference)
+            top = fetched.descriptor.digest
+            if fetched.descriptor.media_type in mt.INDEX_TYPES:
+                fetched = await client.get_manifest(repo, pick_platform(fetched.json(), platform or _this_platform()))
+            repo_tag = location.tag or f"{repo.registry}/{repo.name}:{ref.tag or 'latest'}"
+            result = await layouts.pull_docker_archive(client, repo, fetched.json(), location, repo_tag=repo_tag,
+                                                       progress=_progress(bar))
+    except layouts.LayoutError as exc:
+        raise CliError(str(exc), exit_code=2) from None
+    return {"reference": str(ref), "destination": destination, "digest": str(top),
+            "image": str(fetched.descriptor.digest), **result}
+
+
 # ---------------------------------------------------------------------------------------------- management API
 
 
@@ -644,8 +725,26 @@ async def run(args: argparse.Namespace, out: Out, stdin: IO[str]) -> int:
     refs.append(ref)
     subject_text = getattr(args, "subject", None) or getattr(args, "base", None)
     subject = parse_reference(subject_text) if subject_text else None
-    async with OciClient(options(args, [r.repository.registry for r in refs], stdin)) as client:
-        if command in ("push", "model push"):
+    basic = command in ("scan", "verify")
+    async with OciClient(options(args, [r.repository.registry for r in refs], stdin, basic=basic)) as client:
+        if command == "push" and getattr(args, "source", None):
+            result = await push_image(client, ref, args.source, out=out)
+            out.emit(result, f"pushed {ref} ({result['digest']}) from {args.source}")
+        elif command == "pull" and getattr(args, "destination", None):
+            result = await pull_image(client, ref, args.destination, platform=args.platform, out=out)
+            out.emit(result, f"pulled {ref} ({result['digest']}) into {args.destination}")
+        elif command == "scan":
+            report = await checks.scan(client, ref, rescan=args.rescan, wait=args.wait)
+            out.emit(report, lambda: checks.scan_text(report))
+        elif command == "verify":
+            try:
+                verdict = await checks.verify(client, ref, key=args.key_ref)
+            except ValueError as exc:
+                raise CliError(str(exc), exit_code=2) from None
+            out.emit(verdict, lambda: checks.verify_text(verdict))
+            if not verdict["verified"]:
+                raise CliError(f"{ref}: no signature verified" + (f" by {args.key_ref}" if args.key_ref else ""))
+        elif command in ("push", "model push"):
             if command == "push":
                 files = local_files(args.files)
                 annotations, artifact_type = _annotations(args.annotation), args.artifact_type
