@@ -5,11 +5,13 @@ stays."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from services.core.oci.digest import Digest
 from services.core.storage.gcmarks import GC_MARKS
 from services.gc.candidates import CANDIDATES
+from services.gc.service import incremental_loop
 from services.gc.sweep import RunOptions
 from tests.integration.conftest import Assembly
 from tests.integration.gc_support import (
@@ -136,3 +138,32 @@ async def test_a_candidate_kept_for_its_age_is_deferred_until_then(assembly: Ass
             assert not await gc.candidates.any_due(now=gc._clock())
     finally:
         await drop_gc_collections(c)
+
+
+async def test_the_service_runs_incrementally_when_candidates_are_due_and_not_otherwise(assembly: Assembly) -> None:
+    client, c = assembly.client, assembly.c
+    stop = asyncio.Event()
+    try:
+        async with gc_consumers(c) as runs:
+            runs.collector.settle = 0.01
+            loop = asyncio.create_task(incremental_loop(runs, 0.2, stop))
+            await asyncio.sleep(0.6)
+            assert (await runs.history(limit=10))[0] == []  # nothing due: no run, no record
+            await push(client, "svc/app", make_image(), "v1")
+            await push(client, "svc/app", make_image(), "v1")
+            async with asyncio.timeout(60):
+                while not (history := (await runs.history(limit=10))[0]) or history[0]["status"] == "running":
+                    await asyncio.sleep(0.1)
+            assert [(r["scope"], r["trigger"], r["status"]) for r in history] == [
+                ("incremental", "schedule", "succeeded")
+            ]
+            # Kept for its age (7 days untagged by default): deferred, so the loop starts no further run.
+            await asyncio.sleep(0.6)
+            assert len((await runs.history(limit=10))[0]) == 1
+            stop.set()
+            await loop
+    finally:
+        stop.set()
+        await drop_gc_collections(c)
+        for name in ("gc_run_items", "leases"):
+            await c.docs.drop_collection(name)
