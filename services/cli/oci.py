@@ -158,7 +158,7 @@ def options(args: argparse.Namespace, registries: Sequence[str], stdin: IO[str],
                                         insecure=getattr(args, "insecure", False),
                                         ca_file=getattr(args, "ca_file", None), basic_always=basic)
     # A long transfer may break many times; each resume continues from the registry's offset.
-    return ClientOptions(registries=per, user_agent="hanzo-registry-cli", trace_headers=False, max_resumes=20)
+    return ClientOptions(registries=per, user_agent="hanzo-registry-cli", trace_headers=False, max_resumes=6)
 
 
 # ---------------------------------------------------------------------------------------------- output, progress

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import secrets
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -229,3 +231,68 @@ def test_scan_and_verify(registry: RegistryProcess, tmp_path: Path) -> None:
     assert cli("verify", f"{addr}/chk/app:v1", "--key", "sha256:" + "0" * 64, check=False).returncode == 1
     bad = cli("verify", f"{addr}/chk/app:v1", "--key", "hanzo-kms://nonsense", check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+
+
+class _DropsBlobs(http.server.BaseHTTPRequestHandler):
+    """A registry whose connection breaks 100 000 bytes into a blob, and at once on every retry."""
+
+    blob = os.urandom(1_000_000)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [
+        {"mediaType": "application/octet-stream", "digest": _digest(blob), "size": len(blob),
+         "annotations": {"org.opencontainers.image.title": "f.bin"}}]}).encode()
+
+    def do_GET(self) -> None:
+        if self.path == "/v2/":
+            self._send(b"{}", "application/json")
+        elif "/manifests/" in self.path:
+            self._send(self.manifest, OCI_MANIFEST)
+        elif "Range" in self.headers:
+            self.close_connection = True  # lost again: no answer at all
+        else:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.blob)))
+            self.end_headers()
+            self.wfile.write(self.blob[:100_000])
+            self.wfile.flush()
+            self.close_connection = True
+
+    def _send(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Docker-Content-Digest", _digest(body))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_one_line_errors_for_a_denied_scope_and_a_lost_connection(registry: RegistryProcess, tmp_path: Path) -> None:
+    addr = registry.addr
+    status, _ = _api(registry, "POST", "/v1/registry/users", {"name": "viewer"})
+    assert status == 201
+    status, created = _api(registry, "POST", "/v1/registry/users/viewer/keys", {})
+    assert status == 201
+    status, _ = _api(registry, "POST", "/v1/registry/deny/permissions", {"user": "viewer", "role": "reader"})
+    assert status == 201
+    data = tmp_path / "f.bin"
+    data.write_bytes(b"y" * 1000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HANZO_REGISTRY_", "DOCKER_CONFIG"))}
+    env.update({"HANZO_REGISTRY_API_KEY": created["key"], "DOCKER_CONFIG": "/nonexistent-docker-config"})
+    denied = subprocess.run([sys.executable, "-m", "services.cli.main", "push", f"{addr}/deny/app:v1", data,
+                             "-u", "viewer"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert denied.returncode == 1 and denied.stderr.count("\n") == 1, denied.stderr
+    assert "denied" in denied.stderr and created["key"] not in denied.stderr, denied.stderr
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DropsBlobs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        lost = cli("pull", f"127.0.0.1:{port}/x/y:v1", "--dir", tmp_path / "out", check=False)
+    finally:
+        server.shutdown()
+    assert lost.returncode == 3 and lost.stderr.count("\n") == 1, lost.stderr
+    assert "connection was lost" in lost.stderr, lost.stderr
+    assert (tmp_path / "out" / ".f.bin.part").stat().st_size == 100_000  # kept: the next run continues it
