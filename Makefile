@@ -87,6 +87,7 @@ bench: $(STAMP) ## benchmarks (throughput, RSS) against the registry and CNCF Di
 	$(PY) -m bench.gc
 	$(PY) -m bench.cache
 	$(PY) -m bench.soak
+	$(PY) -m bench.console
 
 clean: ## remove the venv and local data (not the infra cache)
 	rm -rf $(VENV) var reports
