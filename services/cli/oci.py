@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import platform as host_platform
 import sys
@@ -66,6 +67,8 @@ MODEL_MEDIA_TYPES: Final = {
 }
 LORA: Final = "application/vnd.hanzo.lora"
 MODEL_POLL_SECONDS: Final = 30.0
+
+log = logging.getLogger(__name__)
 
 
 class CliError(Exception):
@@ -421,7 +424,8 @@ async def pull_to_file(client: OciClient, repo: RemoteRepository, digest: Digest
                        progress: Callable[[int], None]) -> dict[str, Any]:
     """One blob into `target`, through `.<name>.part` beside it: a part left by a killed run is hashed and
     continued with `Range`, the digest checked over the whole file before it is renamed into place. A part
-    that does not verify is deleted (the next run starts from zero)."""
+    that does not verify is deleted and the blob pulled once more from zero (the part may have been another
+    file's, or damaged); a fresh pull that does not verify is an error."""
     partial = target.with_name(f".{target.name}.part")
     prefix = await _hash_prefix(partial, digest, size)
     resumed_from = prefix.size if prefix else 0
@@ -435,13 +439,17 @@ async def pull_to_file(client: OciClient, repo: RemoteRepository, digest: Digest
                 progress(resumed_from + received)
     except OciDigestMismatchError:
         partial.unlink(missing_ok=True)
-        raise
+        if prefix is None:
+            raise
+        log.warning("%s: the part left by an earlier pull does not verify; pulling it again", target.name)
+        again = await pull_to_file(client, repo, digest, size, target, progress)
+        return {**again, "bytes_received": received + again["bytes_received"]}
     os.replace(partial, target)
     return {"resumed_from": resumed_from, "bytes_received": received}
 
 
 async def pull_files(client: OciClient, ref: ImageReference, directory: Path, *, out: Out) -> dict[str, Any]:
-    """Every titled layer of an artifact into `directory` (written to `.partial`, renamed when verified)."""
+    """Every titled layer of an artifact into `directory` (through `.NAME.part`, renamed when verified)."""
     repo = ref.repository
     fetched = await client.get_manifest(repo, ref.reference)
     doc = fetched.json()

@@ -241,11 +241,22 @@ class _DropsBlobs(http.server.BaseHTTPRequestHandler):
         {"mediaType": "application/octet-stream", "digest": _digest(blob), "size": len(blob),
          "annotations": {"org.opencontainers.image.title": "f.bin"}}]}).encode()
 
+    healthy = False
+    """Then it serves blobs whole or from a Range, as a registry does."""
+
     def do_GET(self) -> None:
         if self.path == "/v2/":
             self._send(b"{}", "application/json")
         elif "/manifests/" in self.path:
             self._send(self.manifest, OCI_MANIFEST)
+        elif self.healthy:
+            start = int(self.headers.get("Range", "bytes=0-").removeprefix("bytes=").rstrip("-"))
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(self.blob) - start))
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(self.blob) - 1}/{len(self.blob)}")
+            self.end_headers()
+            self.wfile.write(self.blob[start:])
         elif "Range" in self.headers:
             self.close_connection = True  # lost again: no answer at all
         else:
@@ -291,8 +302,18 @@ def test_one_line_errors_for_a_denied_scope_and_a_lost_connection(registry: Regi
     try:
         port = server.server_address[1]
         lost = cli("pull", f"127.0.0.1:{port}/x/y:v1", "--dir", tmp_path / "out", check=False)
+        assert lost.returncode == 3 and lost.stderr.count("\n") == 1, lost.stderr
+        assert "connection was lost" in lost.stderr, lost.stderr
+        assert (tmp_path / "out" / ".f.bin.part").stat().st_size == 100_000  # kept: the next run continues it
+        _DropsBlobs.healthy = True
+        resumed = cli_json("pull", f"127.0.0.1:{port}/x/y:v1", "--dir", tmp_path / "out")["files"][0]
+        assert (resumed["resumed_from"], resumed["bytes_received"]) == (100_000, 900_000)
+        assert (tmp_path / "out" / "f.bin").read_bytes() == _DropsBlobs.blob
+        # A part that is not the blob's head (another file's, damaged) is dropped and the blob pulled again.
+        (tmp_path / "again").mkdir()
+        (tmp_path / "again" / ".f.bin.part").write_bytes(b"x" * 50_000)
+        again = cli_json("pull", f"127.0.0.1:{port}/x/y:v1", "--dir", tmp_path / "again")["files"][0]
+        assert again["resumed_from"] == 0 and (tmp_path / "again" / "f.bin").read_bytes() == _DropsBlobs.blob
     finally:
+        _DropsBlobs.healthy = False
         server.shutdown()
-    assert lost.returncode == 3 and lost.stderr.count("\n") == 1, lost.stderr
-    assert "connection was lost" in lost.stderr, lost.stderr
-    assert (tmp_path / "out" / ".f.bin.part").stat().st_size == 100_000  # kept: the next run continues it
