@@ -244,7 +244,8 @@ async def _collections(c: Any) -> list[str]:
     return [m.BLOB_LINKS, m.MANIFESTS, m.TAGS, m.REPOSITORIES, m.UPLOADS, "outbox", "leases", "gc_marks"]
 
 
-async def push_latency(rounds: int, seconds: float, manifests: int) -> dict[str, Any]:
+async def push_latency(rounds: int, seconds: float, manifests: int, *, yield_ratio: float | None = None
+                       ) -> dict[str, Any]:
     from aiohttp.test_utils import TestClient, TestServer
 
     from services.core.bootstrap import container
@@ -252,7 +253,7 @@ async def push_latency(rounds: int, seconds: float, manifests: int) -> dict[str,
     from services.gc.runs import GcRuns
 
     data_dir = Path(tempfile.mkdtemp(prefix="hzr-bench-gc-push-"))
-    settings = _settings(data_dir, gc={"enabled": False, "settle_seconds": 1.0})
+    settings = _settings(data_dir, gc={"enabled": False, "settle_seconds": 1.0, "yield_ratio": yield_ratio})
     off: list[float] = []
     on: list[float] = []
     runs_seconds: list[float] = []
@@ -298,7 +299,8 @@ async def push_latency(rounds: int, seconds: float, manifests: int) -> dict[str,
                 await task
                 runs_seconds.append(time.perf_counter() - t)
     p99_off, p99_on = _p99(off), _p99(on)
-    return {"rounds": rounds, "pushes_without": len(off), "pushes_during": len(on),
+    return {"rounds": rounds, "gc_yield_ratio": "default" if yield_ratio is None else yield_ratio,
+            "pushes_without": len(off), "pushes_during": len(on),
             "p99_without_ms": round(p99_off * 1000, 1), "p99_during_ms": round(p99_on * 1000, 1),
             "median_without_ms": round(statistics.median(off) * 1000, 1),
             "median_during_ms": round(statistics.median(on) * 1000, 1),
@@ -319,7 +321,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         report["s3_deletes"] = await s3_deletes(args.s3_blobs, concurrency=args.gc_concurrency)
         print("S3 deletes:", json.dumps(report["s3_deletes"]), flush=True)
     if "push" not in args.skip:
-        report["push_latency"] = await push_latency(args.push_rounds, args.push_seconds, args.push_manifests)
+        report["push_latency"] = await push_latency(args.push_rounds, args.push_seconds, args.push_manifests,
+                                                    yield_ratio=args.gc_yield)
         print("push latency:", json.dumps(report["push_latency"]), flush=True)
     return report
 
@@ -330,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifests", type=int, default=100_000, help="x10 blob records (default 100000)")
     parser.add_argument("--s3-blobs", type=int, default=10_000)
     parser.add_argument("--gc-concurrency", type=int, help="gc.concurrency of the S3 part (default: the service's)")
+    parser.add_argument("--gc-yield", type=float, help="gc.yield_ratio of the push part (default: the service's)")
     parser.add_argument("--push-rounds", type=int, default=3)
     parser.add_argument("--push-seconds", type=float, default=10.0)
     parser.add_argument("--push-manifests", type=int, default=20_000, help="kept metadata beside the pushes")

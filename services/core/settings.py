@@ -343,6 +343,13 @@ class GcSettings(_Section):
         description="Metadata commands a run keeps in flight; unset: 2 on SQLite (pushes share its one "
         "connection), 32 on MongoDB (a run there is round trips)",
     )
+    yield_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Seconds a run pauses per second of its metadata commands, so pushes that share the store get "
+        "turns; unset: 1.0 on SQLite (GC takes at most half of its one connection), 0 on MongoDB",
+    )
     grpc_addr: str | None = Field(
         None,
         description="host:port of the gc service's gRPC (its server.grpc_addr), which the distribution service "

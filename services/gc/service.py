@@ -37,13 +37,21 @@ def concurrency(c: Container) -> int:
     return s.gc.concurrency or (2 if s.metadata.kind == "sqlite" else 32)
 
 
+def yield_ratio(c: Container) -> float:
+    """`gc.yield_ratio`, or what suits the metadata store (the setting's description)."""
+    s = c.settings
+    if s.gc.yield_ratio is not None:
+        return s.gc.yield_ratio
+    return 1.0 if s.metadata.kind == "sqlite" else 0.0
+
+
 def build_runs(c: Container) -> GcRuns:
     s = c.settings
     collector = Collector(
         docs=c.docs, blobs=c.blobs, outbox=c.outbox, topics=s.topics, default_policy=s.policy.default,
         blob_grace_seconds=s.gc.blob_grace_seconds, upload_expiry_seconds=s.registry.upload_expiry_seconds,
         settle_seconds=s.gc.settle_seconds, forget_manifest=getattr(c.meta, "forget_manifest", None),
-        concurrency=concurrency(c),
+        concurrency=concurrency(c), yield_ratio=yield_ratio(c),
     )
     return GcRuns(c.docs, c.outbox, collector, s.topics, metrics=c.metrics)
 

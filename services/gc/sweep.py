@@ -204,6 +204,7 @@ class Collector:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         forget_manifest: Callable[[str, Digest], None] | None = None,
         concurrency: int = CONCURRENCY,
+        yield_ratio: float = 0.0,
     ) -> None:
         self.docs = docs
         self.blobs = blobs
@@ -218,6 +219,7 @@ class Collector:
         self.concurrency = concurrency
         """Metadata commands in flight at once. Remote stores want many (a run is round trips); the embedded
         SQLite store has one connection that pushes share, so there a few keep pushes from queueing behind GC."""
+        self.yield_ratio = yield_ratio
         self._clock = clock
         self._sleep = sleep
         self._forget = forget_manifest
@@ -227,7 +229,18 @@ class Collector:
         await self.candidates.setup()
 
     async def _each(self, items: Iterable[Any], step: Callable[[Any], Awaitable[Any]]) -> None:
-        await _each(items, step, workers=self.concurrency)
+        async def paced(item: Any) -> None:
+            started = time.monotonic()
+            await step(item)
+            await self._yield(started)
+
+        await _each(items, paced if self.yield_ratio else step, workers=self.concurrency)
+
+    async def _yield(self, started: float) -> None:
+        """Pause `yield_ratio` times as long as the work since `started` took: a store that serves pushes too
+        (the embedded SQLite, one connection) then spends at most 1 / (1 + ratio) of its time on GC."""
+        if self.yield_ratio:
+            await asyncio.sleep((time.monotonic() - started) * self.yield_ratio)
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -474,9 +487,12 @@ class Collector:
                                                             run=options.run_id, extra={"generation": f.generation}))
         if garbage:
             await self._sleep(self.settle)
+        paced = time.monotonic()
         for batch in _batches(garbage, BATCH):
             recent = await self._recent_references(started)
             for f in batch:  # parents before children (plan order)
+                await self._yield(paced)
+                paced = time.monotonic()
                 key = gm.manifest_key(f.repository, f.digest)
                 if f"{f.repository}@{f.digest}" in recent or (f.repository, f.digest) in stays:
                     await self._let_go(key)
