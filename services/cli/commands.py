@@ -209,6 +209,7 @@ LAYOUTS = """\
 \b
 Layouts: oci:DIR[:TAG] is an OCI image layout (oci-layout, index.json, blobs/sha256/...; TAG is the
 org.opencontainers.image.ref.name of the index entry, as skopeo and umoci write it);
-docker-archive:FILE is a `docker save` tarball (manifest.json, config, layer tars), pushed as a Docker
-v2 manifest. Blobs go byte for byte both ways.
+docker-archive:FILE is a `docker save` tarball (manifest.json, config, layer tars), pushed as an OCI
+manifest of its config and layer tars unchanged, and written with uncompressed layers (what docker load
+checks). Layout blobs go byte for byte both ways.
 """
