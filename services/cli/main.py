@@ -82,7 +82,7 @@ def check_config(ctx: click.Context, offline: bool) -> int:
 
 
 commands.register(cli)
-management.register(cli)
+management.register(cli, serve=serve)
 
 
 def _fail(message: object) -> int:

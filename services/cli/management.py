@@ -54,8 +54,8 @@ def _fail(command: str, exc: Exception, code: int) -> int:
     return code
 
 
-def register(group: click.Group) -> None:
-    """Add the management commands to `group`."""
+def register(group: click.Group, *, serve: Callable[[click.Context, str], int]) -> None:
+    """Add the management commands to `group`; `serve` starts a service (`gc` without an action does)."""
 
     @group.command(epilog=EPILOG)
     @click.argument("repository")
@@ -168,8 +168,6 @@ def register(group: click.Group) -> None:
         """Without ACTION: run the gc service alone. `gc run` starts a garbage-collection run, `gc history` lists
         the last runs (over the management API, registry admins)."""
         if action is None:
-            from services.cli.main import serve
-
             return serve(ctx, "gc")
         from services.cli import gc as gc_command
         from services.cli.target import TagCommandError, target_from
