@@ -156,28 +156,32 @@ async def test_a_tag_page_reads_one_page_of_tags(auth_assembly: Assembly) -> Non
     digest, _ = await push_image(a.client, basic("admin", key), "team/many", "latest")
     await seed_tags(registry, "team/many", digest, 1000)
     await console_login(a.client, "admin", key)
-    meta = registry.meta
-    listed: list[int | None] = []
-    tag_reads = 0
-    list_tags, tag = meta.list_tags, meta.tag
+    docs = registry.meta.docs
+    reads: list[tuple[str, str, int]] = []
+    find, get_many, get = docs.find, docs.get_many, docs.get
 
-    async def counting_list(repository: str, **kw: Any) -> list[str]:
-        listed.append(kw.get("limit"))
-        return await list_tags(repository, **kw)
+    async def counting_find(collection: str, *args: Any, **kw: Any) -> Any:
+        reads.append(("find", collection, kw.get("limit") or 0))
+        return await find(collection, *args, **kw)
 
-    async def counting_tag(repository: str, name: str) -> Any:
-        nonlocal tag_reads
-        tag_reads += 1
-        return await tag(repository, name)
+    async def counting_get_many(collection: str, keys: Any) -> Any:
+        reads.append(("get_many", collection, len(keys)))
+        return await get_many(collection, keys)
 
-    meta.list_tags, meta.tag = counting_list, counting_tag  # type: ignore[method-assign]
+    async def counting_get(collection: str, key: str) -> Any:
+        reads.append(("get", collection, 1))
+        return await get(collection, key)
+
+    docs.find, docs.get_many, docs.get = counting_find, counting_get_many, counting_get  # type: ignore[method-assign]
     try:
         resp = await a.client.get("/console/repositories/team/many?after=t00499")
         html = await resp.text()
     finally:
-        del meta.list_tags, meta.tag
+        del docs.find, docs.get_many, docs.get
     assert resp.status == 200
-    assert listed == [51] and tag_reads == 50
+    content = [r for r in reads if r[1] in ("tags", "manifests")]
+    # 51 names from the index, the page's 50 tags at once, their one manifest: nothing per row
+    assert content == [("find", "tags", 51), ("get_many", "tags", 50), ("get_many", "manifests", 1)], reads
     assert html.count('<th scope="row">') == 50 and ">t00500<" in html and ">t00549<" in html
     assert "after=t00549" in html and "First page" in html
 

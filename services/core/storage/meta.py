@@ -246,6 +246,13 @@ class MetadataStore:
         self._known_manifests.add(key)
         return ManifestRecord.from_doc(doc)
 
+    async def manifests(self, repository: str, digests: Sequence[Digest]) -> dict[str, ManifestRecord]:
+        """The stored manifests among `digests`, by digest: one round trip per batch of keys (a page of
+        tags shows its manifests without one read each)."""
+        keys = {_key(repository, "@", str(d)): str(d) for d in digests}
+        found = await self.docs.get_many(MANIFESTS, list(keys))
+        return {keys[k]: ManifestRecord.from_doc(doc) for k, doc in found.items()}
+
     async def manifest_exists(self, repository: str, digest: str) -> bool:
         key = _key(repository, "@", digest)
         exists = await self.docs.get(MANIFESTS, key) is not None
@@ -292,6 +299,15 @@ class MetadataStore:
         if doc is None:
             return None
         return TagRecord(repository, name, Digest.parse(doc["digest"]), doc["version"], doc["updated"])
+
+    async def tags(self, repository: str, names: Sequence[str]) -> dict[str, TagRecord]:
+        """The tags among `names` that exist, by name: one round trip per batch of keys (a page of tags)."""
+        keys = {_key(repository, ":", name): name for name in names}
+        found = await self.docs.get_many(TAGS, list(keys))
+        return {
+            keys[k]: TagRecord(repository, keys[k], Digest.parse(d["digest"]), d["version"], d["updated"])
+            for k, d in found.items()
+        }
 
     async def list_tags(self, repository: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
         # Only the names: answered from the (repository, name) index, in its order.

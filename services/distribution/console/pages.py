@@ -14,7 +14,7 @@ from services.core.auth.model import namespace_of
 from services.core.errors import DeniedError, RegistryError
 from services.core.oci.digest import Digest
 from services.core.oci.names import RepositoryName, Tag
-from services.core.storage.meta import ManifestRecord, TagRecord
+from services.core.storage.meta import ManifestRecord
 from services.distribution.console.context import Ctx
 from services.distribution.console.gateway import read, repository_name, require, token_access
 from services.distribution.console.render import page
@@ -88,13 +88,15 @@ async def repositories(ctx: Ctx) -> web.StreamResponse:
 async def _tag_rows(request: web.Request, repository: str, names: list[str]) -> list[dict[str, object]]:
     registry = request.app[REGISTRY]
     repo = RepositoryName(repository)
-    records: list[TagRecord | None] = list(await asyncio.gather(*(registry.meta.tag(repository, n) for n in names)))
-    digests = sorted({str(r.digest) for r in records if r is not None})
-    manifests = await asyncio.gather(*(registry.meta.manifest(repository, Digest.parse(d)) for d in digests))
-    views = {d: manifest_view(m) for d, m in zip(digests, manifests, strict=True) if m is not None}
+    # Two batched reads for the page (its tags, then their manifests), not one read per row.
+    records = await registry.meta.tags(repository, names)
+    digests = sorted({str(r.digest) for r in records.values()})
+    manifests = await registry.meta.manifests(repository, [Digest.parse(d) for d in digests])
+    views = {d: manifest_view(m) for d, m in manifests.items()}
     decisions = await asyncio.gather(*(registry.tag_decision(repo, n) for n in names))
     rows: list[dict[str, object]] = []
-    for name, record, decision in zip(names, records, decisions, strict=True):
+    for name, decision in zip(names, decisions, strict=True):
+        record = records.get(name)
         if record is None:  # deleted between the listing and now
             continue
         view = views.get(str(record.digest))
