@@ -28,8 +28,30 @@ _GET_MANY_BATCH = 1000
 LOCKS_COLLECTION = "_documentstore_locks"
 
 
+_NUL_STRING = 0x80
+"""BSON binary subtype (user-defined) of a nested string that contains U+0000, stored as its UTF-8 bytes:
+FerretDB on PostgreSQL keeps documents as jsonb, which refuses U+0000 in any string. MongoDB would take
+it; the same encoding is used on every server, so a database reads the same through either. (Top-level
+strings never contain U+0000: docvalues.check_text refuses them, for SQLite.)"""
+
+
+def _nul_safe(value: Any) -> Any:
+    """Replace nested strings containing U+0000 in place (encode_value built fresh containers)."""
+    if isinstance(value, str):
+        return Binary(value.encode(), _NUL_STRING) if "\0" in value else value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, (str, dict, list)):
+                value[k] = _nul_safe(v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if isinstance(v, (str, dict, list)):
+                value[i] = _nul_safe(v)
+    return value
+
+
 def _encode(value: Any) -> Any:
-    return encode_value(value, encode_bytes=bytes)
+    return _nul_safe(encode_value(value, encode_bytes=bytes))
 
 
 def _decode_value(value: Any) -> Any:
@@ -39,7 +61,7 @@ def _decode_value(value: Any) -> Any:
     if isinstance(value, Int64):
         return int(value)
     if isinstance(value, Binary):
-        return bytes(value)
+        return value.decode() if value.subtype == _NUL_STRING else bytes(value)
     if isinstance(value, list):
         return [_decode_value(v) for v in value]
     if isinstance(value, dict):
