@@ -10,7 +10,7 @@ HANZO_REGISTRY_ADDR ?= 127.0.0.1:5000
 HANZO_REGISTRY_DATA_DIR ?= ./var
 
 .PHONY: help venv run serve infra-up infra-down tools servers test test-unit test-contract test-integration \
-        conformance stack lint proto proto-check bench clean
+        conformance stack lint proto proto-check bench image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -88,6 +88,9 @@ bench: $(STAMP) ## benchmarks (throughput, RSS) against the registry and CNCF Di
 	$(PY) -m bench.cache
 	$(PY) -m bench.soak
 	$(PY) -m bench.console
+
+image: ## build the container image with buildah on a debootstrap Debian base (cached; no Docker engine)
+	bash deploy/local/image.sh
 
 clean: ## remove the venv and local data (not the infra cache)
 	rm -rf $(VENV) var reports
