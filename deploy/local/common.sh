@@ -32,7 +32,7 @@ WEED_FILER_PORT=${HANZO_INFRA_WEED_FILER_PORT:-8888}       # gRPC = +10000 (1888
 POSTGRES_PORT=${HANZO_INFRA_POSTGRES_PORT:-5433}            # FerretDB's PostgreSQL backend (5432 left to a system cluster)
 
 # FerretDB's backend: sqlite (FerretDB's own files) or postgresql (Debian's PostgreSQL, started beside it).
-FERRETDB_BACKEND=${HANZO_FERRETDB_BACKEND:-sqlite}
+FERRETDB_BACKEND=${HANZO_FERRETDB_BACKEND:-postgresql}  # the faster of the two here: deploy/local/README.md
 PG_BIN=${HANZO_INFRA_PG_BIN:-/usr/lib/postgresql/15/bin}   # Debian's postgresql (tools.sh apt)
 PG_USER="ferretdb"                                         # role and database FerretDB uses (trust on loopback)
 # PostgreSQL refuses to run as root: as root it runs as the `postgres` system user, whose data directory

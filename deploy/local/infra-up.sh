@@ -3,7 +3,7 @@
 # test infrastructure on loopback:
 #   kafka  Apache Kafka (KRaft, single node)   127.0.0.1:9092 (controller 9093)
 #   mongo  FerretDB v1                         127.0.0.1:27017
-#          HANZO_FERRETDB_BACKEND=sqlite (default) or postgresql: the latter also starts Debian's
+#          HANZO_FERRETDB_BACKEND=postgresql (default) or sqlite: the former also starts Debian's
 #          PostgreSQL 15 on 127.0.0.1:5433 (as the `postgres` user when run as root)
 #   s3     SeaweedFS S3 gateway                127.0.0.1:8333
 # Usage: deploy/local/infra-up.sh [kafka] [mongo] [s3]      (default: all)
