@@ -1,9 +1,10 @@
-"""GC at scale (issue 11, item 6): `python -m bench.gc` (its own entry; not yet in `make bench`).
+"""GC at scale (issue 11, item 6): `python -m bench.gc`, also run by `make bench`.
 
 1. **Metadata scale** (embedded ports: SQLite, filesystem): synthetic metadata written straight into the
    SQLite store (default 100,000 manifests of 10 blobs each = 1,000,000 blob records, 10 % of it garbage:
-   untagged manifests 30 days old and their blobs). One real (not dry) run in a fresh process: its time and
-   peak RSS (VmHWM; target < 500 MiB). The blob bytes are not written (the metadata side is measured here;
+   untagged manifests 30 days old and their blobs). In a fresh process: an incremental run over 10
+   repositories recorded as candidates (as tag moves would), then one real (not dry) full run: time and peak
+   RSS of each (VmHWM; target < 500 MiB). The blob bytes are not written (the metadata side is measured here;
    deleting an absent file is the filesystem store's no-op).
 2. **S3 deletes** against the local SeaweedFS (infra.env): N blobs stored under a prefix of their own, then
    (a) the S3 store's multi-object delete alone, and (b) a whole collector run over FerretDB + SeaweedFS
@@ -14,7 +15,8 @@
    p99 with / p99 without (target <= 1.5).
 
 Nothing is asserted: the numbers go to stdout and reports/bench-gc.json. `--manifests`, `--s3-blobs`,
-`--push-rounds` scale each part down on a loaded machine; `--skip` leaves parts out.
+`--push-rounds`, `--push-manifests` scale each part down on a loaded machine; `--skip` leaves parts out;
+`--gc-concurrency` and `--gc-yield` override `gc.concurrency` (S3 part) and `gc.yield_ratio` (push part).
 """
 
 from __future__ import annotations

@@ -437,7 +437,11 @@ class Collector:
         await self._delete_blobs(blob_candidates, options, started, result)
         stored = []
         for digest in unlinked:
-            info = await self.blobs.stat(Digest.parse(digest))
+            try:
+                parsed = Digest.parse(digest)
+            except ValueError:  # not a digest this registry stores: nothing to collect, and never a run's failure
+                continue
+            info = await self.blobs.stat(parsed)
             if info is not None:
                 stored.append((digest, info.size))
         seen = await self._seen([d for d, _ in stored])
