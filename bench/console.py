@@ -85,7 +85,8 @@ async def _drop(c: Any) -> None:
     async for info in c.blobs.iter_all():
         await c.blobs.delete(info.digest)
     database = c.settings.metadata.database
-    client: Any = pymongo.MongoClient(c.settings.metadata.uri)
+    uri = c.settings.metadata.uri
+    client: Any = pymongo.MongoClient(uri.get_secret_value() if hasattr(uri, "get_secret_value") else uri)
     try:
         await asyncio.to_thread(client.drop_database, database)
     finally:
