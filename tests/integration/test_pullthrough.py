@@ -569,3 +569,27 @@ async def test_token_auth_upstream_of_our_own_kind(tmp_path: Path) -> None:
         async with cache_registry("embedded", tmp_path / "anon", [remote("up", address(up))]) as cache:
             resp = await cache.client.get("/v2/cache/up/team/app/manifests/v1")
             assert resp.status == 502 and "401" in (await resp.json())["errors"][0]["message"]
+
+
+async def test_a_grant_on_one_cached_repository_pulls_through_that_one_only(tmp_path: Path) -> None:
+    from services.core.client.errors import OciAuthenticationError, OciResponseError
+
+    async with upstream_registry(tmp_path / "up") as up, \
+            cache_registry("embedded", tmp_path / "cache", [remote("up", address(up))], auth=True) as cache, \
+            OciClient() as client:
+        image = make_image()
+        for name in ("team/app", "team/other"):
+            await push_image(client, RemoteRepository(address(up), name), image, tag="v1")  # type: ignore[arg-type]
+        assert (await admin_call(cache, "POST", "/users", {"name": "bob"})).status == 201
+        key = (await (await admin_call(cache, "POST", "/users/bob/keys", {"name": "ci"})).json())["key"]
+        grant = {"user": "bob", "role": "reader", "repository": "cache/up/team/app"}
+        resp = await admin_call(cache, "POST", "/namespaces/cache/permissions", grant)
+        assert resp.status == 201, await resp.text()
+        options = ClientOptions(registries={address(cache): RegistryOptions(credentials=Credentials("bob", key))})
+        async with OciClient(options) as bob:
+            allowed = RemoteRepository(address(cache), "cache/up/team/app")  # type: ignore[arg-type]
+            assert await pull_image(bob, allowed, "v1") == (image.manifest, [image.config, *image.layers])
+            other = RemoteRepository(address(cache), "cache/up/team/other")  # type: ignore[arg-type]
+            with pytest.raises((OciAuthenticationError, OciResponseError)):
+                await bob.get_manifest(other, "v1")
+        assert await cache.c.meta.manifest("cache/up/team/other", image.digest) is None  # nothing fetched for bob
