@@ -50,8 +50,21 @@ def test_pages_are_bounded() -> None:
     assert human_size(None) == "" and human_size(512) == "512 B" and human_size(3 * 1024 * 1024) == "3.0 MiB"
 
 
-@pytest.mark.parametrize("value", [None, "", "https://evil.example/", "//evil.example/x", "/\\evil", "/v2/",
-                                   "/console/login?next=/x", "/console/logout", "/console/\\x", "/console/\x00"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "https://evil.example/",
+        "//evil.example/x",
+        "/\\evil",
+        "/v2/",
+        "/console/login?next=/x",
+        "/console/logout",
+        "/console/\\x",
+        "/console/\x00",
+    ],
+)
 def test_login_returns_only_to_console_pages(value: str | None) -> None:
     assert next_path(value) == HOME
 
@@ -66,17 +79,39 @@ def _record(doc: dict[str, object], media_type: str) -> ManifestRecord:
 
 
 def test_manifest_view_of_an_image_and_an_index() -> None:
-    image = _record({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                     "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": D1, "size": 10},
-                     "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": D2,
-                                 "size": 1000}]}, OCI_MANIFEST)
+    image = _record(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": D1, "size": 10},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": D2, "size": 1000}],
+        },
+        OCI_MANIFEST,
+    )
     view = manifest_view(image)
     assert not view.is_index and [layer.size for layer in view.layers] == [1000]
     assert view.total_size == image.size + 10 + 1000
-    index = _record({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": D2, "size": 300, "platform": {"os": "linux", "architecture": "amd64"}},
-        {"mediaType": OCI_MANIFEST, "digest": D3, "size": 310,
-         "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}}]}, OCI_INDEX)
+    index = _record(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": D2,
+                    "size": 300,
+                    "platform": {"os": "linux", "architecture": "amd64"},
+                },
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": D3,
+                    "size": 310,
+                    "platform": {"os": "linux", "architecture": "arm", "variant": "v7"},
+                },
+            ],
+        },
+        OCI_INDEX,
+    )
     view = manifest_view(index)
     assert view.is_index and [p.platform for p in view.platforms] == ["linux/amd64", "linux/arm/v7"]
     assert view.total_size == index.size + 610
