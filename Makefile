@@ -34,6 +34,7 @@ run: $(STAMP) ## start the embedded all-in-one registry on $(HANZO_REGISTRY_ADDR
 	@echo "Log in as admin with the API key the first start writes to $(HANZO_REGISTRY_DATA_DIR)/bootstrap-admin.key:"
 	@echo '  crane auth login $(HANZO_REGISTRY_ADDR) -u admin -p "$$(cat $(HANZO_REGISTRY_DATA_DIR)/bootstrap-admin.key)"'
 	@echo '  (or docker login / skopeo login --tls-verify=false / oras login --plain-http; curl -u "hanzo:<key>")'
+	@echo "The console: http://$(HANZO_REGISTRY_ADDR)/console/ (user admin, that key)"
 	HANZO_REGISTRY_ADDR=$(HANZO_REGISTRY_ADDR) HANZO_REGISTRY_DATA_DIR=$(HANZO_REGISTRY_DATA_DIR) \
 		exec $(VENV)/bin/hanzo-registry serve
 
