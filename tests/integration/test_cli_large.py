@@ -1,8 +1,8 @@
 """Large files through the `hanzo-registry` CLI (issue 16, item 4): a multi-GB push killed with SIGKILL mid-way
 continues its chunked upload from the registry's offset when run again (the session saved under
 $XDG_CACHE_HOME/hanzo-registry/uploads/), and a pull killed mid-way continues its `.part` file with `Range`;
-the pulled file has the pushed file's sha256. Embedded assembly only: the distributed one moves the same
-bytes through S3 multipart and would take minutes longer without showing anything more about the client."""
+the pulled file has the pushed file's sha256. Both assemblies (the distributed one stores the chunks as S3
+multipart parts; here 45 s embedded and 85 s distributed on an idle machine)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.registry_process import RegistryProcess, registry_process
+from tests.integration.registry_process import ASSEMBLIES, RegistryProcess, registry_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = f"hzr_{secrets.token_hex(6)}_{secrets.token_hex(32)}"
@@ -31,10 +31,10 @@ BLOCK = 4 * 1024 * 1024
 PUSH_CHUNK = 32 * 1024 * 1024  # services/cli/oci.py PUSH_CHUNK
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+@pytest.fixture(scope="module", params=ASSEMBLIES)
+def registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
     env = {"HANZO_REGISTRY_AUTH__MODE": "token", "HANZO_REGISTRY_AUTH__BOOTSTRAP_ADMIN_KEY": ADMIN_KEY}
-    with registry_process("embedded", tmp_path_factory.mktemp("large"), env=env) as reg:
+    with registry_process(request.param, tmp_path_factory.mktemp("large"), env=env) as reg:
         yield reg
 
 
