@@ -17,11 +17,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 UV_COMPILE_
 WORKDIR /src
 RUN python3 -m venv /opt/uv && /opt/uv/bin/pip install --quiet "uv==0.9.*" \
  && python3 -m venv --without-pip /opt/hanzo-registry
-COPY requirements.lock pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml ./
 # The runtime subset of the lock, at its versions and hashes (no dev extra), then installed hash-checked.
-RUN /opt/uv/bin/uv pip compile pyproject.toml --python-version 3.11 --constraint requirements.lock \
+# This layer depends on the lock and pyproject only (the README pyproject names is a placeholder here), so an
+# edit of the code or the docs rebuilds just the last step.
+RUN touch README.md \
+ && /opt/uv/bin/uv pip compile pyproject.toml --python-version 3.11 --constraint requirements.lock \
         --generate-hashes --no-header -q -o runtime.lock \
  && /opt/uv/bin/uv pip install --python /opt/hanzo-registry/bin/python --require-hashes -r runtime.lock
+COPY README.md ./
 COPY services ./services
 RUN /opt/uv/bin/uv pip install --python /opt/hanzo-registry/bin/python --no-deps --no-build-isolation . \
  || /opt/uv/bin/uv pip install --python /opt/hanzo-registry/bin/python --no-deps .
