@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -209,6 +210,11 @@ class _Layer:
                     found = tuple(self._spooled(kind, tf.extractfile(m), path))
             elif m.mode & 0o111 and m.size > 1024:
                 found = self._go(tf.extractfile(m))
+        except (tarfile.TarError, EOFError) as exc:
+            # The layer ends (or breaks) inside this file's bytes: the stream is corrupt, not the file.
+            if isinstance(exc.__context__, HostileLayerError):
+                raise exc.__context__ from None
+            raise HostileLayerError(f"the tar stream is corrupt inside {path[:200]!r}: {str(exc)[:200]}") from None
         except (ValueError, UnicodeError, OSError) as exc:
             if isinstance(exc.__context__, HostileLayerError):
                 raise exc.__context__ from None
