@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from services.core.content.registry import Registry
+from services.core.errors import ManifestUnknownError
 from services.core.events.local import LocalEventLog
 from services.core.events.outbox import LEASES, OUTBOX, Outbox, OutboxRelay
 from services.core.oci.digest import Digest
@@ -236,3 +237,35 @@ async def test_listings_are_one_query_for_the_names(world: World) -> None:
     # One query each for the names; the repository's record is read to tell NAME_UNKNOWN from no tags.
     assert world.docs.of("request") == {"find": 2, "get": 2}
     assert "costs/list" in await world.registry.meta.list_repositories()
+
+
+async def test_a_manifest_get_by_tag_is_one_read_and_a_delete_is_seen_at_once(world: World) -> None:
+    repo = "costs/get"
+    manifest = await _manifest(world, repo)
+    digest = Digest.parse(digest_of(manifest))
+    await _push(world, repo, "v1", manifest)
+    await _push(world, repo, "v2", manifest)
+    await world.settle()
+    world.docs.calls.clear()
+    for _ in range(20):
+        record = await world.registry.resolve(RepositoryName(repo), Tag("v1"))
+        assert record.data == manifest and record.digest == digest
+    # The tag's read each time; the manifest's only the first time, then from this replica's cache of
+    # content-addressed records.
+    assert world.docs.of("request") == {"get": 20 + 1}
+    # By digest: the manifest's own read (it proves membership), never the cache.
+    world.docs.calls.clear()
+    assert (await world.registry.resolve(RepositoryName(repo), digest)).data == manifest
+    assert world.docs.of("request") == {"get": 1}
+
+    # Another replica (a store without this one's cache) deletes the manifest and its tags: the tag read
+    # here says so at once.
+    other = MetadataStore(world.docs.inner)
+    registry = Registry(blobs=world.registry.blobs, meta=other, outbox=Outbox(world.docs.inner),
+                        settings=RegistrySettings(), topics=TopicSettings())
+    await registry.delete_manifest(RepositoryName(repo), digest, actor="test")
+    for tag in ("v1", "v2"):
+        with pytest.raises(ManifestUnknownError):
+            await world.registry.resolve(RepositoryName(repo), Tag(tag))
+    with pytest.raises(ManifestUnknownError):
+        await world.registry.resolve(RepositoryName(repo), digest)

@@ -252,7 +252,7 @@ class Registry:
             record = await self.meta.manifest(str(repo), reference)
         else:
             tag = await self.meta.tag(str(repo), str(reference))
-            record = None if tag is None else await self.meta.manifest(str(repo), tag.digest)
+            record = None if tag is None else await self.meta.tagged_manifest(str(repo), tag.digest)
         if record is None:
             if not await self.meta.repository_exists(str(repo)):
                 raise NameUnknownError(f"repository {repo} is not known to this registry")

@@ -23,6 +23,12 @@ Each MetadataStore remembers, for a short while, the repositories and manifests 
 entry is harmless: a push that believes a deleted manifest exists moves its tags and then touches the
 manifest, which re-creates it (`Touch`); a repository record is re-created within the TTL by the next
 write that misses the cache. This replica's deletes forget what they delete at once.
+
+A manifest GET by tag reads the tag and then serves the manifest's record from a bounded in-process cache
+(`tagged_manifest`): manifests are content-addressed, so a cached record of `<repo>@<digest>` holds the stored
+bytes, and the tag just read is the proof that the repository holds it (a manifest delete deletes its tags
+first; a tag move re-creates a manifest GC took meanwhile). One round trip instead of two. The cached
+record's `generation` may be old, so nothing that writes uses it: deletes read `manifest()`.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ UPLOADS = "uploads"
 
 KNOWN_TTL_SECONDS = 30.0
 KNOWN_MAX_ENTRIES = 50_000
+RECORD_CACHE_BYTES = 32 << 20
+"""What the tagged-manifest cache may hold (manifest bytes; a record larger than an eighth is not cached)."""
 
 
 def _key(repository: str, sep: str, rest: str) -> str:
@@ -146,6 +154,36 @@ class _Known:
         self._until.pop(key, None)
 
 
+class _Records:
+    """Manifest records by key, least recently used first out, bounded by the bytes they hold."""
+
+    def __init__(self, *, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._bytes = 0
+        self._records: OrderedDict[str, ManifestRecord] = OrderedDict()
+
+    def get(self, key: str) -> ManifestRecord | None:
+        record = self._records.get(key)
+        if record is not None:
+            self._records.move_to_end(key)
+        return record
+
+    def add(self, key: str, record: ManifestRecord) -> None:
+        if len(record.data) > self._max // 8:
+            return
+        self.discard(key)
+        self._records[key] = record
+        self._bytes += len(record.data)
+        while self._bytes > self._max:
+            _, old = self._records.popitem(last=False)
+            self._bytes -= len(old.data)
+
+    def discard(self, key: str) -> None:
+        old = self._records.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.data)
+
+
 class MetadataStore:
     """Reads, and operation builders for writes, over one DocumentStore."""
 
@@ -154,9 +192,11 @@ class MetadataStore:
         docs: DocumentStore,
         *,
         known_ttl_seconds: float = KNOWN_TTL_SECONDS,
+        record_cache_bytes: int = RECORD_CACHE_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.docs = docs
+        self._records = _Records(max_bytes=record_cache_bytes)
         self._known_repositories = _Known(ttl=known_ttl_seconds, max_entries=KNOWN_MAX_ENTRIES, clock=clock)
         self._known_manifests = _Known(ttl=known_ttl_seconds, max_entries=KNOWN_MAX_ENTRIES, clock=clock)
 
@@ -242,9 +282,19 @@ class MetadataStore:
         doc = await self.docs.get(MANIFESTS, key)
         if doc is None:
             self._known_manifests.discard(key)
+            self._records.discard(key)
             return None
         self._known_manifests.add(key)
-        return ManifestRecord.from_doc(doc)
+        record = ManifestRecord.from_doc(doc)
+        self._records.add(key, record)
+        return record
+
+    async def tagged_manifest(self, repository: str, digest: Digest) -> ManifestRecord | None:
+        """The manifest a tag of `repository` was just read pointing at: from the cache when this replica has
+        read it before (module docstring: the tag read is the proof of membership), else `manifest()`. Its
+        `generation` may be old: for reads only."""
+        cached = self._records.get(_key(repository, "@", str(digest)))
+        return cached if cached is not None else await self.manifest(repository, digest)
 
     async def manifests(self, repository: str, digests: Sequence[Digest]) -> dict[str, ManifestRecord]:
         """The stored manifests among `digests`, by digest: one round trip per batch of keys (a page of
@@ -272,7 +322,9 @@ class MetadataStore:
 
     def forget_manifest(self, repository: str, digest: Digest) -> None:
         """After a commit that deleted the manifest."""
-        self._known_manifests.discard(_key(repository, "@", str(digest)))
+        key = _key(repository, "@", str(digest))
+        self._known_manifests.discard(key)
+        self._records.discard(key)
 
     def put_manifest_op(self, record: ManifestRecord, *, absent: bool = False) -> Operation:
         """Content-addressed: a stored manifest with this digest already has these bytes. `absent`: the
