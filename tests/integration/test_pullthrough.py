@@ -364,7 +364,7 @@ async def test_gc_collects_cache_entries_not_pulled_within_retention(kind: str, 
     from tests.integration.gc_support import collector, drop_gc_collections
 
     async with upstream_registry(tmp_path / "up") as up, \
-            cache_registry(kind, tmp_path / "cache", [remote("up", address(up))], retention=3) as cache, \
+            cache_registry(kind, tmp_path / "cache", [remote("up", address(up))], retention=6) as cache, \
             OciClient() as client:
         old, fresh = make_image(), make_image()
         await push_image(client, RemoteRepository(address(up), "team/old"), old, tag="v1")  # type: ignore[arg-type]
@@ -372,9 +372,11 @@ async def test_gc_collects_cache_entries_not_pulled_within_retention(kind: str, 
         cached_old = RemoteRepository(address(cache), "cache/up/team/old")  # type: ignore[arg-type]
         cached_fresh = RemoteRepository(address(cache), "cache/up/team/fresh")  # type: ignore[arg-type]
         await pull_image(client, cached_old, "v1")
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(4.8)
         await pull_image(client, cached_fresh, "v1")
-        await asyncio.sleep(1.2)  # old: last pulled 3.2 s ago, past the retention; fresh: 1.2 s ago
+        # old: last pulled 6.3 s ago, past the retention; fresh: 1.5 s ago, a margin of 4.5 s for a run that
+        # starts late on a loaded machine (with 1.8 s, a distributed run once started after fresh expired)
+        await asyncio.sleep(1.5)
         pulled = cache.client.app[PULLTHROUGH]
         await pulled.records.flush()
         try:
