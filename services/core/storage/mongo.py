@@ -14,10 +14,11 @@ from bson import Binary, Int64
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from pymongo.errors import DuplicateKeyError as MongoDuplicateKeyError
-from pymongo.errors import OperationFailure, PyMongoError
 
 from services.core.settings import MongoMetadataSettings
+from services.core.storage.coalesce import Coalescer
 from services.core.storage.documents import Document, DuplicateKeyError, Index
 from services.core.storage.docvalues import check_collection, check_field, check_text, encode_value
 
@@ -188,6 +189,9 @@ class MongoDocumentStore:
         # FerretDB mode: writers of one document in this process queue here before taking its lease.
         self._local: dict[str, tuple[asyncio.Lock, int]] = {}
         self._blind: dict[str, _BlindWrite] = {}
+        # Concurrent gets and inserts of one collection share commands (coalesce.py).
+        self._gets: Coalescer[str, Document | None] = Coalescer(self._send_gets, max_batch=_GET_MANY_BATCH)
+        self._inserts: Coalescer[dict[str, Any], None] = Coalescer(self._send_inserts, max_batch=128)
 
     @classmethod
     def from_settings(cls, settings: MongoMetadataSettings) -> MongoDocumentStore:
@@ -281,8 +285,16 @@ class MongoDocumentStore:
                 raise
 
     async def get(self, collection: str, key: str) -> Document | None:
-        doc = await self._coll(collection).find_one({"_id": key})
-        return None if doc is None else _decode_value(doc)
+        return await self._gets.submit(check_collection(collection), key)
+
+    async def _send_gets(self, collection: str, keys: list[str]) -> list[Document | None]:
+        coll = self._coll(collection)
+        if len(keys) == 1:
+            doc = await coll.find_one({"_id": keys[0]})
+            return [None if doc is None else _decode_value(doc)]
+        raw = {doc["_id"]: doc async for doc in coll.find({"_id": {"$in": list(dict.fromkeys(keys))}})}
+        # Decoded per caller: two callers of one key never share a mutable document.
+        return [None if raw.get(k) is None else _decode_value(raw[k]) for k in keys]
 
     async def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, Document]:
         found: dict[str, Document] = {}
@@ -295,13 +307,29 @@ class MongoDocumentStore:
         return found
 
     async def insert(self, collection: str, doc: Mapping[str, Any]) -> None:
-        encoded = _encode_doc(doc)
+        await self._inserts.submit(check_collection(collection), _encode_doc(doc))
+
+    async def _send_inserts(self, collection: str, docs: list[dict[str, Any]]) -> list[Exception | None]:
+        coll = self._coll(collection)
+        if len(docs) == 1:
+            try:
+                await coll.insert_one(docs[0])
+            except OperationFailure as exc:
+                if _is_unique_violation(exc):
+                    raise DuplicateKeyError(str(exc)) from exc
+                raise
+            return [None]
+        # Unordered: each document is inserted or refused on its own, as with one insert_one each.
+        outcome: list[Exception | None] = [None] * len(docs)
         try:
-            await self._coll(collection).insert_one(encoded)
-        except OperationFailure as exc:
-            if _is_unique_violation(exc):
-                raise DuplicateKeyError(str(exc)) from exc
-            raise
+            await coll.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors") or ():
+                failure = OperationFailure(str(error.get("errmsg", "")), error.get("code"), error)
+                outcome[int(error["index"])] = (
+                    DuplicateKeyError(str(failure)) if _is_unique_violation(failure) else failure
+                )
+        return outcome
 
     async def put(self, collection: str, doc: Mapping[str, Any]) -> None:
         encoded = _encode_doc(doc)
