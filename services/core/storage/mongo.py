@@ -125,7 +125,10 @@ class MongoDocumentStore:
     """DocumentStore on one MongoDB (or FerretDB) database.
 
     Every operation is a single-document command (no transactions: FerretDB has none), so on
-    MongoDB compare-and-set is `update_one({_id, **expect}, ...)` and its matched count.
+    MongoDB compare-and-set is `update_one({_id, **expect}, ...)` and its matched count. Concurrent
+    `get`s and `insert`s of one collection share commands (coalesce.py: a `find` over `_id $in`, an
+    unordered `insert_many`), each caller still answered alone: a server that runs commands one at a
+    time is then bound by the commands, not by the callers.
 
     FerretDB 1.x is different: it evaluates the filter and applies the update in its own process and
     then writes the whole document back by `_id`, so concurrent `update_one`/`replace_one` calls on
