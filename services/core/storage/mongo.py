@@ -15,7 +15,6 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
-from pymongo.errors import DuplicateKeyError as MongoDuplicateKeyError
 
 from services.core.settings import MongoMetadataSettings
 from services.core.storage.coalesce import Coalescer
@@ -195,6 +194,7 @@ class MongoDocumentStore:
         # Concurrent gets and inserts of one collection share commands (coalesce.py).
         self._gets: Coalescer[str, Document | None] = Coalescer(self._send_gets, max_batch=_GET_MANY_BATCH)
         self._inserts: Coalescer[dict[str, Any], None] = Coalescer(self._send_inserts, max_batch=128)
+        self._releases: Coalescer[dict[str, Any], None] = Coalescer(self._send_releases, max_batch=128)
 
     @classmethod
     def from_settings(cls, settings: MongoMetadataSettings) -> MongoDocumentStore:
@@ -247,9 +247,11 @@ class MongoDocumentStore:
         delay = 0.002
         while True:
             try:
-                await locks.insert_one({"_id": lock_id, "token": token, "expires": time.time() + self._lease})
+                # Through the insert coalescer: the locks that many writers take at once share commands.
+                await self._inserts.submit(LOCKS_COLLECTION, {"_id": lock_id, "token": token,
+                                                              "expires": time.time() + self._lease})
                 break
-            except MongoDuplicateKeyError:
+            except DuplicateKeyError:
                 held = await locks.find_one({"_id": lock_id})
                 if held is not None and held.get("expires", 0) < time.time():
                     # The holder died (or stalled past its lease): break the lock, by its token so
@@ -263,7 +265,7 @@ class MongoDocumentStore:
         try:
             yield
         finally:
-            await locks.delete_one({"_id": lock_id, "token": token})
+            await self._releases.submit(LOCKS_COLLECTION, {"_id": lock_id, "token": token})
 
     async def ensure_collection(self, name: str, indexes: Sequence[Index] = ()) -> None:
         coll = self._coll(name)
@@ -311,6 +313,15 @@ class MongoDocumentStore:
 
     async def insert(self, collection: str, doc: Mapping[str, Any]) -> None:
         await self._inserts.submit(check_collection(collection), _encode_doc(doc))
+
+    async def _send_releases(self, collection: str, locks: list[dict[str, Any]]) -> list[Exception | None]:
+        """Deletes lease locks, each by its `_id` and token (a lock taken meanwhile by another survives)."""
+        coll = self._coll(collection)
+        if len(locks) == 1:
+            await coll.delete_one(locks[0])
+        else:
+            await coll.delete_many({"$or": locks})
+        return [None] * len(locks)
 
     async def _send_inserts(self, collection: str, docs: list[dict[str, Any]]) -> list[Exception | None]:
         coll = self._coll(collection)
