@@ -83,7 +83,9 @@ def test_entry_point_runs_every_service_as_a_non_root_user(image: str) -> None:
     ctr = buildah("from", "--quiet", "--name", f"hanzo-image-test-{uuid.uuid4().hex[:8]}", TAG).strip()
     try:
         helped = buildah("run", "--isolation", "chroot", ctr, "--", "hanzo-registry", "--help")
-        listed = helped[helped.index("{") + 1 : helped.index("}")].split(",") if "{" in helped else []
+        # Click's help: one command a line under "Commands:", its name first.
+        commands = helped.split("Commands:", 1)[1] if "Commands:" in helped else ""
+        listed = [line.split()[0] for line in commands.splitlines() if line.strip()]
         assert set(SERVICES) <= set(listed), helped
         assert buildah("run", "--isolation", "chroot", ctr, "--", "id", "-u").strip() == "10001"
         assert buildah("run", "--isolation", "chroot", ctr, "--", "hanzo-registry", "serve", "--help")
