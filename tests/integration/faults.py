@@ -152,7 +152,10 @@ class PrivateSeaweedFS(PrivateServer):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.s3_port, self.master_port, self.volume_port, self.filer_port = free_ports(4, grpc_offset=10000)
+        # Every port below the kernel's ephemeral range (32768+), gRPC ones included: SeaweedFS's default gRPC
+        # port is the HTTP one + 10000, which an outgoing connection could hold when the server restarts.
+        (self.s3_port, self.master_port, self.volume_port, self.filer_port,
+         self.s3_grpc, self.master_grpc, self.volume_grpc, self.filer_grpc) = free_ports(8)
         self.binary = CACHE / "bin" / f"weed-{_common('SEAWEEDFS_VERSION')}"
 
     @property
@@ -169,10 +172,12 @@ class PrivateSeaweedFS(PrivateServer):
             "name": "hanzo", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         return [str(self.binary), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.root / 'data'}",
-                f"-master.port={self.master_port}", "-master.volumeSizeLimitMB=64", "-master.telemetry=false",
-                "-master.electionTimeout=1s",
-                f"-volume.port={self.volume_port}", "-volume.max=0", "-volume.preStopSeconds=0",
-                "-filer", f"-filer.port={self.filer_port}", "-s3", f"-s3.port={self.s3_port}",
+                f"-master.port={self.master_port}", f"-master.port.grpc={self.master_grpc}",
+                "-master.volumeSizeLimitMB=64", "-master.telemetry=false", "-master.electionTimeout=1s",
+                f"-volume.port={self.volume_port}", f"-volume.port.grpc={self.volume_grpc}", "-volume.max=0",
+                "-volume.preStopSeconds=0",
+                "-filer", f"-filer.port={self.filer_port}", f"-filer.port.grpc={self.filer_grpc}",
+                "-s3", f"-s3.port={self.s3_port}", f"-s3.port.grpc={self.s3_grpc}",
                 f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
 
     def probe(self) -> list[str]:
