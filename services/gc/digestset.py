@@ -2,8 +2,9 @@
 
 A full run holds the digests every kept manifest references and the digests some repository links: a million
 or more. As Python sets of str they cost ~150 bytes each; here each is a 32-byte key in one sorted buffer
-(sha256 digests: their raw bytes; any other digest: the SHA-256 of its text, so a collision could only make
-the run keep a blob, never lose one), and membership is a binary search.
+(sha256 digests: their raw bytes; any other digest: a personalised BLAKE2b of its text. Not the SHA-256 of
+it: that equals the digest of a blob whose bytes are that text, which a user can push. A collision could only
+make the run keep a blob, never lose one), and membership is a binary search.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def key_of(digest: str) -> bytes:
             return bytes.fromhex(digest[7:])
         except ValueError:
             pass
-    return hashlib.sha256(digest.encode()).digest()
+    return hashlib.blake2b(digest.encode(), digest_size=KEY, person=b"hzr-digestset").digest()
 
 
 class _Keys:

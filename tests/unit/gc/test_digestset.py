@@ -45,3 +45,12 @@ def test_thirty_two_bytes_a_digest() -> None:
     built = builder.build()
     assert built.nbytes == 32 * 10_000 and _sha(9_999) in built and _sha(10_000) not in built
     assert "sha256:" + "z" * 64 not in DigestSet() and 5 not in built
+
+
+def test_a_digest_text_never_collides_with_the_digest_of_that_text() -> None:
+    # A blob whose bytes are "9" has digest _sha(9); the text "9" must not be keyed like it (a false
+    # membership would only keep garbage, but the set promises exactness).
+    builder = DigestSetBuilder()
+    builder.update([_sha(9)])
+    built = builder.build()
+    assert "9" not in built and _sha(9) in built
