@@ -561,25 +561,27 @@ class Collector:
             await self._sleep(self.settle)
         for batch in _batches(candidates, BATCH):
             recent = await self._recent_references(started)
-            claimed = []
-
-            async def settle(c: BlobCandidate) -> None:
-                key = gm.blob_key(c.digest)
-                if c.digest in recent:  # noqa: B023 - awaited within the iteration
-                    await self._let_go(key)
-                elif await self.marks.claim(key, run=options.run_id, until=self._clock() + LEASE_SECONDS):
-                    claimed.append(c)  # noqa: B023
-                else:
-                    await self.marks.release(key, state=gm.RESCUED)
-
-            await self._each(batch, settle)
+            await self._each([c for c in batch if c.digest in recent], lambda c: self._let_go(gm.blob_key(c.digest)))
+            won = await self._claim_each([gm.blob_key(c.digest) for c in batch if c.digest not in recent],
+                                         options.run_id)
+            claimed = [c for c in batch if gm.blob_key(c.digest) in won]
             done = await self._finish_blobs([(c.digest, c.size, [(x.repository, x.created) for x in c.links])
-                                             for c in claimed], result)
+                                             for c in claimed], result, options.run_id)
             deleted |= done
         return deleted
 
+    async def _claim_each(self, keys: list[str], run: str) -> set[str]:
+        """Claim marked keys in shared commands; the rescued ones (a push touched them) are let go."""
+        if not keys:
+            return set()
+        paced = time.monotonic()
+        won = await self.marks.claim_each(keys, run=run, until=self._clock() + LEASE_SECONDS)
+        await self.marks.release_each([k for k in keys if k not in won], state=gm.RESCUED)
+        await self._yield(paced)
+        return won
+
     async def _finish_blobs(self, claimed: list[tuple[str, int, list[tuple[str, float]]]],
-                            result: RunResult) -> set[str]:
+                            result: RunResult, run: str) -> set[str]:
         """Past the point of no return: the links as read (a re-link since wins: the bytes stay), then the
         bytes in one bulk delete, then tombstones. The links of up to UNLINK_BATCH blobs go in one outbox
         change (partial: each link's delete is conditional on its own), so a blob costs its conditional
@@ -626,8 +628,10 @@ class Collector:
                 except Exception:
                     failed.add(str(d))
         done: set[str] = set()
-        await self._each([d for d, _, _ in ready if d in failed], lambda d: self.marks.release(gm.blob_key(d)))
-        await self._each([d for d, _, _ in ready if d not in failed], lambda d: self.marks.bury(gm.blob_key(d)))
+        paced = time.monotonic()
+        await self.marks.release_each([gm.blob_key(d) for d, _, _ in ready if d in failed])
+        await self.marks.bury_each([gm.blob_key(d) for d, _, _ in ready if d not in failed], run=run)
+        await self._yield(paced)
         for digest, size, links in ready:
             if digest in failed:
                 result.errors.append(f"blob {digest}: could not delete its bytes; the next run retries")
@@ -672,17 +676,16 @@ class Collector:
             await self._sleep(self.settle)
         for batch in _batches(delete, BATCH):
             recent = await self._recent_references(started)
-            claimed: list[tuple[str, int, list[tuple[str, float]]]] = []
+            unlinked: list[tuple[str, int]] = []
             for digest, size in batch:
-                key = gm.blob_key(digest)
                 # Linked since the snapshot (a push between its put and its link): leave it.
                 if digest in recent or await self.docs.find(m.BLOB_LINKS, {"digest": digest}, limit=1):
-                    await self.marks.release(key)
-                elif await self.marks.claim(key, run=options.run_id, until=self._clock() + LEASE_SECONDS):
-                    claimed.append((digest, size, []))
+                    await self.marks.release(gm.blob_key(digest))
                 else:
-                    await self.marks.release(key, state=gm.RESCUED)
-            await self._finish_blobs(claimed, result)
+                    unlinked.append((digest, size))
+            won = await self._claim_each([gm.blob_key(d) for d, _ in unlinked], options.run_id)
+            await self._finish_blobs([(d, size, []) for d, size in unlinked if gm.blob_key(d) in won], result,
+                                     options.run_id)
         return waits
 
     # -- uploads --------------------------------------------------------------------------------
@@ -706,11 +709,10 @@ class Collector:
         """Finish what a dead run left `deleting`; drop its other marks and old tombstones."""
         now = self._clock()
         for state in (gm.MARKED, gm.RESCUED):
-            for doc in await self.marks.all_in_state(state):
-                await self.marks.release(str(doc["_id"]), state=state)
-        for doc in await self.marks.all_in_state(gm.DELETED):
-            if now - float(doc.get("at", 0.0)) > gm.TOMBSTONE_SECONDS:
-                await self.marks.release(str(doc["_id"]), state=gm.DELETED)
+            await self.marks.release_each([str(doc["_id"]) for doc in await self.marks.all_in_state(state)],
+                                          state=state)
+        await self.marks.release_each([str(doc["_id"]) for doc in await self.marks.all_in_state(gm.DELETED)
+                                       if now - float(doc.get("at", 0.0)) > gm.TOMBSTONE_SECONDS], state=gm.DELETED)
         for doc in await self.marks.all_in_state(gm.DELETING):
             if float(doc.get("until", 0.0)) >= now or not await self.marks.take_over(
                 doc, run=run_id, until=now + LEASE_SECONDS
@@ -720,7 +722,7 @@ class Collector:
             if key.startswith("b:"):
                 digest = key[2:]
                 links = [(x["r"], float(x["c"])) for x in doc.get("links") or ()]
-                await self._finish_blobs([(digest, int(doc.get("size") or 0), links)], result)
+                await self._finish_blobs([(digest, int(doc.get("size") or 0), links)], result, run_id)
             else:
                 repo, _, digest = key[2:].rpartition("@")
                 stored = await self.docs.get(m.MANIFESTS, f"{repo}@{digest}")

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index
+from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index, delete_each, update_each
 from services.core.storage.mongo import LOCKS_COLLECTION, DocumentLockTimeoutError, MongoDocumentStore
 from services.core.storage.sqlite import SqliteDocumentStore
 from tests.conftest import infra
@@ -473,6 +473,52 @@ async def test_concurrent_updates_of_different_fields_all_land(backend: Backend)
     other = await backend.another()
     await asyncio.gather(*((s if i % 2 else other).update(c, "doc", {f"f{i}": i}) for i in range(20)))
     assert await s.get(c, "doc") == {"_id": "doc", **{f"f{i}": i for i in range(20)}}
+
+
+async def test_batch_update_and_delete_are_a_compare_and_set_per_document(backend: Backend) -> None:
+    s, c = backend.store, backend.name()
+    await s.ensure_collection(c)
+    for i in range(6):
+        await s.insert(c, {"_id": f"k{i}", "state": "marked" if i % 2 else "rescued", "flag": True, "n": None})
+    changed = await update_each(s, c, [f"k{i}" for i in range(7)], {"state": "deleting", "until": 5.0},
+                                expect={"state": "marked", "flag": True, "n": None, "gone": None})
+    assert changed == {"k1", "k3", "k5"}  # k6 does not exist
+    assert await update_each(s, c, ["k1"], {"x": 1}, expect={"flag": 1}) == set()  # True is not 1
+    assert await update_each(s, c, ["k1", "k3"], {"state": "deleted"}, expect={"until": 5}, unset=["until", "flag"]) \
+        == {"k1", "k3"}
+    assert await s.get(c, "k1") == {"_id": "k1", "state": "deleted", "n": None}
+    assert await s.get(c, "k5") == {"_id": "k5", "state": "deleting", "flag": True, "n": None, "until": 5.0}
+    gone = await delete_each(s, c, [("k0", {"state": "rescued"}), ("k1", {"state": "marked"}), ("k2", None),
+                                    ("k9", None), ("k5", {"until": 5.0, "state": "deleting"})])
+    assert gone == {"k0", "k2", "k5"}
+    assert sorted(d["_id"] for d in await s.find(c)) == ["k1", "k3", "k4"]
+
+
+async def test_batch_compare_and_sets_race_single_ones_and_each_other_with_one_winner(backend: Backend) -> None:
+    """A GC claim of many marks against pushes rescuing some and another claimer: each document has exactly
+    one winner, and overlapping batches do not deadlock."""
+    s, c = backend.store, backend.name()
+    await s.ensure_collection(c)
+    keys = [f"b{i:03d}" for i in range(60)]
+    for k in keys:
+        await s.insert(c, {"_id": k, "state": "marked"})
+    other = await backend.another()
+
+    async def rescue(k: str) -> tuple[str, bool]:
+        return k, await other.update(c, k, {"state": "rescued"}, expect={"state": "marked"})
+
+    batch_a, batch_b, *singles = await asyncio.gather(
+        update_each(s, c, keys[:45], {"state": "deleting", "by": "a"}, expect={"state": "marked"}),
+        update_each(other, c, keys[15:], {"state": "deleting", "by": "b"}, expect={"state": "marked"}),
+        *(rescue(k) for k in keys[::3]),
+    )
+    rescued = {k for k, ok in singles if ok}
+    assert not batch_a & batch_b and not (batch_a | batch_b) & rescued
+    assert batch_a | batch_b | rescued == set(keys)
+    for doc in await s.find(c):
+        k = doc["_id"]
+        assert doc == ({"_id": k, "state": "rescued"} if k in rescued
+                       else {"_id": k, "state": "deleting", "by": "a" if k in batch_a else "b"})
 
 
 async def test_two_instances_see_each_others_writes(backend: Backend) -> None:

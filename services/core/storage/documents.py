@@ -10,7 +10,8 @@ lists and nested dicts of those. Field names in `where`/`expect` are top-level o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -133,3 +134,77 @@ async def scan(docs: DocumentStore, collection: str, where: Mapping[str, Any] | 
         if len(batch) < page:
             return
         after = str(batch[-1]["_id"])
+
+
+@runtime_checkable
+class BatchWriter(Protocol):
+    """Optional on a DocumentStore: many single-document compare-and-sets sent in few commands. Each
+    document changes atomically on its own, exactly as through `update`/`delete`; the set does not."""
+
+    async def update_each(
+        self,
+        collection: str,
+        keys: Sequence[str],
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+        unset: Sequence[str] = (),
+    ) -> set[str]:
+        """`update(key, changes, expect=expect, unset=unset)` for each key; returns the keys it changed."""
+        ...
+
+    async def delete_each(self, collection: str, items: Sequence[tuple[str, Mapping[str, Any] | None]]) -> set[str]:
+        """`delete(key, expect=expect)` for each `(key, expect)`; returns the keys it deleted."""
+        ...
+
+
+async def update_each(
+    docs: DocumentStore,
+    collection: str,
+    keys: Sequence[str],
+    changes: Mapping[str, Any],
+    *,
+    expect: Mapping[str, Any] | None = None,
+    unset: Sequence[str] = (),
+    concurrency: int = 16,
+) -> set[str]:
+    """The batch `update` of `BatchWriter`, on any DocumentStore (one `update` per key where the adapter
+    has no batch form: `concurrency` at a time)."""
+    keys = list(dict.fromkeys(keys))
+    if isinstance(docs, BatchWriter):
+        return await docs.update_each(collection, keys, changes, expect=expect, unset=unset)
+
+    async def one(key: str) -> bool:
+        return await docs.update(collection, key, changes, expect=expect, unset=unset)
+
+    return {k for k, ok in zip(keys, await _bounded([one(k) for k in keys], concurrency), strict=True) if ok}
+
+
+async def delete_each(
+    docs: DocumentStore,
+    collection: str,
+    items: Sequence[tuple[str, Mapping[str, Any] | None]],
+    *,
+    concurrency: int = 16,
+) -> set[str]:
+    """The batch `delete` of `BatchWriter`, on any DocumentStore (as `update_each`). A key listed twice
+    is deleted under its first condition."""
+    unique = list({key: expect for key, expect in reversed(items)}.items())[::-1]
+    if isinstance(docs, BatchWriter):
+        return await docs.delete_each(collection, unique)
+
+    async def one(key: str, expect: Mapping[str, Any] | None) -> bool:
+        return await docs.delete(collection, key, expect=expect)
+
+    done = await _bounded([one(k, e) for k, e in unique], concurrency)
+    return {k for (k, _), ok in zip(unique, done, strict=True) if ok}
+
+
+async def _bounded(calls: Sequence[Awaitable[bool]], concurrency: int) -> list[bool]:
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def run(call: Awaitable[bool]) -> bool:
+        async with gate:
+            return await call
+
+    return list(await asyncio.gather(*(run(c) for c in calls)))

@@ -36,7 +36,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from services.core.events.outbox import LEASES
 from services.core.oci.digest import Digest
-from services.core.storage.documents import Document, DocumentStore, DuplicateKeyError, Index
+from services.core.storage.documents import (
+    Document,
+    DocumentStore,
+    DuplicateKeyError,
+    Index,
+    delete_each,
+    update_each,
+)
 from services.core.storage.meta import BLOB_LINKS, MANIFESTS
 
 GC_MARKS = "gc_marks"
@@ -206,6 +213,11 @@ class GcMarks:
         return await self.docs.update(GC_MARKS, key, {"state": DELETING, "until": until},
                                       expect={"state": MARKED, "run": run})
 
+    async def claim_each(self, keys: Sequence[str], *, run: str, until: float) -> set[str]:
+        """`claim` of many keys in few commands (BatchWriter); returns those claimed."""
+        return await update_each(self.docs, GC_MARKS, keys, {"state": DELETING, "until": until},
+                                 expect={"state": MARKED, "run": run})
+
     async def take_over(self, doc: Document, *, run: str, until: float) -> bool:
         """A dead run's `deleting` mark (its lease is over): this run finishes the deletion."""
         return await self.docs.update(GC_MARKS, doc["_id"], {"run": run, "until": until}, expect=_as_read(doc))
@@ -213,6 +225,19 @@ class GcMarks:
     async def bury(self, key: str) -> None:
         """Deleted: the mark becomes a tombstone (module docstring)."""
         await self.docs.put(GC_MARKS, {"_id": key, "state": DELETED, "at": self._clock()})
+
+    async def bury_each(self, keys: Sequence[str], *, run: str) -> None:
+        """`bury` of many keys this run holds in `deleting`, in few commands (BatchWriter). A key it no
+        longer holds as read (a push took it over past the lease) is buried alone."""
+        buried = await update_each(self.docs, GC_MARKS, keys, {"state": DELETED, "at": self._clock()},
+                                   expect={"state": DELETING, "run": run}, unset=_MARK_FIELDS)
+        for key in keys:
+            if key not in buried:
+                await self.bury(key)
+
+    async def release_each(self, keys: Sequence[str], *, state: str | None = None) -> set[str]:
+        """`release` of many keys in few commands (BatchWriter); returns those removed."""
+        return await delete_each(self.docs, GC_MARKS, [(k, {"state": state} if state else None) for k in keys])
 
     async def release(self, key: str, *, state: str | None = None) -> bool:
         """Remove the mark (only in `state` when given)."""
@@ -232,8 +257,11 @@ class GcMarks:
             after = str(page[-1]["_id"])
 
     async def release_many(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            await self.docs.delete(GC_MARKS, key)
+        await self.docs.delete_many(GC_MARKS, list(keys))
+
+
+_MARK_FIELDS = ("run", "until", "links", "size", "generation", "since")
+"""What a mark may hold beyond `state` and `at`: a tombstone drops it."""
 
 
 def _as_read(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from bson import Binary, Int64
@@ -88,6 +88,28 @@ def _filter(where: Mapping[str, Any] | None) -> dict[str, Any]:
             raise TypeError(f"where/expect value for {field!r} must be a scalar, not {type(value).__name__}")
         out[field] = _encode(check_text(value))
     return out
+
+
+def _matches(doc: Mapping[str, Any], expect: Mapping[str, Any] | None) -> bool:
+    """What `_filter(expect)` selects, decided on a document already read (decoded): equality per field,
+    None for a missing or null field, booleans apart from numbers (BSON orders them as other types)."""
+    for field, want in (expect or {}).items():
+        have = doc.get(field)
+        if want is None or have is None:
+            if want is not have:
+                return False
+        elif isinstance(want, bool) or isinstance(have, bool):
+            if not (isinstance(want, bool) and isinstance(have, bool) and want == have):
+                return False
+        elif isinstance(want, (bytes, bytearray, memoryview)):
+            if not isinstance(have, bytes) or bytes(want) != have:
+                return False
+        elif type(want) is str or type(have) is str:
+            if not (isinstance(want, str) and isinstance(have, str) and want == have):
+                return False
+        elif want != have:
+            return False
+    return True
 
 
 def _is_unique_violation(exc: OperationFailure) -> bool:
@@ -231,11 +253,62 @@ class MongoDocumentStore:
             async with local, self._leased(lock_id):
                 yield
         finally:
-            local, users = self._local[lock_id]
-            if users == 1:
-                del self._local[lock_id]
-            else:
-                self._local[lock_id] = (local, users - 1)
+            self._leave(lock_id)
+
+    def _leave(self, lock_id: str) -> None:
+        local, users = self._local[lock_id]
+        if users == 1:
+            del self._local[lock_id]
+        else:
+            self._local[lock_id] = (local, users - 1)
+
+    async def _try_lock_each(self, collection: str, keys: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+        """Take, without waiting, the locks of those of `keys` nobody holds (FerretDB mode): their lease
+        documents go out together through the insert coalescer. Returns the keys locked and their
+        `(lock_id, token)`s. A batch never waits while it holds locks, so two batches (or a batch and a
+        single writer) cannot deadlock: the keys it could not lock are written one by one afterwards."""
+        mine: list[tuple[str, str, asyncio.Lock]] = []
+        for key in keys:
+            lock_id = f"{collection}/{key}"
+            if lock_id in self._local:
+                continue  # a writer of this process has it or waits for it
+            local = asyncio.Lock()
+            await local.acquire()  # new and uncontended: immediate
+            self._local[lock_id] = (local, 1)
+            mine.append((key, lock_id, local))
+        tokens = [uuid.uuid4().hex for _ in mine]
+        outcomes = await asyncio.gather(
+            *(self._inserts.submit(LOCKS_COLLECTION, {"_id": lock_id, "token": token,
+                                                      "expires": time.time() + self._lease})
+              for (_, lock_id, _), token in zip(mine, tokens, strict=True)),
+            return_exceptions=True,
+        )
+        locked: list[str] = []
+        held: list[tuple[str, str]] = []
+        failure: BaseException | None = None
+        for (key, lock_id, local), token, outcome in zip(mine, tokens, outcomes, strict=True):
+            if outcome is None:
+                locked.append(key)
+                held.append((lock_id, token))
+                continue
+            if not isinstance(outcome, DuplicateKeyError):
+                failure = failure or outcome
+            local.release()
+            self._leave(lock_id)
+        if failure is not None:
+            await self._unlock_each(held)
+            raise failure
+        return locked, held
+
+    async def _unlock_each(self, held: Sequence[tuple[str, str]]) -> None:
+        try:
+            await asyncio.gather(*(self._releases.submit(LOCKS_COLLECTION, {"_id": lock_id, "token": token})
+                                   for lock_id, token in held))
+        finally:
+            for lock_id, _ in held:
+                local, _ = self._local[lock_id]
+                local.release()
+                self._leave(lock_id)
 
     @contextlib.asynccontextmanager
     async def _leased(self, lock_id: str) -> AsyncIterator[None]:
@@ -451,6 +524,91 @@ class MongoDocumentStore:
             return (await coll.delete_one(query)).deleted_count > 0
         async with self._locked(collection, key):
             return (await coll.delete_one(query)).deleted_count > 0
+
+    async def update_each(
+        self,
+        collection: str,
+        keys: Sequence[str],
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+        unset: Sequence[str] = (),
+    ) -> set[str]:
+        """BatchWriter. MongoDB: one `update` per key, many in flight (each atomic there). FerretDB: the
+        locks of every free key at once, one read of them, one update_many of those that match, then the
+        rest one by one (`_try_lock_each`)."""
+        if not await self._serializes() or not (changes or unset):
+            return await self._each_alone(keys, lambda k: self.update(collection, k, changes, expect=expect,
+                                                                      unset=unset))
+        for field in [*changes, *unset]:
+            if check_field(field) == "_id":
+                raise ValueError("_id cannot be changed")
+        ops: dict[str, Any] = {}
+        if changes:
+            ops["$set"] = {f: _encode(check_text(v)) for f, v in changes.items()}
+        if unset:
+            ops["$unset"] = dict.fromkeys(unset, "")
+        done = await self._locked_batch(collection, [(k, expect) for k in keys],
+                                        lambda coll, matched: coll.update_many({"_id": {"$in": matched}}, ops))
+        rest = [k for k in keys if k not in done[1]]
+        return done[0] | await self._each_alone(rest, lambda k: self.update(collection, k, changes, expect=expect,
+                                                                            unset=unset))
+
+    async def delete_each(self, collection: str, items: Sequence[tuple[str, Mapping[str, Any] | None]]) -> set[str]:
+        """BatchWriter, as `update_each`."""
+        expects = dict(items)
+        if not await self._serializes():
+            return await self._each_alone(list(expects), lambda k: self.delete(collection, k, expect=expects[k]))
+        done = await self._locked_batch(collection, list(expects.items()),
+                                        lambda coll, matched: coll.delete_many({"_id": {"$in": matched}}))
+        rest = [k for k in expects if k not in done[1]]
+        return done[0] | await self._each_alone(rest, lambda k: self.delete(collection, k, expect=expects[k]))
+
+    async def _locked_batch(
+        self,
+        collection: str,
+        items: Sequence[tuple[str, Mapping[str, Any] | None]],
+        write: Callable[[AsyncCollection[dict[str, Any]], list[str]], Awaitable[Any]],
+    ) -> tuple[set[str], set[str]]:
+        """Under the locks of the free keys (FerretDB mode), read them, and `write` those whose document
+        matches its expectation: no one else writes them meanwhile, so the read decides. Returns the keys
+        written and the keys that were locked (decided); the others are for the caller to do alone."""
+        coll = self._coll(collection)
+        expects = dict(items)
+        for expect in expects.values():
+            _filter(expect)  # the same checks as a single write
+        written: set[str] = set()
+        decided: set[str] = set()
+        for start in range(0, len(items), _GET_MANY_BATCH):
+            batch = [k for k, _ in items[start : start + _GET_MANY_BATCH]]
+            locked, held = await self._try_lock_each(collection, batch)
+            try:
+                if not locked:
+                    continue
+                found = {doc["_id"]: _decode_value(doc) async for doc in coll.find({"_id": {"$in": locked}})}
+                matched = [k for k in locked if k in found and _matches(found[k], expects[k])]
+                if matched:
+                    try:
+                        await write(coll, matched)
+                    except OperationFailure as exc:
+                        if _is_unique_violation(exc):
+                            raise DuplicateKeyError(str(exc)) from exc
+                        raise
+                written.update(matched)
+                decided.update(locked)
+            finally:
+                await self._unlock_each(held)
+        return written, decided
+
+    async def _each_alone(self, keys: Sequence[str], write: Callable[[str], Awaitable[bool]]) -> set[str]:
+        gate = asyncio.Semaphore(16)
+
+        async def one(key: str) -> bool:
+            async with gate:
+                return await write(key)
+
+        outcomes = await asyncio.gather(*(one(k) for k in keys))
+        return {k for k, ok in zip(keys, outcomes, strict=True) if ok}
 
     async def delete_many(self, collection: str, keys: Sequence[str]) -> int:
         coll = self._coll(collection)
