@@ -8,6 +8,8 @@ blob bytes before their link, manifest before its tag, events through the outbox
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -164,7 +166,15 @@ class Registry:
             await self.meta.link_blob(str(repo), info.digest, info.size)
             await self._guard_link(repo, info)
             return info
-        upload_id = await self.start_upload(repo, actor=actor)
+        # Shielded: a client hanging up cancels the request, which must not leave a session made half-way
+        # (created in the store, not yet returned here) behind; one made is discarded below.
+        starting = asyncio.ensure_future(self.start_upload(repo, actor=actor))
+        try:
+            upload_id = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self.discard_upload(await starting)
+            raise
         try:
             await self.blobs.append(upload_id, chunks, offset=0)
             return await self.finish_upload(repo, upload_id, digest)

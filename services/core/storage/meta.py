@@ -24,6 +24,12 @@ entry is harmless: a push that believes a deleted manifest exists moves its tags
 manifest, which re-creates it (`Touch`); a repository record is re-created within the TTL by the next
 write that misses the cache. This replica's deletes forget what they delete at once.
 
+A paginated tags/list walk reads the repository's names once, on its first page (up to `TAG_WALK_NAMES`),
+and serves its continuation pages (`last` given) from that list for `TAG_WALK_SECONDS`: a walk then sees the
+repository as its first page found it, one consistent view, and costs one index read instead of one per page
+(FerretDB 1.x re-reads and sorts the repository's tags in its own process for every page). A new walk, or a
+request without `n`, always reads the store.
+
 A manifest GET by tag reads the tag and then serves the manifest's record from a bounded in-process cache
 (`tagged_manifest`): manifests are content-addressed, so a cached record of `<repo>@<digest>` holds the stored
 bytes, and the tag just read is the proof that the repository holds it (a manifest delete deletes its tags
@@ -33,6 +39,7 @@ record's `generation` may be old, so nothing that writes uses it: deletes read `
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import time
 import uuid
@@ -53,6 +60,10 @@ UPLOADS = "uploads"
 
 KNOWN_TTL_SECONDS = 30.0
 KNOWN_MAX_ENTRIES = 50_000
+TAG_WALK_SECONDS = 30.0
+TAG_WALK_NAMES = 10_000
+"""Repositories with more tags are paged straight from the index (their names are not kept)."""
+TAG_WALK_BYTES = 16 << 20
 RECORD_CACHE_BYTES = 32 << 20
 """What the tagged-manifest cache may hold (manifest bytes; a record larger than an eighth is not cached)."""
 
@@ -184,6 +195,43 @@ class _Records:
             self._bytes -= len(old.data)
 
 
+class _TagWalks:
+    """Each repository's tag names as its latest first page read them, for `ttl` seconds (module docstring);
+    least recently used first out, bounded by the bytes of the names."""
+
+    def __init__(self, *, ttl: float, max_bytes: int, clock: Callable[[], float]) -> None:
+        self._ttl = ttl
+        self._max = max_bytes
+        self._clock = clock
+        self._bytes = 0
+        self._walks: OrderedDict[str, tuple[float, list[str], int]] = OrderedDict()
+
+    def get(self, repository: str) -> list[str] | None:
+        walk = self._walks.get(repository)
+        if walk is None:
+            return None
+        if walk[0] < self._clock():
+            self._drop(repository)
+            return None
+        self._walks.move_to_end(repository)
+        return walk[1]
+
+    def put(self, repository: str, names: list[str]) -> None:
+        size = sum(len(n) for n in names) + 64 * len(names)
+        self._drop(repository)
+        if size > self._max // 4:
+            return
+        self._walks[repository] = (self._clock() + self._ttl, names, size)
+        self._bytes += size
+        while self._bytes > self._max:
+            self._drop(next(iter(self._walks)))
+
+    def _drop(self, repository: str) -> None:
+        old = self._walks.pop(repository, None)
+        if old is not None:
+            self._bytes -= old[2]
+
+
 class MetadataStore:
     """Reads, and operation builders for writes, over one DocumentStore."""
 
@@ -199,6 +247,7 @@ class MetadataStore:
         self._records = _Records(max_bytes=record_cache_bytes)
         self._known_repositories = _Known(ttl=known_ttl_seconds, max_entries=KNOWN_MAX_ENTRIES, clock=clock)
         self._known_manifests = _Known(ttl=known_ttl_seconds, max_entries=KNOWN_MAX_ENTRIES, clock=clock)
+        self._tag_walks = _TagWalks(ttl=TAG_WALK_SECONDS, max_bytes=TAG_WALK_BYTES, clock=clock)
 
     async def setup(self) -> None:
         await self.docs.ensure_collection(REPOSITORIES)
@@ -362,6 +411,21 @@ class MetadataStore:
         }
 
     async def list_tags(self, repository: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Names in code point order, after `after`, at most `limit`; a paged walk as the module docstring says."""
+        if limit is None:
+            return await self._tag_names(repository, after=after, limit=None)
+        if after is None:
+            names = await self._tag_names(repository, after=None, limit=max(limit, TAG_WALK_NAMES + 1))
+            if len(names) <= TAG_WALK_NAMES:
+                self._tag_walks.put(repository, names)
+            return names[:limit]
+        walk = self._tag_walks.get(repository)
+        if walk is not None:
+            start = bisect.bisect_right(walk, after)
+            return walk[start : start + limit]
+        return await self._tag_names(repository, after=after, limit=limit)
+
+    async def _tag_names(self, repository: str, *, after: str | None, limit: int | None) -> list[str]:
         # Only the names: answered from the (repository, name) index, in its order.
         docs = await self.docs.find(
             TAGS, {"repository": repository}, order_by="name", after=after, limit=limit, fields=("name",)
