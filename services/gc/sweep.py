@@ -575,8 +575,10 @@ class Collector:
         if not keys:
             return set()
         paced = time.monotonic()
-        won = await self.marks.claim_each(keys, run=run, until=self._clock() + LEASE_SECONDS)
-        await self.marks.release_each([k for k in keys if k not in won], state=gm.RESCUED)
+        won = await self.marks.claim_each(keys, run=run, until=self._clock() + LEASE_SECONDS,
+                                          concurrency=self.concurrency)
+        await self.marks.release_each([k for k in keys if k not in won], state=gm.RESCUED,
+                                      concurrency=self.concurrency)
         await self._yield(paced)
         return won
 
@@ -629,8 +631,10 @@ class Collector:
                     failed.add(str(d))
         done: set[str] = set()
         paced = time.monotonic()
-        await self.marks.release_each([gm.blob_key(d) for d, _, _ in ready if d in failed])
-        await self.marks.bury_each([gm.blob_key(d) for d, _, _ in ready if d not in failed], run=run)
+        await self.marks.release_each([gm.blob_key(d) for d, _, _ in ready if d in failed],
+                                      concurrency=self.concurrency)
+        await self.marks.bury_each([gm.blob_key(d) for d, _, _ in ready if d not in failed], run=run,
+                                   concurrency=self.concurrency)
         await self._yield(paced)
         for digest, size, links in ready:
             if digest in failed:
@@ -710,9 +714,10 @@ class Collector:
         now = self._clock()
         for state in (gm.MARKED, gm.RESCUED):
             await self.marks.release_each([str(doc["_id"]) for doc in await self.marks.all_in_state(state)],
-                                          state=state)
+                                          state=state, concurrency=self.concurrency)
         await self.marks.release_each([str(doc["_id"]) for doc in await self.marks.all_in_state(gm.DELETED)
-                                       if now - float(doc.get("at", 0.0)) > gm.TOMBSTONE_SECONDS], state=gm.DELETED)
+                                       if now - float(doc.get("at", 0.0)) > gm.TOMBSTONE_SECONDS], state=gm.DELETED,
+                                      concurrency=self.concurrency)
         for doc in await self.marks.all_in_state(gm.DELETING):
             if float(doc.get("until", 0.0)) >= now or not await self.marks.take_over(
                 doc, run=run_id, until=now + LEASE_SECONDS

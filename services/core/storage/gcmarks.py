@@ -213,10 +213,11 @@ class GcMarks:
         return await self.docs.update(GC_MARKS, key, {"state": DELETING, "until": until},
                                       expect={"state": MARKED, "run": run})
 
-    async def claim_each(self, keys: Sequence[str], *, run: str, until: float) -> set[str]:
-        """`claim` of many keys in few commands (BatchWriter); returns those claimed."""
+    async def claim_each(self, keys: Sequence[str], *, run: str, until: float, concurrency: int = 16) -> set[str]:
+        """`claim` of many keys in few commands (BatchWriter; else `concurrency` at a time); returns those
+        claimed."""
         return await update_each(self.docs, GC_MARKS, keys, {"state": DELETING, "until": until},
-                                 expect={"state": MARKED, "run": run})
+                                 expect={"state": MARKED, "run": run}, concurrency=concurrency)
 
     async def take_over(self, doc: Document, *, run: str, until: float) -> bool:
         """A dead run's `deleting` mark (its lease is over): this run finishes the deletion."""
@@ -226,18 +227,21 @@ class GcMarks:
         """Deleted: the mark becomes a tombstone (module docstring)."""
         await self.docs.put(GC_MARKS, {"_id": key, "state": DELETED, "at": self._clock()})
 
-    async def bury_each(self, keys: Sequence[str], *, run: str) -> None:
-        """`bury` of many keys this run holds in `deleting`, in few commands (BatchWriter). A key it no
+    async def bury_each(self, keys: Sequence[str], *, run: str, concurrency: int = 16) -> None:
+        """`bury` of many keys this run holds in `deleting`, in few commands (as `claim_each`). A key it no
         longer holds as read (a push took it over past the lease) is buried alone."""
         buried = await update_each(self.docs, GC_MARKS, keys, {"state": DELETED, "at": self._clock()},
-                                   expect={"state": DELETING, "run": run}, unset=_MARK_FIELDS)
+                                   expect={"state": DELETING, "run": run}, unset=_MARK_FIELDS,
+                                   concurrency=concurrency)
         for key in keys:
             if key not in buried:
                 await self.bury(key)
 
-    async def release_each(self, keys: Sequence[str], *, state: str | None = None) -> set[str]:
-        """`release` of many keys in few commands (BatchWriter); returns those removed."""
-        return await delete_each(self.docs, GC_MARKS, [(k, {"state": state} if state else None) for k in keys])
+    async def release_each(self, keys: Sequence[str], *, state: str | None = None, concurrency: int = 16
+                           ) -> set[str]:
+        """`release` of many keys in few commands (as `claim_each`); returns those removed."""
+        return await delete_each(self.docs, GC_MARKS, [(k, {"state": state} if state else None) for k in keys],
+                                 concurrency=concurrency)
 
     async def release(self, key: str, *, state: str | None = None) -> bool:
         """Remove the mark (only in `state` when given)."""
