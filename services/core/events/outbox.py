@@ -233,6 +233,10 @@ async def apply_operations(docs: DocumentStore, ops: Sequence[Operation], *, par
     return Committed(tuple(applied) + (False,) * (len(ops) - len(applied)))
 
 
+_DELETES_IN_FLIGHT = 16
+"""Deletes of one partial change in flight at once (a GC run sends several changes at once too)."""
+
+
 def _delete_run(ops: Sequence[Operation], start: int) -> int:
     """How many operations from `start` are deletes of distinct keys of one collection."""
     first = ops[start]
@@ -251,7 +255,7 @@ def _delete_run(ops: Sequence[Operation], start: int) -> int:
 
 async def _apply_deletes(docs: DocumentStore, deletes: list[Delete]) -> list[bool]:
     collection = deletes[0].collection
-    gone = await delete_each(docs, collection, [(d.key, d.expect) for d in deletes])
+    gone = await delete_each(docs, collection, [(d.key, d.expect) for d in deletes], concurrency=_DELETES_IN_FLIGHT)
     # As apply_operation: a delete that did not match holds if the document is absent anyway (a replay).
     left = await docs.get_many(collection, [d.key for d in deletes if d.key not in gone])
     return [d.key in gone or d.key not in left for d in deletes]

@@ -136,28 +136,6 @@ async def scan(docs: DocumentStore, collection: str, where: Mapping[str, Any] | 
         after = str(batch[-1]["_id"])
 
 
-@runtime_checkable
-class BatchWriter(Protocol):
-    """Optional on a DocumentStore: many single-document compare-and-sets sent in few commands. Each
-    document changes atomically on its own, exactly as through `update`/`delete`; the set does not."""
-
-    async def update_each(
-        self,
-        collection: str,
-        keys: Sequence[str],
-        changes: Mapping[str, Any],
-        *,
-        expect: Mapping[str, Any] | None = None,
-        unset: Sequence[str] = (),
-    ) -> set[str]:
-        """`update(key, changes, expect=expect, unset=unset)` for each key; returns the keys it changed."""
-        ...
-
-    async def delete_each(self, collection: str, items: Sequence[tuple[str, Mapping[str, Any] | None]]) -> set[str]:
-        """`delete(key, expect=expect)` for each `(key, expect)`; returns the keys it deleted."""
-        ...
-
-
 async def update_each(
     docs: DocumentStore,
     collection: str,
@@ -168,11 +146,10 @@ async def update_each(
     unset: Sequence[str] = (),
     concurrency: int = 16,
 ) -> set[str]:
-    """The batch `update` of `BatchWriter`, on any DocumentStore (one `update` per key where the adapter
-    has no batch form: `concurrency` at a time)."""
+    """`update` of many keys, `concurrency` at a time; returns the keys it changed. Each document changes
+    atomically on its own; the set does not. (Not one update_many: FerretDB 1.x reads a whole collection for
+    `_id: {$in: ...}`, and MongoDB would not say which documents matched.)"""
     keys = list(dict.fromkeys(keys))
-    if isinstance(docs, BatchWriter):
-        return await docs.update_each(collection, keys, changes, expect=expect, unset=unset)
 
     async def one(key: str) -> bool:
         return await docs.update(collection, key, changes, expect=expect, unset=unset)
@@ -187,11 +164,9 @@ async def delete_each(
     *,
     concurrency: int = 16,
 ) -> set[str]:
-    """The batch `delete` of `BatchWriter`, on any DocumentStore (as `update_each`). A key listed twice
+    """`delete` of many `(key, expect)`s, as `update_each`; returns the keys it deleted. A key listed twice
     is deleted under its first condition."""
     unique = list({key: expect for key, expect in reversed(items)}.items())[::-1]
-    if isinstance(docs, BatchWriter):
-        return await docs.delete_each(collection, unique)
 
     async def one(key: str, expect: Mapping[str, Any] | None) -> bool:
         return await docs.delete(collection, key, expect=expect)

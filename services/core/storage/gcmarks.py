@@ -214,7 +214,7 @@ class GcMarks:
                                       expect={"state": MARKED, "run": run})
 
     async def claim_each(self, keys: Sequence[str], *, run: str, until: float, concurrency: int = 16) -> set[str]:
-        """`claim` of many keys in few commands (BatchWriter; else `concurrency` at a time); returns those
+        """`claim` of many keys, `concurrency` at a time (documents.update_each); returns those
         claimed."""
         return await update_each(self.docs, GC_MARKS, keys, {"state": DELETING, "until": until},
                                  expect={"state": MARKED, "run": run}, concurrency=concurrency)
@@ -228,7 +228,7 @@ class GcMarks:
         await self.docs.put(GC_MARKS, {"_id": key, "state": DELETED, "at": self._clock()})
 
     async def bury_each(self, keys: Sequence[str], *, run: str, concurrency: int = 16) -> None:
-        """`bury` of many keys this run holds in `deleting`, in few commands (as `claim_each`). A key it no
+        """`bury` of many keys this run holds in `deleting`, as `claim_each`. A key it no
         longer holds as read (a push took it over past the lease) is buried alone."""
         buried = await update_each(self.docs, GC_MARKS, keys, {"state": DELETED, "at": self._clock()},
                                    expect={"state": DELETING, "run": run}, unset=_MARK_FIELDS,
@@ -239,7 +239,7 @@ class GcMarks:
 
     async def release_each(self, keys: Sequence[str], *, state: str | None = None, concurrency: int = 16
                            ) -> set[str]:
-        """`release` of many keys in few commands (as `claim_each`); returns those removed."""
+        """`release` of many keys, as `claim_each`; returns those removed."""
         return await delete_each(self.docs, GC_MARKS, [(k, {"state": state} if state else None) for k in keys],
                                  concurrency=concurrency)
 
