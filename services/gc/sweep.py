@@ -571,7 +571,7 @@ class Collector:
         return deleted
 
     async def _claim_each(self, keys: list[str], run: str) -> set[str]:
-        """Claim marked keys in shared commands; the rescued ones (a push touched them) are let go."""
+        """Claim marked keys, `concurrency` at a time; the rescued ones (a push touched them) are let go."""
         if not keys:
             return set()
         paced = time.monotonic()

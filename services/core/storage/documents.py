@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 Document = dict[str, Any]
+_T = TypeVar("_T")
 
 
 class DuplicateKeyError(Exception):
@@ -154,7 +155,7 @@ async def update_each(
     async def one(key: str) -> bool:
         return await docs.update(collection, key, changes, expect=expect, unset=unset)
 
-    return {k for k, ok in zip(keys, await _bounded([one(k) for k in keys], concurrency), strict=True) if ok}
+    return {k for k, ok in zip(keys, await gather_bounded([one(k) for k in keys], concurrency), strict=True) if ok}
 
 
 async def delete_each(
@@ -171,14 +172,15 @@ async def delete_each(
     async def one(key: str, expect: Mapping[str, Any] | None) -> bool:
         return await docs.delete(collection, key, expect=expect)
 
-    done = await _bounded([one(k, e) for k, e in unique], concurrency)
+    done = await gather_bounded([one(k, e) for k, e in unique], concurrency)
     return {k for (k, _), ok in zip(unique, done, strict=True) if ok}
 
 
-async def _bounded(calls: Sequence[Awaitable[bool]], concurrency: int) -> list[bool]:
+async def gather_bounded(calls: Sequence[Awaitable[_T]], concurrency: int) -> list[_T]:
+    """Await `calls`, at most `concurrency` at once; their results in order."""
     gate = asyncio.Semaphore(max(1, concurrency))
 
-    async def run(call: Awaitable[bool]) -> bool:
+    async def run(call: Awaitable[_T]) -> _T:
         async with gate:
             return await call
 

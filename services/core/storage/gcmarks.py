@@ -261,7 +261,8 @@ class GcMarks:
             after = str(page[-1]["_id"])
 
     async def release_many(self, keys: Iterable[str]) -> None:
-        await self.docs.delete_many(GC_MARKS, list(keys))
+        for key in keys:
+            await self.docs.delete(GC_MARKS, key)
 
 
 _MARK_FIELDS = ("run", "until", "links", "size", "generation", "since")

@@ -46,7 +46,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from services.core.events.outbox import Create, Delete, Insert, Operation, Touch, Update
 from services.core.oci.digest import Digest
@@ -66,6 +66,7 @@ TAG_WALK_NAMES = 10_000
 TAG_WALK_BYTES = 16 << 20
 RECORD_CACHE_BYTES = 32 << 20
 """What the tagged-manifest cache may hold (manifest bytes; a record larger than an eighth is not cached)."""
+_V = TypeVar("_V")
 
 
 def _key(repository: str, sep: str, rest: str) -> str:
@@ -165,71 +166,60 @@ class _Known:
         self._until.pop(key, None)
 
 
-class _Records:
-    """Manifest records by key, least recently used first out, bounded by the bytes they hold."""
+class _SizedLru(Generic[_V]):
+    """Values by key, least recently used first out, bounded by the total of their sizes; a value over
+    `max_bytes // max_share` is not kept."""
 
-    def __init__(self, *, max_bytes: int) -> None:
+    def __init__(self, *, max_bytes: int, max_share: int) -> None:
         self._max = max_bytes
+        self._max_item = max_bytes // max_share
         self._bytes = 0
-        self._records: OrderedDict[str, ManifestRecord] = OrderedDict()
+        self._items: OrderedDict[str, tuple[_V, int]] = OrderedDict()
 
-    def get(self, key: str) -> ManifestRecord | None:
-        record = self._records.get(key)
-        if record is not None:
-            self._records.move_to_end(key)
-        return record
+    def get(self, key: str) -> _V | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
 
-    def add(self, key: str, record: ManifestRecord) -> None:
-        if len(record.data) > self._max // 8:
-            return
+    def add(self, key: str, value: _V, size: int) -> None:
         self.discard(key)
-        self._records[key] = record
-        self._bytes += len(record.data)
+        if size > self._max_item:
+            return
+        self._items[key] = (value, size)
+        self._bytes += size
         while self._bytes > self._max:
-            _, old = self._records.popitem(last=False)
-            self._bytes -= len(old.data)
+            _, (_, old) = self._items.popitem(last=False)
+            self._bytes -= old
 
     def discard(self, key: str) -> None:
-        old = self._records.pop(key, None)
-        if old is not None:
-            self._bytes -= len(old.data)
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._bytes -= item[1]
 
 
 class _TagWalks:
-    """Each repository's tag names as its latest first page read them, for `ttl` seconds (module docstring);
-    least recently used first out, bounded by the bytes of the names."""
+    """Each repository's tag names as its latest first page read them, for `ttl` seconds (module docstring),
+    bounded by the bytes of the names."""
 
     def __init__(self, *, ttl: float, max_bytes: int, clock: Callable[[], float]) -> None:
         self._ttl = ttl
-        self._max = max_bytes
         self._clock = clock
-        self._bytes = 0
-        self._walks: OrderedDict[str, tuple[float, list[str], int]] = OrderedDict()
+        self._walks: _SizedLru[tuple[float, list[str]]] = _SizedLru(max_bytes=max_bytes, max_share=4)
 
     def get(self, repository: str) -> list[str] | None:
         walk = self._walks.get(repository)
         if walk is None:
             return None
         if walk[0] < self._clock():
-            self._drop(repository)
+            self._walks.discard(repository)
             return None
-        self._walks.move_to_end(repository)
         return walk[1]
 
     def put(self, repository: str, names: list[str]) -> None:
         size = sum(len(n) for n in names) + 64 * len(names)
-        self._drop(repository)
-        if size > self._max // 4:
-            return
-        self._walks[repository] = (self._clock() + self._ttl, names, size)
-        self._bytes += size
-        while self._bytes > self._max:
-            self._drop(next(iter(self._walks)))
-
-    def _drop(self, repository: str) -> None:
-        old = self._walks.pop(repository, None)
-        if old is not None:
-            self._bytes -= old[2]
+        self._walks.add(repository, (self._clock() + self._ttl, names), size)
 
 
 class MetadataStore:
@@ -244,7 +234,8 @@ class MetadataStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.docs = docs
-        self._records = _Records(max_bytes=record_cache_bytes)
+        # Manifest records by key (tagged_manifest), bounded by the bytes of their manifests.
+        self._records: _SizedLru[ManifestRecord] = _SizedLru(max_bytes=record_cache_bytes, max_share=8)
         self._known_repositories = _Known(ttl=known_ttl_seconds, max_entries=KNOWN_MAX_ENTRIES, clock=clock)
         self._known_manifests = _Known(ttl=known_ttl_seconds, max_entries=KNOWN_MAX_ENTRIES, clock=clock)
         self._tag_walks = _TagWalks(ttl=TAG_WALK_SECONDS, max_bytes=TAG_WALK_BYTES, clock=clock)
@@ -335,7 +326,7 @@ class MetadataStore:
             return None
         self._known_manifests.add(key)
         record = ManifestRecord.from_doc(doc)
-        self._records.add(key, record)
+        self._records.add(key, record, len(record.data))
         return record
 
     async def tagged_manifest(self, repository: str, digest: Digest) -> ManifestRecord | None:

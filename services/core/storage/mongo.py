@@ -7,8 +7,8 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from bson import Binary, Int64
 from pymongo import ASCENDING, AsyncMongoClient
@@ -18,7 +18,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from services.core.settings import MongoMetadataSettings
 from services.core.storage.coalesce import Coalescer
-from services.core.storage.documents import Document, DuplicateKeyError, Index
+from services.core.storage.documents import Document, DuplicateKeyError, Index, gather_bounded
 from services.core.storage.docvalues import check_collection, check_field, check_text, encode_value
 
 _NAMESPACE_EXISTS = 48
@@ -26,7 +26,6 @@ _DUPLICATE_KEY = 11000
 _GET_MANY_BATCH = 1000
 _FIND_BATCH = 10_000
 _PER_KEY_IN_FLIGHT = 16
-_T = TypeVar("_T")
 # Lease locks serialising writes to one document on FerretDB (see MongoDocumentStore).
 LOCKS_COLLECTION = "_documentstore_locks"
 
@@ -237,14 +236,11 @@ class MongoDocumentStore:
             async with local, self._leased(lock_id):
                 yield
         finally:
-            self._leave(lock_id)
-
-    def _leave(self, lock_id: str) -> None:
-        local, users = self._local[lock_id]
-        if users == 1:
-            del self._local[lock_id]
-        else:
-            self._local[lock_id] = (local, users - 1)
+            local, users = self._local[lock_id]
+            if users == 1:
+                del self._local[lock_id]
+            else:
+                self._local[lock_id] = (local, users - 1)
 
     @contextlib.asynccontextmanager
     async def _leased(self, lock_id: str) -> AsyncIterator[None]:
@@ -306,16 +302,6 @@ class MongoDocumentStore:
             return None if doc is None else _decode_value(doc)
         return await self._gets.submit(check_collection(collection), key)
 
-    async def _each_key(self, keys: Sequence[str], call: Callable[[str], Awaitable[_T]]) -> list[_T]:
-        """FerretDB mode: one command per key by `_id` equality (see `get`), `_PER_KEY_IN_FLIGHT` at once."""
-        gate = asyncio.Semaphore(_PER_KEY_IN_FLIGHT)
-
-        async def one(key: str) -> _T:
-            async with gate:
-                return await call(key)
-
-        return list(await asyncio.gather(*(one(k) for k in keys)))
-
     async def _send_gets(self, collection: str, keys: list[str]) -> list[Document | None]:
         coll = self._coll(collection)
         if len(keys) == 1:
@@ -330,7 +316,8 @@ class MongoDocumentStore:
         unique = list(dict.fromkeys(keys))
         if await self._serializes():
             coll = self._coll(collection)
-            for doc in await self._each_key(unique, lambda k: coll.find_one({"_id": k})):
+            # FerretDB: one command per key by `_id` equality (see `get`).
+            for doc in await gather_bounded([coll.find_one({"_id": k}) for k in unique], _PER_KEY_IN_FLIGHT):
                 if doc is not None:
                     decoded = _decode_value(doc)
                     found[decoded["_id"]] = decoded
@@ -487,7 +474,7 @@ class MongoDocumentStore:
         coll = self._coll(collection)
         unique = list(dict.fromkeys(keys))
         if await self._serializes():
-            done = await self._each_key(unique, lambda k: coll.delete_one({"_id": k}))
+            done = await gather_bounded([coll.delete_one({"_id": k}) for k in unique], _PER_KEY_IN_FLIGHT)
             return sum(r.deleted_count for r in done)
         deleted = 0
         for start in range(0, len(unique), _GET_MANY_BATCH):

@@ -197,6 +197,17 @@ class SqliteDocumentStore:
         self.group_commits = 0
         """Transactions the writer committed (tests: concurrent writes share them)."""
 
+    def _pragmas(self) -> tuple[str, ...]:
+        """Set on both connections (reader and writer)."""
+        return (
+            "PRAGMA journal_mode=WAL",
+            # FULL: the metadata is the registry's source of truth (a tag the client was told is pushed must
+            # survive a power cut). NORMAL in WAL mode can lose the last commits on power loss; FULL costs
+            # one WAL fsync per group commit.
+            "PRAGMA synchronous=FULL",
+            f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}",
+        )
+
     async def _db(self) -> aiosqlite.Connection:
         if self._conn is not None:
             return self._conn
@@ -209,12 +220,8 @@ class SqliteDocumentStore:
                 # read-then-write upgrade could fail with SQLITE_BUSY without waiting.
                 conn = await aiosqlite.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
                 try:
-                    await conn.execute("PRAGMA journal_mode=WAL")
-                    # FULL: the metadata is the registry's source of truth (a tag the client was told
-                    # is pushed must survive a power cut). NORMAL in WAL mode can lose the last
-                    # commits on power loss; FULL costs one WAL fsync per write, cheap at our rates.
-                    await conn.execute("PRAGMA synchronous=FULL")
-                    await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+                    for pragma in self._pragmas():
+                        await conn.execute(pragma)
                 except BaseException:
                     await conn.close()
                     raise
@@ -261,9 +268,8 @@ class SqliteDocumentStore:
             conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None,
                                    check_same_thread=False)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")  # see _db
-                conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+                for pragma in self._pragmas():
+                    conn.execute(pragma)
             except BaseException:
                 conn.close()
                 raise
