@@ -85,10 +85,11 @@ async def container(settings: Settings, *, metrics: Metrics | None = None) -> As
         stack.push_async_callback(docs.close)
         events = build_event_log(settings)
         stack.push_async_callback(events.close)
-        meta = MetadataStore(docs)
+        meta = MetadataStore(docs, tag_list_seconds=settings.registry.tag_list_cache_seconds)
         await meta.setup()
         outbox = Outbox(docs)
         await outbox.setup()
+        outbox.on_applied(meta.applied)  # this process's tag commits refresh its tag listings at once
         yield Container(
             settings=settings,
             metrics=metrics or Metrics(),

@@ -216,6 +216,12 @@ class RegistrySettings(_Section):
         description="How long a pull gate's decision (and a repository's effective policy) is reused; other "
         "replicas see a policy, scan or signature change within this time",
     )
+    tag_list_cache_seconds: float = Field(
+        10.0, ge=0, le=3600,
+        description="How long a repository's tag names are reused for tags/list (0: never). This replica's "
+        "tag pushes and deletes refresh them at once, other replicas' through their tag events; this bounds "
+        "how late another replica's change shows when events are delayed",
+    )
 
 
 class VulnDbSettings(_Section):

@@ -13,9 +13,9 @@ from services.core.runtime import ServiceParts
 from services.distribution.access import AccessControl, OpenAccess
 from services.distribution.app import create_app
 from services.distribution.auth_access import build_token_access
-from services.distribution.gate_events import GateInvalidation
 from services.distribution.janitor import UploadJanitor
 from services.distribution.keys import GATES
+from services.distribution.replica_caches import ReplicaCacheInvalidation
 from services.distribution.tls import CertificateReloader, server_context
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,10 @@ async def build(c: Container) -> ServiceParts:
         context = server_context(tls)
         loops.append(CertificateReloader(tls, context).run)
     app = create_app(c, access=await build_access(c))
-    # Scan reports, signature results and policy changes refresh this replica's pull-gate decisions.
-    loops.append(GateInvalidation(c.events, [topics.scans, topics.signatures, topics.manifests], app[GATES]).run)
+    # Scan reports, signature results and policy changes refresh this replica's pull-gate decisions; tags
+    # created or deleted by other replicas, its tag listings.
+    caches = [topics.scans, topics.signatures, topics.manifests, topics.tags]
+    loops.append(ReplicaCacheInvalidation(c.events, caches, app[GATES], c.meta).run)
     return ServiceParts(
         name="distribution",
         http=app,

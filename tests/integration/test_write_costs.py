@@ -2,7 +2,7 @@
 
 A tag push in the steady state (the manifest already stored, the repository already known) costs at most
 four commands on the request path; the relay's commands are counted apart (they are batched). A listing
-costs one query for the names only, plus the read of the repository's record.
+costs one query for the names only, plus the read of the repository's record; a repeated one only that read.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from services.core.oci.names import RepositoryName, Tag
 from services.core.settings import RegistrySettings, TopicSettings
 from services.core.storage.documents import Document, DocumentStore, Index
 from services.core.storage.fs import FilesystemBlobStore
-from services.core.storage.meta import MetadataStore
+from services.core.storage.meta import TAG_LIST_SECONDS, MetadataStore
 from services.core.storage.mongo import MongoDocumentStore
 from services.core.storage.sqlite import SqliteDocumentStore
+from services.distribution.replica_caches import ReplicaCacheInvalidation
 from tests.conftest import infra
 from tests.integration.oci import OCI_MANIFEST, digest_of, image_manifest
 
@@ -109,10 +110,12 @@ class CountingDocumentStore:
 
 
 class World:
-    def __init__(self, docs: CountingDocumentStore, registry: Registry, relay: OutboxRelay) -> None:
+    def __init__(self, docs: CountingDocumentStore, registry: Registry, relay: OutboxRelay, events: LocalEventLog
+                 ) -> None:
         self.docs = docs
         self.registry = registry
         self.relay = relay
+        self.events = events
         self.published = 0
 
     async def settle(self) -> None:
@@ -135,6 +138,7 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await meta.setup()
     outbox = Outbox(docs)
     await outbox.setup()
+    outbox.on_applied(meta.applied)
     relay = OutboxRelay(docs, events, poll_interval=0.05)
     outbox.on_commit(relay.wake)
     registry = Registry(
@@ -144,7 +148,7 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         settings=RegistrySettings(),
         topics=TopicSettings(),
     )
-    w = World(docs, registry, relay)
+    w = World(docs, registry, relay, events)
     relay._on_published = lambda _topic: setattr(w, "published", w.published + 1)
     stop = asyncio.Event()
     token = _caller.set("relay")
@@ -221,7 +225,7 @@ async def test_concurrent_tag_pushes_share_the_relays_commands(world: World) -> 
     assert await world.registry.meta.list_tags(repo) == [*(f"c{i:04d}" for i in range(pushes)), "first"]
 
 
-async def test_listings_are_one_query_for_the_names(world: World) -> None:
+async def test_listings_are_one_query_for_the_names_and_repeats_none(world: World) -> None:
     repo = "costs/list"
     manifest = await _manifest(world, repo)
     for i in range(30):
@@ -234,9 +238,42 @@ async def test_listings_are_one_query_for_the_names(world: World) -> None:
     assert await world.registry.list_tags(RepositoryName(repo), after="v009", limit=5) == [
         f"v{i:03d}" for i in range(10, 15)
     ]
-    # One query each for the names; the repository's record is read to tell NAME_UNKNOWN from no tags.
-    assert world.docs.of("request") == {"find": 2, "get": 2}
+    # One query for the names, kept for the second listing; the repository's record is read each time to
+    # tell NAME_UNKNOWN from no tags.
+    assert world.docs.of("request") == {"find": 1, "get": 2}
     assert "costs/list" in await world.registry.meta.list_repositories()
+    # A tag pushed here is listed at once: its commit drops the names.
+    await _push(world, repo, "v100", manifest)
+    world.docs.calls.clear()
+    assert (await world.registry.list_tags(RepositoryName(repo), after=None, limit=None))[-1] == "v100"
+    assert world.docs.of("request") == {"find": 1, "get": 1}
+
+
+class _NoGates:
+    def invalidate(self, **_: object) -> None:
+        pass
+
+
+async def test_another_replicas_new_tag_is_listed_when_its_event_arrives(world: World) -> None:
+    repo = "costs/replicas"
+    manifest = await _manifest(world, repo)
+    await _push(world, repo, "mine", manifest)
+    assert await world.registry.list_tags(RepositoryName(repo), after=None, limit=None) == ["mine"]
+    follower = ReplicaCacheInvalidation(world.events, [TopicSettings().tags], _NoGates(), world.registry.meta,  # type: ignore[arg-type]
+                                        group=f"costs-{uuid.uuid4().hex[:8]}")
+    stop = asyncio.Event()
+    following = asyncio.create_task(follower.run(stop))
+    try:
+        # Another replica: its own store and outbox; this process's relay publishes its intent.
+        other = Registry(blobs=world.registry.blobs, meta=MetadataStore(world.docs.inner),
+                         outbox=Outbox(world.docs.inner), settings=RegistrySettings(), topics=TopicSettings())
+        await other.put_manifest(RepositoryName(repo), Tag("theirs"), manifest, OCI_MANIFEST, actor="test")
+        async with asyncio.timeout(TAG_LIST_SECONDS / 2):  # the event, not the TTL
+            while "theirs" not in await world.registry.list_tags(RepositoryName(repo), after=None, limit=None):
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await following
 
 
 async def test_a_manifest_get_by_tag_is_one_read_and_a_delete_is_seen_at_once(world: World) -> None:

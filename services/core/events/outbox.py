@@ -286,6 +286,7 @@ class Outbox:
     def __init__(self, docs: DocumentStore) -> None:
         self._docs = docs
         self._listeners: list[Callable[[], None]] = []
+        self._applied: list[Callable[[Sequence[Operation]], None]] = []
         self._relay: OutboxRelay | None = None
 
     def on_commit(self, listener: Callable[[], None]) -> None:
@@ -295,6 +296,19 @@ class Outbox:
         relay = getattr(listener, "__self__", None)
         if isinstance(relay, OutboxRelay) and getattr(listener, "__func__", None) is OutboxRelay.wake:
             self._relay = relay
+
+    def on_applied(self, listener: Callable[[Sequence[Operation]], None]) -> None:
+        """Call `listener` with the operations each commit of this process applied, before the commit returns
+        (every one of them when the commit failed midway: it may have applied any). Caches of what the
+        operations change drop it there; other processes' commits reach them as events."""
+        self._applied.append(listener)
+
+    def _tell_applied(self, ops: Sequence[Operation]) -> None:
+        for listener in self._applied:
+            try:
+                listener(ops)
+            except Exception:  # a cache's bug must not fail a stored change
+                log.exception("outbox listener failed")
 
     def _follow(self, relay: OutboxRelay) -> None:
         self._relay = relay
@@ -341,7 +355,12 @@ class Outbox:
                     ],
                 },
             )
-            committed = await apply_operations(self._docs, ops, partial=partial)
+            try:
+                committed = await apply_operations(self._docs, ops, partial=partial)
+            except BaseException:
+                self._tell_applied(ops)
+                raise
+            self._tell_applied([op for op, ok in zip(ops, committed.applied, strict=True) if ok])
             skip = _unpublished([e.op for e in events], committed)
             if len(skip) == len(events):
                 await self._docs.delete(OUTBOX, intent_id)

@@ -24,11 +24,14 @@ entry is harmless: a push that believes a deleted manifest exists moves its tags
 manifest, which re-creates it (`Touch`); a repository record is re-created within the TTL by the next
 write that misses the cache. This replica's deletes forget what they delete at once.
 
-A paginated tags/list walk reads the repository's names once, on its first page (up to `TAG_WALK_NAMES`),
-and serves its continuation pages (`last` given) from that list for `TAG_WALK_SECONDS`: a walk then sees the
-repository as its first page found it, one consistent view, and costs one index read instead of one per page
-(FerretDB 1.x re-reads and sorts the repository's tags in its own process for every page). A new walk, or a
-request without `n`, always reads the store.
+Tag listings are served from the repository's names as last read (up to `TAG_LIST_NAMES`), until this
+process sees the repository's tag set change or `tag_list_seconds` (setting `registry.tag_list_cache_seconds`)
+pass. It sees its own commits at once (`applied`, an outbox listener: a commit that creates or deletes a tag),
+and other processes' through their tag events (`tag_set_changed`, from the distribution service's event
+follower), so a replica lists another's new tag within the event's delivery time, and within the TTL at worst
+(the event log down). A read that began before a change it raced is not kept. FerretDB 1.x reads and sorts a
+repository's tags in its own process for every listing (1,000 names: ~40 ms), MongoDB answers it from the
+index; either way a repeated listing, and every page of a paged walk after the first, costs no command.
 
 A manifest GET by tag reads the tag and then serves the manifest's record from a bounded in-process cache
 (`tagged_manifest`): manifests are content-addressed, so a cached record of `<repo>@<digest>` holds the stored
@@ -48,7 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from services.core.events.outbox import Create, Delete, Insert, Operation, Touch, Update
+from services.core.events.outbox import Create, Delete, Insert, Operation, Put, Touch, Update
 from services.core.oci.digest import Digest
 from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index
 
@@ -60,10 +63,10 @@ UPLOADS = "uploads"
 
 KNOWN_TTL_SECONDS = 30.0
 KNOWN_MAX_ENTRIES = 50_000
-TAG_WALK_SECONDS = 30.0
-TAG_WALK_NAMES = 10_000
-"""Repositories with more tags are paged straight from the index (their names are not kept)."""
-TAG_WALK_BYTES = 16 << 20
+TAG_LIST_SECONDS = 10.0
+TAG_LIST_NAMES = 10_000
+"""Repositories with more tags are listed and paged straight from the index (their names are not kept)."""
+TAG_LIST_BYTES = 16 << 20
 RECORD_CACHE_BYTES = 32 << 20
 """What the tagged-manifest cache may hold (manifest bytes; a record larger than an eighth is not cached)."""
 _V = TypeVar("_V")
@@ -199,27 +202,48 @@ class _SizedLru(Generic[_V]):
             self._bytes -= item[1]
 
 
-class _TagWalks:
-    """Each repository's tag names as its latest first page read them, for `ttl` seconds (module docstring),
-    bounded by the bytes of the names."""
+class _TagNames:
+    """Each repository's tag names as last read, until this process sees its tag set change (`changed`) or
+    `ttl` passes; bounded by the bytes of the names (module docstring)."""
+
+    _MAX_CHANGED = 10_000
 
     def __init__(self, *, ttl: float, max_bytes: int, clock: Callable[[], float]) -> None:
         self._ttl = ttl
         self._clock = clock
-        self._walks: _SizedLru[tuple[float, list[str]]] = _SizedLru(max_bytes=max_bytes, max_share=4)
+        self._names: _SizedLru[tuple[float, list[str]]] = _SizedLru(max_bytes=max_bytes, max_share=4)
+        # A read stores its names only if no change to the repository was seen since it began: one that
+        # raced a commit would otherwise cache the names from before it.
+        self._seq = 0
+        self._changed: dict[str, int] = {}
+        self._floor = 0
 
     def get(self, repository: str) -> list[str] | None:
-        walk = self._walks.get(repository)
-        if walk is None:
+        entry = self._names.get(repository)
+        if entry is None:
             return None
-        if walk[0] < self._clock():
-            self._walks.discard(repository)
+        if entry[0] < self._clock():
+            self._names.discard(repository)
             return None
-        return walk[1]
+        return entry[1]
 
-    def put(self, repository: str, names: list[str]) -> None:
+    def begin(self) -> int:
+        return self._seq
+
+    def put(self, repository: str, names: list[str], began: int) -> None:
+        if self._ttl <= 0 or began < self._floor or self._changed.get(repository, 0) > began:
+            return
         size = sum(len(n) for n in names) + 64 * len(names)
-        self._walks.add(repository, (self._clock() + self._ttl, names), size)
+        self._names.add(repository, (self._clock() + self._ttl, names), size)
+
+    def changed(self, repository: str) -> None:
+        self._names.discard(repository)
+        self._seq += 1
+        self._changed[repository] = self._seq
+        if len(self._changed) > self._MAX_CHANGED:
+            # Forget which repositories changed: every read begun before now is then refused instead.
+            self._changed.clear()
+            self._floor = self._seq
 
 
 class MetadataStore:
@@ -231,6 +255,7 @@ class MetadataStore:
         *,
         known_ttl_seconds: float = KNOWN_TTL_SECONDS,
         record_cache_bytes: int = RECORD_CACHE_BYTES,
+        tag_list_seconds: float = TAG_LIST_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.docs = docs
@@ -238,7 +263,7 @@ class MetadataStore:
         self._records: _SizedLru[ManifestRecord] = _SizedLru(max_bytes=record_cache_bytes, max_share=8)
         self._known_repositories = _Known(ttl=known_ttl_seconds, max_entries=KNOWN_MAX_ENTRIES, clock=clock)
         self._known_manifests = _Known(ttl=known_ttl_seconds, max_entries=KNOWN_MAX_ENTRIES, clock=clock)
-        self._tag_walks = _TagWalks(ttl=TAG_WALK_SECONDS, max_bytes=TAG_WALK_BYTES, clock=clock)
+        self._tag_names = _TagNames(ttl=tag_list_seconds, max_bytes=TAG_LIST_BYTES, clock=clock)
 
     async def setup(self) -> None:
         await self.docs.ensure_collection(REPOSITORIES)
@@ -275,6 +300,7 @@ class MetadataStore:
     async def delete_repository_record(self, name: str) -> None:
         """Delete the repository's record (its content first: the caller's job), and forget it."""
         self._known_repositories.discard(name)
+        self._tag_names.changed(name)
         await self.docs.delete(REPOSITORIES, name)
 
     async def list_repositories(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
@@ -402,26 +428,37 @@ class MetadataStore:
         }
 
     async def list_tags(self, repository: str, *, after: str | None = None, limit: int | None = None) -> list[str]:
-        """Names in code point order, after `after`, at most `limit`; a paged walk as the module docstring says."""
-        if limit is None:
-            return await self._tag_names(repository, after=after, limit=None)
-        if after is None:
-            names = await self._tag_names(repository, after=None, limit=max(limit, TAG_WALK_NAMES + 1))
-            if len(names) <= TAG_WALK_NAMES:
-                self._tag_walks.put(repository, names)
-            return names[:limit]
-        walk = self._tag_walks.get(repository)
-        if walk is not None:
-            start = bisect.bisect_right(walk, after)
-            return walk[start : start + limit]
-        return await self._tag_names(repository, after=after, limit=limit)
+        """Names in code point order, after `after`, at most `limit`; cached as the module docstring says."""
+        names = self._tag_names.get(repository)
+        if names is None:
+            if after is not None:
+                # A continuation whose names are not kept: the repository is too big, or changed meanwhile.
+                return await self._tag_names_from_index(repository, after=after, limit=limit)
+            began = self._tag_names.begin()
+            bounded = None if limit is None else max(limit, TAG_LIST_NAMES + 1)
+            names = await self._tag_names_from_index(repository, after=None, limit=bounded)
+            if len(names) <= TAG_LIST_NAMES:
+                self._tag_names.put(repository, names, began)
+        start = 0 if after is None else bisect.bisect_right(names, after)
+        return names[start:] if limit is None else names[start : start + limit]
 
-    async def _tag_names(self, repository: str, *, after: str | None, limit: int | None) -> list[str]:
+    async def _tag_names_from_index(self, repository: str, *, after: str | None, limit: int | None) -> list[str]:
         # Only the names: answered from the (repository, name) index, in its order.
         docs = await self.docs.find(
             TAGS, {"repository": repository}, order_by="name", after=after, limit=limit, fields=("name",)
         )
         return [d["name"] for d in docs]
+
+    def tag_set_changed(self, repository: str) -> None:
+        """A tag of `repository` was created or deleted (by any process): list its tags from the store."""
+        self._tag_names.changed(repository)
+
+    def applied(self, ops: Sequence[Operation]) -> None:
+        """Outbox listener (`Outbox.on_applied`): what this process's commits changed."""
+        for op in ops:
+            if isinstance(op, Insert | Delete | Put | Create) and op.collection == TAGS:
+                key = op.key if isinstance(op, Delete) else str(op.doc["_id"])
+                self._tag_names.changed(key.partition(":")[0])
 
     async def tags_of(self, repository: str, digest: Digest) -> list[TagRecord]:
         docs = await self.docs.find(TAGS, {"repository": repository, "digest": str(digest)})

@@ -1,6 +1,9 @@
-"""Keep this replica's pull-gate decisions fresh from the event log: a scan report or a signature result for
-a digest, or a policy change, drops the decisions it makes stale, so a newly verified signature unblocks
-its image within a second on every replica (not only after `registry.pull_gate_cache_seconds`).
+"""Keep this replica's caches fresh from the event log, so other replicas' changes show within a second, not
+only after the caches' TTLs:
+- pull-gate decisions (`registry.pull_gate_cache_seconds`): a scan report or a signature result for a digest,
+  or a policy change, drops the decisions it makes stale, so a newly verified signature unblocks its image;
+- tag listings (`registry.tag_list_cache_seconds`, storage/meta.py): a tag created or deleted drops its
+  repository's names (this replica's own commits drop them at once, before their events).
 
 Each replica reads the topics in a consumer group of its own (every replica must see every event). A new
 group starts from the beginning of the topics; replaying old events only drops cache entries, which is
@@ -18,20 +21,24 @@ import socket
 from services.core.events.envelope import EnvelopeDecodeError, decode, payload_field, payload_of
 from services.core.events.log import EventLog
 from services.core.policy.gates import PullGates
+from services.core.storage.meta import MetadataStore
 
 log = logging.getLogger(__name__)
 
 
-def gate_group() -> str:
+def replica_group() -> str:
+    # The name predates tag listings; kept so that a rolling upgrade reuses the groups' offsets.
     return f"distribution-gates-{socket.gethostname()}-{os.getpid()}"
 
 
-class GateInvalidation:
-    def __init__(self, events: EventLog, topics: list[str], gates: PullGates, *, group: str | None = None) -> None:
+class ReplicaCacheInvalidation:
+    def __init__(self, events: EventLog, topics: list[str], gates: PullGates, meta: MetadataStore, *,
+                 group: str | None = None) -> None:
         self._events = events
         self._topics = topics
         self._gates = gates
-        self._group = group or gate_group()
+        self._meta = meta
+        self._group = group or replica_group()
 
     def apply(self, value: bytes) -> None:
         """Drop what one event makes stale (pure but for the cache)."""
@@ -47,6 +54,8 @@ class GateInvalidation:
             self._gates.invalidate(namespace=str(getattr(payload, "namespace", "")) or None)
         elif kind == "manifest_deleted":
             self._gates.invalidate(digest=str(getattr(payload, "digest", "")))
+        elif (kind == "tag_updated" and not getattr(payload, "previous_digest", "")) or kind == "tag_deleted":
+            self._meta.tag_set_changed(str(getattr(payload, "repository", "")))
 
     async def _follow(self, topic: str, stop: asyncio.Event) -> None:
         backoff = 0.5
@@ -66,7 +75,7 @@ class GateInvalidation:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the cache's TTL covers the gap; keep following
-                log.debug("gate invalidation on %s: %s; retrying in %.1fs", topic, exc, backoff)
+                log.debug("cache invalidation on %s: %s; retrying in %.1fs", topic, exc, backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 10.0)

@@ -1,0 +1,146 @@
+"""tags/list from the repository's names as last read: no command for a repeated listing or a paged walk's
+later pages, fresh at once after this process's tag commits, after another process's tag event, and after
+the TTL; a read that raced a change is not kept."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from services.core.events.outbox import Outbox
+from services.core.oci.digest import Digest
+from services.core.storage import meta as m
+from services.core.storage.sqlite import SqliteDocumentStore
+
+DIGEST = Digest.parse("sha256:" + "a" * 64)
+
+
+class _Counting(SqliteDocumentStore):
+    finds = 0
+    hold: asyncio.Event | None = None
+
+    async def find(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.finds += 1
+        found = await super().find(*args, **kwargs)
+        if self.hold is not None:
+            await self.hold.wait()
+        return found
+
+
+async def _tag(outbox: Outbox, store: m.MetadataStore, name: str) -> None:
+    await outbox.commit([store.set_tag_op("r", name, DIGEST, current=None)], [])
+
+
+async def _walk(store: m.MetadataStore, n: int) -> list[list[str]]:
+    pages, last = [], None
+    while True:
+        page = await store.list_tags("r", after=last, limit=n)
+        if not page:
+            return pages
+        pages.append(page)
+        last = page[-1]
+
+
+async def _world(tmp_path: Path, now: list[float]) -> tuple[_Counting, m.MetadataStore, Outbox]:
+    docs = _Counting(tmp_path / "m.db")
+    store = m.MetadataStore(docs, clock=lambda: now[0])
+    await store.setup()
+    outbox = Outbox(docs)
+    await outbox.setup()
+    outbox.on_applied(store.applied)
+    return docs, store, outbox
+
+
+async def test_listings_read_once_until_a_tag_commit_an_event_or_the_ttl(tmp_path: Path) -> None:
+    now = [0.0]
+    docs, store, outbox = await _world(tmp_path, now)
+    try:
+        names = sorted([f"v{i:03d}" for i in range(250)] + ["Z", "é", "ü-1", "latest"])
+        for name in names:
+            await _tag(outbox, store, name)
+        docs.finds = 0
+        pages = await _walk(store, 100)
+        assert [n for p in pages for n in p] == sorted(names) and [len(p) for p in pages] == [100, 100, 54]
+        assert await store.list_tags("r") == sorted(names)
+        assert await store.list_tags("r", after="v248") == ["v249", "é", "ü-1"]
+        assert docs.finds == 1
+        # This process's commit shows at once, mid-walk too.
+        first = await store.list_tags("r", after=None, limit=10)
+        await _tag(outbox, store, "v999")
+        assert "v999" in await store.list_tags("r", after=first[-1], limit=1000)
+        assert "v999" in await store.list_tags("r")
+        assert docs.finds == 3
+        # Another process's change arrives as its event; a write that bypasses both is seen after the TTL.
+        await docs.insert(m.TAGS, store.set_tag_op("r", "w", DIGEST, current=None).doc)  # type: ignore[union-attr]
+        assert "w" not in await store.list_tags("r")
+        store.tag_set_changed("r")
+        assert "w" in await store.list_tags("r")
+        await docs.insert(m.TAGS, store.set_tag_op("r", "x", DIGEST, current=None).doc)  # type: ignore[union-attr]
+        now[0] += m.TAG_LIST_SECONDS + 1
+        assert "x" in await store.list_tags("r")
+        assert docs.finds == 5
+        # A deleted tag goes at once; a tag move does not change the names and keeps them.
+        current = await store.tag("r", "x")
+        assert current is not None
+        await outbox.commit([store.delete_tag_op(current)], [])
+        assert "x" not in await store.list_tags("r")
+        assert docs.finds == 6
+        moved = await store.tag("r", "w")
+        assert moved is not None
+        other = Digest.parse("sha256:" + "b" * 64)
+        await outbox.commit([store.set_tag_op("r", "w", other, current=moved)], [])
+        await store.list_tags("r")
+        assert docs.finds == 6
+    finally:
+        await docs.close()
+
+
+async def test_a_read_that_raced_a_tag_commit_is_not_kept(tmp_path: Path) -> None:
+    now = [0.0]
+    docs, store, outbox = await _world(tmp_path, now)
+    try:
+        await _tag(outbox, store, "a")
+        docs.hold = asyncio.Event()
+        reading = asyncio.create_task(store.list_tags("r"))
+        while docs.finds == 0:
+            await asyncio.sleep(0)
+        docs.hold.set()  # the read has its names; the commit lands before it stores them
+        docs.hold = None
+        await _tag(outbox, store, "b")
+        assert await reading == ["a"]
+        assert await store.list_tags("r") == ["a", "b"]
+    finally:
+        await docs.close()
+
+
+async def test_a_repository_with_more_tags_than_are_kept_pages_from_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs, store, outbox = await _world(tmp_path, [time.monotonic()])
+    monkeypatch.setattr(m, "TAG_LIST_NAMES", 20)
+    try:
+        for i in range(45):
+            await _tag(outbox, store, f"t{i:02d}")
+        docs.finds = 0
+        pages = await _walk(store, 10)
+        assert [len(p) for p in pages] == [10] * 4 + [5] and docs.finds == 6
+        assert len(await store.list_tags("r")) == 45 and docs.finds == 7
+        assert len(await store.list_tags("r")) == 45 and docs.finds == 8
+    finally:
+        await docs.close()
+
+
+async def test_a_zero_ttl_never_keeps_names(tmp_path: Path) -> None:
+    docs = _Counting(tmp_path / "m.db")
+    store = m.MetadataStore(docs, tag_list_seconds=0)
+    try:
+        await store.setup()
+        await docs.insert(m.TAGS, store.set_tag_op("r", "a", DIGEST, current=None).doc)  # type: ignore[union-attr]
+        for _ in range(3):
+            assert await store.list_tags("r") == ["a"]
+        assert docs.finds == 3
+    finally:
+        await docs.close()
