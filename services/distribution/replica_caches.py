@@ -3,7 +3,8 @@ only after the caches' TTLs:
 - pull-gate decisions (`registry.pull_gate_cache_seconds`): a scan report or a signature result for a digest,
   or a policy change, drops the decisions it makes stale, so a newly verified signature unblocks its image;
 - tag listings (`registry.tag_list_cache_seconds`, storage/meta.py): a tag created or deleted drops its
-  repository's names (this replica's own commits drop them at once, before their events).
+  repository's names. This replica's own commits dropped them at once, so their events are skipped: under a
+  burst of pushes the follower lags, and each late event would drop names read after its change.
 
 Each replica reads the topics in a consumer group of its own (every replica must see every event). A new
 group starts from the beginning of the topics; replaying old events only drops cache entries, which is
@@ -20,6 +21,7 @@ import socket
 
 from services.core.events.envelope import EnvelopeDecodeError, decode, payload_field, payload_of
 from services.core.events.log import EventLog
+from services.core.events.outbox import Outbox
 from services.core.policy.gates import PullGates
 from services.core.storage.meta import MetadataStore
 
@@ -32,12 +34,13 @@ def replica_group() -> str:
 
 
 class ReplicaCacheInvalidation:
-    def __init__(self, events: EventLog, topics: list[str], gates: PullGates, meta: MetadataStore, *,
-                 group: str | None = None) -> None:
+    def __init__(self, events: EventLog, topics: list[str], gates: PullGates, meta: MetadataStore, outbox: Outbox,
+                 *, group: str | None = None) -> None:
         self._events = events
         self._topics = topics
         self._gates = gates
         self._meta = meta
+        self._outbox = outbox
         self._group = group or replica_group()
 
     def apply(self, value: bytes) -> None:
@@ -54,8 +57,13 @@ class ReplicaCacheInvalidation:
             self._gates.invalidate(namespace=str(getattr(payload, "namespace", "")) or None)
         elif kind == "manifest_deleted":
             self._gates.invalidate(digest=str(getattr(payload, "digest", "")))
-        elif (kind == "tag_updated" and not getattr(payload, "previous_digest", "")) or kind == "tag_deleted":
+        elif self._changes_tag_set(kind, payload) and not self._outbox.committed_here(env.id):
             self._meta.tag_set_changed(str(getattr(payload, "repository", "")))
+
+    @staticmethod
+    def _changes_tag_set(kind: str, payload: object) -> bool:
+        """A tag created (no previous digest) or deleted; a moved tag keeps the names."""
+        return (kind == "tag_updated" and not getattr(payload, "previous_digest", "")) or kind == "tag_deleted"
 
     async def _follow(self, topic: str, stop: asyncio.Event) -> None:
         backoff = 0.5

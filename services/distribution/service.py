@@ -51,7 +51,7 @@ async def build(c: Container) -> ServiceParts:
     # Scan reports, signature results and policy changes refresh this replica's pull-gate decisions; tags
     # created or deleted by other replicas, its tag listings.
     caches = [topics.scans, topics.signatures, topics.manifests, topics.tags]
-    loops.append(ReplicaCacheInvalidation(c.events, caches, app[GATES], c.meta).run)
+    loops.append(ReplicaCacheInvalidation(c.events, caches, app[GATES], c.meta, c.outbox).run)
     return ServiceParts(
         name="distribution",
         http=app,

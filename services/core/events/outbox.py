@@ -35,6 +35,7 @@ import logging
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -233,6 +234,9 @@ async def apply_operations(docs: DocumentStore, ops: Sequence[Operation], *, par
     return Committed(tuple(applied) + (False,) * (len(ops) - len(applied)))
 
 
+OWN_EVENTS_KEPT = 50_000
+"""Event ids `Outbox.committed_here` remembers (~5 MiB)."""
+
 _DELETES_IN_FLIGHT = 16
 """Deletes of one partial change in flight at once (a GC run sends several changes at once too)."""
 
@@ -287,6 +291,9 @@ class Outbox:
         self._docs = docs
         self._listeners: list[Callable[[], None]] = []
         self._applied: list[Callable[[Sequence[Operation]], None]] = []
+        # Ids of the events this process's commits stored, newest last (bounded): a follower of the event log
+        # skips what `on_applied` listeners already saw here (`committed_here`).
+        self._own_events: OrderedDict[bytes, None] = OrderedDict()
         self._relay: OutboxRelay | None = None
 
     def on_commit(self, listener: Callable[[], None]) -> None:
@@ -302,6 +309,19 @@ class Outbox:
         (every one of them when the commit failed midway: it may have applied any). Caches of what the
         operations change drop it there; other processes' commits reach them as events."""
         self._applied.append(listener)
+
+    def committed_here(self, event_id: str) -> bool:
+        """Whether a recent commit of this process stored the event with this envelope id (its `on_applied`
+        listeners saw its operations then). False for events older than the last `OWN_EVENTS_KEPT`."""
+        return event_id.encode() in self._own_events
+
+    def _remember_events(self, events: Sequence[OutboundEvent]) -> None:
+        for e in events:
+            event_id = dict(e.headers).get("event-id")
+            if event_id is not None:
+                self._own_events[event_id] = None
+        while len(self._own_events) > OWN_EVENTS_KEPT:
+            self._own_events.popitem(last=False)
 
     def _tell_applied(self, ops: Sequence[Operation]) -> None:
         for listener in self._applied:
@@ -361,6 +381,7 @@ class Outbox:
                 self._tell_applied(ops)
                 raise
             self._tell_applied([op for op, ok in zip(ops, committed.applied, strict=True) if ok])
+            self._remember_events(events)
             skip = _unpublished([e.op for e in events], committed)
             if len(skip) == len(events):
                 await self._docs.delete(OUTBOX, intent_id)

@@ -30,9 +30,18 @@ class _Meta:
         self.changed.append(repository)
 
 
-def _follower() -> tuple[ReplicaCacheInvalidation, _Gates, _Meta]:
+class _Outbox:
+    def __init__(self, own: set[str]) -> None:
+        self.own = own
+
+    def committed_here(self, event_id: str) -> bool:
+        return event_id in self.own
+
+
+def _follower(own: set[str] | None = None) -> tuple[ReplicaCacheInvalidation, _Gates, _Meta]:
     gates, meta = _Gates(), _Meta()
-    return ReplicaCacheInvalidation(None, [], gates, meta), gates, meta  # type: ignore[arg-type]
+    follower = ReplicaCacheInvalidation(None, [], gates, meta, _Outbox(own or set()))  # type: ignore[arg-type]
+    return follower, gates, meta
 
 
 def test_created_and_deleted_tags_drop_their_repositorys_names_and_moves_keep_them() -> None:
@@ -44,6 +53,15 @@ def test_created_and_deleted_tags_drop_their_repositorys_names_and_moves_keep_th
         follower.apply(encode(built.envelope))
     assert meta.changed == ["team/app", "team/other"]
     assert gates.dropped == []
+
+
+def test_this_replicas_own_tag_events_are_skipped_its_commits_dropped_the_names_already() -> None:
+    mine = events.tag_updated("team/app", "v1", D1, None, actor="a", forced=False)
+    theirs = events.tag_deleted("team/app", "v0", D1, actor="a")
+    follower, _, meta = _follower({mine.envelope.id})
+    for built in (mine, theirs):
+        follower.apply(encode(built.envelope))
+    assert meta.changed == ["team/app"]
 
 
 def test_undecodable_events_are_ignored() -> None:
