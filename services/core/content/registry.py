@@ -481,7 +481,8 @@ class Registry:
     # discovery
 
     async def list_tags(self, repo: RepositoryName, *, after: str | None, limit: int | None) -> list[str]:
-        if not await self.meta.repository_exists(str(repo)):
+        # Tag names kept for the repository prove it exists: deleting it deletes its tags first, which drops them.
+        if not self.meta.tag_names_kept(str(repo)) and not await self.meta.repository_exists(str(repo)):
             raise NameUnknownError(f"repository {repo} is not known to this registry")
         return await self.meta.list_tags(str(repo), after=after, limit=limit)
 

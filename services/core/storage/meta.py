@@ -449,6 +449,10 @@ class MetadataStore:
         )
         return [d["name"] for d in docs]
 
+    def tag_names_kept(self, repository: str) -> bool:
+        """Whether this replica keeps some tag names of `repository` (then listing it costs no command)."""
+        return bool(self._tag_names.get(repository))
+
     def tag_set_changed(self, repository: str) -> None:
         """A tag of `repository` was created or deleted (by any process): list its tags from the store."""
         self._tag_names.changed(repository)
