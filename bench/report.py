@@ -29,7 +29,9 @@ METRICS = [
     Metric("small_push", "1 KiB blob pushes", "blobs/s", True, 0),
     Metric("tags_create", "tag 1,000 manifests (PUT by tag)", "req/s", True, 0),
     Metric("tags_full", "tags/list, 1,000 tags, one request", "ms", False, 2),
+    Metric("tags_full_first", "tags/list, the first one request after the pushes", "ms", False, 2),
     Metric("tags_paged", "tags/list, 1,000 tags, n=100 pages", "ms", False, 2),
+    Metric("tags_page", "tags/list, one n=100 page of that walk", "ms", False, 2),
     Metric("big_push", "large streaming push (RSS run)", "MiB/s", True),
     Metric("rss_before", "registry RSS before the large push", "MiB", False),
     Metric("rss_peak", "registry peak RSS during the large push", "MiB", False),
@@ -102,6 +104,23 @@ RULES: list[tuple[str, str, float]] = [
 ]
 
 
+PAIR_RULES: list[tuple[str, str, str, str, float]] = [
+    ("distributed", "distribution", "manifest_get", "manifest GET >= 1.0x Distribution (issue 10)", 1.0),
+    ("embedded", "distribution", "tags_create", "tag PUT >= 1.0x Distribution (issue 10)", 1.0),
+    ("distributed", "distribution-s3", "tags_create", "tag PUT >= 1.0x Distribution (issue 10)", 1.0),
+    ("distributed", "distribution-s3", "tags_full", "tags/list time <= 1.0x Distribution (issue 10)", 1.0),
+]
+"""Targets of one (assembly, reference) pair: (assembly, reference, metric, label, factor); a metric where lower
+is better (METRICS) passes at most `factor` times the reference, the others at least."""
+
+
+def _judge(a: Any, b: Any, factor: float, higher: bool) -> tuple[str, str]:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
+        return "ERROR", "not measured"
+    ok = a >= factor * b if higher else a <= factor * b
+    return "PASS" if ok else "MISS", f"{a:,.2f} vs {factor:g} x {b:,.2f} ({a / b:.2f}x)"
+
+
 def subject(check: dict[str, Any]) -> str:
     """What a check judges: `distributed vs distribution-s3 (same SeaweedFS)`, or the target alone."""
     if check.get("reference"):
@@ -110,7 +129,7 @@ def subject(check: dict[str, Any]) -> str:
 
 
 def checks(results: dict[str, dict[str, Any]], targets: list[str], rss_limit_mib: float) -> list[dict[str, Any]]:
-    """The project's targets: pull/push >= Distribution, manifest GET >= 0.5x, peak RSS < 256 MiB.
+    """The project's targets: pull/push >= Distribution, manifest GET >= 0.5x, peak RSS < 256 MiB, and PAIR_RULES.
 
     The ratio checks are made once per (assembly, reference) pair of REFERENCES whose columns both ran."""
     out: list[dict[str, Any]] = []
@@ -122,13 +141,11 @@ def checks(results: dict[str, dict[str, Any]], targets: list[str], rss_limit_mib
             ref = results.get(ref_name, {})
             pair = {"target": t, "reference": ref_name, "storage": storage}
             for key, label, factor in RULES:
-                a, b = mine.get(key), ref.get(key)
-                if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
-                    out.append({**pair, "check": label, "status": "ERROR", "detail": "not measured"})
-                    continue
-                ok = a >= factor * b
-                detail = f"{a:,.1f} vs {factor:g} x {b:,.1f} ({a / b:.2f}x)"
-                out.append({**pair, "check": label, "status": "PASS" if ok else "MISS", "detail": detail})
+                status, detail = _judge(mine.get(key), ref.get(key), factor, True)
+                out.append({**pair, "check": label, "status": status, "detail": detail})
+            for _, _, key, label, factor in [r for r in PAIR_RULES if r[0] == t and r[1] == ref_name]:
+                status, detail = _judge(mine.get(key), ref.get(key), factor, BY_KEY[key].higher_is_better)
+                out.append({**pair, "check": label, "status": status, "detail": detail})
         peak = mine.get("rss_peak")
         label = f"peak RSS during the large push < {rss_limit_mib:g} MiB"
         if not isinstance(peak, (int, float)):
