@@ -85,7 +85,7 @@ async def container(settings: Settings, *, metrics: Metrics | None = None) -> As
         stack.push_async_callback(docs.close)
         events = build_event_log(settings)
         stack.push_async_callback(events.close)
-        meta = MetadataStore(docs, tag_list_seconds=settings.registry.tag_list_cache_seconds)
+        meta = MetadataStore(docs)
         await meta.setup()
         outbox = Outbox(docs)
         await outbox.setup()

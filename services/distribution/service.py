@@ -52,6 +52,7 @@ async def build(c: Container) -> ServiceParts:
     # created or deleted by other replicas, its tag listings.
     caches = [topics.scans, topics.signatures, topics.manifests, topics.tags]
     loops.append(ReplicaCacheInvalidation(c.events, caches, app[GATES], c.meta, c.outbox).run)
+    c.meta.keep_tag_names(c.settings.registry.tag_list_cache_seconds)
     return ServiceParts(
         name="distribution",
         http=app,

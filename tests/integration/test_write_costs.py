@@ -135,7 +135,7 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         inner = MongoDocumentStore(infra("HANZO_TEST_MONGO_URI"), f"hzr_costs_{uuid.uuid4().hex[:10]}")
     docs = CountingDocumentStore(inner)
     events = LocalEventLog(tmp_path / "events.db", retention_seconds=3600)
-    meta = MetadataStore(docs)
+    meta = MetadataStore(docs, tag_list_seconds=TAG_LIST_SECONDS)
     await meta.setup()
     outbox = Outbox(docs)
     await outbox.setup()

@@ -26,8 +26,9 @@ write that misses the cache. This replica's deletes forget what they delete at o
 
 Tag listings are served from the repository's names as last read (up to `TAG_LIST_NAMES`), until this
 process sees the repository's tag set change or `tag_list_seconds` (setting `registry.tag_list_cache_seconds`)
-pass. It sees its own commits at once (`applied`, an outbox listener: a commit that creates or deletes a tag),
-and other processes' through their tag events (`tag_set_changed`, from the distribution service's event
+pass; only in a process that follows other processes' tag events (the distribution service; `keep_tag_names`),
+off elsewhere. It sees its own commits at once (`applied`, an outbox listener: a commit that creates or deletes
+a tag), and other processes' through their tag events (`tag_set_changed`, from the distribution service's event
 follower), so a replica lists another's new tag within the event's delivery time, and within the TTL at worst
 (the event log down). A read that began before a change it raced is not kept. FerretDB 1.x reads and sorts a
 repository's tags in its own process for every listing (1,000 names: ~40 ms), MongoDB answers it from the
@@ -209,7 +210,7 @@ class _TagNames:
     _MAX_CHANGED = 10_000
 
     def __init__(self, *, ttl: float, max_bytes: int, clock: Callable[[], float]) -> None:
-        self._ttl = ttl
+        self.ttl = ttl
         self._clock = clock
         self._names: _SizedLru[tuple[float, list[str]]] = _SizedLru(max_bytes=max_bytes, max_share=4)
         # A read stores its names only if no change to the repository was seen since it began: one that
@@ -231,10 +232,10 @@ class _TagNames:
         return self._seq
 
     def put(self, repository: str, names: list[str], began: int) -> None:
-        if self._ttl <= 0 or began < self._floor or self._changed.get(repository, 0) > began:
+        if self.ttl <= 0 or began < self._floor or self._changed.get(repository, 0) > began:
             return
         size = sum(len(n) for n in names) + 64 * len(names)
-        self._names.add(repository, (self._clock() + self._ttl, names), size)
+        self._names.add(repository, (self._clock() + self.ttl, names), size)
 
     def changed(self, repository: str) -> None:
         self._names.discard(repository)
@@ -255,7 +256,7 @@ class MetadataStore:
         *,
         known_ttl_seconds: float = KNOWN_TTL_SECONDS,
         record_cache_bytes: int = RECORD_CACHE_BYTES,
-        tag_list_seconds: float = TAG_LIST_SECONDS,
+        tag_list_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.docs = docs
@@ -448,6 +449,11 @@ class MetadataStore:
             TAGS, {"repository": repository}, order_by="name", after=after, limit=limit, fields=("name",)
         )
         return [d["name"] for d in docs]
+
+    def keep_tag_names(self, seconds: float) -> None:
+        """Keep tag names for `seconds` (0: never, the default). Only a process that also follows the tag events
+        of other processes (`tag_set_changed`) may keep them: without, it would list another's change late."""
+        self._tag_names.ttl = seconds
 
     def tag_names_kept(self, repository: str) -> bool:
         """Whether this replica keeps some tag names of `repository` (then listing it costs no command)."""

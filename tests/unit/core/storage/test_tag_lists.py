@@ -46,7 +46,7 @@ async def _walk(store: m.MetadataStore, n: int) -> list[list[str]]:
 
 async def _world(tmp_path: Path, now: list[float]) -> tuple[_Counting, m.MetadataStore, Outbox]:
     docs = _Counting(tmp_path / "m.db")
-    store = m.MetadataStore(docs, clock=lambda: now[0])
+    store = m.MetadataStore(docs, tag_list_seconds=m.TAG_LIST_SECONDS, clock=lambda: now[0])
     await store.setup()
     outbox = Outbox(docs)
     await outbox.setup()
@@ -133,9 +133,9 @@ async def test_a_repository_with_more_tags_than_are_kept_pages_from_the_index(
         await docs.close()
 
 
-async def test_a_zero_ttl_never_keeps_names(tmp_path: Path) -> None:
+async def test_by_default_names_are_never_kept(tmp_path: Path) -> None:
     docs = _Counting(tmp_path / "m.db")
-    store = m.MetadataStore(docs, tag_list_seconds=0)
+    store = m.MetadataStore(docs)  # the default: a process that does not follow tag events keeps nothing
     try:
         await store.setup()
         await docs.insert(m.TAGS, store.set_tag_op("r", "a", DIGEST, current=None).doc)  # type: ignore[union-attr]
