@@ -37,6 +37,21 @@ async def drop_gc_collections(c: Container) -> None:
         await c.docs.drop_collection(name)
 
 
+async def unsettled_marks(c: Container) -> list[dict[str, Any]]:
+    """Marks a run left that are neither seen nor deleted: a blob mark with verdicts counts as deleted once its
+    tombstone is there (services/core/storage/gcmarks.py)."""
+    marks = {str(m["_id"]): m for m in await c.docs.find(GC_MARKS)}
+
+    def settled(key: str, mark: dict[str, Any]) -> bool:
+        if mark.get("state") in ("deleted", "seen"):
+            return True
+        if mark.get("verdict"):
+            return f"t:{mark.get('run')}:{key}" in marks
+        return key.startswith("x:") and mark.get("state") == "deleting" and f"t:{key[2:]}" in marks
+
+    return [m for k, m in marks.items() if not settled(k, m)]
+
+
 class PushFailed(Exception):
     pass
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import pytest
 
+from services.core.oci.digest import Digest
 from services.core.storage import gcmarks as gm
 from services.gc import sweep
 from services.gc.sweep import RunOptions
@@ -91,6 +94,92 @@ async def test_a_run_that_died_past_its_point_of_no_return_is_finished_by_the_ne
         assert victim in {d.digest for d in result.deleted}
         assert await c.docs.get(gm.GC_MARKS, gm.blob_key("sha256:" + "0" * 64)) is None
         assert (await c.docs.get(gm.GC_MARKS, gm.blob_key(victim)) or {}).get("state") == gm.DELETED
+    finally:
+        await drop_gc_collections(c)
+
+
+async def test_a_blob_verdict_goes_to_whoever_inserts_it_first(assembly: Assembly) -> None:
+    """Blob marks with verdicts (gcmarks.py): a push's rescue and the collector's claim are inserts of one
+    document; per blob exactly one wins, and a push that loses waits for the tombstone."""
+    c = assembly.c
+    collector_side, push_side = gm.GcMarks(c.docs), gm.GcMarks(c.docs)
+    await collector_side.setup()
+
+    async def gone() -> bool:
+        return False
+
+    try:
+        await collector_side.announce("r1")
+        digests = [f"sha256:{uuid.uuid4().hex}{uuid.uuid4().hex}" for _ in range(40)]
+        keys = [gm.blob_key(d) for d in digests]
+        for key in keys:
+            await collector_side.mark(key, run="r1", verdict=True)
+        pushes = [asyncio.ensure_future(push_side.after_link(Digest.parse(d), exists=gone))
+                  for d in digests[::2] for _ in range(3)]
+        claimed = await collector_side.claim_verdicts(keys, run="r1", until=time.time() + 60)
+        await asyncio.sleep(0.2)
+        assert not [p for p in pushes if p.done() and not p.result()], "a push lost before any tombstone"
+        await collector_side.entomb(sorted(claimed), run="r1")
+        outcomes = await asyncio.gather(*pushes)
+        for i, digest in enumerate(digests[::2]):
+            # The claim won: every push waited and then found the bytes gone. A push won: none of them did.
+            assert outcomes[3 * i : 3 * i + 3] == [gm.blob_key(digest) not in claimed] * 3, digest
+        assert set(keys[1::2]) <= claimed  # no push touched these
+        rescued = [d for d in digests[::2] if gm.blob_key(d) not in claimed]
+        deleted = [d for d in digests if gm.blob_key(d) in claimed]
+        # A manifest push: refused what was deleted (and not stored again), takes what was rescued.
+        assert set(await push_side.before_manifest("team/app", deleted + rescued, [])) == set(deleted)
+    finally:
+        await drop_gc_collections(c)
+
+
+async def test_a_run_that_died_after_claiming_verdicts_is_finished_and_old_tombstones_go(
+    assembly: Assembly,
+) -> None:
+    client, c = assembly.client, assembly.c
+    gc = collector(c)
+    await gc.setup()
+    try:
+        image = make_image()
+        await push(client, "team/app", image)
+        links = await c.docs.find("blob_links", {"repository": "team/app"})
+        victim = str(links[0]["digest"])
+        now = time.time()
+        old = now - gm.TOMBSTONE_SECONDS - 10
+        # A dead run claimed the victim (its verdict's lease is over) and died before deleting anything.
+        await c.docs.put(gm.GC_MARKS, {"_id": gm.blob_key(victim), "state": gm.MARKED, "run": "dead", "verdict": True,
+                                       "size": 1, "links": [{"r": "team/app", "c": links[0]["created"]}]})
+        await c.docs.put(gm.GC_MARKS, {"_id": gm.verdict_key("dead", gm.blob_key(victim)), "state": gm.DELETING,
+                                       "run": "dead", "until": 0.0})
+        # What earlier runs left: a deletion whose tombstone is over, one whose tombstone still counts, a mark
+        # never claimed, a rescue, and a rescue whose mark is gone.
+        left: dict[str, dict[str, object]] = {}
+        for name, at in (("over", old), ("fresh", now)):
+            key = gm.blob_key("sha256:" + name[0] * 64)
+            left[name] = {"b": key, "x": gm.verdict_key(name, key), "t": gm.tombstone_key(name, key)}
+            await c.docs.put(gm.GC_MARKS, {"_id": key, "state": gm.MARKED, "run": name, "verdict": True})
+            await c.docs.put(gm.GC_MARKS, {"_id": gm.verdict_key(name, key), "state": gm.DELETING, "run": name,
+                                           "until": now + 600})
+            await c.docs.put(gm.GC_MARKS, {"_id": gm.tombstone_key(name, key), "state": gm.DELETED, "run": name,
+                                           "at": at})
+        unclaimed, rescued = gm.blob_key("sha256:" + "1" * 64), gm.blob_key("sha256:" + "2" * 64)
+        await c.docs.put(gm.GC_MARKS, {"_id": unclaimed, "state": gm.MARKED, "run": "r0", "verdict": True})
+        await c.docs.put(gm.GC_MARKS, {"_id": rescued, "state": gm.MARKED, "run": "r0", "verdict": True})
+        await c.docs.put(gm.GC_MARKS, {"_id": gm.verdict_key("r0", rescued), "state": gm.RESCUED, "run": "r0"})
+        stray = gm.verdict_key("r0", gm.blob_key("sha256:" + "3" * 64))
+        await c.docs.put(gm.GC_MARKS, {"_id": stray, "state": gm.RESCUED, "run": "r0"})
+
+        result = await gc.run(RunOptions(run_id="next", grace_seconds=None))
+        assert victim in {d.digest for d in result.deleted}
+        assert not result.errors, result.errors
+        assert await c.docs.get(gm.GC_MARKS, gm.tombstone_key("dead", gm.blob_key(victim))) is not None
+        assert await c.docs.get(gm.GC_MARKS, gm.blob_key(victim)) is not None  # its tombstone still counts
+        remaining = {str(d["_id"]) for d in await c.docs.find(gm.GC_MARKS)}
+        assert not set(left["over"].values()) & remaining
+        assert set(left["fresh"].values()) <= remaining
+        assert not {unclaimed, rescued, gm.verdict_key("r0", rescued), stray} & remaining
+        resp = await client.get(f"/v2/team/app/blobs/{victim}")
+        assert resp.status == 404
     finally:
         await drop_gc_collections(c)
 

@@ -9,7 +9,6 @@ import asyncio
 import uuid
 
 from services.core.oci.digest import Digest
-from services.core.storage.gcmarks import GC_MARKS
 from services.gc.candidates import CANDIDATES
 from services.gc.service import incremental_loop
 from services.gc.sweep import RunOptions
@@ -22,6 +21,7 @@ from tests.integration.gc_support import (
     pull_exact,
     push,
     push_blob,
+    unsettled_marks,
     wait_for_candidates,
 )
 from tests.integration.oci import digest_of
@@ -116,7 +116,7 @@ async def test_a_candidate_pushed_again_before_the_point_of_no_return_stays(asse
             assert not [d for d in result.deleted if d.digest in {untagged.digest, *untagged.blobs, *deleted.blobs}]
             await pull_exact(client, "race/app", "again", untagged)
             await pull_exact(client, "race/lib", "anew", deleted)
-            assert not [m for m in await c.docs.find(GC_MARKS) if m.get("state") not in ("deleted", "seen")]
+            assert not await unsettled_marks(c)
     finally:
         await drop_gc_collections(c)
 

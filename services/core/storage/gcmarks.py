@@ -25,11 +25,30 @@ While a run goes (and for TOMBSTONE_SECONDS after), the push path pays one metad
   stored passes the manifest itself too.
   The collector waits `settle` seconds between marking and its point of no return and then looks for
   manifests stored since it started, so a push that read no mark is seen by it.
+
+Blob marks use verdicts (a mark with `verdict: true`), so that a deleted blob costs the collector inserts,
+not compare-and-sets (on FerretDB 1.x an insert is one atomic command; a compare-and-set takes a lease lock,
+three commands and the heaviest of them). The mark `b:<digest>` is written once and never changes state;
+what happens to it is decided by documents next to it, keyed by the mark's run R:
+  `x:R:b:<digest>`  the verdict, inserted once: `deleting` by the collector's claim, or `rescued` by a push
+                    that read the mark. The unique `_id` lets exactly one of them in; the loser reads it.
+                    Afterwards it changes only by compare-and-set, as a `deleting` mark did: a push that
+                    waited past the lease takes it over (`rescued`, `took_over`), a later run's repair
+                    finishes a dead run's deletion.
+  `t:R:b:<digest>`  the tombstone, inserted once the bytes are gone (the verdict stays `deleting`).
+So (verdict, tombstone) read in that order are the states above: none = marked, `rescued` = rescued,
+`deleting` without tombstone = deleting, `deleting` with one = deleted. The collector writes mark, verdict
+and tombstone in that order and removes them in that order (mark first), and the push side reads them in
+that order; letting a blob go removes the mark and then the verdict. Manifest marks and marks written
+before verdicts keep the compare-and-sets on the mark itself (`_settle` reads both kinds), so pushes of
+this version work with collectors of the previous one; a collector of this version needs pushes of this
+version (upgrade the replicas that push before the one that collects).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -42,6 +61,7 @@ from services.core.storage.documents import (
     DuplicateKeyError,
     Index,
     delete_each,
+    gather_bounded,
     update_each,
 )
 from services.core.storage.meta import BLOB_LINKS, MANIFESTS
@@ -66,6 +86,14 @@ itself before it reads anything, so by then every push that links or stores cont
 
 WAIT_SECONDS = 60.0
 """The longest a push waits for a collector that holds a mark in `deleting` (beyond its lease, it takes over)."""
+
+
+def verdict_key(run: str, key: str) -> str:
+    return f"x:{run}:{key}"
+
+
+def tombstone_key(run: str, key: str) -> str:
+    return f"t:{run}:{key}"
 
 
 def blob_key(digest: Digest | str) -> str:
@@ -169,6 +197,8 @@ class GcMarks:
         was never marked); False: the collector was deleting it (the caller checks what is left)."""
         deadline = self._clock() + self._wait
         while True:
+            if doc is not None and doc.get("state") == MARKED and doc.get("verdict"):
+                return await self._verdict(key, str(doc.get("run")), deadline)
             if doc is None or doc.get("state") in (SEEN, RESCUED):
                 return True
             if doc["state"] == DELETED:
@@ -187,6 +217,33 @@ class GcMarks:
                     return False
             doc = await self.docs.get(GC_MARKS, key)
 
+    async def _verdict(self, key: str, run: str, deadline: float) -> bool:
+        """`_settle` of a mark with verdicts (module docstring): rescue it by inserting the verdict, or read
+        the collector's and wait for its tombstone."""
+        vkey = verdict_key(run, key)
+        try:
+            await self.docs.insert(GC_MARKS, {"_id": vkey, "state": RESCUED, "run": run, "at": self._clock()})
+            return True  # first: the collector's claim (the same insert) fails
+        except DuplicateKeyError:
+            pass
+        while True:
+            verdict = await self.docs.get(GC_MARKS, vkey)
+            if verdict is None:
+                return False  # let go by the collector (it kept the bytes), or long gone: the caller checks
+            if verdict.get("state") == RESCUED:
+                # Taken over by a push past the lease: the collector may still have deleted the bytes.
+                return not verdict.get("took_over")
+            tomb = await self.docs.get(GC_MARKS, tombstone_key(run, key))
+            if tomb is not None:
+                return self._clock() - float(tomb.get("at", 0.0)) > TOMBSTONE_SECONDS
+            now = self._clock()
+            if float(verdict.get("until", 0.0)) < now or now > deadline:
+                # A collector that died (or stalls) past its lease: take over; what it deleted is gone.
+                await self.docs.update(GC_MARKS, vkey, {"state": RESCUED, "took_over": True},
+                                       expect=_as_read(verdict))
+                return False
+            await self._sleep(0.05)
+
     # -- the collector's side --------------------------------------------------------------------
 
     async def get(self, key: str) -> Document | None:
@@ -195,9 +252,13 @@ class GcMarks:
     async def get_many(self, keys: Sequence[str]) -> dict[str, Document]:
         return await self.docs.get_many(GC_MARKS, keys)
 
-    async def mark(self, key: str, *, run: str, extra: Mapping[str, Any] | None = None) -> None:
-        """Phase one: mark `key` for run `run` (replacing a seen, rescued or stale mark)."""
+    async def mark(self, key: str, *, run: str, extra: Mapping[str, Any] | None = None,
+                   verdict: bool = False) -> None:
+        """Phase one: mark `key` for run `run` (replacing a seen, rescued or stale mark); with `verdict`, a
+        mark decided by verdicts (module docstring: `claim_verdicts`, `entomb`, `let_go`)."""
         doc = {"_id": key, "state": MARKED, "run": run, "at": self._clock(), **(extra or {})}
+        if verdict:
+            doc["verdict"] = True
         try:
             # Most keys have no mark yet: an insert is one atomic command even on FerretDB, where a replace
             # takes its lease lock (three round trips). An existing one (seen, rescued, a tombstone) is replaced.
@@ -218,6 +279,40 @@ class GcMarks:
         claimed."""
         return await update_each(self.docs, GC_MARKS, keys, {"state": DELETING, "until": until},
                                  expect={"state": MARKED, "run": run}, concurrency=concurrency)
+
+    async def claim_verdicts(self, keys: Sequence[str], *, run: str, until: float, concurrency: int = 16
+                             ) -> set[str]:
+        """The point of no return of marks with verdicts: insert each one's `deleting` verdict; returns the
+        keys whose insert went in (the others a push rescued first)."""
+        async def one(key: str) -> bool:
+            try:
+                await self.docs.insert(GC_MARKS, {"_id": verdict_key(run, key), "state": DELETING, "run": run,
+                                                  "until": until, "at": self._clock()})
+                return True
+            except DuplicateKeyError:
+                return False
+
+        won = await gather_bounded([one(k) for k in keys], concurrency)
+        return {k for k, ok in zip(keys, won, strict=True) if ok}
+
+    async def entomb(self, keys: Sequence[str], *, run: str, concurrency: int = 16) -> None:
+        """Deleted: the tombstones of marks with verdicts of run `run` (module docstring). One already there
+        (a repair finishing what a dead run had finished too) is left as it is."""
+        async def one(key: str) -> None:
+            with contextlib.suppress(DuplicateKeyError):
+                await self.docs.insert(GC_MARKS, {"_id": tombstone_key(run, key), "state": DELETED, "run": run,
+                                                  "at": self._clock()})
+
+        await gather_bounded([one(k) for k in keys], concurrency)
+
+    async def let_go(self, keys: Sequence[str], *, run: str, concurrency: int = 16) -> None:
+        """Remove marks with verdicts of run `run` and their verdicts, mark first (a push that reads the mark
+        after that finds nothing; one that read it before finds the verdict, or inserts a rescue that
+        `repair` removes later)."""
+        if keys:
+            await delete_each(self.docs, GC_MARKS, [(k, None) for k in keys], concurrency=concurrency)
+            await delete_each(self.docs, GC_MARKS, [(verdict_key(run, k), None) for k in keys],
+                              concurrency=concurrency)
 
     async def take_over(self, doc: Document, *, run: str, until: float) -> bool:
         """A dead run's `deleting` mark (its lease is over): this run finishes the deletion."""
