@@ -208,7 +208,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="hzr-bench-cache-"))
     report: dict[str, Any] = {"results": {}, "errors": {}}
     try:
-        for assembly in [a.strip() for a in args.assembly.split(",") if a.strip()]:
+        names = [a.strip() for a in args.assembly.split(",") if a.strip()]
+        for assembly in ["embedded", "distributed"] if names == ["both"] else names:
             try:
                 report["results"][assembly] = await run_assembly(assembly, args, root / assembly)
             except Exception as exc:
@@ -226,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.cache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--assembly", default="embedded,distributed", help="embedded, distributed or both")
+    parser.add_argument(
+        "--assembly", default="embedded,distributed", help="embedded, distributed, both, or a comma-separated list"
+    )
     parser.add_argument("--mib", type=int, default=512, help="size of the image's layer")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (a new layer each); medians are reported")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (data, server logs)")

@@ -8,7 +8,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -37,6 +38,22 @@ chunked: POST a session, PATCH chunks with Content-Range, PUT ?digest= to close.
 
 _CONTENT_RANGE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _BROKEN: Final = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError)
+
+
+_DIGESTER_SINK: Final[ContextVar[Callable[[Digester], None] | None]] = ContextVar("pull_digester_sink", default=None)
+
+
+@contextlib.contextmanager
+def sharing_pull_digesters(sink: Callable[[Digester], None]) -> Iterator[None]:
+    """Blob pulls iterated inside (by this task) hand `sink` the Digester that checks their bytes, before
+    their first chunk. It has hashed exactly the chunks the pull has yielded so far, so whoever stores them
+    can take that hash instead of computing it a second time (`HashedChunks` in services/core/storage/blobs.py).
+    A pull from a `prefix` hands nothing: its digester has hashed bytes it never yielded."""
+    token = _DIGESTER_SINK.set(sink)
+    try:
+        yield
+    finally:
+        _DIGESTER_SINK.reset(token)
 
 
 def _pull_scopes(repo: RemoteRepository) -> tuple[str]:
@@ -79,10 +96,14 @@ async def pull_blob(
 
     `prefix` is a digester that has already hashed the first `prefix.size` bytes of the blob (a `.part` file
     left by an earlier run): the pull asks for the rest only, and the digest is checked over the whole.
-    `on_size` is told the blob's whole size as the registry announces it (Content-Length, Content-Range)."""
+    `on_size` is told the blob's whole size as the registry announces it (Content-Length, Content-Range).
+    Inside `sharing_pull_digesters` the digester is handed out, so the bytes are hashed once for this check
+    and a store's."""
     digester = prefix if prefix is not None else Digester(digest.algorithm)
     if digester.algorithm != digest.algorithm:
         raise ValueError(f"prefix hashed with {digester.algorithm}, the blob's digest is {digest.algorithm}")
+    if prefix is None and (sink := _DIGESTER_SINK.get()) is not None:
+        sink(digester)
     resumes = 0
     options = transport.options
     while True:

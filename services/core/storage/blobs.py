@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from services.core.oci.digest import Digest
+from services.core.oci.digest import Digest, Digester
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +122,32 @@ class BlobPutter(Protocol):
         commits by rename gains nothing from it and need not offer it.
         """
         ...
+
+
+@runtime_checkable
+class HashedChunks(Protocol):
+    """Chunks that are hashed as they pass, before the store sees them (a verified blob pull's bytes): the
+    store may take that hash for its digest check instead of computing the same one a second time.
+
+    `digester()` hashed exactly the bytes this stream has yielded so far, none skipped or changed, or is
+    None (then the store hashes itself). A store takes it only for a stream that starts a blob (nothing
+    stored before it) and only while its size equals the bytes received, and still compares its digest
+    before anything is published; see `shared_digester`.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def digester(self) -> Digester | None: ...
+
+
+def shared_digester(chunks: AsyncIterable[bytes], *, received: int, algorithm: str) -> Digester | None:
+    """The hash `chunks` computed of the `received` bytes it yielded so far, when it offers one that fits."""
+    if not isinstance(chunks, HashedChunks):
+        return None
+    digester = chunks.digester()
+    if digester is None or digester.algorithm != algorithm or digester.size != received:
+        return None
+    return digester
 
 
 @runtime_checkable

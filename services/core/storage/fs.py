@@ -9,19 +9,23 @@ verifies the hash, then hard-links `data` to its content address (atomic, never 
 existing blob) and fsyncs the directory, so a blob is visible only complete.
 
 Blocking file I/O runs in worker threads, batched (about 1 MiB per hop) so small network chunks
-do not cost one thread hop each.
+do not cost one thread hop each. A stream that brings its own hash of the same bytes
+(`HashedChunks`: a verified pull through the cache) is not hashed again. Hashing in a second thread
+at the same time as writing was tried: on these two shared cores it added CPU and did not make
+pushes faster, so a batch is written, then hashed, by one thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import os
 import shutil
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, TypeVar, cast
 
 from services.core.errors import (
     BlobUnknownError,
@@ -31,7 +35,7 @@ from services.core.errors import (
     UnavailableError,
 )
 from services.core.oci.digest import SUPPORTED_ALGORITHMS, Digest, Digester
-from services.core.storage.blobs import BlobInfo
+from services.core.storage.blobs import BlobInfo, shared_digester
 from services.core.storage.layout import (
     BLOBS,
     READ_CHUNK,
@@ -62,16 +66,68 @@ async def _settle(awaitable: Awaitable[_T]) -> _T:
         raise
 
 
-def _write_batch(fd: int, batch: list[bytes], position: int, digester: Digester) -> None:
+_IOV_MAX: Final = 1024
+"""Buffers per pwritev (Linux's IOV_MAX)."""
+
+
+def _write_batch(fd: int, batch: list[bytes], position: int, digester: Digester | None) -> None:
+    """Write `batch` at `position`, then hash it into `digester` (None: the stream brought its own hash)."""
+    _write(fd, batch, position)
+    if digester is None:
+        _start_writeback(fd, position, sum(map(len, batch)))
+        return
+    # Hashed only after every byte landed, so a failed write leaves the digester at the file's end.
     for chunk in batch:
-        view = memoryview(chunk)
+        digester.update(chunk)
+
+
+def _write(fd: int, batch: list[bytes], position: int) -> None:
+    for start in range(0, len(batch), _IOV_MAX):
+        group = batch[start : start + _IOV_MAX]
+        size = sum(map(len, group))
+        done = os.pwritev(fd, group, position)
+        if done < size:
+            _write_rest(fd, group, position + done, done)
+        position += size
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None  # not Linux: the fsync at the end does all of it
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_SYNC_FILE_RANGE: Final = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE: Final = 2
+
+
+def _start_writeback(fd: int, position: int, size: int) -> None:
+    """Start writing a landed batch to disk now, without waiting for it: the fsync that ends the append then
+    has only the last batches left, not the whole blob (a pull through the cache, whose clients wait for that
+    fsync before their last byte: 256 MiB, 0.12-0.18 s after the last byte before, 0.01-0.02 s with it). Only
+    for streams that bring their own hash: where this thread also hashes, it is the pipeline's slowest stage,
+    and the submission (which blocks while the disk is busy) made 256 MiB pushes slower here (1.17x the time,
+    median of 15 paired runs). A hint only; the fsync is what makes the bytes durable."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, position, size, _SYNC_FILE_RANGE_WRITE)
+
+
+def _write_rest(fd: int, group: list[bytes], position: int, skip: int) -> None:
+    """After a short pwritev: the bytes of `group` from `skip` on, at `position`."""
+    for chunk in group:
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        view = memoryview(chunk)[skip:]
+        skip = 0
         while view:
             written = os.pwrite(fd, view, position)
             position += written
             view = view[written:]
-    # Hash only after every byte landed, so the digester never runs ahead of the file.
-    for chunk in batch:
-        digester.update(chunk)
 
 
 def _rehash(fd: int, size: int, algorithm: str) -> Digester:
@@ -120,6 +176,63 @@ def _durable_mkdir(path: Path) -> None:
         except FileExistsError:
             continue  # made by a concurrent writer, which syncs its parent
         _fsync_dir(directory.parent)
+
+
+class _BatchWriter:
+    """Writes a stream to `fd` from `position` on, in batches of about _WRITE_BATCH bytes: one batch is in a
+    worker thread (written with one pwritev, then hashed) while the next one is read, so memory stays at two
+    batches and reading overlaps with disk and hashing. `offers_hash`: the stream, when it starts the session,
+    whose own hash (HashedChunks) is taken instead of hashing its bytes again."""
+
+    def __init__(self, fd: int, position: int, digester: Digester, *, offers_hash: AsyncIterable[bytes] | None
+                 ) -> None:
+        self.fd, self.written, self.digester = fd, position, digester
+        self._offers_hash = offers_hash
+        self._hashing = True
+        self._batch: list[bytes] = []
+        self._batched = 0
+        self._received = 0
+        self._in_flight: asyncio.Future[None] | None = None
+        self._in_flight_size = 0
+
+    async def add(self, chunk: bytes) -> None:
+        self._batch.append(chunk)
+        self._batched += len(chunk)
+        if self._batched >= _WRITE_BATCH:
+            await self._dispatch()
+
+    async def flush(self) -> None:
+        if self._batch:
+            await self._dispatch()
+        await self._land()
+
+    async def abandon(self) -> None:
+        """After a failure: let the thread finish (it cannot be interrupted); its bytes are not counted."""
+        if self._in_flight is not None:
+            future, self._in_flight = self._in_flight, None
+            await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()
+
+    async def _dispatch(self) -> None:
+        await self._land()
+        batch, size = self._batch, self._batched
+        self._batch, self._batched = [], 0
+        self._received += size
+        if self._offers_hash is not None:  # decided on the first batch, when the stream's hash has begun
+            shared = shared_digester(self._offers_hash, received=self._received, algorithm=self.digester.algorithm)
+            self._offers_hash = None
+            if shared is not None:
+                self.digester, self._hashing = shared, False
+        digester = self.digester if self._hashing else None
+        self._in_flight = asyncio.ensure_future(asyncio.to_thread(_write_batch, self.fd, batch, self.written, digester))
+        self._in_flight_size = size
+
+    async def _land(self) -> None:
+        if self._in_flight is not None:
+            await _settle(self._in_flight)
+            self._in_flight = None
+            self.written += self._in_flight_size
 
 
 class FilesystemBlobStore:
@@ -226,52 +339,25 @@ class FilesystemBlobStore:
             digester = self._digesters.take(upload_id, size=size)
             if digester is None:
                 digester = await _settle(asyncio.to_thread(_rehash, data_fd, size, "sha256"))
-            written = size
-            # One batch is written (and hashed) in a worker thread while the next one is read from the
-            # stream, so memory stays at two batches and reading overlaps with disk and hashing.
-            in_flight: asyncio.Future[None] | None = None
-            in_flight_size = 0
-
-            async def finish_in_flight() -> None:
-                nonlocal in_flight, written
-                if in_flight is not None:
-                    future, in_flight = in_flight, None
-                    await _settle(future)
-                    written += in_flight_size
-
+            writer = _BatchWriter(data_fd, size, digester, offers_hash=chunks if size == 0 else None)
             try:
-                batch: list[bytes] = []
-                batched = 0
                 async for chunk in chunks:
-                    if not chunk:
-                        continue
-                    batch.append(chunk)
-                    batched += len(chunk)
-                    if batched >= _WRITE_BATCH:
-                        await finish_in_flight()
-                        in_flight = asyncio.ensure_future(
-                            asyncio.to_thread(_write_batch, data_fd, batch, written, digester)
-                        )
-                        in_flight_size = batched
-                        batch, batched = [], 0
-                await finish_in_flight()
-                if batch:
-                    await _settle(asyncio.to_thread(_write_batch, data_fd, batch, written, digester))
-                    written += batched
+                    if chunk:
+                        await writer.add(chunk)
+                await writer.flush()
                 await _settle(asyncio.to_thread(os.fsync, data_fd))
             except BaseException:
-                if in_flight is not None:
-                    # Let the thread finish (it cannot be interrupted); its bytes are then dropped below.
-                    with contextlib.suppress(BaseException):
-                        await _settle(in_flight)
-                    in_flight = None
-                # Drop a half-written batch: the session keeps exactly the bytes the digester saw.
-                await _settle(asyncio.to_thread(_rollback, data_fd, written))
-                if digester.size == written:
-                    self._digesters.put(upload_id, digester)
+                await writer.abandon()
+                # Drop a half-written batch; the hash is kept only if it covers exactly the bytes kept.
+                await _settle(asyncio.to_thread(_rollback, data_fd, writer.written))
+                if writer.digester.size == writer.written:
+                    self._digesters.put(upload_id, writer.digester)
                 raise
+            digester = writer.digester
+            if digester.size != writer.written:  # a stream's own hash that does not cover what was written
+                digester = await _settle(asyncio.to_thread(_rehash, data_fd, writer.written, "sha256"))
             self._digesters.put(upload_id, digester)
-            return written
+            return writer.written
         finally:
             _close(data_fd, lock_fd)
 

@@ -6,7 +6,9 @@ A monolithic push (`POST ?digest=` with the body, or `PUT ?digest=` with the who
 digest first, so here the multipart upload is created at the blob key itself and completed only
 after the streamed bytes hashed to that digest; a mismatch aborts it, and an incomplete multipart
 upload is invisible, so nothing unverified ever appears. That saves the commit-time copy: the
-largest cost of a push on S3 after the upload itself.
+largest cost of a push on S3 after the upload itself. A stream that brings its own hash of the
+same bytes (`HashedChunks`: a verified pull through the cache) is not hashed again; its hash is
+the one compared.
 
 Crash safety: before the first part, a marker `uploads/<id>/direct` (JSON: the blob key, later also
 the multipart UploadId) makes the attempt an ordinary upload session to `iter_uploads`, so the
@@ -31,7 +33,7 @@ from minio.error import S3Error
 
 from services.core.errors import DigestInvalidError, SizeInvalidError
 from services.core.oci.digest import Digest, Digester
-from services.core.storage.blobs import BlobInfo
+from services.core.storage.blobs import BlobInfo, shared_digester
 from services.core.storage.layout import S3_MAX_PARTS, direct_key, new_upload_id
 
 if TYPE_CHECKING:
@@ -122,12 +124,18 @@ class DirectPut:
         self._target = store._blob(digest)
         self._digester = Digester(digest.algorithm)
         self._hashing: asyncio.Task[None] | None = None
+        self._received = 0
+        self._offers_hash: AsyncIterable[bytes] | None = None
+        """The stream, until its first bytes are hashed: if it brings its own hash (HashedChunks), that one
+        is taken and nothing is hashed here."""
+        self._shared = False
         self._session: str | None = None
         self._multipart: str | None = None
         self._parts: list[asyncio.Task[Part]] = []
         self._marked = 0.0  # when the marker was last written (monotonic)
 
     async def run(self, chunks: AsyncIterable[bytes]) -> BlobInfo:
+        self._offers_hash = chunks
         if await asyncio.to_thread(self._store._exists, self._target) is not None:
             return await self._verify_only(chunks)
         try:
@@ -144,6 +152,7 @@ class DirectPut:
         async for chunk in chunks:
             batch.append(chunk)
             size += len(chunk)
+            self._received += len(chunk)
             if size >= VERIFY_BATCH:
                 if self._hashing is not None:
                     await self._hashing
@@ -161,6 +170,7 @@ class DirectPut:
         async for chunk in chunks:
             buffered.append(chunk)
             length += len(chunk)
+            self._received += len(chunk)
             while length >= (size := self._store._part_size(len(self._parts) + 1)):
                 # A free upload slot before the part is cut: memory stays near IN_FLIGHT + 1 parts.
                 await free_slot(self._parts)
@@ -189,13 +199,22 @@ class DirectPut:
         return BlobInfo(self._digest, self._digester.size)
 
     def _hash(self, data: bytes) -> None:
+        if self._offers_hash is not None:
+            shared = shared_digester(self._offers_hash, received=self._received, algorithm=self._digest.algorithm)
+            self._offers_hash = None
+            if shared is not None:
+                self._digester, self._shared = shared, True
         # A chain of worker-thread updates: in byte order, off the event loop, overlapping uploads.
-        if data:
+        if data and not self._shared:
             self._hashing = asyncio.create_task(hash_after(self._hashing, self._digester, data))
 
     async def _hashed(self) -> Digest:
         if self._hashing is not None:
             await self._hashing
+        if self._digester.size != self._received:
+            # Only a stream's own hash can get here (one that does not cover what it yielded): nothing this
+            # store could verify is published.
+            raise DigestInvalidError(f"the stream's hash covers {self._digester.size} of {self._received} bytes")
         return self._digester.digest()
 
     async def _upload(self, part: bytes) -> None:

@@ -10,6 +10,9 @@ readers, which on a disk whose page-cache writes are slow halved a cold pull's s
 
 A reader gets the blob's last byte only after the store committed it: when the digest does not verify, every
 client's transfer ends short of its Content-Length (an error for any client) and nothing is cached.
+
+Every byte is hashed once: the store takes the OCI client's running hash of the pull (`HashedChunks`) for its
+own digest check instead of computing the same one again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Final
 
-from services.core.oci.digest import Digest
+from services.core.client.blobs import sharing_pull_digesters
+from services.core.oci.digest import Digest, Digester
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +76,10 @@ class BlobFetch:
 
     def start(self, on_done: Callable[[BlobFetch], None]) -> None:
         async def run() -> None:
+            stream = _Stream(self._tee())
             try:
-                await self._store(self._tee())
+                with sharing_pull_digesters(stream.offered.append):
+                    await self._store(stream)
             except BaseException as exc:
                 self.error = exc
                 if isinstance(exc, asyncio.CancelledError):
@@ -148,6 +154,21 @@ class BlobFetch:
                 yield data
                 continue
             await changed.wait()
+
+
+class _Stream:
+    """The fetch's bytes on their way to the store, with the hash the source's pull computed of them
+    (HashedChunks, services/core/storage/blobs.py), when it is one pull."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self.offered: list[Digester] = []
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    def digester(self) -> Digester | None:
+        return self.offered[0] if len(self.offered) == 1 else None
 
 
 class BlobFetches:
