@@ -129,6 +129,16 @@ async def test_a_blob_verdict_goes_to_whoever_inserts_it_first(assembly: Assembl
         deleted = [d for d in digests if gm.blob_key(d) in claimed]
         # A manifest push: refused what was deleted (and not stored again), takes what was rescued.
         assert set(await push_side.before_manifest("team/app", deleted + rescued, [])) == set(deleted)
+        # A push that read the mark of a run that has ended, stalled while a later run marked and claimed the
+        # blob, then rescued the old run's verdict: it reads the mark again and waits for the later run.
+        late = gm.blob_key(f"sha256:{uuid.uuid4().hex}{uuid.uuid4().hex}")
+        await collector_side.mark(late, run="r2", verdict=True)
+        assert await collector_side.claim_verdicts([late], run="r2", until=time.time() + 60) == {late}
+        stalled = asyncio.ensure_future(push_side._verdict(late, "r1", time.time() + 60))
+        await asyncio.sleep(0.2)
+        assert not stalled.done()
+        await collector_side.entomb([late], run="r2")
+        assert await stalled is False
     finally:
         await drop_gc_collections(c)
 

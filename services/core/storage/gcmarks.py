@@ -223,9 +223,16 @@ class GcMarks:
         vkey = verdict_key(run, key)
         try:
             await self.docs.insert(GC_MARKS, {"_id": vkey, "state": RESCUED, "run": run, "at": self._clock()})
-            return True  # first: the collector's claim (the same insert) fails
         except DuplicateKeyError:
             pass
+        else:
+            # First: run `run`'s claim (the same insert) fails. Unless the mark read belongs to a run that has
+            # ended and a later run marked the blob again meanwhile (this push stalled that long): that run's
+            # verdict is another document, so read the mark again (as the compare-and-set on it did).
+            mark = await self.docs.get(GC_MARKS, key)
+            if mark is None or mark.get("run") == run:
+                return True
+            return await self._settle(key, mark)
         while True:
             verdict = await self.docs.get(GC_MARKS, vkey)
             if verdict is None:
