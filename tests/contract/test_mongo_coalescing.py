@@ -72,3 +72,21 @@ async def test_concurrent_gets_share_commands_and_never_share_documents(
     assert first is not None and second is not None
     first["tags"].append("b")
     assert second["tags"] == ["a"]
+
+
+async def test_concurrent_gets_of_one_key_share_a_command_and_see_every_write_before_them(
+    store: tuple[MongoDocumentStore, str],
+) -> None:
+    # 32 pulls of one tag: on FerretDB too (one find_one per distinct key), they share commands.
+    s, coll = store
+    await s.insert(coll, {"_id": "tag", "v": 0})
+    sent = s._gets.commands
+    docs = await asyncio.gather(*(s.get(coll, "tag") for _ in range(64)))
+    assert all(d == {"_id": "tag", "v": 0} for d in docs)
+    assert s._gets.commands - sent < 32
+    # A get that starts after a write returns never joins a command sent before it: it sees the write.
+    for v in range(1, 30):
+        readers = [asyncio.create_task(s.get(coll, "tag")) for _ in range(8)]
+        await s.update(coll, "tag", {"v": v})
+        assert (await s.get(coll, "tag")) == {"_id": "tag", "v": v}
+        await asyncio.gather(*readers)

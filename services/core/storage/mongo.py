@@ -132,7 +132,8 @@ class MongoDocumentStore:
     time is then bound by the commands, not by the callers. On FerretDB only the inserts do: it answers
     `_id: {$in: ...}` by reading the whole collection (measured on v1.24/PostgreSQL: 16 keys of 10,000
     documents 188 ms, 16 `find_one`s 52 ms), so there every get, `get_many` and `delete_many` is one
-    command per key by `_id` equality, a few in flight, and never costs more as a collection grows.
+    command per key by `_id` equality, a few in flight, and never costs more as a collection grows (concurrent
+    gets of one key still share one).
 
     FerretDB 1.x is different: it evaluates the filter and applies the update in its own process and
     then writes the whole document back by `_id`, so concurrent `update_one`/`replace_one` calls on
@@ -295,11 +296,7 @@ class MongoDocumentStore:
                 raise
 
     async def get(self, collection: str, key: str) -> Document | None:
-        if await self._serializes():
-            # FerretDB 1.x answers `_id: {$in: ...}` by reading the whole collection (it pushes down only
-            # `_id` equality): one find_one per key, never a cost that grows with the collection.
-            doc = await self._coll(collection).find_one({"_id": key})
-            return None if doc is None else _decode_value(doc)
+        await self._serializes()  # `_send_gets` picks its command by the server
         return await self._gets.submit(check_collection(collection), key)
 
     async def _send_gets(self, collection: str, keys: list[str]) -> list[Document | None]:
@@ -307,7 +304,15 @@ class MongoDocumentStore:
         if len(keys) == 1:
             doc = await coll.find_one({"_id": keys[0]})
             return [None if doc is None else _decode_value(doc)]
-        raw = {doc["_id"]: doc async for doc in coll.find({"_id": {"$in": list(dict.fromkeys(keys))}})}
+        unique = list(dict.fromkeys(keys))
+        if self._serialize:
+            # FerretDB 1.x answers `_id: {$in: ...}` by reading the whole collection (it pushes down only `_id`
+            # equality): one find_one per distinct key, so a cost never grows with the collection, and callers
+            # of one key that waited together (32 pulls of one tag) share one.
+            found = await gather_bounded([coll.find_one({"_id": k}) for k in unique], _PER_KEY_IN_FLIGHT)
+            raw = {k: doc for k, doc in zip(unique, found, strict=True) if doc is not None}
+        else:
+            raw = {doc["_id"]: doc async for doc in coll.find({"_id": {"$in": unique}})}
         # Decoded per caller: two callers of one key never share a mutable document.
         return [None if raw.get(k) is None else _decode_value(raw[k]) for k in keys]
 
@@ -316,7 +321,7 @@ class MongoDocumentStore:
         unique = list(dict.fromkeys(keys))
         if await self._serializes():
             coll = self._coll(collection)
-            # FerretDB: one command per key by `_id` equality (see `get`).
+            # FerretDB: one command per key by `_id` equality (see `_send_gets`).
             for doc in await gather_bounded([coll.find_one({"_id": k}) for k in unique], _PER_KEY_IN_FLIGHT):
                 if doc is not None:
                     decoded = _decode_value(doc)
