@@ -290,7 +290,7 @@ class Outbox:
     def __init__(self, docs: DocumentStore) -> None:
         self._docs = docs
         self._listeners: list[Callable[[], None]] = []
-        self._applied: list[Callable[[Sequence[Operation]], None]] = []
+        self._applied: list[Callable[[Sequence[Operation], bool], None]] = []
         # Ids of the events this process's commits stored, newest last (bounded): a follower of the event log
         # skips what `on_applied` listeners already saw here (`committed_here`).
         self._own_events: OrderedDict[bytes, None] = OrderedDict()
@@ -304,10 +304,11 @@ class Outbox:
         if isinstance(relay, OutboxRelay) and getattr(listener, "__func__", None) is OutboxRelay.wake:
             self._relay = relay
 
-    def on_applied(self, listener: Callable[[Sequence[Operation]], None]) -> None:
-        """Call `listener` with the operations each commit of this process applied, before the commit returns
-        (every one of them when the commit failed midway: it may have applied any). Caches of what the
-        operations change drop it there; other processes' commits reach them as events."""
+    def on_applied(self, listener: Callable[[Sequence[Operation], bool], None]) -> None:
+        """Call `listener(ops, certain)` with the operations each commit of this process applied, before the
+        commit returns; `certain` is False when the commit failed midway, and `ops` are then all of them (it may
+        have applied any). Caches of what the operations change update or drop it there; other processes'
+        commits reach them as events."""
         self._applied.append(listener)
 
     def committed_here(self, event_id: str) -> bool:
@@ -323,10 +324,10 @@ class Outbox:
         while len(self._own_events) > OWN_EVENTS_KEPT:
             self._own_events.popitem(last=False)
 
-    def _tell_applied(self, ops: Sequence[Operation]) -> None:
+    def _tell_applied(self, ops: Sequence[Operation], *, certain: bool) -> None:
         for listener in self._applied:
             try:
-                listener(ops)
+                listener(ops, certain)
             except Exception:  # a cache's bug must not fail a stored change
                 log.exception("outbox listener failed")
 
@@ -378,9 +379,9 @@ class Outbox:
             try:
                 committed = await apply_operations(self._docs, ops, partial=partial)
             except BaseException:
-                self._tell_applied(ops)
+                self._tell_applied(ops, certain=False)
                 raise
-            self._tell_applied([op for op, ok in zip(ops, committed.applied, strict=True) if ok])
+            self._tell_applied([op for op, ok in zip(ops, committed.applied, strict=True) if ok], certain=True)
             self._remember_events(events)
             skip = _unpublished([e.op for e in events], committed)
             if len(skip) == len(events):

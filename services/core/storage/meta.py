@@ -28,11 +28,12 @@ Tag listings are served from the repository's names as last read (up to `TAG_LIS
 process sees the repository's tag set change or `tag_list_seconds` (setting `registry.tag_list_cache_seconds`)
 pass; only in a process that follows other processes' tag events (the distribution service; `keep_tag_names`),
 off elsewhere. It sees its own commits at once (`applied`, an outbox listener: a commit that creates or deletes
-a tag), and other processes' through their tag events (`tag_set_changed`, from the distribution service's event
-follower), so a replica lists another's new tag within the event's delivery time, and within the TTL at worst
-(the event log down). A read that began before a change it raced is not kept. FerretDB 1.x reads and sorts a
-repository's tags in its own process for every listing (1,000 names: ~40 ms), MongoDB answers it from the
-index; either way a repeated listing, and every page of a paged walk after the first, costs no command.
+a tag changes the kept names alike, so pushing and then listing reads nothing), and other processes' through
+their tag events (`tag_set_changed`, from the distribution service's event follower), so a replica lists
+another's new tag within the event's delivery time, and within the TTL at worst (the event log down). A read
+that began before a change it raced is not kept. FerretDB 1.x reads and sorts a repository's tags in its own
+process for every listing (1,000 names: ~40 ms), MongoDB answers it from the index; either way a repeated
+listing, and every page of a paged walk after the first, costs no command.
 
 A manifest GET by tag reads the tag and then serves the manifest's record from a bounded in-process cache
 (`tagged_manifest`): manifests are content-addressed, so a cached record of `<repo>@<digest>` holds the stored
@@ -237,8 +238,22 @@ class _TagNames:
         size = sum(len(n) for n in names) + 64 * len(names)
         self._names.add(repository, (self._clock() + self.ttl, names), size)
 
-    def changed(self, repository: str) -> None:
-        self._names.discard(repository)
+    def changed(self, repository: str, *, added: str | None = None, removed: str | None = None) -> None:
+        """The repository's tag set changed: its kept names are dropped, or, when the change is known (this
+        process's commit of `added` or `removed`), changed alike so a push-then-list stays a cache hit."""
+        entry = self._names.get(repository)
+        if entry is not None and (added is not None or removed is not None) and entry[0] >= self._clock():
+            names = list(entry[1])
+            at = bisect.bisect_left(names, added if added is not None else removed or "")
+            present = at < len(names) and names[at] == (added if added is not None else removed)
+            if added is not None and not present:
+                names.insert(at, added)
+            elif removed is not None and present:
+                del names[at]
+            size = sum(len(n) for n in names) + 64 * len(names)
+            self._names.add(repository, (entry[0], names), size)
+        else:
+            self._names.discard(repository)
         self._seq += 1
         self._changed[repository] = self._seq
         if len(self._changed) > self._MAX_CHANGED:
@@ -463,12 +478,19 @@ class MetadataStore:
         """A tag of `repository` was created or deleted (by any process): list its tags from the store."""
         self._tag_names.changed(repository)
 
-    def applied(self, ops: Sequence[Operation]) -> None:
-        """Outbox listener (`Outbox.on_applied`): what this process's commits changed."""
+    def applied(self, ops: Sequence[Operation], certain: bool = True) -> None:
+        """Outbox listener (`Outbox.on_applied`): what this process's commits changed. Kept names take a
+        change that surely applied; one that may have (a commit failed midway) drops them."""
         for op in ops:
             if isinstance(op, Insert | Delete | Put | Create) and op.collection == TAGS:
                 key = op.key if isinstance(op, Delete) else str(op.doc["_id"])
-                self._tag_names.changed(key.partition(":")[0])
+                repository, _, name = key.partition(":")
+                if not certain:
+                    self._tag_names.changed(repository)
+                elif isinstance(op, Delete):
+                    self._tag_names.changed(repository, removed=name)
+                else:
+                    self._tag_names.changed(repository, added=name)
 
     async def tags_of(self, repository: str, digest: Digest) -> list[TagRecord]:
         docs = await self.docs.find(TAGS, {"repository": repository, "digest": str(digest)})
