@@ -3,8 +3,8 @@ only after the caches' TTLs:
 - pull-gate decisions (`registry.pull_gate_cache_seconds`): a scan report or a signature result for a digest,
   or a policy change, drops the decisions it makes stale, so a newly verified signature unblocks its image;
 - tag listings (`registry.tag_list_cache_seconds`, storage/meta.py): a tag created or deleted drops its
-  repository's names. This replica's own commits dropped them at once, so their events are skipped: under a
-  burst of pushes the follower lags, and each late event would drop names read after its change.
+  repository's names. This replica's own commits changed them at once, so their events are skipped: under
+  a burst of pushes the follower lags, and each late event would drop names read after its change.
 
 Each replica reads the topics in a consumer group of its own (every replica must see every event). A new
 group starts from the beginning of the topics; replaying old events only drops cache entries, which is

@@ -235,23 +235,25 @@ class _TagNames:
     def put(self, repository: str, names: list[str], began: int) -> None:
         if self.ttl <= 0 or began < self._floor or self._changed.get(repository, 0) > began:
             return
-        size = sum(len(n) for n in names) + 64 * len(names)
-        self._names.add(repository, (self._clock() + self.ttl, names), size)
+        self._keep(repository, names, self._clock() + self.ttl)
+
+    def _keep(self, repository: str, names: list[str], expires: float) -> None:
+        self._names.add(repository, (expires, names), sum(len(n) for n in names) + 64 * len(names))
 
     def changed(self, repository: str, *, added: str | None = None, removed: str | None = None) -> None:
         """The repository's tag set changed: its kept names are dropped, or, when the change is known (this
         process's commit of `added` or `removed`), changed alike so a push-then-list stays a cache hit."""
+        name = added if added is not None else removed
         entry = self._names.get(repository)
-        if entry is not None and (added is not None or removed is not None) and entry[0] >= self._clock():
+        if entry is not None and name is not None and entry[0] >= self._clock():
             names = list(entry[1])
-            at = bisect.bisect_left(names, added if added is not None else removed or "")
-            present = at < len(names) and names[at] == (added if added is not None else removed)
+            at = bisect.bisect_left(names, name)
+            present = at < len(names) and names[at] == name
             if added is not None and not present:
-                names.insert(at, added)
+                names.insert(at, name)
             elif removed is not None and present:
                 del names[at]
-            size = sum(len(n) for n in names) + 64 * len(names)
-            self._names.add(repository, (entry[0], names), size)
+            self._keep(repository, names, entry[0])
         else:
             self._names.discard(repository)
         self._seq += 1

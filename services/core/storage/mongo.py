@@ -306,27 +306,27 @@ class MongoDocumentStore:
             return [None if doc is None else _decode_value(doc)]
         unique = list(dict.fromkeys(keys))
         if self._serialize:
-            # FerretDB 1.x answers `_id: {$in: ...}` by reading the whole collection (it pushes down only `_id`
-            # equality): one find_one per distinct key, so a cost never grows with the collection, and callers
-            # of one key that waited together (32 pulls of one tag) share one.
-            found = await gather_bounded([coll.find_one({"_id": k}) for k in unique], _PER_KEY_IN_FLIGHT)
-            raw = {k: doc for k, doc in zip(unique, found, strict=True) if doc is not None}
+            # Callers of one key that waited together (32 pulls of one tag) share its find_one.
+            raw = await self._find_each(coll, unique)
         else:
             raw = {doc["_id"]: doc async for doc in coll.find({"_id": {"$in": unique}})}
         # Decoded per caller: two callers of one key never share a mutable document.
         return [None if raw.get(k) is None else _decode_value(raw[k]) for k in keys]
 
+    @staticmethod
+    async def _find_each(coll: AsyncCollection[dict[str, Any]], keys: list[str]) -> dict[str, dict[str, Any]]:
+        """FerretDB mode: the documents of distinct `keys`, undecoded, by one find_one each. FerretDB 1.x answers
+        `_id: {$in: ...}` by reading the whole collection (it pushes down only `_id` equality), so a cost never
+        grows with the collection this way."""
+        found = await gather_bounded([coll.find_one({"_id": k}) for k in keys], _PER_KEY_IN_FLIGHT)
+        return {k: doc for k, doc in zip(keys, found, strict=True) if doc is not None}
+
     async def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, Document]:
         found: dict[str, Document] = {}
         unique = list(dict.fromkeys(keys))
         if await self._serializes():
-            coll = self._coll(collection)
-            # FerretDB: one command per key by `_id` equality (see `_send_gets`).
-            for doc in await gather_bounded([coll.find_one({"_id": k}) for k in unique], _PER_KEY_IN_FLIGHT):
-                if doc is not None:
-                    decoded = _decode_value(doc)
-                    found[decoded["_id"]] = decoded
-            return found
+            raw = await self._find_each(self._coll(collection), unique)
+            return {k: _decode_value(doc) for k, doc in raw.items()}
         for start in range(0, len(unique), _GET_MANY_BATCH):
             batch = unique[start : start + _GET_MANY_BATCH]
             async for doc in self._coll(collection).find({"_id": {"$in": batch}}):
