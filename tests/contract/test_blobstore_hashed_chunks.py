@@ -20,8 +20,26 @@ harness = contract.harness  # the same adapters (filesystem, S3 on SeaweedFS), l
 SIZE = 11 * MIB + 5
 
 
+class Settled:
+    """An offered hash that is always up to date."""
+
+    def __init__(self, digester: Digester) -> None:
+        self.digester = digester
+
+    @property
+    def algorithm(self) -> str:
+        return self.digester.algorithm
+
+    @property
+    def size(self) -> int:
+        return self.digester.size
+
+    async def settled(self) -> Digester:
+        return self.digester
+
+
 class Hashed:
-    """Yields `data` in 1 MiB chunks, hashing each before it is yielded; `offer` can be replaced to lie."""
+    """Yields `data` in 1 MiB chunks, hashing each before it is yielded (`hashed`: hashing other bytes)."""
 
     def __init__(self, data: bytes, *, hashed: bytes | None = None, extra: bytes = b"") -> None:
         self._data = data
@@ -39,9 +57,9 @@ class Hashed:
             self.hash.update(self._hashed[start : start + MIB])
             yield self._data[start : start + MIB]
 
-    def digester(self) -> Digester | None:
+    def offered_hash(self) -> Settled | None:
         self.asked += 1
-        return self.hash
+        return Settled(self.hash)
 
 
 async def store_it(store: BlobStore, digest: Digest, chunks: Hashed) -> None:
@@ -121,3 +139,60 @@ async def test_a_stream_appended_to_a_started_session_is_hashed_by_the_store(har
     await store.commit(upload, digest)
     assert await read_all(store, digest) == data
     assert await store.delete(digest)
+
+
+class Behind:
+    """An offered hash that hashes only when asked to settle (as one computed behind the stream would): the
+    store must await it before comparing."""
+
+    def __init__(self) -> None:
+        self.digester = Digester()
+        self.algorithm = self.digester.algorithm
+        self.size = 0
+        self._pending: list[bytes] = []
+
+    def add(self, chunk: bytes) -> None:
+        self._pending.append(chunk)
+        self.size += len(chunk)
+
+    async def settled(self) -> Digester:
+        pending, self._pending = self._pending, []
+        await asyncio.to_thread(lambda: [self.digester.update(c) for c in pending])
+        return self.digester
+
+
+class Lagging(Hashed):
+    """Yields `data` while its offered hash (of `hashed`) is computed only when the store settles it."""
+
+    def __init__(self, data: bytes, *, hashed: bytes | None = None) -> None:
+        super().__init__(data, hashed=hashed)
+        self.behind = Behind()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self._data), MIB // 4):
+            self.behind.add(self._hashed[start : start + MIB // 4])
+            yield self._data[start : start + MIB // 4]
+
+    def offered_hash(self) -> Behind | None:  # type: ignore[override]
+        self.asked += 1
+        return self.behind
+
+
+async def test_a_hash_still_hashing_behind_the_stream_is_awaited_before_the_compare(harness: Harness) -> None:
+    store = harness.store()
+    data = payload(SIZE)
+    digest = Digest.of(data)
+    chunks = Lagging(data)
+    await store_it(store, digest, chunks)
+    assert chunks.asked >= 1
+    assert await read_all(harness.store(), digest) == data
+    assert await store.delete(digest)
+
+
+async def test_a_lagging_hash_of_other_bytes_is_refused(harness: Harness) -> None:
+    store = harness.store()
+    data = payload(SIZE)
+    with pytest.raises(DigestInvalidError):
+        await store_it(store, Digest.of(data), Lagging(data, hashed=payload(SIZE)))
+    assert await store.stat(Digest.of(data)) is None
+    assert [u async for u in store.iter_uploads()] == []

@@ -267,7 +267,9 @@ async def test_concurrent_pulls_of_one_uncached_blob_fetch_once(kind: str, tmp_p
         results = await asyncio.gather(*(pull() for _ in range(16)))
         assert set(results) == {digest.hex}
         assert metric(up, "hanzo_registry_http_requests_total", route="blob", method="GET") == before + 1
-        assert cache.client.app[PULLTHROUGH].fetches.started == 1
+        fetches = cache.client.app[PULLTHROUGH].fetches
+        assert fetches.started == 1
+        await fetches.idle()  # a spooling fetch (S3) may still be storing what its clients already have
         assert (await cache.c.blobs.stat(digest)) is not None
 
 

@@ -124,30 +124,56 @@ class BlobPutter(Protocol):
         ...
 
 
+class OfferedHash(Protocol):
+    """A hash a stream offers of its own bytes, which need not be computed in step with them: a pull's hash
+    that a store reading behind the pull is offered (services/distribution/cache/blobfetch.py) is ahead of
+    the bytes the store has, and covers them exactly only once the stream ended."""
+
+    @property
+    def algorithm(self) -> str: ...
+
+    @property
+    def size(self) -> int:
+        """Bytes of the stream the hash stands for so far."""
+        ...
+
+    async def settled(self) -> Digester:
+        """The Digester, to be compared once the stream ended (its size then says what it covered)."""
+        ...
+
+
 @runtime_checkable
 class HashedChunks(Protocol):
     """Chunks that are hashed as they pass, before the store sees them (a verified blob pull's bytes): the
     store may take that hash for its digest check instead of computing the same one a second time.
 
-    `digester()` hashed exactly the bytes this stream has yielded so far, none skipped or changed, or is
+    `offered_hash()` covers exactly the bytes this stream has yielded so far, none skipped or changed, or is
     None (then the store hashes itself). A store takes it only for a stream that starts a blob (nothing
-    stored before it) and only while its size equals the bytes received, and still compares its digest
-    before anything is published; see `shared_digester`.
+    stored before it) and only while its size equals the bytes received, and before anything is published
+    it awaits `settled()`, checks that it still covers exactly the bytes stored, and compares its digest;
+    see `shared_hash` and `settled_hash`.
     """
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
-    def digester(self) -> Digester | None: ...
+    def offered_hash(self) -> OfferedHash | None: ...
 
 
-def shared_digester(chunks: AsyncIterable[bytes], *, received: int, algorithm: str) -> Digester | None:
-    """The hash `chunks` computed of the `received` bytes it yielded so far, when it offers one that fits."""
+def shared_hash(chunks: AsyncIterable[bytes], *, received: int, algorithm: str) -> OfferedHash | None:
+    """The hash `chunks` computes of the `received` bytes it yielded so far, when it offers one that fits."""
     if not isinstance(chunks, HashedChunks):
         return None
-    digester = chunks.digester()
-    if digester is None or digester.algorithm != algorithm or digester.size != received:
+    offered = chunks.offered_hash()
+    if offered is None or offered.algorithm != algorithm or offered.size != received:
         return None
-    return digester
+    return offered
+
+
+async def settled_hash(offered: OfferedHash, *, stored: int) -> Digester | None:
+    """The offered hash once it has hashed everything, when it covers exactly the `stored` bytes (else None:
+    the store must not publish on its word)."""
+    digester = await offered.settled()
+    return digester if digester.size == stored else None
 
 
 @runtime_checkable

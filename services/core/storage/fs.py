@@ -35,7 +35,7 @@ from services.core.errors import (
     UnavailableError,
 )
 from services.core.oci.digest import SUPPORTED_ALGORITHMS, Digest, Digester
-from services.core.storage.blobs import BlobInfo, shared_digester
+from services.core.storage.blobs import BlobInfo, OfferedHash, settled_hash, shared_hash
 from services.core.storage.layout import (
     BLOBS,
     READ_CHUNK,
@@ -189,6 +189,8 @@ class _BatchWriter:
         self.fd, self.written, self.digester = fd, position, digester
         self._offers_hash = offers_hash
         self._hashing = True
+        self.offered: OfferedHash | None = None
+        """The stream's own hash, once taken; `digester` then stays empty."""
         self._batch: list[bytes] = []
         self._batched = 0
         self._received = 0
@@ -220,10 +222,9 @@ class _BatchWriter:
         self._batch, self._batched = [], 0
         self._received += size
         if self._offers_hash is not None:  # decided on the first batch, when the stream's hash has begun
-            shared = shared_digester(self._offers_hash, received=self._received, algorithm=self.digester.algorithm)
+            self.offered = shared_hash(self._offers_hash, received=self._received, algorithm=self.digester.algorithm)
             self._offers_hash = None
-            if shared is not None:
-                self.digester, self._hashing = shared, False
+            self._hashing = self.offered is None
         digester = self.digester if self._hashing else None
         self._in_flight = asyncio.ensure_future(asyncio.to_thread(_write_batch, self.fd, batch, self.written, digester))
         self._in_flight_size = size
@@ -233,6 +234,12 @@ class _BatchWriter:
             await _settle(self._in_flight)
             self._in_flight = None
             self.written += self._in_flight_size
+
+    async def hashed(self) -> Digester | None:
+        """After `flush`: the hash of exactly the bytes written, or None when none covers them."""
+        if self.offered is not None:
+            return await settled_hash(self.offered, stored=self.written)
+        return self.digester if self.digester.size == self.written else None
 
 
 class FilesystemBlobStore:
@@ -353,8 +360,8 @@ class FilesystemBlobStore:
                 if writer.digester.size == writer.written:
                     self._digesters.put(upload_id, writer.digester)
                 raise
-            digester = writer.digester
-            if digester.size != writer.written:  # a stream's own hash that does not cover what was written
+            digester = await writer.hashed()
+            if digester is None:  # a stream's own hash that does not cover what was written
                 digester = await _settle(asyncio.to_thread(_rehash, data_fd, writer.written, "sha256"))
             self._digesters.put(upload_id, digester)
             return writer.written

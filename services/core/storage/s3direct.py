@@ -33,7 +33,7 @@ from minio.error import S3Error
 
 from services.core.errors import DigestInvalidError, SizeInvalidError
 from services.core.oci.digest import Digest, Digester
-from services.core.storage.blobs import BlobInfo, shared_digester
+from services.core.storage.blobs import BlobInfo, OfferedHash, settled_hash, shared_hash
 from services.core.storage.layout import S3_MAX_PARTS, direct_key, new_upload_id
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class DirectPut:
         self._offers_hash: AsyncIterable[bytes] | None = None
         """The stream, until its first bytes are hashed: if it brings its own hash (HashedChunks), that one
         is taken and nothing is hashed here."""
-        self._shared = False
+        self._shared: OfferedHash | None = None
         self._session: str | None = None
         self._multipart: str | None = None
         self._parts: list[asyncio.Task[Part]] = []
@@ -162,7 +162,7 @@ class DirectPut:
         actual = await self._hashed()
         if actual != self._digest:
             raise _mismatch(self._digest, actual)
-        return BlobInfo(self._digest, self._digester.size)
+        return BlobInfo(self._digest, self._received)
 
     async def _stream(self, chunks: AsyncIterable[bytes]) -> BlobInfo:
         buffered: list[bytes] = []
@@ -196,25 +196,26 @@ class DirectPut:
             raise _mismatch(self._digest, actual)
         await asyncio.to_thread(self._complete, parts)
         await self._drop_marker()
-        return BlobInfo(self._digest, self._digester.size)
+        return BlobInfo(self._digest, self._received)
 
     def _hash(self, data: bytes) -> None:
         if self._offers_hash is not None:
-            shared = shared_digester(self._offers_hash, received=self._received, algorithm=self._digest.algorithm)
+            self._shared = shared_hash(self._offers_hash, received=self._received, algorithm=self._digest.algorithm)
             self._offers_hash = None
-            if shared is not None:
-                self._digester, self._shared = shared, True
         # A chain of worker-thread updates: in byte order, off the event loop, overlapping uploads.
-        if data and not self._shared:
+        if data and self._shared is None:
             self._hashing = asyncio.create_task(hash_after(self._hashing, self._digester, data))
 
     async def _hashed(self) -> Digest:
+        if self._shared is not None:
+            shared = await settled_hash(self._shared, stored=self._received)
+            if shared is None:
+                # A stream's own hash that does not cover what it yielded: nothing this store could verify is
+                # published.
+                raise DigestInvalidError(f"the stream's hash does not cover the {self._received} bytes received")
+            return shared.digest()
         if self._hashing is not None:
             await self._hashing
-        if self._digester.size != self._received:
-            # Only a stream's own hash can get here (one that does not cover what it yielded): nothing this
-            # store could verify is published.
-            raise DigestInvalidError(f"the stream's hash covers {self._digester.size} of {self._received} bytes")
         return self._digester.digest()
 
     async def _upload(self, part: bytes) -> None:

@@ -35,6 +35,7 @@ from services.core.oci.ranges import parse_range_header
 from services.core.secrets import SecretBox, secret_box
 from services.core.settings import Settings
 from services.core.ssrf import Trust, UrlPolicy, guarded_connector
+from services.core.storage.blobs import LocalBlobFiles
 from services.core.storage.documents import DocumentStore
 from services.core.storage.meta import ManifestRecord
 from services.core.telemetry import Metrics
@@ -81,7 +82,8 @@ class PullThroughCache:
 
         self.remotes = RemoteConfig(docs, settings.proxy, box=box)
         self.records = CacheRecords(docs, retention=settings.proxy.retention, clock=clock)
-        self.fetches = BlobFetches()
+        # A store slower than the upstream (S3) would pace every client's pull: spool ahead of it (blobfetch.py).
+        self.fetches = BlobFetches(spool=not isinstance(registry.blobs, LocalBlobFiles))
         self.metrics = metrics
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
@@ -265,12 +267,18 @@ class PullThroughCache:
         up = await self.upstream(str(repo))
         name = up.remote.name
         client = self.client(up.remote)
-        try:  # also when the bytes are here: the upstream must say that this repository has them
-            size = await self._timed(name, "head", guarded(f"upstream {name}", self.settings.timeout_seconds,
-                                                           lambda: blob_size(client, up.repository, digest)))
-        except UpstreamFailure as failure:
-            self._upstream_error(name, failure)
-            raise self._answer(up, failure, BlobUnknownError, f"blob {up.repository}@{digest}") from None
+        flying = self.fetches.current(digest)
+        if flying is not None and flying.repository == str(repo) and flying.error is None:
+            # Being fetched for this repository (a spooling fetch may have served its clients and still be
+            # storing): the upstream said so already, and may be gone by now.
+            size = flying.size
+        else:
+            try:  # also when the bytes are here: the upstream must say that this repository has them
+                size = await self._timed(name, "head", guarded(f"upstream {name}", self.settings.timeout_seconds,
+                                                               lambda: blob_size(client, up.repository, digest)))
+            except UpstreamFailure as failure:
+                self._upstream_error(name, failure)
+                raise self._answer(up, failure, BlobUnknownError, f"blob {up.repository}@{digest}") from None
         if await self.registry.blobs.stat(digest) is not None:
             for source in await self.meta.repositories_linking(digest, limit=5):
                 if source != str(repo) and await self.registry.mount(repo, RepositoryName(source), digest):
@@ -285,6 +293,8 @@ class PullThroughCache:
         headers["Content-Length"] = str(length)
         if request.method == "HEAD":
             return web.Response(status=status, headers=headers)
+        if flying is not None and flying.ok:
+            return None  # stored for this repository meanwhile: served from storage
         self.metrics.cache_requests.labels(remote=name, kind=BLOB, result="miss").inc()
         blobs = self.registry.blobs
         fetch = self.fetches.join(
@@ -317,7 +327,9 @@ class PullThroughCache:
         finally:
             await reading.aclose()
         if fetch.repository != str(repo):  # fetched for another repository meanwhile: link it here too
-            await self.registry.mount(repo, RepositoryName(fetch.repository), digest)
+            await fetch.finished()  # a spooling fetch serves its last byte before the store committed it
+            if fetch.ok:
+                await self.registry.mount(repo, RepositoryName(fetch.repository), digest)
         self.records.pulled(BLOB, str(repo), digest)
         await response.write_eof()
         return response

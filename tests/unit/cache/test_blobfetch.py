@@ -4,11 +4,13 @@ every reader, a reader behind the memory window gets the rest from the store."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterable, AsyncIterator
 
 import pytest
 
 from services.core.oci.digest import Digest
+from services.distribution.cache import blobfetch
 from services.distribution.cache.blobfetch import BlobFetch, BlobFetches, FetchFailedError
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -121,3 +123,111 @@ async def test_a_failed_fetch_fails_every_reader_and_holds_nothing() -> None:
     assert again is not fetch and fetches.started == 2
     with pytest.raises(FetchFailedError):
         await drain(again)
+
+
+# -------------------------------------------------------------------------------------------------- spooling
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class SlowStore(Store):
+    """Takes its time per chunk (an S3 upload): the pull must not wait for it when spooling."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.failure: BaseException | None = None
+
+    async def store(self, chunks: AsyncIterable[bytes]) -> None:
+        got = []
+        try:
+            async for chunk in chunks:
+                got.append(chunk)
+                await asyncio.sleep(self.delay)
+        except BaseException as exc:
+            self.failure = exc
+            raise
+        self.stored.append(b"".join(got))
+        await self.release.wait()
+
+
+async def test_spooling_readers_get_every_byte_once_verified_while_the_store_lags_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(blobfetch, "SPOOL_BATCH", 65536)
+    fds = open_fds()
+    fetches = BlobFetches(window=128 * 1024, spool=True)
+    store = SlowStore(0.02)
+    store.release.clear()
+    fetch = fetches.join(
+        Digest.of(DATA), len(DATA), repository="cache/a", source=source, store=store.store, read_stored=store.read
+    )
+    assert await asyncio.wait_for(drain(fetch), 5) == DATA  # the store needs 16 x 0.02 s and has not committed
+    assert fetch.verified and not fetch.done and not store.stored
+    late = await asyncio.wait_for(drain(fetch, 7, 300_000), 5)  # behind the window: from the spool
+    assert late == DATA[7:300_007] and store.reads == 0
+    assert fetch._held <= 128 * 1024  # the rest is on the spool
+    store.release.set()
+    await asyncio.wait_for(fetch._finished.wait(), 5)
+    assert fetch.ok and store.stored == [DATA] and store.failure is None
+    assert open_fds() == fds  # the spool is gone with the fetch
+
+
+async def test_a_reader_on_the_spool_keeps_it_open_after_the_fetch_ended() -> None:
+    fds = open_fds()
+    fetches = BlobFetches(window=64 * 1024, spool=True)
+    store = Store()
+    store.release.clear()
+    fetch = fetches.join(
+        Digest.of(DATA), len(DATA), repository="cache/a", source=source, store=store.store, read_stored=store.read
+    )
+    while not fetch.verified:
+        await asyncio.sleep(0.01)
+    reader = fetch.read(0, len(DATA))
+    first = await reader.__anext__()  # behind the window: this reader's own descriptor of the spool
+    store.release.set()
+    await fetch._finished.wait()  # the fetch closed its descriptor
+    rest = b"".join([c async for c in reader])
+    assert first + rest == DATA and store.reads == 0
+    assert open_fds() == fds
+
+
+async def test_spooling_a_failed_pull_fails_readers_and_the_store() -> None:
+    fds = open_fds()
+    fetches = BlobFetches(window=64 * 1024, spool=True)
+    store = SlowStore(0)
+
+    async def failing() -> AsyncIterator[bytes]:
+        async for chunk in source():
+            yield chunk
+        raise RuntimeError("digest mismatch")
+
+    fetch = fetches.join(
+        Digest.of(DATA), len(DATA), repository="cache/a", source=failing, store=store.store, read_stored=store.read
+    )
+    with pytest.raises(FetchFailedError):
+        await drain(fetch)
+    await fetch._finished.wait()
+    assert isinstance(fetch.error, RuntimeError) and isinstance(store.failure, FetchFailedError)
+    assert not store.stored and fetch._held == 0
+    assert open_fds() == fds
+
+
+async def test_without_a_spool_file_the_fetch_goes_at_the_stores_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_space() -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(blobfetch, "_open_spool", no_space)
+    fetches = BlobFetches(spool=True)
+    store = Store()
+    store.release.clear()
+    fetch = fetches.join(
+        Digest.of(DATA), len(DATA), repository="cache/a", source=source, store=store.store, read_stored=store.read
+    )
+    reader = asyncio.create_task(drain(fetch))
+    await asyncio.sleep(0.2)
+    assert not reader.done()  # the last byte waits for the store, as without spooling
+    store.release.set()
+    assert await reader == DATA and fetch.ok
