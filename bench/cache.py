@@ -9,7 +9,9 @@
 with the same client for all four: a streaming aiohttp GET of the manifest, then of each blob, bytes counted and
 discarded (timed pulls do not hash, as in bench/ops.py; the cached layer is verified by one untimed pull).
 Targets: cold >= 0.8x direct; warm ~ local (>= 0.9x). Every round pushes a new layer (new seed) so each cold
-pull is really cold; rounds alternate the order of direct/cold and warm/local, and medians are reported.
+pull is really cold; rounds alternate the order of direct/cold and warm/local, and medians are reported. After a
+cold pull the bench waits, untimed, until our registry serves the layer from its storage (a cache that spools
+ahead of its S3 store hands the client the last byte before the store is done), and reports how long that took.
 
 Our registry is the embedded assembly (`hanzo-registry serve`) and/or the distributed one (`hanzo-registry
 distribution` on FerretDB, SeaweedFS and Kafka from `make infra-up`). Run: `python -m bench.cache` (`make bench`
@@ -91,6 +93,32 @@ async def pull_image(http: aiohttp.ClientSession, base: str, repo: str, tag: str
     return time.perf_counter() - started, total
 
 
+async def blob_hits(http: aiohttp.ClientSession, base: str) -> float:
+    """Blob GETs our registry answered from its storage so far (its pull-through hit counter)."""
+    async with http.get(f"{base}/metrics") as r:
+        text = await r.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("hanzo_registry_cache_requests_total{") and 'kind="blob"' in line and 'result="hit"' in line
+    )
+
+
+async def wait_stored(http: aiohttp.ClientSession, base: str, repo: str, digest: str, timeout: float = 300) -> float:
+    """Seconds until `digest`, just pulled cold, is served from our storage. On the distributed assembly the cache
+    spools ahead of its S3 store, so the client can have every (verified) byte before the store committed them;
+    the next timed pull waits for that, untimed, so it does not share the machine with the upload's tail."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        before = await blob_hits(http, base)
+        async with http.get(f"{base}/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=0-0"}) as r:
+            await r.read()
+        if await blob_hits(http, base) > before:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.1)
+    raise ops.BenchError(f"{repo}@{digest} was not stored {timeout:.0f} s after its cold pull")
+
+
 async def verify_blob(http: aiohttp.ClientSession, base: str, repo: str, digest: str) -> None:
     h = hashlib.sha256()
     async with http.get(f"{base}/v2/{repo}/blobs/{digest}") as r:
@@ -122,10 +150,12 @@ async def run_assembly(assembly: str, args: argparse.Namespace, root: Path) -> d
             await t.wait_ready(timeout=90)
         samples: dict[str, list[float]] = {m: [] for m in MODES}
         cpu: dict[str, list[float]] = {f"{m}_{who}": [] for m in MODES for who in ("ours", "upstream")}
+        cpu["cold_stored_ours"] = []
+        stored_after: list[float] = []
         async with ops.session() as http:
             up, mine = ops.Client(http, upstream.base), ops.Client(http, ours.base)
 
-            async def timed(mode: str, base: str, repo: str, tag: str) -> None:
+            async def timed(mode: str, base: str, repo: str, tag: str, layer: str) -> None:
                 ours_cpu, up_cpu = cpu_seconds(tree(ours.pid)), cpu_seconds(tree(upstream.pid))
                 seconds, n = await pull_image(http, base, repo, tag)
                 if n < size:
@@ -133,10 +163,14 @@ async def run_assembly(assembly: str, args: argparse.Namespace, root: Path) -> d
                 samples[mode].append(n / MIB / seconds)
                 cpu[f"{mode}_ours"].append(round(cpu_seconds(tree(ours.pid)) - ours_cpu, 3))
                 cpu[f"{mode}_upstream"].append(round(cpu_seconds(tree(upstream.pid)) - up_cpu, 3))
+                if mode == "cold":
+                    stored_after.append(round(await wait_stored(http, base, repo, layer), 3))
+                    cpu["cold_stored_ours"].append(round(cpu_seconds(tree(ours.pid)) - ours_cpu, 3))
 
             for round_ in range(args.rounds):
                 seed = int.from_bytes(hashlib.sha256(f"cache-{round_}-{time.time_ns()}".encode()).digest()[:4], "big")
                 tag = f"r{round_}"
+                layer_digest = BlobSource(seed, size).digest
                 await push_image(up, "bench/big", tag, BlobSource(seed, size))
                 await push_image(mine, "bench/local", tag, BlobSource(seed + 1, size))
                 first = [("direct", upstream.base, "bench/big"), ("cold", ours.base, "cache/up/bench/big")]
@@ -145,7 +179,7 @@ async def run_assembly(assembly: str, args: argparse.Namespace, root: Path) -> d
                     first.reverse()
                     then.reverse()
                 for mode, base, repo in [*first, *then]:
-                    await timed(mode, base, repo, tag)
+                    await timed(mode, base, repo, tag, layer_digest)
             await verify_blob(http, ours.base, "cache/up/bench/big", BlobSource(seed, size).digest)
         med = {m: statistics.median(v) for m, v in samples.items()}
         return {
@@ -157,6 +191,7 @@ async def run_assembly(assembly: str, args: argparse.Namespace, root: Path) -> d
             "warm_vs_local": round(med["warm"] / med["local"], 3),
             "samples_mib_s": {m: [round(x, 1) for x in v] for m, v in samples.items()},
             "cpu_seconds": cpu,
+            "cold_stored_after_s": stored_after,
         }
     finally:
         for t in reversed(targets):
@@ -176,6 +211,20 @@ def table(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]
     )
     body.append(
         [f"warm / local (target >= {WARM_TARGET})", "ratio", *[f"{results[n]['warm_vs_local']:.2f}x" for n in names]]
+    )
+    body.append(
+        [
+            "cold: stored (served from our storage) after the client's last byte (median)",
+            "s",
+            *[f"{statistics.median(results[n]['cold_stored_after_s']):.2f}" for n in names],
+        ]
+    )
+    body.append(
+        [
+            "CPU of our registry, cold pull until stored (median)",
+            "s",
+            *[f"{statistics.median(results[n]['cpu_seconds']['cold_stored_ours']):.2f}" for n in names],
+        ]
     )
     for m in ("direct", "cold", "warm"):
         body.append(
