@@ -167,7 +167,7 @@ class BlobFetch:
             self._spooling = False
             await self._pull_into_store()
             return
-        stream = _Stream(self.read(0, self.size))
+        stream = _Stream(self.read(0, self.size), counted=True)
         storing = asyncio.ensure_future(self._store(stream))
         try:
             with sharing_pull_digesters(lambda pulled: stream.offered.append(_Offered(pulled, lambda: stream.yielded))):
@@ -330,13 +330,16 @@ class _Stream:
     """The fetch's bytes on their way to the store, with the hash the source's pull computed of them
     (HashedChunks, services/core/storage/blobs.py), when it is one pull."""
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], *, counted: bool = False) -> None:
         self._chunks = chunks
+        self._counted = counted
         self.offered: list[_Offered] = []
         self.yielded = 0
+        """Bytes yielded so far, when `counted` (a store reading behind the pull)."""
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
+        # Uncounted, the chunks go straight through: no extra step per chunk on the pull's own path.
+        return self if self._counted else self._chunks
 
     async def __anext__(self) -> bytes:
         chunk = await self._chunks.__anext__()
