@@ -478,6 +478,10 @@ class ProxySettings(_Section):
     )
     retention: float = Field(float(WEEK_SECONDS), gt=0,
                              description="Seconds a cached manifest is kept after its last pull; GC collects it then")
+    spool_dir: str | None = Field(
+        None, description="Where a cold pull into an S3 store spools ahead of the upload (one unnamed file per "
+        "blob in flight, as big as the blob); unset: the system's temporary directory. Keep it off tmpfs for big "
+        "layers")
     timeout_seconds: float = Field(
         10.0, gt=0, le=600, description="Longest wait for an upstream's answer (or its next bytes) before a "
         "cached copy is served stale, or the pull fails with 502"

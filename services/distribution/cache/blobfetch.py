@@ -75,8 +75,10 @@ class BlobFetch:
         read_stored: ReadStored,
         window: int = WINDOW,
         spool: bool = False,
+        spool_dir: str | None = None,
     ) -> None:
         self.digest, self.size, self.repository = digest, size, repository
+        self._spool_dir = spool_dir
         self._source, self._store, self._read_stored = source, store, read_stored
         self._window = window
         self._spooling = spool
@@ -161,7 +163,7 @@ class BlobFetch:
     async def _spool_and_store(self) -> None:
         """The pull into the window and the spool, and the store reading behind it, side by side."""
         try:
-            self._spool = await asyncio.to_thread(_open_spool)
+            self._spool = await asyncio.to_thread(_open_spool, self._spool_dir)
         except OSError as exc:
             log.warning("pull-through: no spool file for %s (%s); the pull goes at the store's pace", self.digest, exc)
             self._spooling = False
@@ -288,10 +290,10 @@ class BlobFetch:
                 os.close(spool)
 
 
-def _open_spool() -> int:
-    """An unnamed file in the temporary directory (O_TMPFILE where the system has it, else created and unlinked
-    at once): it has no name to leave behind, whatever happens to the process."""
-    with tempfile.TemporaryFile(prefix="hanzo-pull-") as handle:
+def _open_spool(directory: str | None) -> int:
+    """An unnamed file in `directory` (None: the temporary directory; O_TMPFILE where the system has it, else
+    created and unlinked at once): it has no name to leave behind, whatever happens to the process."""
+    with tempfile.TemporaryFile(prefix="hanzo-pull-", dir=directory) as handle:
         return os.dup(handle.fileno())
 
 
@@ -359,9 +361,10 @@ class _Stream:
 class BlobFetches:
     """The fetches in flight, by digest."""
 
-    def __init__(self, *, window: int = WINDOW, spool: bool = False) -> None:
+    def __init__(self, *, window: int = WINDOW, spool: bool = False, spool_dir: str | None = None) -> None:
         self._window = window
         self._spool = spool
+        self._spool_dir = spool_dir
         self._fetches: dict[Digest, BlobFetch] = {}
         self.started = 0
         """Fetches started so far (for tests and metrics)."""
@@ -388,6 +391,7 @@ class BlobFetches:
                 read_stored=read_stored,
                 window=self._window,
                 spool=self._spool,
+                spool_dir=self._spool_dir,
             )
             self._fetches[digest] = fetch
             self.started += 1

@@ -83,7 +83,8 @@ class PullThroughCache:
         self.remotes = RemoteConfig(docs, settings.proxy, box=box)
         self.records = CacheRecords(docs, retention=settings.proxy.retention, clock=clock)
         # A store slower than the upstream (S3) would pace every client's pull: spool ahead of it (blobfetch.py).
-        self.fetches = BlobFetches(spool=not isinstance(registry.blobs, LocalBlobFiles))
+        self.fetches = BlobFetches(spool=not isinstance(registry.blobs, LocalBlobFiles),
+                                   spool_dir=settings.proxy.spool_dir)
         self.metrics = metrics
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None

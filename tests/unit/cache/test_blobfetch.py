@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -216,7 +217,7 @@ async def test_spooling_a_failed_pull_fails_readers_and_the_store() -> None:
 
 
 async def test_without_a_spool_file_the_fetch_goes_at_the_stores_pace(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_space() -> int:
+    def no_space(directory: str | None) -> int:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(blobfetch, "_open_spool", no_space)
@@ -231,3 +232,23 @@ async def test_without_a_spool_file_the_fetch_goes_at_the_stores_pace(monkeypatc
     assert not reader.done()  # the last byte waits for the store, as without spooling
     store.release.set()
     assert await reader == DATA and fetch.ok
+
+
+async def test_the_spool_goes_in_proxy_spool_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    opened: list[str | None] = []
+    real = blobfetch._open_spool
+
+    def recording(directory: str | None) -> int:
+        opened.append(directory)
+        return real(directory)
+
+    monkeypatch.setattr(blobfetch, "_open_spool", recording)
+    fetches = BlobFetches(spool=True, spool_dir=str(tmp_path))
+    store = Store()
+    fetch = fetches.join(
+        Digest.of(DATA), len(DATA), repository="cache/a", source=source, store=store.store, read_stored=store.read
+    )
+    assert await drain(fetch) == DATA
+    await fetch._finished.wait()
+    assert opened == [str(tmp_path)] and fetch.ok
+    assert list(tmp_path.iterdir()) == []  # unnamed: nothing to leave behind
