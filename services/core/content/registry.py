@@ -481,10 +481,16 @@ class Registry:
     # discovery
 
     async def list_tags(self, repo: RepositoryName, *, after: str | None, limit: int | None) -> list[str]:
+        name = str(repo)
         # Tag names kept for the repository prove it exists: deleting it deletes its tags first, which drops them.
-        if not self.meta.tag_names_kept(str(repo)) and not await self.meta.repository_exists(str(repo)):
+        if self.meta.tag_names_kept(name):
+            return await self.meta.list_tags(name, after=after, limit=limit)
+        # Otherwise the existence check and the listing are independent reads: one round trip's wait, not two.
+        exists, names = await asyncio.gather(self.meta.repository_exists(name),
+                                             self.meta.list_tags(name, after=after, limit=limit))
+        if not exists:
             raise NameUnknownError(f"repository {repo} is not known to this registry")
-        return await self.meta.list_tags(str(repo), after=after, limit=limit)
+        return names
 
     async def referrer_descriptors(
         self, repo: RepositoryName, subject: Digest, *, artifact_type: str | None = None
