@@ -341,6 +341,62 @@ async def test_members_of_a_group_share_the_records(h: Harness) -> None:
     assert seen[0] | seen[1] == expected
 
 
+async def test_a_subscription_from_the_end_gets_only_what_is_published_after_it(h: Harness) -> None:
+    topic = await h.topic()
+    group = h.group()
+    keys = [f"team/repo-{k}" for k in range(6)]  # spread over the partitions
+    before = h.log()
+    for i in range(30):
+        await before.publish(topic, keys[i % 6], f"old-{i}".encode())
+    # A group that committed part of the log: from the end ignores its offsets too.
+    committed = await before.subscribe(topic, group)
+    await ack_all(await take(committed, 30))
+    await committed.close()
+    for i in range(5):
+        await before.publish(topic, keys[i], f"uncommitted-{i}".encode())
+
+    tail = await before.subscribe(topic, group, from_end=True)
+    assert isinstance(tail, Subscription)
+    # Published at once, with no wait: the subscription is positioned when subscribe returns.
+    for i in range(12):
+        await before.publish(topic, keys[i % 6], f"new-{i}".encode())
+    got = await take(tail, 12)
+    assert sorted(values(got)) == sorted(f"new-{i}" for i in range(12))
+    await ack_all(got)  # harmless, and commits nothing
+    await nothing_more(tail, seconds=1.0)
+    # Any other subscription keeps its semantics: a member of the same group resumes from its offsets.
+    member = await before.subscribe(topic, group)
+    rest = values(await take(member, 17))
+    assert sorted(rest) == sorted([f"uncommitted-{i}" for i in range(5)] + [f"new-{i}" for i in range(12)])
+    await member.close()
+    await before.close()
+
+    # A restart: what was published while none was open, and everything before, is not read again.
+    for i in range(3):
+        await h.log().publish(topic, keys[i], f"missed-{i}".encode())
+    after = h.log()
+    again = await after.subscribe(topic, group, from_end=True)
+    for i in range(4):
+        await after.publish(topic, keys[i], f"later-{i}".encode())
+    assert sorted(values(await take(again, 4))) == [f"later-{i}" for i in range(4)]
+    await nothing_more(again, seconds=1.0)
+
+
+async def test_subscriptions_from_the_end_each_read_every_partition(h: Harness) -> None:
+    log = h.log()
+    topic = await h.topic()
+    group = h.group()
+    await log.publish(topic, "team/a", b"old")
+    # Two in one group do not share the partitions: each cache follower must see every record.
+    first = await log.subscribe(topic, group, from_end=True)
+    second = await log.subscribe(topic, group, from_end=True)
+    expected = {f"repo-{i}:{i}" for i in range(16)}
+    for value in sorted(expected):
+        await log.publish(topic, value.split(":")[0], value.encode())
+    got_first, got_second = await asyncio.gather(take(first, 16), take(second, 16))
+    assert set(values(got_first)) == expected and set(values(got_second)) == expected
+
+
 @pytest.mark.parametrize("kind", ["local", "kafka"])
 async def test_ping_raises_when_the_backend_is_unreachable(kind: str, tmp_path: Path) -> None:
     # Neither needs a server: nothing listens on port 1, and a file cannot be a directory.

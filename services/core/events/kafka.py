@@ -7,6 +7,9 @@ key is the repository, and Kafka's default partitioner keeps one key on one part
 Each subscription is its own consumer in the Kafka consumer group, without auto-commit: `ack`
 commits exactly what the handler finished. After a rebalance (a member joined, left or died) the new
 owner of a partition resumes from the committed offset, so unacked records are delivered again.
+
+A subscription `from_end` is no group member: it is assigned every partition by hand and positioned at their
+high watermarks before `subscribe` returns, and it commits nothing.
 """
 
 from __future__ import annotations
@@ -105,20 +108,19 @@ class KafkaEventLog:
         producer = await self._started_producer()
         await producer.send_and_wait(topic, value=value, key=key.encode(), headers=list(headers))
 
-    async def subscribe(self, topic: str, group: str) -> KafkaSubscription:
-        """Join `group` on `topic` (the group's partitions are assigned on the first read)."""
+    async def subscribe(self, topic: str, group: str, *, from_end: bool = False) -> KafkaSubscription:
+        """Join `group` on `topic` (the group's partitions are assigned on the first read); with `from_end`,
+        read every partition from its current head instead (EventLog.subscribe), positioned on return."""
         if self._closed:
             raise RuntimeError("KafkaEventLog is closed")
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=self.client_id,
+        if from_end:
+            return await self._subscribe_at_end(topic, group)
+        consumer = self._consumer(
             group_id=group,
-            enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=self._session_timeout_ms,
             heartbeat_interval_ms=self._heartbeat_interval_ms,
             max_poll_interval_ms=self._max_poll_interval_ms,
-            request_timeout_ms=self._request_timeout_ms,
         )
         sub = KafkaSubscription(self, consumer, topic=topic, group=group)
         consumer.subscribe([topic], listener=sub._listener)
@@ -127,6 +129,39 @@ class KafkaEventLog:
         except BaseException:
             await consumer.stop()
             raise
+        self._subscriptions.add(sub)
+        return sub
+
+    def _consumer(self, **options: object) -> AIOKafkaConsumer:
+        # Never auto-commit: `ack` commits exactly what a handler finished.
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=self.client_id,
+            enable_auto_commit=False,
+            request_timeout_ms=self._request_timeout_ms,
+            **options,
+        )
+
+    async def _subscribe_at_end(self, topic: str, group: str) -> KafkaSubscription:
+        # Assigned by hand, not by the group: a group join waits for a rebalance (seconds), and the
+        # position a group member gets is only resolved at its first fetch, so a record published between
+        # `subscribe` returning and that fetch would be skipped. Without a group_id no group is created
+        # on the cluster (one per replica start would pile up) and nothing is committed.
+        partitions = await (await self._started_producer()).partitions_for(topic)
+        consumer = self._consumer(group_id=None, auto_offset_reset="latest")
+        try:
+            await consumer.start()
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            # The high watermark: every acks=all publish that returned before is below it.
+            heads = await consumer.end_offsets(tps)
+            consumer.assign(tps)
+            # No await between assign and seek: the fetcher must not resolve a position of its own first.
+            for tp in tps:
+                consumer.seek(tp, heads[tp])
+        except BaseException:
+            await consumer.stop()
+            raise
+        sub = KafkaSubscription(self, consumer, topic=topic, group=group, from_end=True)
         self._subscriptions.add(sub)
         return sub
 
@@ -269,11 +304,13 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaSubscription:
     """One consumer of a Kafka consumer group on one topic; iterate it for deliveries."""
 
-    def __init__(self, log: KafkaEventLog, consumer: AIOKafkaConsumer, *, topic: str, group: str) -> None:
+    def __init__(self, log: KafkaEventLog, consumer: AIOKafkaConsumer, *, topic: str, group: str,
+                 from_end: bool = False) -> None:
         self._log = log
         self._consumer = consumer
         self.topic = topic
         self.group = group
+        self.from_end = from_end
         self._listener = _Listener(self)
         # Highest offset this member committed per partition: skips acks that would move it back.
         self._committed: dict[TopicPartition, int] = {}
@@ -306,7 +343,7 @@ class KafkaSubscription:
         After `close` an ack is dropped the same way: a consumer that left its group cannot commit."""
         if record.topic != self.topic:
             raise ValueError(f"record of topic {record.topic!r} committed on {self.topic!r}")
-        if self._closed:
+        if self._closed or self.from_end:
             return
         tp = TopicPartition(record.topic, record.partition)
         offset = record.offset + 1
@@ -327,7 +364,9 @@ class KafkaSubscription:
             if high is None:
                 continue
             committed = self._committed.get(tp)
-            if committed is None:
+            if self.from_end:  # nothing is committed: behind the head by what it has not read yet
+                committed = await self._consumer.position(tp)
+            elif committed is None:
                 committed = await self._consumer.committed(tp) or 0
             lags[tp.partition] = max(0, high - committed)
         return lags

@@ -21,6 +21,9 @@ Retention: like Kafka's time-based retention, records older than `retention_seco
 whatever the groups have consumed (a sweep at most every `sweep_interval`, run by publish); a group
 whose committed offset then points below a partition's first remaining record just continues with
 that record. `heads` keeps offsets monotonic when a partition is emptied this way.
+
+A subscription `from_end` takes no membership or lease: it reads every partition from the `heads` it read
+when it subscribed, and commits nothing.
 """
 
 from __future__ import annotations
@@ -235,14 +238,32 @@ class LocalEventLog:
 
         return await self._run(delete)
 
-    async def subscribe(self, topic: str, group: str) -> LocalSubscription:
-        """Join `group` on `topic`; the member takes its share of partitions at once."""
+    async def subscribe(self, topic: str, group: str, *, from_end: bool = False) -> LocalSubscription:
+        """Join `group` on `topic`; the member takes its share of partitions at once. With `from_end`, read
+        every partition from its head as of this call instead (EventLog.subscribe): no membership, no lease."""
+        if from_end:
+            return await self._subscribe_at_end(topic, group)
         count = await self._run(lambda conn: self._with_tx(conn, lambda: self._partitions_of(conn, topic)))
         sub = LocalSubscription(self, topic=topic, group=group, partitions=count)
         self._subscriptions.add(sub)
         await sub._heartbeat()
         # Members already in the group give up their surplus now rather than at their next heartbeat.
         self._wake(topic, group=group, rebalance=True)
+        return sub
+
+    async def _subscribe_at_end(self, topic: str, group: str) -> LocalSubscription:
+        def heads(conn: sqlite3.Connection) -> dict[int, int]:
+            # One transaction with the partition count: a publish commits either before it (below the
+            # head read here) or after (at or above it), so none falls between.
+            with _Transaction(conn):
+                count = self._partitions_of(conn, topic)
+                rows = conn.execute("SELECT partition, next_offset FROM heads WHERE topic = ?", (topic,))
+                known = {int(p): int(n) for p, n in rows}
+            return {p: known.get(p, 0) for p in range(count)}
+
+        positions = await self._run(heads)
+        sub = LocalSubscription(self, topic=topic, group=group, partitions=len(positions), positions=positions)
+        self._subscriptions.add(sub)
         return sub
 
     async def ping(self) -> None:
@@ -306,13 +327,16 @@ class LocalEventLog:
 class LocalSubscription:
     """One member of a consumer group on one topic; iterate it for deliveries."""
 
-    def __init__(self, log: LocalEventLog, *, topic: str, group: str, partitions: int) -> None:
+    def __init__(self, log: LocalEventLog, *, topic: str, group: str, partitions: int,
+                 positions: dict[int, int] | None = None) -> None:
         self._log = log
         self.topic = topic
         self.group = group
         self.member = uuid.uuid4().hex
         self._partitions = partitions
-        self._positions: dict[int, int] = {}  # owned partition -> next offset to deliver
+        # Given: a subscription from the end, which owns these partitions for good and never heartbeats.
+        self.from_end = positions is not None
+        self._positions: dict[int, int] = dict(positions or {})  # owned partition -> next offset to deliver
         self._buffer: deque[Record] = deque()
         self._wakeup = asyncio.Event()
         self._next_heartbeat = 0.0
@@ -354,7 +378,7 @@ class LocalSubscription:
         After `close` an ack is dropped (as with Kafka): the next member delivers the record again."""
         if record.topic != self.topic:
             raise ValueError(f"record of topic {record.topic!r} committed on {self.topic!r}")
-        if self._closed:
+        if self._closed or self.from_end:  # from the end: no one would read the offset (and no fsync per ack)
             return
         args = (self.group, self.topic, record.partition, record.offset + 1)
 
@@ -373,6 +397,15 @@ class LocalSubscription:
         """Records not yet committed by this group, per owned partition (the LagReporting capability)."""
         owned = sorted(self._positions)
         topic, group = self.topic, self.group
+        if self.from_end:
+            positions = dict(self._positions)
+
+            def behind(conn: sqlite3.Connection) -> dict[int, int]:
+                rows = conn.execute("SELECT partition, next_offset FROM heads WHERE topic = ?", (topic,))
+                heads = {int(p): int(n) for p, n in rows}
+                return {p: max(0, heads.get(p, 0) - positions[p]) for p in owned}
+
+            return await self._log._run(behind)
 
         def read(conn: sqlite3.Connection) -> dict[int, int]:
             lags: dict[int, int] = {}
@@ -396,6 +429,8 @@ class LocalSubscription:
         self._positions.clear()
         self._buffer.clear()
         self._log._subscriptions.discard(self)
+        if self.from_end:
+            return
         key = (self.group, self.topic, self.member)
 
         def leave(conn: sqlite3.Connection) -> None:
@@ -417,6 +452,8 @@ class LocalSubscription:
         """Renew membership and leases, move towards the fair share, learn where owned partitions
         resume."""
         self._next_heartbeat = time.monotonic() + self._heartbeat_every
+        if self.from_end:
+            return
         lease = self._log.lease_seconds
         group, topic, member, partitions = self.group, self.topic, self.member, self._partitions
 

@@ -51,9 +51,18 @@ class EventLog(Protocol):
         """Append a record. Durable when it returns. Records with the same key keep their order."""
         ...
 
-    async def subscribe(self, topic: str, group: str) -> Subscription:
+    async def subscribe(self, topic: str, group: str, *, from_end: bool = False) -> Subscription:
         """Join `group` on `topic`. Each group sees every record at least once; a record not acked
         before its consumer dies or closes is delivered again. New groups start from the beginning.
+
+        `from_end`: for a follower that only drops in-process caches, which are empty when it starts, so the
+        records before its start are of no use to it (replaying months of them would delay the new ones).
+        The subscription reads every partition of the topic by itself (it shares none with other members of
+        `group`), starting at each partition's head as it is when `subscribe` returns: it gets every record
+        published after that, none before, whatever was committed. Nothing is committed (`ack` is a no-op),
+        so a new subscription, after a restart too, starts at the head again; the records published while
+        none was open are never delivered, which a follower must allow for (drop its caches when it
+        subscribes). Partitions added to the topic later are not read.
         """
         ...
 
