@@ -6,9 +6,13 @@ only after the caches' TTLs:
   repository's names. This replica's own commits changed them at once, so their events are skipped: under
   a burst of pushes the follower lags, and each late event would drop names read after its change.
 
-Each replica reads the topics in a consumer group of its own (every replica must see every event). A new
-group starts from the beginning of the topics; replaying old events only drops cache entries, which is
-harmless, and the topics' retention bounds it.
+Each replica reads every partition of the topics by itself (every replica must see every event), from their
+heads as they are when it subscribes (`from_end`): the caches are empty when a replica starts, so older
+events would only delay the new ones (a replica restarted after months replayed the topics' whole retention
+before it saw a new tag). The events published while no subscription is open are never delivered, so each
+(re)subscription drops every pull-gate decision, and tag names are kept only while every topic is followed
+(`keep_tag_names`, turned on once all are positioned; off while one is lost, so names kept before expire
+within their TTL).
 """
 
 from __future__ import annotations
@@ -29,19 +33,25 @@ log = logging.getLogger(__name__)
 
 
 def replica_group() -> str:
-    # The name predates tag listings; kept so that a rolling upgrade reuses the groups' offsets.
+    # Names the follower only: its subscriptions from the end join no group and commit nothing. (The name
+    # predates tag listings.)
     return f"distribution-gates-{socket.gethostname()}-{os.getpid()}"
 
 
 class ReplicaCacheInvalidation:
     def __init__(self, events: EventLog, topics: list[str], gates: PullGates, meta: MetadataStore, outbox: Outbox,
-                 *, group: str | None = None) -> None:
+                 *, group: str | None = None, tag_list_seconds: float = 0.0) -> None:
         self._events = events
         self._topics = topics
         self._gates = gates
         self._meta = meta
         self._outbox = outbox
         self._group = group or replica_group()
+        # `registry.tag_list_cache_seconds`, for `keep_tag_names` once every topic is followed (0: left alone).
+        self._tag_list_seconds = tag_list_seconds
+        self._followed: set[str] = set()
+        self.ready = asyncio.Event()
+        """Set while every topic is followed: each event published since then will be applied."""
 
     def apply(self, value: bytes) -> None:
         """Drop what one event makes stale (pure but for the cache)."""
@@ -65,12 +75,29 @@ class ReplicaCacheInvalidation:
         """A tag created (no previous digest) or deleted; a moved tag keeps the names."""
         return (kind == "tag_updated" and not getattr(payload, "previous_digest", "")) or kind == "tag_deleted"
 
+    def _positioned(self, topic: str) -> None:
+        # What was published before (or while no subscription was open) is never delivered; a decision made
+        # meanwhile may be stale. (Tag names cannot be dropped at once: none are kept while a topic is lost.)
+        self._gates.invalidate()
+        self._followed.add(topic)
+        if self._followed >= set(self._topics) and not self.ready.is_set():
+            if self._tag_list_seconds > 0:
+                self._meta.keep_tag_names(self._tag_list_seconds)
+            self.ready.set()
+
+    def _lost(self, topic: str) -> None:
+        self._followed.discard(topic)
+        if self.ready.is_set():
+            self.ready.clear()
+            if self._tag_list_seconds > 0:
+                self._meta.keep_tag_names(0)
+
     async def _follow(self, topic: str, stop: asyncio.Event) -> None:
         backoff = 0.5
         while not stop.is_set():
             try:
-                # A group per topic: members of one group on different topics would rebalance each other.
-                sub = await self._events.subscribe(topic, f"{self._group}-{topic}")
+                sub = await self._events.subscribe(topic, f"{self._group}-{topic}", from_end=True)
+                self._positioned(topic)
                 try:
                     async for delivery in sub:
                         self.apply(delivery.record.value)
@@ -79,6 +106,7 @@ class ReplicaCacheInvalidation:
                         if stop.is_set():
                             break
                 finally:
+                    self._lost(topic)
                     await sub.close()
             except asyncio.CancelledError:
                 raise

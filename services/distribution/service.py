@@ -51,8 +51,10 @@ async def build(c: Container) -> ServiceParts:
     # Scan reports, signature results and policy changes refresh this replica's pull-gate decisions; tags
     # created or deleted by other replicas, its tag listings.
     caches = [topics.scans, topics.signatures, topics.manifests, topics.tags]
-    loops.append(ReplicaCacheInvalidation(c.events, caches, app[GATES], c.meta, c.outbox).run)
-    c.meta.keep_tag_names(c.settings.registry.tag_list_cache_seconds)
+    # Tag names are kept only once the follower reads every topic (it turns keep_tag_names on): it starts at
+    # the topics' heads, so a tag event published before would never drop names kept from before it.
+    loops.append(ReplicaCacheInvalidation(c.events, caches, app[GATES], c.meta, c.outbox,
+                                          tag_list_seconds=c.settings.registry.tag_list_cache_seconds).run)
     return ServiceParts(
         name="distribution",
         http=app,
