@@ -11,8 +11,8 @@ heads as they are when it subscribes (`from_end`): the caches are empty when a r
 events would only delay the new ones (a replica restarted after months replayed the topics' whole retention
 before it saw a new tag). The events published while no subscription is open are never delivered, so each
 (re)subscription drops every pull-gate decision, and tag names are kept only while every topic is followed
-(`keep_tag_names`, turned on once all are positioned; off while one is lost, so names kept before expire
-within their TTL).
+(`keep_tag_names`, turned on once all are positioned, which refuses names read before; off while one is lost,
+which drops the names kept).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class ReplicaCacheInvalidation:
 
     def _positioned(self, topic: str) -> None:
         # What was published before (or while no subscription was open) is never delivered; a decision made
-        # meanwhile may be stale. (Tag names cannot be dropped at once: none are kept while a topic is lost.)
+        # meanwhile may be stale. (Kept tag names were dropped when the topic was lost: `_lost`.)
         self._gates.invalidate()
         self._followed.add(topic)
         if self._followed >= set(self._topics) and not self.ready.is_set():

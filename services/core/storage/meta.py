@@ -203,6 +203,10 @@ class _SizedLru(Generic[_V]):
         if item is not None:
             self._bytes -= item[1]
 
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
 
 class _TagNames:
     """Each repository's tag names as last read, until this process sees its tag set change (`changed`) or
@@ -239,6 +243,13 @@ class _TagNames:
 
     def _keep(self, repository: str, names: list[str], expires: float) -> None:
         self._names.add(repository, (expires, names), sum(len(n) for n in names) + 64 * len(names))
+
+    def forget_all(self) -> None:
+        """Drop every kept name, and refuse the names of reads begun before now."""
+        self._names.clear()
+        self._changed.clear()
+        self._seq += 1
+        self._floor = self._seq
 
     def changed(self, repository: str, *, added: str | None = None, removed: str | None = None) -> None:
         """The repository's tag set changed: its kept names are dropped, or, when the change is known (this
@@ -469,8 +480,11 @@ class MetadataStore:
 
     def keep_tag_names(self, seconds: float) -> None:
         """Keep tag names for `seconds` (0: never, the default). Only a process that also follows the tag events
-        of other processes (`tag_set_changed`) may keep them: without, it would list another's change late."""
+        of other processes (`tag_set_changed`) may keep them: without, it would list another's change late.
+        Either way what was kept (or is being read) until now is dropped: turned off, the follower lost events;
+        turned on, a read begun before the follower was positioned may have missed one."""
         self._tag_names.ttl = seconds
+        self._tag_names.forget_all()
 
     def tag_names_kept(self, repository: str) -> bool:
         """Whether this replica keeps some tag names of `repository` (then listing it costs no command)."""

@@ -158,3 +158,32 @@ async def test_a_commit_that_failed_midway_drops_the_names(tmp_path: Path) -> No
         assert await store.list_tags("r") == ["a", "b"] and docs.finds == 1
     finally:
         await docs.close()
+
+
+async def test_keeping_turned_off_drops_names_and_turned_on_refuses_reads_begun_before(tmp_path: Path) -> None:
+    # The replica's event follower turns keeping off when it loses a topic (events may be missed meanwhile)
+    # and on once it follows every topic again (a read begun before then may have missed one).
+    now = [0.0]
+    docs, store, outbox = await _world(tmp_path, now)
+    try:
+        await _tag(outbox, store, "a")
+        assert await store.list_tags("r") == ["a"] and await store.list_tags("r") == ["a"]
+        assert docs.finds == 1
+        store.keep_tag_names(0)
+        assert not store.tag_names_kept("r")
+        await store.list_tags("r")
+        await store.list_tags("r")
+        assert docs.finds == 3
+        docs.hold = asyncio.Event()
+        reading = asyncio.create_task(store.list_tags("r"))
+        while docs.finds == 3:
+            await asyncio.sleep(0)
+        store.keep_tag_names(m.TAG_LIST_SECONDS)  # the follower is positioned while that read is in flight
+        docs.hold.set()
+        docs.hold = None
+        assert await reading == ["a"]
+        assert not store.tag_names_kept("r")
+        assert await store.list_tags("r") == ["a"] and await store.list_tags("r") == ["a"]
+        assert docs.finds == 5 and store.tag_names_kept("r")
+    finally:
+        await docs.close()
