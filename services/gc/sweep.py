@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 ACTOR = "gc"
 PAGE = 2000
+YIELD_EVERY = 200
+"""Items a planning loop handles before it lets the event loop serve others (`serve` runs GC beside pushes)."""
 BATCH = 500
 LEASE_SECONDS = 600.0
 CLOCK_SLACK_SECONDS = 60.0
@@ -315,6 +317,8 @@ class Collector:
                 yield await self._tagged(held)
                 held = []
                 await asyncio.sleep(0)  # planning is CPU: let requests in between repositories
+            elif len(held) % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             held.append(_facts(doc))
         if held:
             yield await self._tagged(held)
@@ -352,7 +356,11 @@ class Collector:
     async def _plan_blobs(self, referenced: DigestSet, limits: Limits) -> _BlobPlan:
         """Stream the links: garbage blobs become candidates; the rest are counted and remembered as linked."""
         out = _BlobPlan()
+        seen = 0
         async for links in self._links_by_digest():
+            seen += 1
+            if seen % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             digest = links[0].digest
             if digest in referenced:
                 out.keep(links)

@@ -177,11 +177,22 @@ async def delete_each(
 
 
 async def gather_bounded(calls: Sequence[Awaitable[_T]], concurrency: int) -> list[_T]:
-    """Await `calls`, at most `concurrency` at once; their results in order."""
-    gate = asyncio.Semaphore(max(1, concurrency))
+    """Await `calls`, at most `concurrency` at once; their results in order. A pool of `concurrency` tasks
+    takes them in turn, rather than a task each created at once: thousands of tasks made in one go hold the
+    event loop for tens of ms (a GC run's claims, beside a push's request). Every call runs even when one
+    fails; then the first failure is raised."""
+    results: list[Any] = [None] * len(calls)
+    errors: list[Exception] = []
+    pending = iter(enumerate(calls))
 
-    async def run(call: Awaitable[_T]) -> _T:
-        async with gate:
-            return await call
+    async def worker() -> None:
+        for i, call in pending:
+            try:
+                results[i] = await call
+            except Exception as exc:  # every call still runs (none is left un-awaited); the first error wins
+                errors.append(exc)
 
-    return list(await asyncio.gather(*(run(c) for c in calls)))
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(calls))))))
+    if errors:
+        raise errors[0]
+    return results

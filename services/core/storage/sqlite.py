@@ -1,7 +1,9 @@
 """SQLite DocumentStore adapter: one table of JSON documents per collection.
 
-Reads go through one aiosqlite connection. Writes go through a second connection in a thread of its own, with
-group commit: the writes that queue while one transaction commits go together in the next, each inside a
+Reads go through two aiosqlite connections (each a thread of its own): point reads (`get`, `get_many`) on one,
+reads of many documents (`find`, `count`) on the other, so that a push's gets never queue behind a listing or a
+GC run's scan page (WAL lets both read at once). Writes go through a third connection in a thread of its own,
+with group commit: the writes that queue while one transaction commits go together in the next, each inside a
 savepoint of its own (so each stays atomic and fails alone), and every caller is answered after the COMMIT's
 fsync. With `synchronous=FULL` a write costs a WAL fsync; concurrent pushes share it instead of queueing one
 fsync each behind the other (the embedded assembly's tag pushes were bound by exactly that).
@@ -35,6 +37,10 @@ _BYTES = "$bytes"
 _NUMBER_TYPES = "('integer','real')"
 _GET_MANY_BATCH = 500  # well under SQLite's limit of bound parameters
 _GROUP_MAX = 512  # writes in one group commit
+_DECODE_ON_LOOP_MAX = 200
+"""Rows a find decodes on the event loop; more go to a worker thread, where the interpreter hands the loop
+its turn every switch interval (5 ms) instead of after the whole page (a GC page of 2,000 links is tens of
+ms of JSON, which a push waiting on the same loop would otherwise wait out)."""
 
 
 @dataclass(slots=True)
@@ -187,7 +193,7 @@ class SqliteDocumentStore:
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
-        self._conn: aiosqlite.Connection | None = None
+        self._conns: dict[str, aiosqlite.Connection] = {}  # by lane: "point", "scan"
         self._open_lock = asyncio.Lock()
         self._closed = False
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
@@ -208,13 +214,14 @@ class SqliteDocumentStore:
             f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}",
         )
 
-    async def _db(self) -> aiosqlite.Connection:
-        if self._conn is not None:
-            return self._conn
+    async def _db(self, lane: str = "point") -> aiosqlite.Connection:
+        conn = self._conns.get(lane)
+        if conn is not None:
+            return conn
         if self._closed:
             raise RuntimeError("SqliteDocumentStore is closed")
         async with self._open_lock:
-            if self._conn is None:
+            if lane not in self._conns:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
                 # isolation_level=None: no implicit BEGIN (deferred) from the sqlite3 module, whose
                 # read-then-write upgrade could fail with SQLITE_BUSY without waiting.
@@ -225,8 +232,8 @@ class SqliteDocumentStore:
                 except BaseException:
                     await conn.close()
                     raise
-                self._conn = conn
-            return self._conn
+                self._conns[lane] = conn
+            return self._conns[lane]
 
     async def _write(self, collection: str, sql: str, params: Sequence[Any], *, create: bool = True) -> int:
         """Run one write statement in the next group commit; returns the row count once it is durable. An
@@ -294,8 +301,8 @@ class SqliteDocumentStore:
             conn, self._wconn = self._wconn, None
             conn.close()
 
-    async def _read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
-        db = await self._db()
+    async def _read(self, sql: str, params: Sequence[Any], *, lane: str = "point") -> list[sqlite3.Row]:
+        db = await self._db(lane)
         try:
             return list(await db.execute_fetchall(sql, params))
         except sqlite3.OperationalError as exc:
@@ -453,9 +460,15 @@ class SqliteDocumentStore:
                 raise ValueError("limit must be >= 0")
             sql += " LIMIT ?"
             params.append(limit)
-        rows = await self._read(sql, params)
+        rows = await self._read(sql, params, lane="scan")
+        if len(rows) > _DECODE_ON_LOOP_MAX:
+            return await asyncio.to_thread(self._decode, rows, projected)
+        return self._decode(rows, projected)
+
+    @classmethod
+    def _decode(cls, rows: list[sqlite3.Row], projected: list[str] | None) -> list[Document]:
         if projected is None:
-            return [self._document(row) for row in rows]
+            return [cls._document(row) for row in rows]
         return [_projection(row, projected) for row in rows]
 
     async def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
@@ -463,7 +476,7 @@ class SqliteDocumentStore:
         sql = f'SELECT count(*) FROM "{check_collection(collection)}"'
         if terms:
             sql += " WHERE " + " AND ".join(terms)
-        rows = await self._read(sql, params)
+        rows = await self._read(sql, params, lane="scan")
         return int(rows[0][0]) if rows else 0
 
     async def delete_where(self, collection: str, where: Mapping[str, Any]) -> int:
@@ -495,8 +508,8 @@ class SqliteDocumentStore:
             await asyncio.gather(self._flusher, return_exceptions=True)
         await asyncio.get_running_loop().run_in_executor(self._writer, self._close_writer)
         self._writer.shutdown(wait=True)
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
             await conn.close()
 
     @staticmethod

@@ -1,0 +1,62 @@
+"""The SQLite adapter's read lanes: a point read is not queued behind a scan of many documents (the scan lane
+has a connection of its own), and a big page is decoded off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from services.core.storage import sqlite as sqlite_adapter
+from services.core.storage.sqlite import SqliteDocumentStore
+
+
+async def test_a_get_does_not_wait_behind_a_find(tmp_path: Path, monkeypatch: Any) -> None:
+    store = SqliteDocumentStore(tmp_path / "m.db")
+    try:
+        for i in range(5):
+            await store.insert("things", {"_id": f"k{i}", "n": i})
+        release = threading.Event()
+        scanning = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        scan = await store._db("scan")
+
+        def stuck(*_: Any) -> int:
+            loop.call_soon_threadsafe(scanning.set)
+            release.wait(10)
+            return 0
+
+        # Hold the scan lane's thread, as a long scan page would.
+        blocker = asyncio.ensure_future(scan._execute(stuck))
+        await scanning.wait()
+        finding = asyncio.ensure_future(store.find("things"))
+        got = await asyncio.wait_for(store.get("things", "k3"), 5)
+        assert got == {"_id": "k3", "n": 3}
+        assert not finding.done()
+        release.set()
+        await blocker
+        assert len(await finding) == 5
+    finally:
+        await store.close()
+
+
+async def test_a_big_page_is_decoded_in_a_worker_thread(tmp_path: Path, monkeypatch: Any) -> None:
+    store = SqliteDocumentStore(tmp_path / "m.db")
+    try:
+        n = sqlite_adapter._DECODE_ON_LOOP_MAX + 1
+        await asyncio.gather(*(store.insert("things", {"_id": f"k{i:04d}", "n": i}) for i in range(n)))
+        threads: list[str] = []
+        decode = SqliteDocumentStore._decode.__func__  # type: ignore[attr-defined]
+
+        def recording(cls: Any, rows: Any, projected: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return decode(cls, rows, projected)
+
+        monkeypatch.setattr(SqliteDocumentStore, "_decode", classmethod(recording))
+        assert [d["n"] for d in await store.find("things")] == list(range(n))
+        assert [d["n"] for d in await store.find("things", limit=3, fields=("n",))] == [0, 1, 2]
+        assert threads[0] != threading.main_thread().name
+        assert threads[1] == threading.main_thread().name
+    finally:
+        await store.close()
