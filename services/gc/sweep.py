@@ -226,6 +226,7 @@ class Collector:
         """Metadata commands in flight at once. Remote stores want many (a run is round trips); the embedded
         SQLite store has one connection that pushes share, so there a few keep pushes from queueing behind GC."""
         self.yield_ratio = yield_ratio
+        self._paced_at = time.monotonic()
         self._clock = clock
         self._sleep = sleep
         self._forget = forget_manifest
@@ -242,6 +243,13 @@ class Collector:
             await self._yield(started)
 
         await _each(items, paced if self.yield_ratio else step, workers=workers or self.concurrency)
+
+    async def _pace(self) -> None:
+        """In a planning loop, every YIELD_EVERY items: pause `yield_ratio` times as long as the loop ran since
+        the last pause (at least a turn for others): planning is CPU on the event loop `serve` shares."""
+        ran = time.monotonic() - self._paced_at
+        await asyncio.sleep(min(ran, 1.0) * self.yield_ratio)
+        self._paced_at = time.monotonic()
 
     async def _yield(self, started: float) -> None:
         """Pause `yield_ratio` times as long as the work since `started` took: a store that serves pushes too
@@ -264,6 +272,7 @@ class Collector:
     async def _run(self, options: RunOptions) -> RunResult:
         result = RunResult()
         started = self._clock()
+        self._paced_at = time.monotonic()
         grace = options.grace_seconds
         limits = Limits(now=started, blob_grace_seconds=self.blob_grace if grace is None else grace,
                         untagged_seconds=grace)
@@ -316,9 +325,9 @@ class Collector:
             if held and doc["repository"] != held[-1].repository:
                 yield await self._tagged(held)
                 held = []
-                await asyncio.sleep(0)  # planning is CPU: let requests in between repositories
+                await self._pace()  # planning is CPU: let requests in between repositories
             elif len(held) % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)
+                await self._pace()
             held.append(_facts(doc))
         if held:
             yield await self._tagged(held)
@@ -360,7 +369,7 @@ class Collector:
         async for links in self._links_by_digest():
             seen += 1
             if seen % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+                await self._pace()
             digest = links[0].digest
             if digest in referenced:
                 out.keep(links)
