@@ -11,6 +11,7 @@ lists and nested dicts of those. Field names in `where`/`expect` are top-level o
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -179,20 +180,29 @@ async def delete_each(
 async def gather_bounded(calls: Sequence[Awaitable[_T]], concurrency: int) -> list[_T]:
     """Await `calls`, at most `concurrency` at once; their results in order. A pool of `concurrency` tasks
     takes them in turn, rather than a task each created at once: thousands of tasks made in one go hold the
-    event loop for tens of ms (a GC run's claims, beside a push's request). Every call runs even when one
-    fails; then the first failure is raised."""
+    event loop for tens of ms (a GC run's claims, beside a push's request). After a failure no further call
+    starts; the first failure is raised once the calls in flight end (none is left running behind)."""
     results: list[Any] = [None] * len(calls)
     errors: list[Exception] = []
     pending = iter(enumerate(calls))
 
     async def worker() -> None:
         for i, call in pending:
+            if errors:  # fail fast (a store gone away would otherwise time out once per remaining call)
+                if inspect.iscoroutine(call):
+                    call.close()  # never started: closed, so nothing warns of an un-awaited coroutine
+                continue
             try:
                 results[i] = await call
-            except Exception as exc:  # every call still runs (none is left un-awaited); the first error wins
+            except Exception as exc:
                 errors.append(exc)
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(calls))))))
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(calls))))))
+    finally:  # cancelled: the calls not started are closed, not left to warn
+        for _, call in pending:
+            if inspect.iscoroutine(call):
+                call.close()
     if errors:
         raise errors[0]
     return results
