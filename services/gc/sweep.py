@@ -397,8 +397,10 @@ class Collector:
         return {repo: Retention(policy.retention.untagged_after_days, policy.retention.keep_last)}
 
     async def _recent_references(self, started: float) -> set[str]:
-        """What manifests stored since the run started reference (as `repo@digest` and bare digests)."""
-        out: set[str] = set()
+        """What manifests stored since the run started, and pushes in flight, reference (as `repo@digest` and
+        bare digests). Called after marking: the holds first, so that a push that stores its manifest and
+        drops its hold in between is found among the manifests (gcmarks.py)."""
+        out = await self.marks.held()
         since = started - CLOCK_SLACK_SECONDS
         after: float = since
         while True:

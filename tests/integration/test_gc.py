@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 
+from services.core.content.registry import Registry
+from services.core.events.outbox import LEASES
 from services.core.oci.digest import Digest
+from services.core.oci.names import RepositoryName, Tag
 from services.core.storage import gcmarks as gm
+from services.distribution.keys import REGISTRY
 from services.gc import sweep
 from services.gc.sweep import RunOptions
 from tests.integration.conftest import Assembly
 from tests.integration.gc_support import (
+    Image,
     collector,
     drop_gc_collections,
     make_image,
@@ -218,6 +225,62 @@ async def test_one_settle_per_phase_not_per_batch(assembly: Assembly, monkeypatc
         assert settles == [0.123, 0.123]  # manifests, then blobs (no unlinked bytes here)
     finally:
         await drop_gc_collections(c)
+
+
+@pytest.mark.parametrize("reference", ["child manifest", "blobs"])
+async def test_a_push_that_stalls_between_reading_marks_and_storing_keeps_what_it_references(
+    assembly: Assembly, monkeypatch: pytest.MonkeyPatch, reference: str
+) -> None:
+    """The push reads no mark (the run has not marked yet), then takes longer than `settle` to store its
+    manifest: its hold, written before that read, keeps the run from deleting the index's untagged child (or
+    the untagged image's blobs the new manifest shares), however long the push takes."""
+    client, c = assembly.client, assembly.c
+    registry: Registry = client.app[REGISTRY]  # type: ignore[index]
+    gc = collector(c, settle=0.01, grace=0.0)
+    await gc.setup()
+    try:
+        untagged = make_image()
+        await push(client, "hold/app", untagged)  # garbage at grace 0: the manifest, and its blobs with it
+        if reference == "child manifest":
+            pushed = make_index([untagged])
+        else:  # other bytes, the same blobs
+            doc = json.loads(untagged.manifest)
+            pushed = Image(json.dumps({**doc, "annotations": {"n": uuid.uuid4().hex}}).encode(),
+                           untagged.media_type, untagged.blobs)
+        reached, resume = asyncio.Event(), asyncio.Event()
+        real_ensure, real_mark = registry.meta.ensure_repository, gc.marks.mark
+
+        async def stall_before_storing(*args: Any, **kwargs: Any) -> None:
+            reached.set()  # the push has read the marks: none yet
+            await resume.wait()
+            await real_ensure(*args, **kwargs)
+
+        async def mark_after_the_push_read(*args: Any, **kwargs: Any) -> None:
+            await reached.wait()
+            await real_mark(*args, **kwargs)
+
+        monkeypatch.setattr(registry.meta, "ensure_repository", stall_before_storing)
+        monkeypatch.setattr(gc.marks, "mark", mark_after_the_push_read)
+        options = _run()
+        running = asyncio.ensure_future(gc.run(options))
+        while (await c.docs.get(LEASES, gm.COLLECTING) or {}).get("run") != options.run_id:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(gm.NOTICE_SECONDS + 0.1)  # the push side has noticed the run
+        pushing = asyncio.ensure_future(registry.put_manifest(
+            RepositoryName("hold/app"), Tag("kept"), pushed.manifest, pushed.media_type, actor="test"))
+        result = await asyncio.wait_for(running, 60)
+        resume.set()
+        await pushing
+        assert not result.errors, result.errors
+        assert result.blobs_deleted == 0, result.deleted
+        await pull_exact(client, "hold/app", "kept", pushed)
+        for digest, data in untagged.blobs.items():
+            resp = await client.get(f"/v2/hold/app/blobs/{digest}")
+            assert resp.status == 200 and await resp.read() == data, digest
+        assert await c.docs.find(gm.GC_HOLDS) == []  # the push removed its hold
+    finally:
+        await drop_gc_collections(c)
+        await c.docs.drop_collection(gm.GC_HOLDS)
 
 
 async def test_the_base_model_of_a_kept_adapter_stays(assembly: Assembly) -> None:

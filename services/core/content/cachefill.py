@@ -3,7 +3,8 @@ its events, tags and GC guard) before the blobs it references, which are fetched
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from services.core.content.registry import Registry
 from services.core.oci.digest import Digest
@@ -23,9 +24,11 @@ class _LazyReferences:
     async def after_link(self, digest: Digest, *, exists: Callable[[], Awaitable[bool]]) -> bool:
         return await self._inner.after_link(digest, exists=exists)
 
-    async def before_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]) -> list[str]:
-        await self._inner.before_manifest(repository, blobs, manifests)
-        return []
+    @contextlib.asynccontextmanager
+    async def storing_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]
+                               ) -> AsyncIterator[list[str]]:
+        async with self._inner.storing_manifest(repository, blobs, manifests):
+            yield []
 
 
 class CacheFillRegistry(Registry):

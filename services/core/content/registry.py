@@ -302,18 +302,24 @@ class Registry:
             else:
                 await self._check_references(repo, parsed)
                 absent = True
-        going = await self.blob_guard.before_manifest(  # GC: rescue what it references, or refuse what is gone
+        async with self.blob_guard.storing_manifest(  # GC: rescue what it references, or refuse what is gone
             str(repo),
             [str(d.digest) for d in parsed.blob_references],
             [str(d.digest) for d in parsed.child_manifests] + ([str(parsed.digest)] if known else []),
-        )
-        if going:
-            self.meta.forget_manifest(str(repo), parsed.digest)
-            raise ManifestBlobUnknownError(
-                f"manifest references {len(going)} blob(s) or manifest(s) garbage-collected in {repo}; push "
-                "them again: " + ", ".join(going[:10]),
-                detail={"digests": going},
-            )
+        ) as going:
+            if going:
+                self.meta.forget_manifest(str(repo), parsed.digest)
+                raise ManifestBlobUnknownError(
+                    f"manifest references {len(going)} blob(s) or manifest(s) garbage-collected in {repo}; push "
+                    "them again: " + ", ".join(going[:10]),
+                    detail={"digests": going},
+                )
+            return await self._store_manifest(repo, reference, parsed, data, actor=actor, extra_tags=extra_tags,
+                                              force=force, known=known, absent=absent)
+
+    async def _store_manifest(self, repo: RepositoryName, reference: Tag | Digest, parsed: ParsedManifest,
+                              data: bytes, *, actor: str, extra_tags: Sequence[Tag], force: bool, known: bool,
+                              absent: bool) -> PushedManifest:
         await self.meta.ensure_repository(str(repo), namespace=repo.namespace)
         tags = list(
             dict.fromkeys([*([str(reference)] if isinstance(reference, Tag) else []), *(str(t) for t in extra_tags)])

@@ -19,12 +19,16 @@ While a run goes (and for TOMBSTONE_SECONDS after), the push path pays one metad
   collector writes first is seen by the other, so either the push rescues a `marked` blob, or it finds
   `deleting`, waits for the collector to finish and then checks the bytes itself (gone: the caller unlinks
   and the client uploads the blob again);
-- a manifest push reads the marks of what it references before it commits (`before_manifest`): a marked
-  blob or child manifest is rescued; one being deleted, or deleted and not stored again since, is refused
-  (MANIFEST_BLOB_UNKNOWN, push it again). A push that skips reading the manifest because it believes it
-  stored passes the manifest itself too.
-  The collector waits `settle` seconds between marking and its point of no return and then looks for
-  manifests stored since it started, so a push that read no mark is seen by it.
+- a manifest push first writes a hold naming what it references (`gc_holds`), then reads the marks of those
+  (`storing_manifest`), and removes the hold once the manifest is stored: a marked blob or child manifest is
+  rescued; one being deleted, or deleted and not stored again since, is refused (MANIFEST_BLOB_UNKNOWN, push
+  it again). A push that skips reading the manifest because it believes it stored passes the manifest itself
+  too. The collector reads the holds (`held`) after marking and before its point of no return, then the
+  manifests stored since it started: whichever of the push and the collector writes first is seen by the
+  other, however long the push takes between its read and its commit (the hold stays until the manifest is
+  stored, after which the collector's read of recent manifests sees it). Only a push that read "no run"
+  before the run announced itself writes no hold; `settle` seconds between marking and the point of no
+  return cover it.
 
 Blob marks use verdicts (a mark with `verdict: true`), so that a deleted blob costs the collector inserts,
 not compare-and-sets (on FerretDB 1.x an insert is one atomic command; a compare-and-set takes a lease lock,
@@ -50,7 +54,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from services.core.events.outbox import LEASES
@@ -67,6 +72,8 @@ from services.core.storage.documents import (
 from services.core.storage.meta import BLOB_LINKS, MANIFESTS
 
 GC_MARKS = "gc_marks"
+GC_HOLDS = "gc_holds"
+"""One document per manifest push in flight while a run goes: what it references (a handful at any time)."""
 
 SEEN = "seen"
 MARKED = "marked"
@@ -83,6 +90,10 @@ it a day ahead when it starts, and to its end plus TOMBSTONE_SECONDS when it fin
 NOTICE_SECONDS = 0.5
 """How long the push side trusts what it read of COLLECTING. A run waits twice this after announcing
 itself before it reads anything, so by then every push that links or stores content reads the marks."""
+
+HOLD_SECONDS = 600.0
+"""How long a hold counts: a push's commit is long over by then (a hold left by a push that died is ignored
+after it, and removed by the collector)."""
 
 WAIT_SECONDS = 60.0
 """The longest a push waits for a collector that holds a mark in `deleting` (beyond its lease, it takes over)."""
@@ -113,10 +124,11 @@ class BlobGuard(Protocol):
         (`exists` said so); the caller removes its link and treats the blob as absent."""
         ...
 
-    async def before_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]) -> list[str]:
-        """Call before storing a manifest that references `blobs` and child `manifests` of `repository`:
-        rescues those marked, and returns the digests being (or lately) deleted and not stored again (refuse
-        the push: they are gone)."""
+    def storing_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]
+                         ) -> contextlib.AbstractAsyncContextManager[list[str]]:
+        """Store a manifest that references `blobs` and child `manifests` of `repository` inside this: on entry
+        rescues those marked and yields the digests being (or lately) deleted and not stored again (refuse the
+        push: they are gone); until it exits, no run deletes what it names."""
         ...
 
 
@@ -175,7 +187,24 @@ class GcMarks:
             return True
         return await exists()
 
+    @contextlib.asynccontextmanager
+    async def storing_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]
+                               ) -> AsyncIterator[list[str]]:
+        hold = None
+        if (blobs or manifests) and await self._collecting():
+            # Written before the marks are read (module docstring): a run that marked after this read sees it.
+            hold = uuid.uuid4().hex
+            await self.docs.insert(GC_HOLDS, {"_id": hold, "repository": repository,
+                                              "refs": [*blobs, *manifests], "at": self._clock()})
+        try:
+            yield await self.before_manifest(repository, blobs, manifests)
+        finally:
+            if hold is not None:
+                with contextlib.suppress(Exception):  # it expires (HOLD_SECONDS) if the store is away now
+                    await self.docs.delete(GC_HOLDS, hold)
+
     async def before_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]) -> list[str]:
+        """The marks' side of `storing_manifest` alone: rescue what is marked, return what is gone."""
         keys = {blob_key(d): d for d in blobs} | {manifest_key(repository, d): d for d in manifests}
         if not keys or not await self._collecting():
             return []
@@ -252,6 +281,23 @@ class GcMarks:
             await self._sleep(0.05)
 
     # -- the collector's side --------------------------------------------------------------------
+
+    async def held(self) -> set[str]:
+        """What pushes in flight reference, as `repository@digest` and bare digests: read after marking, it
+        names everything a push that read no mark is about to store. Expired holds are removed."""
+        out: set[str] = set()
+        expired: list[str] = []
+        oldest = self._clock() - HOLD_SECONDS
+        for doc in await self.docs.find(GC_HOLDS):
+            if float(doc.get("at", 0.0)) < oldest:
+                expired.append(str(doc["_id"]))
+                continue
+            for ref in doc.get("refs") or ():
+                out.add(str(ref))
+                out.add(f"{doc['repository']}@{ref}")
+        if expired:
+            await self.docs.delete_many(GC_HOLDS, expired)
+        return out
 
     async def get(self, key: str) -> Document | None:
         return await self.docs.get(GC_MARKS, key)
