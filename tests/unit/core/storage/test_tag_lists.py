@@ -23,8 +23,8 @@ class _Counting(SqliteDocumentStore):
     hold: asyncio.Event | None = None
 
     async def find(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        self.finds += 1
         found = await super().find(*args, **kwargs)
+        self.finds += 1  # counted once it has read: a test waiting for a read then knows what it read
         if self.hold is not None:
             await self.hold.wait()
         return found
