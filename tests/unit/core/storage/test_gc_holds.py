@@ -1,0 +1,69 @@
+"""GC holds (gcmarks.py): a manifest push names what it references before it reads the marks, while a run goes;
+the collector reads the names; a hold left by a push that died stops counting after HOLD_SECONDS and goes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.core.storage import gcmarks as gm
+from services.core.storage.sqlite import SqliteDocumentStore
+
+CHILD = "sha256:" + "c" * 64
+LAYER = "sha256:" + "1" * 64
+
+
+@contextlib.asynccontextmanager
+async def _marks(tmp_path: Path, now: list[float]) -> AsyncIterator[gm.GcMarks]:
+    async def no_wait(_: float) -> None:
+        return None
+
+    docs = SqliteDocumentStore(tmp_path / "m.db")
+    try:
+        marks = gm.GcMarks(docs, clock=lambda: now[0], sleep=no_wait)
+        await marks.setup()
+        yield marks
+    finally:
+        await docs.close()
+
+
+async def test_a_push_holds_what_it_references_while_a_run_goes_and_not_after(tmp_path: Path) -> None:
+    now = [1000.0]
+    async with _marks(tmp_path, now) as marks:
+        async with marks.storing_manifest("team/app", [LAYER], [CHILD]) as refused:
+            assert refused == []
+            assert await marks.held() == set()  # no run: no hold, no extra write
+        await marks.announce("r1")
+        now[0] += 1.0
+        async with marks.storing_manifest("team/app", [LAYER], [CHILD]) as refused:
+            assert refused == []
+            assert await marks.held() == {LAYER, CHILD, f"team/app@{LAYER}", f"team/app@{CHILD}"}
+        assert await marks.held() == set()
+
+
+async def test_a_hold_left_by_a_push_that_died_expires_and_goes(tmp_path: Path) -> None:
+    now = [1000.0]
+
+    class Died(Exception):
+        pass
+
+    async with _marks(tmp_path, now) as marks:
+        await marks.announce("r1")
+        now[0] += 1.0
+        real_delete = marks.docs.delete
+        with pytest.raises(Died):
+            async with marks.storing_manifest("team/app", [LAYER], []):
+                marks.docs.delete = _never  # type: ignore[method-assign]  # dies before it removes the hold
+                raise Died()
+        marks.docs.delete = real_delete  # type: ignore[method-assign]
+        assert LAYER in await marks.held()
+        now[0] += gm.HOLD_SECONDS + 1
+        assert await marks.held() == set()
+        assert await marks.docs.find(gm.GC_HOLDS) == []
+
+
+async def _never(*_: object, **__: object) -> bool:
+    raise ConnectionError("the process is gone")
