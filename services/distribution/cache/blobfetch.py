@@ -19,8 +19,10 @@ fetch spools (`spool=True`): the pull no longer waits for the store but writes e
 temporary file (page-cache speed; unlinked from the start, so a crash leaves nothing behind) while the store
 reads the blob like any other reader, from the window or the spool, behind it. Readers then get the last byte
 once the pull verified the digest, not once the store committed: what a client receives is checked either way,
-and nothing is cached unless the store's own check passes. The local filesystem store keeps pace with the
-pull, and a second write of every byte there would only cost (see above), so it does not spool.
+and nothing is cached unless the store's own check passes. A store that fails (S3 going away) then fails no
+client: every reader holds its own descriptor of the spool and finishes from it; only caching is lost. The local
+filesystem store keeps pace with the pull, and a second write of every byte there would only cost (see above),
+so it does not spool.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ class BlobFetch:
                 self.error = exc
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+                if self.verified:
+                    log.warning("pull-through: %s served from the spool but not cached: the store failed: %s",
+                                self.digest, exc)
             finally:
                 self.done = True
                 self._chunks.clear()
@@ -247,11 +252,16 @@ class BlobFetch:
         verified). Raises FetchFailedError when the fetch fails."""
         end = offset + length
         position = offset
-        spool: int | None = None  # this reader's own descriptor of the spool, once it fell behind the window
+        # Spooling: this reader's own descriptor of the spool, taken as soon as there is one. Once the pull has
+        # verified the blob, the reader needs nothing else: it gets every byte from the spool even when the
+        # store fails (then nothing is cached, and only the next pull is a miss again).
+        spool: int | None = None
         try:
             while position < end:
                 changed = self._changed
-                if self.error is not None:
+                if spool is None and self._spool is not None:
+                    spool = os.dup(self._spool)
+                if self.error is not None and not (spool is not None and self.verified):
                     raise FetchFailedError(self.error)
                 last = self.size if self.verified else self.size - 1
                 if spool is None and self.done:  # stored: the rest from the blob store
@@ -261,13 +271,7 @@ class BlobFetch:
                     if position != end:
                         raise FetchFailedError(OSError(f"stored {self.digest} ended at {position}, not {end}"))
                     return
-                if position < self.window_start:  # fell behind the window
-                    if spool is None and self._spool is None:  # not spooling: the rest once stored
-                        await self._finished.wait()
-                        continue
-                    if spool is None:
-                        assert self._spool is not None
-                        spool = os.dup(self._spool)
+                if spool is not None and (position < self.window_start or self.done):  # from the spool
                     limit = min(self.spooled, last, end)
                     if position < limit:
                         data = await asyncio.to_thread(os.pread, spool, min(SPOOL_READ, limit - position), position)
@@ -276,7 +280,12 @@ class BlobFetch:
                         position += len(data)
                         yield data
                         continue
+                    if self.done:  # a verified pull spooled every byte: cannot happen
+                        raise FetchFailedError(self.error or OSError(f"the spool of {self.digest} ended at {position}"))
                     await changed.wait()
+                    continue
+                if position < self.window_start:  # fell behind the window, not spooling: the rest once stored
+                    await self._finished.wait()
                     continue
                 limit = min(self.available, last, end)
                 if position < limit:

@@ -216,6 +216,45 @@ async def test_spooling_a_failed_pull_fails_readers_and_the_store() -> None:
     assert open_fds() == fds
 
 
+async def test_spooling_a_store_that_fails_fails_no_reader_of_the_verified_blob(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S3 goes away during a cold pull: every client still gets the whole blob, verified by the pull, from the
+    spool (even one that starts reading after the fetch ended); nothing is cached."""
+    monkeypatch.setattr(blobfetch, "SPOOL_BATCH", 65536)
+    fds = open_fds()
+    fetches = BlobFetches(window=128 * 1024, spool=True)
+    pulled = asyncio.Event()
+
+    async def failing_store(chunks: AsyncIterable[bytes]) -> None:
+        async for _ in chunks:
+            await pulled.wait()  # the pull has run ahead to its end
+            raise ConnectionError("S3 went away")
+
+    async def unreachable(offset: int, length: int) -> AsyncIterator[bytes]:
+        raise AssertionError("nothing is stored: no reader may ask the store")
+        yield b""
+
+    async def tracked() -> AsyncIterator[bytes]:
+        async for chunk in source():
+            yield chunk
+        pulled.set()
+
+    fetch = fetches.join(
+        Digest.of(DATA), len(DATA), repository="cache/a", source=tracked, store=failing_store, read_stored=unreachable
+    )
+    keeping_up = asyncio.create_task(drain(fetch))
+    behind = fetch.read(5, len(DATA) - 5)
+    first = await behind.__anext__()
+    await asyncio.wait_for(fetch._finished.wait(), 5)
+    assert isinstance(fetch.error, ConnectionError) and fetch.verified and not fetch.ok
+    assert await asyncio.wait_for(keeping_up, 5) == DATA
+    assert first + b"".join([c async for c in behind]) == DATA[5:]
+    assert open_fds() == fds  # every descriptor of the spool closed with its reader
+    # A fetch that failed to store is not joined again: the next pull fetches anew.
+    assert fetches.current(Digest.of(DATA)) is None
+
+
 async def test_without_a_spool_file_the_fetch_goes_at_the_stores_pace(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_space(directory: str | None) -> int:
         raise OSError(28, "No space left on device")
