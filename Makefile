@@ -55,7 +55,7 @@ proto-check: $(STAMP)
 
 lint: $(STAMP) ## ruff, mypy (strict on services/core), import layers
 	$(VENV)/bin/ruff check services tests scripts bench
-	$(VENV)/bin/mypy services bench
+	$(VENV)/bin/mypy services bench tests
 	$(VENV)/bin/lint-imports
 
 test-unit: $(STAMP)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 from minio import Minio
@@ -30,6 +31,11 @@ from services.core.storage.blobs import BlobBulkDeleter, BlobInfo, BlobPresigner
 from services.core.storage.fs import FilesystemBlobStore
 from services.core.storage.s3 import S3BlobStore
 from tests.conftest import infra
+
+if TYPE_CHECKING:
+
+    class PuttingStore(BlobStore, BlobPutter, Protocol):
+        """A store that also puts a blob whose digest is known (what `putter` returns)."""
 
 MIB = 1024 * 1024
 
@@ -577,7 +583,7 @@ async def test_leaves_nothing_behind(harness: Harness) -> None:
 # -- BlobPutter: a whole blob whose digest is known first (S3: straight to its key, no commit copy)
 
 
-def putter(harness: Harness, *, part_size: int | None = None) -> BlobPutter:
+def putter(harness: Harness, *, part_size: int | None = None) -> PuttingStore:
     store = harness.store(part_size=part_size)
     if not isinstance(store, BlobPutter):
         pytest.skip("this adapter commits by rename; it has no direct put")

@@ -161,7 +161,7 @@ class Behind:
 
     async def settled(self) -> Digester:
         pending, self._pending = self._pending, []
-        await asyncio.to_thread(lambda: [self.digester.update(c) for c in pending])
+        await asyncio.to_thread(lambda: [self.digester.update(c) for c in pending])  # type: ignore[func-returns-value]
         return self.digester
 
 

@@ -513,8 +513,8 @@ async def test_batch_compare_and_sets_race_single_ones_and_each_other_with_one_w
         *(rescue(k) for k in keys[::3]),
     )
     rescued = {k for k, ok in singles if ok}
-    assert not batch_a & batch_b and not (batch_a | batch_b) & rescued
-    assert batch_a | batch_b | rescued == set(keys)
+    assert not batch_a & batch_b and not (batch_a | batch_b) & rescued  # type: ignore[operator]
+    assert batch_a | batch_b | rescued == set(keys)  # type: ignore[operator]
     for doc in await s.find(c):
         k = doc["_id"]
         assert doc == ({"_id": k, "state": "rescued"} if k in rescued

@@ -9,8 +9,10 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.core.bootstrap import Container, container
@@ -19,11 +21,11 @@ from services.distribution import service as distribution
 from tests.conftest import infra
 
 
-def embedded_settings(data_dir: Path, **overrides: object) -> Settings:
+def embedded_settings(data_dir: Path, **overrides: Any) -> Settings:
     return load_settings(data_dir=data_dir, auth={"mode": "none"}, **overrides)
 
 
-def distributed_settings(data_dir: Path, run_id: str, **overrides: object) -> Settings:
+def distributed_settings(data_dir: Path, run_id: str, **overrides: Any) -> Settings:
     return load_settings(
         data_dir=data_dir,
         auth={"mode": "none"},
@@ -47,7 +49,7 @@ def distributed_settings(data_dir: Path, run_id: str, **overrides: object) -> Se
 @dataclass
 class Assembly:
     name: str
-    client: TestClient
+    client: TestClient[web.Request, web.Application]
     c: Container
 
 
@@ -82,6 +84,7 @@ async def running(settings: Settings, name: str) -> AsyncIterator[Assembly]:
                 await _drop_everything(c)
 
 
+ASSEMBLIES: list[str | pytest.ParameterSet]
 ASSEMBLIES = ["embedded", pytest.param("distributed", marks=[pytest.mark.kafka, pytest.mark.mongo, pytest.mark.s3])]
 if os.environ.get("HANZO_TEST_ASSEMBLIES"):
     ASSEMBLIES = [

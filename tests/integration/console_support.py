@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from services.core.content.registry import Registry
@@ -29,7 +30,8 @@ CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
-async def push_blob(client: TestClient, repo: str, data: bytes, headers: dict[str, str]) -> None:
+async def push_blob(client: TestClient[web.Request, web.Application], repo: str, data: bytes,
+                    headers: dict[str, str]) -> None:
     resp = await client.post(f"/v2/{repo}/blobs/uploads/", headers=headers)
     assert resp.status == 202, await resp.text()
     resp = await client.put(
@@ -41,7 +43,7 @@ async def push_blob(client: TestClient, repo: str, data: bytes, headers: dict[st
 
 
 async def push_image(
-    client: TestClient,
+    client: TestClient[web.Request, web.Application],
     headers: dict[str, str],
     repo: str,
     tag: str,
@@ -68,7 +70,8 @@ async def push_image(
     return digest_of(manifest), len(manifest)
 
 
-async def push_index(client: TestClient, headers: dict[str, str], repo: str, tag: str) -> str:
+async def push_index(client: TestClient[web.Request, web.Application], headers: dict[str, str], repo: str,
+                     tag: str) -> str:
     """A two-platform index (linux/amd64, linux/arm64) of fresh images."""
     entries = []
     for arch in ("amd64", "arm64"):
@@ -175,7 +178,7 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
-async def console_login(client: TestClient, user: str, key: str) -> str:
+async def console_login(client: TestClient[web.Request, web.Application], user: str, key: str) -> str:
     """Log in through the form; the logged-in page's CSRF value (for the logout form)."""
     resp = await client.get("/console/login")
     assert resp.status == 200

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from services.core.bootstrap import Container
@@ -87,7 +88,8 @@ def make_index(children: list[Image]) -> Image:
     return Image(json.dumps(doc).encode(), OCI_INDEX, children=children)
 
 
-async def push_blob(client: TestClient, repo: str, data: bytes, *, mount_from: str | None = None) -> None:
+async def push_blob(client: TestClient[web.Request, web.Application], repo: str, data: bytes, *,
+                    mount_from: str | None = None) -> None:
     digest = digest_of(data)
     head = await client.head(f"/v2/{repo}/blobs/{digest}")
     if head.status == 200:
@@ -106,8 +108,8 @@ async def push_blob(client: TestClient, repo: str, data: bytes, *, mount_from: s
         raise PushFailed(f"PUT blob {resp.status}: {await resp.text()}")
 
 
-async def push(client: TestClient, repo: str, image: Image, reference: str | None = None, *,
-               mount_from: str | None = None) -> None:
+async def push(client: TestClient[web.Request, web.Application], repo: str, image: Image,
+               reference: str | None = None, *, mount_from: str | None = None) -> None:
     for child in image.children:
         await push(client, repo, child, mount_from=mount_from)
     for data in image.blobs.values():
@@ -118,8 +120,9 @@ async def push(client: TestClient, repo: str, image: Image, reference: str | Non
         raise PushFailed(f"PUT manifest {resp.status}: {await resp.text()}")
 
 
-async def push_retrying(client: TestClient, repo: str, image: Image, reference: str | None = None, *,
-                        mount_from: str | None = None, attempts: int = 20) -> None:
+async def push_retrying(client: TestClient[web.Request, web.Application], repo: str, image: Image,
+                        reference: str | None = None, *, mount_from: str | None = None,
+                        attempts: int = 20) -> None:
     """What a client does when a push fails: push it all again."""
     for attempt in range(attempts):
         try:
@@ -131,7 +134,7 @@ async def push_retrying(client: TestClient, repo: str, image: Image, reference: 
             await asyncio.sleep(0.02 * (attempt + 1))
 
 
-async def pull_exact(client: TestClient, repo: str, reference: str, image: Image) -> None:
+async def pull_exact(client: TestClient[web.Request, web.Application], repo: str, reference: str, image: Image) -> None:
     """The manifest by `reference` has `image`'s exact bytes, and every blob and child pulls byte-exact."""
     resp = await client.get(f"/v2/{repo}/manifests/{reference}", headers={"Accept": image.media_type})
     assert resp.status == 200, f"{repo}:{reference}: {resp.status} {await resp.text()}"

@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -19,7 +20,7 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-async def push_blob(client: TestClient, repo: str, data: bytes) -> str:
+async def push_blob(client: TestClient[web.Request, web.Application], repo: str, data: bytes) -> str:
     digest = digest_of(data)
     resp = await client.post(f"/v2/{repo}/blobs/uploads/")
     assert resp.status == 202, await resp.text()
@@ -41,8 +42,8 @@ def image_manifest(config: bytes, layers: list[bytes], **extra: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
-async def push_image(client: TestClient, repo: str, tag: str | None = None, *, layers: int = 2,
-                     **extra: Any) -> tuple[str, bytes]:
+async def push_image(client: TestClient[web.Request, web.Application], repo: str, tag: str | None = None, *,
+                     layers: int = 2, **extra: Any) -> tuple[str, bytes]:
     config = json.dumps({"architecture": "amd64", "os": "linux", "nonce": os.urandom(8).hex()}).encode()
     blobs = [os.urandom(1024 + i) for i in range(layers)]
     for blob in [config, *blobs]:

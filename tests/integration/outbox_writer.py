@@ -11,6 +11,8 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from services.core.bootstrap import build_document_store, build_event_log
 from services.core.events import outbox as outbox_module
@@ -37,7 +39,7 @@ async def main(settings_json: str, intent: str, die_after: str) -> None:
     real_apply = outbox_module.apply_operation
     real_insert = docs.insert
 
-    async def insert_then_maybe_die(collection: str, doc: dict[str, object]) -> None:
+    async def insert_then_maybe_die(collection: str, doc: Mapping[str, Any]) -> None:
         await real_insert(collection, doc)
         if collection == outbox_module.OUTBOX and die_after == "intent":
             os._exit(137)

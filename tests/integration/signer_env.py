@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
@@ -35,7 +36,7 @@ MASTER_KEY = "test-master-key-0123456789abcdef"
 @dataclass
 class SignerEnv:
     name: str
-    client: TestClient
+    client: TestClient[web.Request, web.Application]
     c: Container
     ca: mk.Ca
     """The Notary trust store's root."""
@@ -46,7 +47,7 @@ class SignerEnv:
                                 default=self.c.settings.policy.default)
         await service.setup()
         await service.put(PolicyTarget(namespace, repository), parse_data(document), actor="test", source="test")
-        self.client.app[GATES].invalidate(namespace=namespace)  # type: ignore[index]
+        self.client.app[GATES].invalidate(namespace=namespace)
 
 
 def _notary_files(root: Path, ca: mk.Ca) -> tuple[Path, Path]:

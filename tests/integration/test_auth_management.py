@@ -31,7 +31,7 @@ async def test_openapi_document_is_valid_and_served(auth_assembly: Assembly) -> 
     for schema in doc["components"]["schemas"].values():
         jsonschema.Draft202012Validator.check_schema(schema)
     # every route of the implementation is documented, and every documented path is routed
-    routes = {r.resource.canonical for r in auth_assembly.client.app.router.routes()  # type: ignore[union-attr]
+    routes = {r.resource.canonical for r in auth_assembly.client.app.router.routes()
               if r.resource is not None and r.resource.canonical.startswith(("/v1/registry", "/token"))}
     assert routes - {"/v1/registry/{tail}"} == set(doc["paths"])
     assert DRAFT202012.create_resource(doc)
@@ -40,7 +40,7 @@ async def test_openapi_document_is_valid_and_served(auth_assembly: Assembly) -> 
 async def test_every_management_route_declares_its_requirement(auth_assembly: Assembly) -> None:
     """Each /v1/registry route is made from one route table entry naming who may call it."""
     seen = set()
-    for route in auth_assembly.client.app.router.routes():  # type: ignore[union-attr]
+    for route in auth_assembly.client.app.router.routes():
         info = route.resource.canonical if route.resource is not None else ""
         if not info.startswith("/v1/registry"):
             continue

@@ -8,6 +8,7 @@ import os
 import time
 
 import jwt
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from services.core.auth.scopes import ResourceScope
@@ -22,7 +23,7 @@ from tests.integration.test_auth_support import Api, admin_key, basic, bearer, g
 class Authed:
     """An OCI client that always sends one Authorization header."""
 
-    def __init__(self, client: TestClient, headers: dict[str, str]) -> None:
+    def __init__(self, client: TestClient[web.Request, web.Application], headers: dict[str, str]) -> None:
         self.client, self.headers = client, headers
 
     async def push_blob(self, repo: str, data: bytes) -> str:
@@ -50,7 +51,7 @@ def challenge(resp: object) -> str:
 
 
 def token_access(a: Assembly) -> TokenAccess:
-    access = a.client.app[ACCESS]  # type: ignore[union-attr]
+    access = a.client.app[ACCESS]
     assert isinstance(access, TokenAccess)
     return access
 
@@ -152,7 +153,7 @@ async def test_anonymous_token_and_public_repositories(auth_assembly: Assembly) 
     assert resp.status == 401
 
 
-async def token_for_anonymous(client: TestClient, *scopes: str) -> str:
+async def token_for_anonymous(client: TestClient[web.Request, web.Application], *scopes: str) -> str:
     resp = await client.get("/token", params=[("scope", s) for s in scopes])
     return str((await resp.json())["token"])
 

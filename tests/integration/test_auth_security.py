@@ -34,7 +34,7 @@ async def test_only_an_unrestricted_key_manages_keys(auth_assembly: Assembly) ->
                                ("GET", "/v1/registry/users/writer/keys", None),
                                ("DELETE", f"/v1/registry/users/writer/keys/{limited['prefix']}", None)):
         resp = await client.request(method, path, headers=as_limited.headers,
-                                    **({"json": body} if body is not None else {}))
+                                    **({"json": body} if body is not None else {}))  # type: ignore[arg-type]
         assert resp.status == 403 and await error_code(resp) == "DENIED", (method, path)
     # A registry access token, even one with an empty scope, cannot become a permanent key ...
     token = await token_for(client, keys["writer"])

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
@@ -83,7 +84,7 @@ def check_documented(method: str, path: str, status: int, body: Any) -> None:
 class Api:
     """Calls the management API as one caller and checks every answer against the OpenAPI document."""
 
-    client: TestClient
+    client: TestClient[web.Request, web.Application]
     headers: dict[str, str]
     seen: list[tuple[str, str, int]] = field(default_factory=list)
 
@@ -123,7 +124,8 @@ async def grant(api: Api, namespace: str, role: str, *, user: str | None = None,
     return result
 
 
-async def token_for(client: TestClient, key: str, *scopes: str, user: str = "hanzo") -> str:
+async def token_for(client: TestClient[web.Request, web.Application], key: str, *scopes: str,
+                    user: str = "hanzo") -> str:
     resp = await client.get("/token", params=[("service", "hanzo-registry"), *(("scope", s) for s in scopes)],
                             headers=basic(user, key))
     assert resp.status == 200, await resp.text()

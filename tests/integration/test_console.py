@@ -207,7 +207,7 @@ async def test_console_in_chromium(auth_assembly: Assembly, tmp_path: Path) -> N
     await push_index(a.client, headers, "team/app", "multi")
     await push_image(a.client, headers, "secret/app", "v1")
     big, _ = await push_image(a.client, headers, "team/big", "latest")
-    await seed_tags(a.client.server.app[REGISTRY], "team/big", big, TAGS)
+    await seed_tags(a.client.server.app[REGISTRY], "team/big", big, TAGS)  # type: ignore[attr-defined]
     await api.call(
         "PUT",
         "/v1/registry/namespaces/team/policy",

@@ -20,7 +20,7 @@ SBOM = "application/vnd.cyclonedx+json"
 
 
 def _registry(a: Assembly) -> Registry:
-    return a.client.app[REGISTRY]  # type: ignore[index]
+    return a.client.app[REGISTRY]
 
 
 async def _push_index(a: Assembly, repo: str) -> tuple[str, list[str]]:
@@ -114,5 +114,5 @@ async def test_delete_a_repository_with_everything_in_it(assembly: Assembly) -> 
     from tests.integration.topics import read_topic
 
     records = await read_topic(assembly.c.events, assembly.c.settings.topics.manifests, 11, timeout=30, linger=0.5)
-    kinds = [decode(r.value).WhichOneof("payload") for r in records]  # type: ignore[attr-defined]
+    kinds = [decode(r.value).WhichOneof("payload") for r in records]
     assert kinds.count("manifest_deleted") == 5

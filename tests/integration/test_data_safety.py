@@ -22,7 +22,7 @@ from tests.integration.topics import read_topic
 
 
 def _registry(a: Assembly) -> Registry:
-    return a.client.app[REGISTRY]  # type: ignore[index]
+    return a.client.app[REGISTRY]
 
 
 async def _every_tag_resolves(a: Assembly, repo: str) -> None:
@@ -99,10 +99,10 @@ async def _tag_events(a: Assembly, count: int) -> list[tuple[str, str]]:
     found, seen = [], set()
     for record in records:
         env = decode(record.value)
-        if env.id in seen:  # type: ignore[attr-defined]
+        if env.id in seen:
             continue
-        seen.add(env.id)  # type: ignore[attr-defined]
-        kind = env.WhichOneof("payload")  # type: ignore[attr-defined]
+        seen.add(env.id)
+        kind = env.WhichOneof("payload")
         found.append((kind, getattr(env, kind).tag))
     return found
 

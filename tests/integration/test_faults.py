@@ -360,10 +360,10 @@ def test_blob_storage_killed_mid_pull(reg: RegistryProcess, servers: Servers) ->
     assert bytes(received) == data[: len(received)], "the bytes served before the failure are the blob's"
     # (the registry may have had the whole blob buffered in flight: then nothing was cut)
     recover(lambda: request(reg.addr, "HEAD", f"/v2/{repo}/blobs/{digest_of(data)}"), 200)
-    resp = request(reg.addr, "GET", f"/v2/{repo}/blobs/{digest_of(data)}",
+    resp = request(reg.addr, "GET", f"/v2/{repo}/blobs/{digest_of(data)}",  # type: ignore[assignment]
                    headers={"Range": f"bytes={len(received)}-"})
     if len(received) < len(data):
-        assert resp.status == 206 and bytes(received) + resp.body == data
+        assert resp.status == 206 and bytes(received) + resp.body == data  # type: ignore[attr-defined]
     status, digest, size = stream_digest(reg.addr, f"/v2/{repo}/blobs/{digest_of(data)}")
     assert (status, digest, size) == (200, digest_of(data), len(data))
 
@@ -605,7 +605,7 @@ def test_scanner_killed_mid_scan(reg: RegistryProcess, servers: Servers, tmp_pat
              lambda: (db.scan_reports.find_one({"_id": rid}) or {}).get("status") == "complete",
              within=120, every=0.5)
         with grpc.insecure_channel(scanner.grpc_addr) as channel:
-            answer = scanner_pb2_grpc.ScannerStub(channel).GetReport(
+            answer = scanner_pb2_grpc.ScannerStub(channel).GetReport(  # type: ignore[no-untyped-call]
                 scanner_pb2.GetReportRequest(repository=repo, digest=digest_of(manifest)), timeout=10)
         assert answer.report.state == "complete" and answer.report.digest == digest_of(manifest)
         print(f"scanner log after the restart:\n{scanner.tail(5)}")
@@ -651,7 +651,7 @@ def test_gc_killed_mid_sweep(reg: RegistryProcess, servers: Servers, tmp_path: P
     request_run = gc_pb2.TriggerRunRequest(dry_run=False, grace_seconds=0, trigger=gc_pb2.GC_TRIGGER_API)
     with service_process(reg, "gc", tmp_path, env) as gc:
         with grpc.insecure_channel(gc.grpc_addr) as channel:
-            first = gc_pb2_grpc.GcStub(channel).TriggerRun(request_run, timeout=10)
+            first = gc_pb2_grpc.GcStub(channel).TriggerRun(request_run, timeout=10)  # type: ignore[no-untyped-call]
         assert first.started
         poll("sweep under way",
              lambda: db.blob_links.count_documents({"repository": garbage_repo}) < links, within=60, every=0.01)
@@ -670,7 +670,7 @@ def test_gc_killed_mid_sweep(reg: RegistryProcess, servers: Servers, tmp_path: P
         db.gc_marks.update_many({"run": first.run_id, "state": "deleting"}, {"$set": {"until": 0.0}})
         gc.start()
         with grpc.insecure_channel(gc.grpc_addr) as channel:
-            stub = gc_pb2_grpc.GcStub(channel)
+            stub = gc_pb2_grpc.GcStub(channel)  # type: ignore[no-untyped-call]
             second = stub.TriggerRun(request_run, timeout=10)
             assert second.started and second.run_id != first.run_id
 

@@ -235,7 +235,7 @@ async def test_a_push_that_stalls_between_reading_marks_and_storing_keeps_what_i
     manifest: its hold, written before that read, keeps the run from deleting the index's untagged child (or
     the untagged image's blobs the new manifest shares), however long the push takes."""
     client, c = assembly.client, assembly.c
-    registry: Registry = client.app[REGISTRY]  # type: ignore[index]
+    registry: Registry = client.app[REGISTRY]
     gc = collector(c, settle=0.01, grace=0.0)
     await gc.setup()
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
@@ -157,6 +158,6 @@ async def test_only_registry_admins(gc_api: tuple[Assembly, str]) -> None:
     for method, path in (("POST", f"{R}/gc"), ("GET", f"{R}/gc/history"), ("GET", f"{R}/gc/runs/x"),
                          ("GET", f"{R}/storage")):
         await dev.call(method, path, json_body={} if method == "POST" else None, expect=403)
-    anonymous = TestClient(a.client.server)
+    anonymous: TestClient[web.Request, None] = TestClient(a.client.server)
     async with anonymous:
         assert (await anonymous.get(f"{R}/gc/history")).status == 401

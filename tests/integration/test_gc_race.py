@@ -71,7 +71,7 @@ async def test_pushes_mounts_and_tag_moves_during_gc_lose_nothing(assembly: Asse
         expected[("race/other", f"mounted-{n}")] = doomed
         expected[("race/app", f"fresh-{n}")] = fresh
         expected[("race/app", f"index-{n}")] = index
-        expected[("race/app", f"moving-{n}")] = moved
+        expected[("race/app", f"moving-{n}")] = moved  # type: ignore[assignment]
 
     consuming = gc_consumers(c)
     await consuming.__aenter__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 
@@ -55,6 +56,7 @@ async def test_history_pages_newest_first_and_old_records_get_the_key(assembly: 
     await runs.setup()
     try:
         # 45 records, written directly; two share a start time (then the id decides); five predate `newest`.
+        doc: dict[str, Any]
         for i in range(45):
             started = 1000.0 + (i if i != 44 else 43)
             doc = {"_id": f"run{i:02d}", "id": f"run{i:02d}", "trigger": "schedule", "dry_run": False,

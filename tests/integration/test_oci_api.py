@@ -348,10 +348,10 @@ async def test_events_are_emitted_for_pushes_and_deletes(assembly: Assembly) -> 
         for topic, count in ((topics.manifests, 1), (topics.tags, 2))
     }
     pushed = seen[topics.manifests][0]
-    assert pushed.WhichOneof("payload") == "manifest_pushed"  # type: ignore[attr-defined]
-    assert pushed.manifest_pushed.digest == digest and pushed.manifest_pushed.tags == ["latest"]  # type: ignore[attr-defined]
-    assert pushed.manifest_pushed.media_type == OCI_MANIFEST  # type: ignore[attr-defined]
-    assert [e.WhichOneof("payload") for e in seen[topics.tags]] == ["tag_updated", "tag_deleted"]  # type: ignore[attr-defined]
+    assert pushed.WhichOneof("payload") == "manifest_pushed"
+    assert pushed.manifest_pushed.digest == digest and pushed.manifest_pushed.tags == ["latest"]
+    assert pushed.manifest_pushed.media_type == OCI_MANIFEST
+    assert [e.WhichOneof("payload") for e in seen[topics.tags]] == ["tag_updated", "tag_deleted"]
 
 
 async def test_docker_schema2_and_artifacts_accepted(assembly: Assembly) -> None:
@@ -376,7 +376,7 @@ async def test_docker_schema2_and_artifacts_accepted(assembly: Assembly) -> None
 
 def _handlers_of(assembly: Assembly, path: str) -> list[Any]:
     """The server's connections now handling a request for `path`."""
-    server = assembly.client.server.runner.server
+    server = assembly.client.server.runner.server  # type: ignore[union-attr]
     assert server is not None
     return [conn for conn in server.connections
             if (request := getattr(conn, "_current_request", None)) is not None and request.path == path]

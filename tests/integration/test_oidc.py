@@ -170,7 +170,7 @@ class TestIdp:
                 assert response.status == 200, await response.text()
                 return str((await response.json())["id_token"])
 
-        return self.run(get())
+        return self.run(get())  # type: ignore[no-any-return]
 
     def run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -40,7 +41,7 @@ def test_management_api_matches_its_document(registry: RegistryProcess, mode: Ge
     bounds, unknown fields) both get documented answers, never a 5xx."""
     # Driven from a plain test: schemathesis' pytest plugin does not run under pytest 9 yet.
     api = schemathesis.openapi.from_url(f"http://{registry.addr}/v1/registry/openapi.json")
-    operations = [result.ok() for result in api.get_all_operations()]
+    operations = [result.ok() for result in api.get_all_operations()]  # type: ignore[union-attr]
     assert len(operations) >= 10, "the document lists the management API"
     calls = 0
 
@@ -48,7 +49,7 @@ def test_management_api_matches_its_document(registry: RegistryProcess, mode: Ge
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-        def exercise(case: schemathesis.Case) -> None:
+        def exercise(case: schemathesis.Case[Any]) -> None:
             nonlocal calls
             calls += 1
             case.call_and_validate(

@@ -20,7 +20,7 @@ async def test_an_unreachable_backend_is_a_503_with_retry_after(
 ) -> None:
     client = assembly.client
     await push_image(client, "outage/app", "v1")
-    tracker = client.app[OUTAGES]  # type: ignore[index]
+    tracker = client.app[OUTAGES]
     real_get = assembly.c.docs.get
 
     async def metadata_down(*args: object, **kwargs: object) -> object:

@@ -142,7 +142,7 @@ async def test_intent_that_can_no_longer_apply_is_dropped_without_event(world: W
     while await relay.drain_once():
         pass
     assert relay.stats.dropped == 1
-    assert (await world.docs.get("kv", "tag"))["digest"] == "new"
+    assert (await world.docs.get("kv", "tag"))["digest"] == "new"  # type: ignore[index]
     assert await world.consume_all(1) == [b"after"]
 
 

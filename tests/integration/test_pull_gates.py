@@ -33,7 +33,7 @@ class AnnotationGate:
 
 async def test_gates_refuse_pulls_with_a_reason(assembly: Assembly) -> None:
     client = assembly.client
-    gates = client.app[GATES]  # type: ignore[index]
+    gates = client.app[GATES]
     gates.add(AnnotationGate())
     bad, _ = await push_image(client, "gated/app", "bad", annotations={"test.refuse": "yes"})
     good, good_manifest = await push_image(client, "gated/app", "good")
@@ -75,7 +75,7 @@ async def test_those_who_may_push_read_what_the_gates_hold_back(auth_assembly: A
 
     client = auth_assembly.client
     api, keys = await setup_users(auth_assembly)
-    client.app[GATES].add(AnnotationGate())  # type: ignore[index]
+    client.app[GATES].add(AnnotationGate())
     admin = Authed(client, bearer(admin_key(auth_assembly)))
     await admin.push_image("ml/gated", "v1")
     await api.call("PUT", "/v1/registry/namespaces/ml/policy", json_body={"scan": {"enabled": True}}, expect=200)
@@ -125,7 +125,7 @@ async def test_a_scan_event_refreshes_the_gates_of_this_replica(assembly: Assemb
     from services.core.proto.hanzo.registry.v1 import events_pb2 as pb
 
     client = assembly.client
-    gates = client.app[GATES]  # type: ignore[index]
+    gates = client.app[GATES]
     gate = SwitchGate()
     gates.add(gate)
     digest, _ = await push_image(client, "signed/app", "v1")

@@ -262,7 +262,7 @@ async def test_concurrent_pulls_of_one_uncached_blob_fetch_once(kind: str, tmp_p
             h = hashlib_sha256()
             async for chunk in client.pull_blob(cached, digest, size=mib << 20):
                 h.update(chunk)
-            return h.hexdigest()
+            return h.hexdigest()  # type: ignore[no-any-return]
 
         results = await asyncio.gather(*(pull() for _ in range(16)))
         assert set(results) == {digest.hex}

@@ -405,7 +405,7 @@ async def test_grpc_get_status_and_resync(assembly: str, tmp_path: Path) -> None
         try:
             async with OciClient(options) as client, replicator_running(a), \
                     grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = replicator_pb2_grpc.ReplicatorStub(channel)
+                stub = replicator_pb2_grpc.ReplicatorStub(channel)  # type: ignore[no-untyped-call]
                 image = make_image(layer_sizes=(2048,))
                 await push_image(client, RemoteRepository(src_addr, "team/grpc"), image, tag="v1")  # type: ignore[arg-type]
 

@@ -330,7 +330,7 @@ async def test_grpc_calls_continue_the_callers_trace_and_are_counted() -> None:
 
     seen: list[int] = []
 
-    class Gc(gc_pb2_grpc.GcServicer):  # type: ignore[misc]
+    class Gc(gc_pb2_grpc.GcServicer):
         async def ListRuns(self, request: Any, context: Any) -> Any:
             seen.append(trace.get_current_span().get_span_context().trace_id)
             return gc_pb2.ListRunsResponse()
@@ -338,13 +338,13 @@ async def test_grpc_calls_continue_the_callers_trace_and_are_counted() -> None:
     metrics = Metrics()
     server, port = await start_grpc(
         "127.0.0.1:0",
-        [lambda s: gc_pb2_grpc.add_GcServicer_to_server(Gc(), s)],
+        [lambda s: gc_pb2_grpc.add_GcServicer_to_server(Gc(), s)],  # type: ignore[no-untyped-call]
         interceptors=[TelemetryInterceptor(metrics, "gc")],
     )
     try:
         tracer = TracerProvider().get_tracer("test")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = gc_pb2_grpc.GcStub(channel)
+            stub = gc_pb2_grpc.GcStub(channel)  # type: ignore[no-untyped-call]
             with tracer.start_as_current_span("caller") as span:
                 await stub.ListRuns(gc_pb2.ListRunsRequest(), metadata=inject_grpc_metadata())
                 caller = span.get_span_context().trace_id

@@ -312,7 +312,7 @@ async def test_grpc_get_report_and_rescan(auth_assembly: Assembly) -> None:
         server, port = await start_grpc("127.0.0.1:0", parts.grpc)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = scanner_pb2_grpc.ScannerStub(channel)
+                stub = scanner_pb2_grpc.ScannerStub(channel)  # type: ignore[no-untyped-call]
                 missing = "sha256:" + "0" * 64
                 with pytest.raises(grpc.aio.AioRpcError) as exc:
                     await stub.GetReport(scanner_pb2.GetReportRequest(repository="team/grpc", digest=missing))

@@ -207,7 +207,7 @@ async def test_pending_and_unsigned_are_distinct(assembly: Assembly) -> None:
         op = store.put_op(PolicyTarget(namespace), parse_data(
             {"signing": {"verify_signature": True, "keys": [mk.pem(K1)], "unsigned": unsigned}}), actor="t")
         await assembly.c.docs.put(op.collection, op.doc)  # type: ignore[union-attr]
-    gates = client.app[GATES]  # type: ignore[index]
+    gates = client.app[GATES]
     gates.invalidate()
     image, _ = await push_image(client, "pend/app", "v1")
     resp = await client.get("/v2/pend/app/manifests/v1", headers=ACCEPT)

@@ -32,11 +32,11 @@ async def test_grpc_sign_and_verify(kind: str, tmp_path: Path) -> None:
         uri = "hanzo-kms://projects/grpc/keys/release"
         server, port = await start_grpc(
             "127.0.0.1:0",
-            [lambda s: signer_pb2_grpc.add_SignerServicer_to_server(signer.SignerServicer(env.c, verifier), s)],
+            [lambda s: signer_pb2_grpc.add_SignerServicer_to_server(signer.SignerServicer(env.c, verifier), s)],  # type: ignore[no-untyped-call]
         )
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = signer_pb2_grpc.SignerStub(channel)
+                stub = signer_pb2_grpc.SignerStub(channel)  # type: ignore[no-untyped-call]
                 signed = await stub.Sign(signer_pb2.SignRequest(repository="grpc/app", digest=digest, key_id=uri,
                                                                 actor="ci"))
                 assert signed.signature_digest.startswith("sha256:")

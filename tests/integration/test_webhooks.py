@@ -74,7 +74,7 @@ class Receiver:
 @dataclass
 class Env:
     name: str
-    client: TestClient
+    client: TestClient[web.Request, web.Application]
     c: Container
     receiver: Receiver
     admin: dict[str, str]

@@ -171,7 +171,7 @@ class _Failing:
             async def close(self) -> None:
                 await sub.close()
 
-        return Broken()  # type: ignore[return-value]
+        return Broken()
 
 
 async def test_tag_names_are_not_kept_while_a_topic_is_lost_and_decisions_drop_when_it_is_back(

@@ -39,7 +39,7 @@ class FakeRuns:
 
 def _stub(runs: FakeRuns) -> Any:
     servicer = GcServicer(runs)  # type: ignore[arg-type]
-    channel = InProcessChannel([lambda server: gc_pb2_grpc.add_GcServicer_to_server(servicer, server)])
+    channel = InProcessChannel([lambda server: gc_pb2_grpc.add_GcServicer_to_server(servicer, server)])  # type: ignore[no-untyped-call]
     return gc_pb2_grpc.GcStub(channel)  # type: ignore[no-untyped-call]
 
 

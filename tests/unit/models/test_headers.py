@@ -102,7 +102,7 @@ def test_gguf_type_tables_match_the_gguf_package() -> None:
     for member in gguf_package.GGMLQuantizationType:
         if member.value in gguf.GGML_TYPES:
             assert gguf.GGML_TYPES[member.value] == member.name
-    for member in gguf_package.LlamaFileType:
+    for member in gguf_package.LlamaFileType:  # type: ignore[assignment]
         if member.value in gguf.FILE_TYPES:
             assert member.name.endswith(gguf.FILE_TYPES[member.value]), (member, gguf.FILE_TYPES[member.value])
 

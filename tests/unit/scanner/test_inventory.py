@@ -28,7 +28,7 @@ from tests.unit.scanner.layerkit import (
 
 
 def image(*layers: bytes, limits: Limits | None = None) -> Inventory:
-    return scan_image([(f"sha256:{i:064x}", lambda b=b: io.BytesIO(b)) for i, b in enumerate(layers)], limits)
+    return scan_image([(f"sha256:{i:064x}", lambda b=b: io.BytesIO(b)) for i, b in enumerate(layers)], limits)  # type: ignore[misc]
 
 
 def names(inv: Inventory, kind: str | None = None) -> set[tuple[str, str]]:
@@ -263,6 +263,6 @@ def test_tar_is_streamed_not_seekable() -> None:
             return False
 
     data = gz(tar([("var/lib/dpkg/status", DPKG_STATUS)]))
-    inv = scan_image([("sha256:" + "a" * 64, lambda: OneWay(data))])  # type: ignore[arg-type,return-value]
+    inv = scan_image([("sha256:" + "a" * 64, lambda: OneWay(data))])  # type: ignore[list-item,return-value]
     assert len(inv.packages) == 3
     assert tarfile  # stream mode never seeks

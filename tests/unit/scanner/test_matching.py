@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ DEBIAN = OsInfo("debian", "12", ecosystem="Debian:12")
 CVSS_CRIT = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"
 
 
-def rec(rid: str, eco: str, name: str, *, events: list[dict[str, str]] | None = None, versions: list[str] = (),
+def rec(rid: str, eco: str, name: str, *, events: list[dict[str, str]] | None = None, versions: Sequence[str] = (),
         rtype: str = "ECOSYSTEM", **extra: Any) -> dict[str, Any]:
     affected: dict[str, Any] = {"package": {"ecosystem": eco, "name": name}}
     if events is not None:
@@ -144,14 +145,16 @@ def test_severity_sources() -> None:
     ("rpm", "1.0-1.el9", "1.0-2.el9"), ("go", "go1.21.5", "1.21.8"),
 ])
 def test_version_orderings(scheme: str, lo: str, hi: str) -> None:
-    assert vs.key(scheme, lo) < vs.key(scheme, hi)
+    assert vs.key(scheme, lo) < vs.key(scheme, hi)  # type: ignore[operator]
 
 
 @given(st.lists(st.integers(0, 50), min_size=3, max_size=3), st.lists(st.integers(0, 50), min_size=3, max_size=3))
 def test_dpkg_and_semver_agree_on_plain_numbers(a: list[int], b: list[int]) -> None:
     va, vb = ".".join(map(str, a)), ".".join(map(str, b))
-    assert (vs.key("dpkg", va) < vs.key("dpkg", vb)) == (tuple(a) < tuple(b)) == \
-        (vs.key("semver", va) < vs.key("semver", vb))
+    assert (
+        (vs.key("dpkg", va) < vs.key("dpkg", vb)) == (tuple(a) < tuple(b)) ==  # type: ignore[operator]
+        (vs.key("semver", va) < vs.key("semver", vb))  # type: ignore[operator]
+    )
 
 
 def test_upstream_ids_count_as_aliases_and_merge_with_a_dsa() -> None:

@@ -32,7 +32,7 @@ BASE = tar([
 
 def scan(*layers: bytes) -> None:
     with contextlib.suppress(HostileLayerError):
-        scan_image([(f"sha256:{i}", lambda data=data: io.BytesIO(data)) for i, data in enumerate(layers)], LIMITS)
+        scan_image([(f"sha256:{i}", lambda data=data: io.BytesIO(data)) for i, data in enumerate(layers)], LIMITS)  # type: ignore[misc]
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,7 +67,7 @@ def make_leaf(ca: Ca, *, cn: str = "signer", key: PrivateKeyTypes | None = None,
     key = key or ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.cert.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())  # type: ignore[arg-type]
                .not_valid_before(not_before or now - timedelta(hours=1))
                .not_valid_after(not_after or now + timedelta(days=30))
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -147,7 +148,7 @@ def _raw_signature(private: PrivateKeyTypes, data: bytes) -> tuple[str, bytes]:
 
 
 def jws(private: PrivateKeyTypes, chain: list[x509.Certificate], payload: bytes, *,
-        signing_time: datetime | None = None, expiry: datetime | None = None, extra_crit: list[str] = ()) -> bytes:
+        signing_time: datetime | None = None, expiry: datetime | None = None, extra_crit: Sequence[str] = ()) -> bytes:
     alg = "ES256" if isinstance(private, ec.EllipticCurvePrivateKey) else "PS256"
     protected: dict[str, Any] = {"alg": alg, "cty": "application/vnd.cncf.notary.payload.v1+json",
                                  "io.cncf.notary.signingScheme": "notary.x509",

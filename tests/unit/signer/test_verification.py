@@ -6,6 +6,7 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -22,6 +23,7 @@ from tests.unit.signer import material as mk
 IMAGE = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
 MT = "application/vnd.oci.image.manifest.v1+json"
+KEYS: list[Any]
 KEYS = [ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP384R1()),
         rsa.generate_private_key(public_exponent=65537, key_size=2048), ed25519.Ed25519PrivateKey.generate()]
 
@@ -67,7 +69,7 @@ def test_cosign_keyless_certificate() -> None:
     ca = mk.make_ca()
     private, cert = mk.make_leaf(ca, email="dev@example.com", issuer_url="https://issuer.example")
     payload, notes = mk.cosign_layer(private, IMAGE)
-    notes["dev.sigstore.cosign/certificate"] = cert.public_bytes(mk.serialization.Encoding.PEM).decode()
+    notes["dev.sigstore.cosign/certificate"] = cert.public_bytes(mk.serialization.Encoding.PEM).decode()  # type: ignore[attr-defined]
     good = CosignTrust(identities=[Identity("https://issuer.example", "dev@example.com")], roots=[ca.cert])
     verdict = cosign.verify_simple_signing(payload, notes, subject=IMAGE, trust=good)
     assert verdict.verified and verdict.identity == "dev@example.com" and verdict.issuer == "https://issuer.example"

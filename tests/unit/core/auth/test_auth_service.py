@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -38,7 +39,7 @@ async def docs(tmp_path: Path) -> AsyncIterator[SqliteDocumentStore]:
 async def make(docs: SqliteDocumentStore, clock: Clock | None = None, **settings: object) -> AuthService:
     outbox = Outbox(docs)
     await outbox.setup()
-    service = AuthService(store=AuthStore(docs), outbox=outbox, settings=AuthSettings(**settings),  # type: ignore[arg-type]
+    service = AuthService(store=AuthStore(docs), outbox=outbox, settings=AuthSettings(**settings),
                           topics=TopicSettings(), upload_grace_seconds=3600, clock=clock or Clock())
     await service.setup()
     return service
@@ -124,7 +125,7 @@ async def test_signing_keys_rotate_and_old_ones_verify_until_retired(docs: Sqlit
     first, _ = await service.issue_token(subject, [], key_prefix=None)
     clock.now += 601
     second, _ = await service.issue_token(subject, [], key_prefix=None)
-    kid = lambda t: __import__("jwt").get_unverified_header(t.token)["kid"]  # noqa: E731
+    kid: Callable[[Any], str] = lambda t: __import__("jwt").get_unverified_header(t.token)["kid"]  # noqa: E731
     assert kid(first) != kid(second)
     assert (await service.verify_token(first.token, allow_expired=True)).expired
     assert not (await service.verify_token(second.token)).expired
@@ -180,7 +181,7 @@ async def test_key_verification_uses_constant_time_comparison(docs: SqliteDocume
                                        source="")
     calls: list[bytes] = []
     real = hmac.compare_digest
-    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append(a) or real(a, b))
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append(a) or real(a, b))  # type: ignore[func-returns-value]
     await service.authenticate_key(created.secret, username=None)
     with pytest.raises(AuthenticationError):  # an unknown prefix is compared too (no timing oracle)
         await service.authenticate_key(apikeys.generate_key().key, username=None)

@@ -214,7 +214,7 @@ def test_settings_turn_on_with_the_issuer_and_default_the_audience_to_the_client
     assert not OidcSettings().enabled
     oidc = OidcSettings(issuer=ISSUER, client_id="registry")
     assert oidc.enabled and oidc.audiences == ("registry",)
-    assert OidcSettings(issuer=ISSUER, audience="a,b").audiences == ("a", "b")  # type: ignore[arg-type]
+    assert OidcSettings(issuer=ISSUER, audience="a,b").audiences == ("a", "b")
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ async def test_a_realm_on_a_metadata_address_is_never_fetched() -> None:
                                 url_policy=UrlPolicy(Trust.TRUSTED))
         async with OciClient(options) as client:
             with pytest.raises(OciConnectionError, match="metadata"):
-                [t async for t in client.list_tags(RemoteRepository(registry, "team/app"))]
+                [t async for t in client.list_tags(RemoteRepository(registry, "team/app"))]  # type: ignore[arg-type]
     finally:
         await server.close()
 
@@ -51,9 +51,9 @@ async def test_untrusted_urls_may_not_reach_loopback() -> None:
             options = ClientOptions(registries={registry: RegistryOptions(plain_http=True)}, url_policy=policy)
             async with OciClient(options) as client:
                 if allowed:
-                    assert [t async for t in client.list_tags(RemoteRepository(registry, "team/app"))] == []
+                    assert [t async for t in client.list_tags(RemoteRepository(registry, "team/app"))] == []  # type: ignore[arg-type]
                 else:
                     with pytest.raises(OciConnectionError):
-                        [t async for t in client.list_tags(RemoteRepository(registry, "team/app"))]
+                        [t async for t in client.list_tags(RemoteRepository(registry, "team/app"))]  # type: ignore[arg-type]
     finally:
         await server.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.core.events.outbox import Delete, Put, apply_operations
+from services.core.events.outbox import Delete, Operation, Put, apply_operations
 from services.core.storage.sqlite import SqliteDocumentStore
 
 
@@ -14,7 +14,7 @@ async def test_partial_deletes_report_each_operation_as_applied_alone(tmp_path: 
     try:
         for i in range(4):
             await docs.insert("links", {"_id": f"r@{i}", "created": float(i)})
-        ops = [
+        ops: list[Operation] = [
             Delete("links", "r@0", expect={"created": 0.0}),  # matches
             Delete("links", "r@1", expect={"created": 9.0}),  # re-linked since: stays, not applied
             Delete("links", "r@7", expect={"created": 7.0}),  # already absent: applied (a replay)

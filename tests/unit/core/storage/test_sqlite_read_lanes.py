@@ -28,7 +28,7 @@ async def test_a_get_does_not_wait_behind_a_find(tmp_path: Path, monkeypatch: An
             return 0
 
         # Hold the scan lane's thread, as a long scan page would.
-        blocker = asyncio.ensure_future(scan._execute(stuck))
+        blocker = asyncio.ensure_future(scan._execute(stuck))  # type: ignore[no-untyped-call]
         await scanning.wait()
         finding = asyncio.ensure_future(store.find("things"))
         got = await asyncio.wait_for(store.get("things", "k3"), 5)

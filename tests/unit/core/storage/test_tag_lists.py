@@ -35,6 +35,7 @@ async def _tag(outbox: Outbox, store: m.MetadataStore, name: str) -> None:
 
 
 async def _walk(store: m.MetadataStore, n: int) -> list[list[str]]:
+    pages: list[list[str]]
     pages, last = [], None
     while True:
         page = await store.list_tags("r", after=last, limit=n)
