@@ -265,7 +265,8 @@ async def test_a_push_that_stalls_between_reading_marks_and_storing_keeps_what_i
         running = asyncio.ensure_future(gc.run(options))
         while (await c.docs.get(LEASES, gm.COLLECTING) or {}).get("run") != options.run_id:
             await asyncio.sleep(0.01)
-        await asyncio.sleep(gm.NOTICE_SECONDS + 0.1)  # the push side has noticed the run
+        while not await registry.blob_guard._collecting():  # type: ignore[attr-defined]  # the push side noticed
+            await asyncio.sleep(0.01)
         pushing = asyncio.ensure_future(registry.put_manifest(
             RepositoryName("hold/app"), Tag("kept"), pushed.manifest, pushed.media_type, actor="test"))
         result = await asyncio.wait_for(running, 60)
