@@ -583,6 +583,11 @@ class SignerSettings(_Section):
         None, description="PEM file of the CA certificates (e.g. Fulcio's root and intermediate) trusted for "
         "keyless cosign and Sigstore bundle signatures; identities come from the policy's signing.identities"
     )
+    rekor_public_keys: Path | None = Field(
+        None, description="PEM file of the transparency logs' public keys (e.g. Rekor's) whose signed entry "
+        "timestamps date keyless signatures; without one a keyless certificate is checked now, and the "
+        "ten-minute Fulcio certificates have expired by then"
+    )
     notation_trust_store: Path | None = Field(
         None, description="Notary trust store directory (x509/ca/<name>/*.pem, x509/signingAuthority/<name>/...)"
     )

@@ -3,10 +3,11 @@ project's models (sigstore-models), checked offline. The bundle either signs a D
 in-toto statement whose subject is the image digest (`cosign sign`: predicate
 `https://sigstore.dev/cosign/sign/v1`), or a message by its digest (which must be the image digest). Its
 verification material is a public key (checked against trusted keys) or a certificate (chained to the
-configured roots, identity trusted, valid when the transparency log or timestamp says it was signed)."""
+configured roots, identity trusted, valid when a configured transparency log vouches it was signed: `tlog`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from cryptography import x509
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from pydantic import ValidationError
 from sigstore_models.bundle.v1 import Bundle
 
+from services.signer import tlog
 from services.signer.cosign import check_certificate
 from services.signer.crypto import verify_any, verify_prehashed
 from services.signer.verdict import CosignTrust, Verdict, failed
@@ -70,11 +72,18 @@ def _statement_names(payload: bytes, subject: str) -> str | None:
     return f"the statement signs another image (sha256:{', '.join(named) or 'nothing'}…), not {subject}"
 
 
-def _signed_at(bundle: Bundle) -> float | None:
+def _log_entries(bundle: Bundle) -> list[tlog.LogEntry]:
+    """The entries that carry a signed entry timestamp (a Rekor v1 inclusion promise); an entry with only an
+    inclusion proof (Rekor v2) dates nothing here: its time would come from a timestamp authority."""
+    entries = []
     for entry in bundle.verification_material.tlog_entries:
-        if entry.integrated_time:
-            return float(entry.integrated_time)
-    return None
+        promise = entry.inclusion_promise
+        if promise is None or not entry.integrated_time or entry.log_id is None:
+            continue
+        entries.append(tlog.LogEntry(body=entry.canonicalized_body, integrated_time=int(entry.integrated_time),
+                                     log_index=int(entry.log_index), log_id=entry.log_id.key_id.hex(),
+                                     signed_entry_timestamp=promise.signed_entry_timestamp))
+    return entries
 
 
 def verify_bundle(data: bytes, *, subject: str, trust: CosignTrust) -> Verdict:
@@ -84,7 +93,7 @@ def verify_bundle(data: bytes, *, subject: str, trust: CosignTrust) -> Verdict:
     except ValueError as exc:
         return failed(str(exc))
     material = bundle.verification_material
-    signed_at = _signed_at(bundle)
+    entries = _log_entries(bundle)
     if bundle.dsse_envelope is not None:
         envelope = bundle.dsse_envelope
         if not envelope.signatures:
@@ -94,6 +103,7 @@ def verify_bundle(data: bytes, *, subject: str, trust: CosignTrust) -> Verdict:
             return failed(problem)
         signature, signed = envelope.signatures[0].sig, pae(envelope.payload_type, envelope.payload)
         prehashed: bytes | None = None
+        artifact = hashlib.sha256(envelope.payload).hexdigest()
     elif bundle.message_signature is not None:
         message = bundle.message_signature
         if message.message_digest is None:
@@ -103,6 +113,7 @@ def verify_bundle(data: bytes, *, subject: str, trust: CosignTrust) -> Verdict:
             return failed(f"the bundle signs another message (sha256:{message.message_digest.digest.hex()[:12]}…), "
                           f"not {subject}")
         signature, signed, prehashed = message.signature, b"", message.message_digest.digest
+        artifact = message.message_digest.digest.hex()
     else:
         return failed("the bundle has neither a DSSE envelope nor a message signature")
 
@@ -122,10 +133,12 @@ def verify_bundle(data: bytes, *, subject: str, trust: CosignTrust) -> Verdict:
             return failed("the bundle's certificate is not a readable DER certificate (truncated?)")
         if not verifies(cert.public_key()):
             return failed("the signature does not verify with the certificate's key")
-        return check_certificate(cert, rest, trust, signed_at=signed_at)
+        logged = tlog.trusted_time(entries, tlog.Signed(signature, cert, artifact), trust.log_keys)
+        return check_certificate(cert, rest, trust, logged=logged)
     for key_id, key in trust.keys.items():
         if verifies(key):
+            signed_at, _ = tlog.trusted_time(entries, tlog.Signed(signature, key, artifact), trust.log_keys)
             return Verdict(True, f"verified with key {key_id}", key_id=key_id, signed_at=signed_at)
     if not trust.keys:
-        return failed("no trusted key is configured (the policy's signing.keys)", signed_at=signed_at)
-    return failed(f"no trusted key verifies the signature ({len(trust.keys)} tried)", signed_at=signed_at)
+        return failed("no trusted key is configured (the policy's signing.keys)")
+    return failed(f"no trusted key verifies the signature ({len(trust.keys)} tried)")

@@ -20,6 +20,7 @@ from services.core.signing.artifacts import (
     COSIGN_CHAIN_ANNOTATIONS,
     COSIGN_SIGNATURE_ANNOTATION,
 )
+from services.signer import tlog
 from services.signer.crypto import VerificationFailedError, load_certificates, verify_any, verify_chain
 from services.signer.verdict import CosignTrust, Verdict, failed
 
@@ -72,16 +73,19 @@ def fulcio_identity(cert: x509.Certificate) -> tuple[str, str]:
 
 
 def check_certificate(cert: x509.Certificate, chain: list[x509.Certificate], trust: CosignTrust, *,
-                      signed_at: float | None) -> Verdict:
-    """Keyless, past the signature check: the certificate chains to a configured root (valid when signed,
-    else now) and its identity is one the policy trusts."""
+                      logged: tuple[float | None, str]) -> Verdict:
+    """Keyless, past the signature check: the certificate chains to a configured root, valid when a transparency
+    log vouches the signature was made (`logged`: `tlog.trusted_time`'s answer), else now; and its identity is one
+    the policy trusts."""
     issuer, subject = fulcio_identity(cert)
+    signed_at, untrusted = logged
     at = datetime.fromtimestamp(signed_at, UTC) if signed_at is not None else datetime.now(UTC)
     fields: dict[str, Any] = {"identity": subject, "issuer": issuer, "signed_at": signed_at}
     try:
         verify_chain([cert, *chain], trust.roots, at=at)
     except VerificationFailedError as exc:
-        return failed(str(exc), **fields)
+        # Checked now because no log vouched for the signing time: say why, or "expired" reads as the whole story.
+        return failed(f"{exc} (checked now: {untrusted})" if signed_at is None and untrusted else str(exc), **fields)
     if not any(i.issuer == issuer and i.subject == subject for i in trust.identities):
         return failed(f"the certificate's identity (issuer {issuer or '?'}, subject {subject or '?'}) is not one "
                       "the policy trusts", **fields)
@@ -89,23 +93,17 @@ def check_certificate(cert: x509.Certificate, chain: list[x509.Certificate], tru
 
 
 def verify_with_certificate(cert: x509.Certificate, chain: list[x509.Certificate], signature: bytes, data: bytes,
-                            trust: CosignTrust, *, signed_at: float | None) -> Verdict:
+                            trust: CosignTrust, *, logged: tuple[float | None, str]) -> Verdict:
     """Keyless: the certificate's key verifies the signature, then check_certificate."""
     if not verify_any(cert.public_key(), signature, data):
         issuer, subject = fulcio_identity(cert)
         return failed("the signature does not verify with the certificate's key", identity=subject, issuer=issuer)
-    return check_certificate(cert, chain, trust, signed_at=signed_at)
+    return check_certificate(cert, chain, trust, logged=logged)
 
 
-def _integrated_time(annotations: Mapping[str, str]) -> float | None:
-    raw = annotations.get(BUNDLE_ANNOTATION)
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw).get("Payload", {}).get("integratedTime")
-    except (ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
+def _log_entries(annotations: Mapping[str, str]) -> list[tlog.LogEntry]:
+    entry = tlog.entry_from_cosign_bundle(annotations.get(BUNDLE_ANNOTATION) or "")
+    return [entry] if entry is not None else []
 
 
 def verify_simple_signing(payload: bytes, annotations: Mapping[str, str], *, subject: str, trust: CosignTrust,
@@ -127,10 +125,12 @@ def verify_simple_signing(payload: bytes, annotations: Mapping[str, str], *, sub
         check_payload(payload, subject)
     except VerificationFailedError as exc:
         return failed(str(exc))
-    signed_at = _integrated_time(annotations)
+    entries = _log_entries(annotations)
+    artifact = hashes_sha256(payload)
     pem = next((annotations[a] for a in COSIGN_CERTIFICATE_ANNOTATIONS if annotations.get(a)), "")
     for key_id, key in trust.keys.items():
         if verify_any(key, signature, payload):
+            signed_at, _ = tlog.trusted_time(entries, tlog.Signed(signature, key, artifact), trust.log_keys)
             return Verdict(True, f"verified with key {key_id}", key_id=key_id, signed_at=signed_at)
     if pem:
         try:
@@ -139,7 +139,9 @@ def verify_simple_signing(payload: bytes, annotations: Mapping[str, str], *, sub
             chain = load_certificates(chain_pem.encode()) if chain_pem else []
         except (ValueError, IndexError):
             return failed("the certificate annotation is not a readable PEM certificate (truncated?)")
-        return verify_with_certificate(cert, chain, signature, payload, trust, signed_at=signed_at)
+        return verify_with_certificate(cert, chain, signature, payload, trust,
+                                       logged=tlog.trusted_time(entries, tlog.Signed(signature, cert, artifact),
+                                                                trust.log_keys))
     if not trust.keys:
         return failed("no trusted key is configured (the policy's signing.keys) and the signature has no "
                       "certificate")

@@ -1,5 +1,6 @@
 """Trust material for one repository: the effective policy's keys and identities, the namespace's managed
-keys, the configured Sigstore roots and the Notary trust store and policy (files read once, then cached)."""
+keys, the configured Sigstore roots and transparency-log keys, and the Notary trust store and policy (files read
+once, then cached)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from services.core.settings import Settings
 from services.core.signing.keys import ManagedKeys, key_id
 from services.signer.crypto import load_certificates
 from services.signer.notation import NotationTrust, load_trust
+from services.signer.tlog import load_log_keys
 from services.signer.verdict import CosignTrust, Identity
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class TrustSource:
         self.policies = policies
         self.keys = keys
         self._roots: list[x509.Certificate] | None = None
+        self._log_keys: dict[str, PublicKeyTypes] | None = None
         self._notation: NotationTrust | None = None
 
     def roots(self) -> list[x509.Certificate]:
@@ -46,6 +49,17 @@ class TrustSource:
                 log.error("signer.sigstore_roots %s is unreadable (%s): keyless signatures will not verify", path, exc)
                 self._roots = []
         return self._roots
+
+    def log_keys(self) -> dict[str, PublicKeyTypes]:
+        if self._log_keys is None:
+            path = self.settings.signer.rekor_public_keys
+            try:
+                self._log_keys = load_log_keys(path.read_bytes()) if path is not None else {}
+            except (OSError, ValueError) as exc:
+                log.error("signer.rekor_public_keys %s is unreadable (%s): keyless signatures are checked at the "
+                          "time of the check, not when they were logged", path, exc)
+                self._log_keys = {}
+        return self._log_keys
 
     def notation(self) -> NotationTrust:
         if self._notation is None:
@@ -75,4 +89,4 @@ class TrustSource:
             for version in managed.versions:
                 keys.setdefault(version.key_id, load_pem_public_key(version.public_key.encode()))
         identities = tuple(Identity(i.issuer, i.subject) for i in policy.signing.identities)
-        return Trust(policy, CosignTrust(keys, identities, self.roots()), self.notation())
+        return Trust(policy, CosignTrust(keys, identities, self.roots(), self.log_keys()), self.notation())

@@ -34,8 +34,10 @@ class Identity:
 @dataclass(frozen=True, slots=True)
 class CosignTrust:
     """What cosign and Sigstore signatures are checked against: public keys by key id (the policy's and the
-    namespace's managed keys), keyless identities, and the CA roots of keyless certificates."""
+    namespace's managed keys), keyless identities, the CA roots of keyless certificates, and the transparency
+    logs' keys by log id, whose signed entry timestamps date keyless signatures (`tlog`)."""
 
     keys: Mapping[str, PublicKeyTypes] = field(default_factory=dict)
     identities: Sequence[Identity] = ()
     roots: Sequence[x509.Certificate] = ()
+    log_keys: Mapping[str, PublicKeyTypes] = field(default_factory=dict)

@@ -1,5 +1,5 @@
 """A registry with its signer running (distribution + signer consumer in one process, like `serve`), on either
-assembly, with a Notary trust store and a master key configured."""
+assembly, with a Notary trust store, Sigstore roots, a transparency-log key and a master key configured."""
 
 from __future__ import annotations
 
@@ -22,12 +22,15 @@ from services.core.policy.service import PolicyService
 from services.core.policy.store import POLICIES, PolicyStore, PolicyTarget
 from services.core.runtime import EventConsumer
 from services.core.settings import AuthSettings, Settings
+from services.core.signing.artifacts import COSIGN_SIMPLESIGNING, signature_tag
 from services.core.signing.keys import KEYS
 from services.core.signing.results import SIGNATURES
+from services.core.signing.sign import signature_manifest
 from services.distribution import service as distribution
 from services.distribution.keys import GATES
 from services.signer import service as signer
 from tests.integration.conftest import _drop_everything, distributed_settings, embedded_settings
+from tests.integration.oci import OCI_MANIFEST, digest_of, push_blob
 from tests.unit.signer import material as mk
 
 MASTER_KEY = "test-master-key-0123456789abcdef"
@@ -40,6 +43,10 @@ class SignerEnv:
     c: Container
     ca: mk.Ca
     """The Notary trust store's root."""
+    fulcio: mk.Ca
+    """The root keyless certificates chain to (`signer.sigstore_roots`)."""
+    log: mk.Log
+    """The transparency log whose key is `signer.rekor_public_keys`."""
 
     async def set_policy(self, namespace: str, document: dict[str, object], repository: str | None = None) -> None:
         """Through the PolicyService (so PolicyChanged goes out and the signer re-verifies)."""
@@ -48,6 +55,21 @@ class SignerEnv:
         await service.setup()
         await service.put(PolicyTarget(namespace, repository), parse_data(document), actor="test", source="test")
         self.client.app[GATES].invalidate(namespace=namespace)
+
+
+async def push_cosign_layer(client: TestClient[web.Request, web.Application], repo: str, image: str,
+                            payload: bytes, notes: dict[str, str]) -> str:
+    """Push a cosign simple-signing layer (`payload`, annotated `notes`) under cosign's tag for `image`; the
+    signature manifest's digest."""
+    await push_blob(client, repo, payload)
+    layer = {"mediaType": COSIGN_SIMPLESIGNING, "size": len(payload), "digest": digest_of(payload),
+             "annotations": notes}
+    config, manifest = signature_manifest([layer])
+    await push_blob(client, repo, config)
+    resp = await client.put(f"/v2/{repo}/manifests/{signature_tag(image)}", data=manifest,
+                            headers={"Content-Type": OCI_MANIFEST})
+    assert resp.status == 201, await resp.text()
+    return digest_of(manifest)
 
 
 def _notary_files(root: Path, ca: mk.Ca) -> tuple[Path, Path]:
@@ -67,10 +89,13 @@ async def signer_env(kind: str, tmp_path: Path, *, auth: bool = False, master_ke
     if kind != "embedded":
         settings = settings.model_copy(update={"topics": settings.topics.model_copy(
             update={"signatures": f"signatures-{run_id}"})})
-    ca = mk.make_ca("Notary Test Root")
+    ca, fulcio, log = mk.make_ca("Notary Test Root"), mk.make_ca("Fulcio Test Root"), mk.make_log()
     store, policy = _notary_files(tmp_path, ca)
+    (tmp_path / "fulcio.pem").write_bytes(fulcio.pem())
+    (tmp_path / "rekor.pub").write_text(mk.pem(log.key))
     signer_settings = settings.signer.model_copy(update={
         "notation_trust_store": store, "notation_trust_policy": policy,
+        "sigstore_roots": tmp_path / "fulcio.pem", "rekor_public_keys": tmp_path / "rekor.pub",
         "master_key": SecretStr(MASTER_KEY) if master_key else None})
     update: dict[str, object] = {"signer": signer_settings,
                                  "registry": settings.registry.model_copy(update={"pull_gate_cache_seconds": 30.0})}
@@ -92,7 +117,7 @@ async def signer_env(kind: str, tmp_path: Path, *, auth: bool = False, master_ke
         client = TestClient(TestServer(http))
         await client.start_server()
         try:
-            yield SignerEnv(kind, client, c, ca)
+            yield SignerEnv(kind, client, c, ca, fulcio, log)
         finally:
             await client.close()
             stop.set()

@@ -7,27 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.core.signing.artifacts import (
-    COSIGN_SIMPLESIGNING,
     NOTATION_JWS,
     NOTATION_SIGNATURE,
     SIGSTORE_BUNDLE,
     signature_tag,
 )
 from services.core.signing.results import SignatureResults
-from services.core.signing.sign import signature_manifest
 from tests.integration.conftest import ASSEMBLIES, Assembly
 from tests.integration.oci import OCI_MANIFEST, digest_of, error_code, push_blob, push_image
-from tests.integration.signer_env import SignerEnv, signer_env
+from tests.integration.signer_env import SignerEnv, push_cosign_layer, signer_env
 from tests.unit.signer import material as mk
 
 ACCEPT = {"Accept": OCI_MANIFEST}
@@ -46,15 +47,7 @@ async def push_cosign_signature(client: Any, repo: str, image: str, private: Any
     payload, notes = mk.cosign_layer(private, image, reference=repo)
     if garbage:
         notes = {"dev.cosignproject.cosign/signature": base64.b64encode(b"not a signature").decode()}
-    await push_blob(client, repo, payload)
-    layer = {"mediaType": COSIGN_SIMPLESIGNING, "size": len(payload), "digest": digest_of(payload),
-             "annotations": notes}
-    config, manifest = signature_manifest([layer])
-    await push_blob(client, repo, config)
-    resp = await client.put(f"/v2/{repo}/manifests/{signature_tag(image)}", data=manifest,
-                            headers={"Content-Type": OCI_MANIFEST})
-    assert resp.status == 201, await resp.text()
-    return digest_of(manifest)
+    return await push_cosign_layer(client, repo, image, payload, notes)
 
 
 async def push_referrer(client: Any, repo: str, image: str, image_size: int, artifact_type: str, layer_type: str,
@@ -169,6 +162,44 @@ async def test_gate_over_every_signature_form(env: SignerEnv) -> None:
     # v1 still passes through its second signature (the K2 bundle); v3 (K1 only) is refused now.
     status, text = await pull_status(client, "sig/app", "v3")
     assert status == 403, text
+
+
+async def push_keyless_signature(env: SignerEnv, repo: str, image: str, *, signed_at: datetime,
+                                 edit_logged_time: bool = False) -> None:
+    """A cosign keyless signature as `cosign sign` writes it: a ten-minute certificate around `signed_at` (long
+    expired now) and the Rekor bundle annotation of its log entry."""
+    private, cert = mk.make_leaf(env.fulcio, email="ci@example.com", issuer_url="https://token.actions.example",
+                                 not_before=signed_at - timedelta(minutes=1),
+                                 not_after=signed_at + timedelta(minutes=10))
+    payload, notes = mk.cosign_layer(private, image, reference=repo)
+    signature = base64.b64decode(notes["dev.cosignproject.cosign/signature"])
+    entry = env.log.entry(mk.hashedrekord(payload, signature, cert), int(signed_at.timestamp()))
+    if edit_logged_time:
+        entry = dataclasses.replace(entry, integrated_time=entry.integrated_time + 1)
+    notes["dev.sigstore.cosign/certificate"] = cert.public_bytes(serialization.Encoding.PEM).decode()
+    notes["dev.sigstore.cosign/bundle"] = mk.cosign_bundle_annotation(entry)
+    await push_cosign_layer(env.client, repo, image, payload, notes)
+
+
+async def test_keyless_signatures_are_dated_by_the_transparency_log(env: SignerEnv) -> None:
+    """A keyless signature passes the gate long after its certificate expired when the configured log vouches it
+    was made in the certificate's ten minutes; one whose logged time was edited is refused, saying why."""
+    await env.set_policy("keyless", {"signing": {"verify_signature": True, "identities": [
+        {"issuer": "https://token.actions.example", "subject": "ci@example.com"}]}})
+    signed_at = datetime.now(UTC) - timedelta(days=3)
+    logged, _ = await push_image(env.client, "keyless/app", "v1")
+    await push_keyless_signature(env, "keyless/app", logged, signed_at=signed_at)
+    await wait_pull(env.client, "keyless/app", "v1", 200, within=5.0)
+    [result] = await wait_results(env, "keyless/app", logged)
+    assert result.verified and result.identity == "ci@example.com"
+    assert result.signed_at == int(signed_at.timestamp())
+
+    edited, _ = await push_image(env.client, "keyless/app", "v2")
+    await push_keyless_signature(env, "keyless/app", edited, signed_at=signed_at, edit_logged_time=True)
+    [result] = await wait_results(env, "keyless/app", edited)
+    assert not result.verified and result.signed_at is None
+    status, text = await pull_status(env.client, "keyless/app", "v2")
+    assert status == 403 and "expired" in text and "does not verify with the log's key" in text, text
 
 
 async def test_bad_signatures_are_not_verified_and_the_consumer_goes_on(env: SignerEnv) -> None:

@@ -295,18 +295,10 @@ async def _push_real_image(env: Env, repo: str, tag: str) -> str:
 
 
 async def _push_cosign_signature(env: Env, repo: str, image: str) -> None:
-    from services.core.signing.artifacts import COSIGN_SIMPLESIGNING, signature_tag
-    from services.core.signing.sign import signature_manifest
+    from tests.integration.signer_env import push_cosign_layer
 
     payload, notes = mk.cosign_layer(K1, image, reference=repo)
-    await push_blob(env.client, repo, payload)
-    layer = {"mediaType": COSIGN_SIMPLESIGNING, "size": len(payload), "digest": digest_of(payload),
-             "annotations": notes}
-    config, manifest = signature_manifest([layer])
-    await push_blob(env.client, repo, config)
-    resp = await env.client.put(f"/v2/{repo}/manifests/{signature_tag(image)}", data=manifest,
-                                headers={"Content-Type": OCI_MANIFEST})
-    assert resp.status == 201, await resp.text()
+    await push_cosign_layer(env.client, repo, image, payload, notes)
 
 
 async def test_image_deployable_fires_once_when_scanned_and_signed(env: Env) -> None:

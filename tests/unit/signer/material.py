@@ -4,6 +4,8 @@ message signature, key and certificate), Notary JWS and COSE envelopes under a t
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.core.oci.digest import Digest
 from services.core.signing.sign import sign_bytes, simple_signing_payload
+from services.signer import tlog
 
 FULCIO_ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 
@@ -94,8 +97,62 @@ def in_toto(subject: str) -> bytes:
                        "predicateType": "https://sigstore.dev/cosign/sign/v1", "predicate": {}}).encode()
 
 
+@dataclass
+class Log:
+    """A transparency log for the tests: its key signs entries' timestamps as Rekor v1 does."""
+
+    key: ec.EllipticCurvePrivateKey
+
+    @property
+    def log_id(self) -> str:
+        return tlog.log_id(self.key.public_key())
+
+    def keys(self) -> dict[str, Any]:
+        return {self.log_id: self.key.public_key()}
+
+    def entry(self, body: dict[str, Any], integrated_time: int, *, index: int = 7) -> tlog.LogEntry:
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        unsigned = tlog.LogEntry(raw, integrated_time, index, self.log_id, b"")
+        return dataclasses.replace(unsigned, signed_entry_timestamp=sign_bytes(self.key, tlog.set_payload(unsigned)))
+
+
+def make_log() -> Log:
+    return Log(ec.generate_private_key(ec.SECP256R1()))
+
+
+def verifier_b64(verifier: x509.Certificate | PrivateKeyTypes) -> str:
+    raw = verifier.public_bytes(serialization.Encoding.PEM) if isinstance(verifier, x509.Certificate) \
+        else pem(verifier).encode()
+    return base64.b64encode(raw).decode()
+
+
+def hashedrekord(artifact: bytes, signature: bytes, verifier: x509.Certificate | PrivateKeyTypes) -> dict[str, Any]:
+    return {"apiVersion": "0.0.1", "kind": "hashedrekord", "spec": {
+        "data": {"hash": {"algorithm": "sha256", "value": hashlib.sha256(artifact).hexdigest()}},
+        "signature": {"content": base64.b64encode(signature).decode(),
+                      "publicKey": {"content": verifier_b64(verifier)}}}}
+
+
+def dsse_body(payload: bytes, signature: bytes, verifier: x509.Certificate | PrivateKeyTypes) -> dict[str, Any]:
+    return {"apiVersion": "0.0.1", "kind": "dsse", "spec": {
+        "envelopeHash": {"algorithm": "sha256", "value": "00" * 32},
+        "payloadHash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()},
+        "signatures": [{"signature": base64.b64encode(signature).decode(), "verifier": verifier_b64(verifier)}]}}
+
+
+def cosign_bundle_annotation(entry: tlog.LogEntry) -> str:
+    """cosign's `dev.sigstore.cosign/bundle` annotation for `entry`."""
+    return json.dumps({"SignedEntryTimestamp": base64.b64encode(entry.signed_entry_timestamp).decode(),
+                       "Payload": {"body": base64.b64encode(entry.body).decode(),
+                                   "integratedTime": entry.integrated_time, "logIndex": entry.log_index,
+                                   "logID": entry.log_id}})
+
+
 def dsse_bundle(private: PrivateKeyTypes, subject: str, *, cert: x509.Certificate | None = None,
-                integrated_time: int | None = None) -> bytes:
+                integrated_time: int | None = None, log: Log | None = None,
+                body: dict[str, Any] | None = None) -> bytes:
+    """A bundle signing `subject`; with `integrated_time`, a log entry: signed by `log` (else by a log nobody
+    trusts), its body `body` or one naming this signature."""
     from services.signer.bundle import pae
 
     payload = in_toto(subject)
@@ -106,13 +163,17 @@ def dsse_bundle(private: PrivateKeyTypes, subject: str, *, cert: x509.Certificat
     else:
         material["publicKey"] = {"hint": "k"}
     if integrated_time is not None:
-        material["tlogEntries"] = [{"logIndex": "1", "logId": {"keyId": base64.b64encode(b"x").decode()},
+        entry = (log or make_log()).entry(body or dsse_body(payload, signature, cert or private), integrated_time)
+        material["tlogEntries"] = [{"logIndex": str(entry.log_index),
+                                    "logId": {"keyId": base64.b64encode(bytes.fromhex(entry.log_id)).decode()},
                                     "kindVersion": {"kind": "dsse", "version": "0.0.1"},
                                     "integratedTime": str(integrated_time),
+                                    "inclusionPromise": {"signedEntryTimestamp":
+                                                         base64.b64encode(entry.signed_entry_timestamp).decode()},
                                     "inclusionProof": {"logIndex": "1", "rootHash": base64.b64encode(b"r").decode(),
                                                        "treeSize": "2", "hashes": [],
                                                        "checkpoint": {"envelope": "x"}},
-                                    "canonicalizedBody": base64.b64encode(b"{}").decode()}]
+                                    "canonicalizedBody": base64.b64encode(entry.body).decode()}]
     return json.dumps({
         "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "verificationMaterial": material,
         "dsseEnvelope": {"payload": base64.b64encode(payload).decode(), "payloadType": "application/vnd.in-toto+json",

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from services.core.signing.artifacts import NOTATION_COSE, NOTATION_JWS
 from services.core.signing.keys import key_id
+from services.core.signing.sign import sign_bytes
 from services.signer import bundle, cosign, notation
 from services.signer.notation import NotationTrust, load_trust
 from services.signer.verdict import CosignTrust, Identity
@@ -93,20 +94,117 @@ def test_sigstore_bundle_key_and_message() -> None:
     assert not stranger.verified and "no trusted key" in stranger.reason
 
 
-def test_sigstore_bundle_certificate_offline() -> None:
-    ca = mk.make_ca()
+def _short_lived(ca: mk.Ca, signed_at: datetime) -> tuple[Any, Any]:
+    """A Fulcio-like certificate valid ten minutes around `signed_at` (long expired when checked)."""
+    return mk.make_leaf(ca, email="ci@example.com", issuer_url="https://token.actions.example",
+                        not_before=signed_at - timedelta(minutes=1), not_after=signed_at + timedelta(minutes=10))
+
+
+def test_sigstore_bundle_certificate_is_checked_when_the_log_vouches_it_was_signed() -> None:
+    ca, log = mk.make_ca(), mk.make_log()
     signed_at = datetime.now(UTC) - timedelta(days=2)
-    private, cert = mk.make_leaf(ca, email="ci@example.com", issuer_url="https://token.actions.example",
-                                 not_before=signed_at - timedelta(minutes=1),
-                                 not_after=signed_at + timedelta(minutes=10))
-    data = mk.dsse_bundle(private, IMAGE, cert=cert, integrated_time=int(signed_at.timestamp()))
-    trust = CosignTrust(identities=[Identity("https://token.actions.example", "ci@example.com")], roots=[ca.cert])
-    verdict = bundle.verify_bundle(data, subject=IMAGE, trust=trust)
+    private, cert = _short_lived(ca, signed_at)
+    when = int(signed_at.timestamp())
+    trust = CosignTrust(identities=[Identity("https://token.actions.example", "ci@example.com")], roots=[ca.cert],
+                        log_keys=log.keys())
+    verdict = bundle.verify_bundle(mk.dsse_bundle(private, IMAGE, cert=cert, integrated_time=when, log=log),
+                                   subject=IMAGE, trust=trust)
     assert verdict.verified, verdict.reason
-    assert verdict.signed_at == int(signed_at.timestamp())
+    assert verdict.signed_at == when
     # Without a log entry, the short-lived certificate is checked now: expired.
     expired = bundle.verify_bundle(mk.dsse_bundle(private, IMAGE, cert=cert), subject=IMAGE, trust=trust)
-    assert not expired.verified and "expired" in expired.reason
+    assert not expired.verified and "expired" in expired.reason and "no transparency-log entry" in expired.reason
+
+
+def test_an_unvouched_log_time_does_not_revive_an_expired_certificate() -> None:
+    """The integrated time is evidence only with the log's signature over this very entry: otherwise whoever
+    holds the key of an expired certificate could sign anything, backdated."""
+    ca, log = mk.make_ca(), mk.make_log()
+    signed_at = datetime.now(UTC) - timedelta(days=2)
+    private, cert = _short_lived(ca, signed_at)
+    when = int(signed_at.timestamp())
+    identities = [Identity("https://token.actions.example", "ci@example.com")]
+    trusting = CosignTrust(identities=identities, roots=[ca.cert], log_keys=log.keys())
+
+    def reason(data: bytes, trust: CosignTrust = trusting) -> str:
+        verdict = bundle.verify_bundle(data, subject=IMAGE, trust=trust)
+        assert not verdict.verified and verdict.signed_at is None
+        assert "expired" in verdict.reason and "checked now" in verdict.reason
+        return verdict.reason
+
+    # No log key configured.
+    assert "signer.rekor_public_keys" in reason(mk.dsse_bundle(private, IMAGE, cert=cert, integrated_time=when,
+                                                               log=log), CosignTrust(identities=identities,
+                                                                                     roots=[ca.cert]))
+    # Signed by a log nobody trusts.
+    assert "is the key of its log" in reason(mk.dsse_bundle(private, IMAGE, cert=cert, integrated_time=when))
+    # The log's timestamp over another time: the integrated time was edited.
+    forged = json.loads(mk.dsse_bundle(private, IMAGE, cert=cert, integrated_time=when, log=log))
+    forged["verificationMaterial"]["tlogEntries"][0]["integratedTime"] = str(when - 60)
+    assert "does not verify with the log's key" in reason(json.dumps(forged).encode())
+    # A genuine entry of the log that names another artifact, signature or certificate lends no time.
+    other_payload = mk.in_toto(OTHER)
+    _, other_cert = _short_lived(ca, signed_at)
+    signature = sign_bytes(private, bundle.pae(bundle.IN_TOTO_PAYLOAD, mk.in_toto(IMAGE)))
+    for body, why in [(mk.dsse_body(other_payload, signature, cert), "another artifact"),
+                      (mk.dsse_body(mk.in_toto(IMAGE), b"not it", cert), "another signature"),
+                      (mk.dsse_body(mk.in_toto(IMAGE), signature, other_cert), "another signature or certificate"),
+                      ({"kind": "rekord", "spec": {}}, "not one this registry reads")]:
+        assert why in reason(mk.dsse_bundle(private, IMAGE, cert=cert, integrated_time=when, log=log, body=body))
+
+
+def test_cosign_keyless_signature_is_dated_by_its_rekor_bundle() -> None:
+    ca, log = mk.make_ca(), mk.make_log()
+    signed_at = datetime.now(UTC) - timedelta(days=30)
+    private, cert = _short_lived(ca, signed_at)
+    when = int(signed_at.timestamp())
+    payload, notes = mk.cosign_layer(private, IMAGE)
+    signature = base64.b64decode(notes["dev.cosignproject.cosign/signature"])
+    notes["dev.sigstore.cosign/certificate"] = cert.public_bytes(mk.serialization.Encoding.PEM).decode()  # type: ignore[attr-defined]
+    trust = CosignTrust(identities=[Identity("https://token.actions.example", "ci@example.com")], roots=[ca.cert],
+                        log_keys=log.keys())
+    logged = dict(notes, **{"dev.sigstore.cosign/bundle": mk.cosign_bundle_annotation(
+        log.entry(mk.hashedrekord(payload, signature, cert), when))})
+    verdict = cosign.verify_simple_signing(payload, logged, subject=IMAGE, trust=trust)
+    assert verdict.verified and verdict.signed_at == when, verdict.reason
+    # The same annotation with the time edited, or none: checked now, expired.
+    edited = json.loads(logged["dev.sigstore.cosign/bundle"])
+    edited["Payload"]["integratedTime"] = when + 5
+    for layer_notes in (dict(notes, **{"dev.sigstore.cosign/bundle": json.dumps(edited)}), notes):
+        verdict = cosign.verify_simple_signing(payload, layer_notes, subject=IMAGE, trust=trust)
+        assert not verdict.verified and "expired" in verdict.reason
+    # A key-based signature reports the logged time only when the log vouches for it.
+    keyed = trust_of(private)
+    keyed = CosignTrust(keyed.keys, log_keys=log.keys())
+    payload, notes = mk.cosign_layer(private, IMAGE)
+    signature = base64.b64decode(notes["dev.cosignproject.cosign/signature"])
+    notes["dev.sigstore.cosign/bundle"] = mk.cosign_bundle_annotation(
+        log.entry(mk.hashedrekord(payload, signature, private), when))
+    assert cosign.verify_simple_signing(payload, notes, subject=IMAGE, trust=keyed).signed_at == when
+    assert cosign.verify_simple_signing(payload, notes, subject=IMAGE, trust=trust_of(private)).signed_at is None
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_real_keyless_bundle_from_the_public_sigstore_instance() -> None:
+    """A bundle from GitHub Actions, Fulcio and Rekor in production (rfc8785.py 0.1.2's wheel, Rekor log index
+    79605083; from sigstore-python's test assets), checked with the public instance's roots and Rekor key: our
+    SET canonicalization and entry binding are Rekor's."""
+    from services.signer.crypto import load_certificates
+    from services.signer.tlog import load_log_keys
+
+    data = (DATA / "rfc8785-0.1.2.whl.sigstore.json").read_bytes()
+    wheel = "sha256:" + base64.b64decode(json.loads(data)["messageSignature"]["messageDigest"]["digest"]).hex()
+    identity = Identity("https://token.actions.githubusercontent.com",
+                        "https://github.com/trailofbits/rfc8785.py/.github/workflows/release.yml@refs/tags/v0.1.2")
+    roots = load_certificates((DATA / "fulcio-roots.pem").read_bytes())
+    trust = CosignTrust(identities=[identity], roots=roots, log_keys=load_log_keys((DATA / "rekor.pub").read_bytes()))
+    verdict = bundle.verify_bundle(data, subject=wheel, trust=trust)
+    assert verdict.verified, verdict.reason
+    assert verdict.signed_at == 1710888076 and verdict.identity == identity.subject
+    unlogged = bundle.verify_bundle(data, subject=wheel, trust=CosignTrust(identities=[identity], roots=roots))
+    assert not unlogged.verified and "expired at 2024-03-19T22:51:15Z" in unlogged.reason
 
 
 @pytest.mark.parametrize("data", [b"", b"{", b"[]", b'{"mediaType":"x"}',
