@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from services.core.content.registry import Registry
+from services.core.errors import ManifestBlobUnknownError
 from services.core.events.outbox import LEASES
 from services.core.oci.digest import Digest
 from services.core.oci.names import RepositoryName, Tag
@@ -29,6 +30,12 @@ from tests.integration.gc_support import (
     push,
 )
 from tests.integration.oci import digest_of
+
+
+def _same_blobs(image: Image) -> Image:
+    """Another manifest (other bytes) over `image`'s blobs."""
+    doc = json.loads(image.manifest)
+    return Image(json.dumps({**doc, "annotations": {"n": uuid.uuid4().hex}}).encode(), image.media_type, image.blobs)
 
 
 def _run(dry: bool = False) -> RunOptions:
@@ -241,12 +248,7 @@ async def test_a_push_that_stalls_between_reading_marks_and_storing_keeps_what_i
     try:
         untagged = make_image()
         await push(client, "hold/app", untagged)  # garbage at grace 0: the manifest, and its blobs with it
-        if reference == "child manifest":
-            pushed = make_index([untagged])
-        else:  # other bytes, the same blobs
-            doc = json.loads(untagged.manifest)
-            pushed = Image(json.dumps({**doc, "annotations": {"n": uuid.uuid4().hex}}).encode(),
-                           untagged.media_type, untagged.blobs)
+        pushed = make_index([untagged]) if reference == "child manifest" else _same_blobs(untagged)
         reached, resume = asyncio.Event(), asyncio.Event()
         real_ensure, real_mark = registry.meta.ensure_repository, gc.marks.mark
 
@@ -279,6 +281,46 @@ async def test_a_push_that_stalls_between_reading_marks_and_storing_keeps_what_i
             resp = await client.get(f"/v2/hold/app/blobs/{digest}")
             assert resp.status == 200 and await resp.read() == data, digest
         assert await c.docs.find(gm.GC_HOLDS) == []  # the push removed its hold
+    finally:
+        await drop_gc_collections(c)
+        await c.docs.drop_collection(gm.GC_HOLDS)
+
+
+async def test_a_push_that_read_no_run_and_stored_after_the_run_deleted_is_told_to_push_again(
+    assembly: Assembly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The push read "no run" (so it wrote no hold and read no mark), stalled, and stored its manifest after a
+    whole run deleted the blobs it shares with an untagged image: it is refused with MANIFEST_BLOB_UNKNOWN
+    naming them (was: a 201 for a manifest whose blobs were gone), and pushing them again mends it."""
+    client, c = assembly.client, assembly.c
+    untagged = make_image()
+    await push(client, "late/app", untagged)  # garbage at grace 0: the manifest, and its blobs with it
+    pushed = _same_blobs(untagged)
+    registry: Registry = client.app[REGISTRY]
+    gc = collector(c, settle=0.01, grace=0.0)
+    await gc.setup()
+    try:
+        reached, resume = asyncio.Event(), asyncio.Event()
+        real_ensure = registry.meta.ensure_repository
+
+        async def stall_before_storing(*args: Any, **kwargs: Any) -> None:
+            reached.set()  # the push decided: no run, no hold
+            await resume.wait()
+            await real_ensure(*args, **kwargs)
+
+        monkeypatch.setattr(registry.meta, "ensure_repository", stall_before_storing)
+        pushing = asyncio.ensure_future(registry.put_manifest(
+            RepositoryName("late/app"), Tag("kept"), pushed.manifest, pushed.media_type, actor="test"))
+        await asyncio.wait_for(reached.wait(), 30)
+        result = await asyncio.wait_for(gc.run(_run()), 60)
+        assert not result.errors and result.blobs_deleted == len(untagged.blobs), result
+        resume.set()
+        with pytest.raises(ManifestBlobUnknownError) as refused:
+            await pushing
+        assert set(refused.value.detail["digests"]) == set(untagged.blobs)
+        monkeypatch.undo()
+        await push(client, "late/app", pushed, "kept")  # the client pushes the blobs again, then the manifest
+        await pull_exact(client, "late/app", "kept", pushed)
     finally:
         await drop_gc_collections(c)
         await c.docs.drop_collection(gm.GC_HOLDS)

@@ -10,7 +10,7 @@ from services.core.content.registry import Registry
 from services.core.oci.digest import Digest
 from services.core.oci.manifest import ParsedManifest
 from services.core.oci.names import RepositoryName
-from services.core.storage.gcmarks import BlobGuard
+from services.core.storage.gcmarks import BlobGuard, CollectedWhileStoringError
 
 
 class _LazyReferences:
@@ -27,8 +27,9 @@ class _LazyReferences:
     @contextlib.asynccontextmanager
     async def storing_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]
                                ) -> AsyncIterator[list[str]]:
-        async with self._inner.storing_manifest(repository, blobs, manifests):
-            yield []
+        with contextlib.suppress(CollectedWhileStoringError):  # fetched again from upstream when asked
+            async with self._inner.storing_manifest(repository, blobs, manifests):
+                yield []
 
 
 class CacheFillRegistry(Registry):

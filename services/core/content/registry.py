@@ -42,7 +42,7 @@ from services.core.policy.document import PolicyDocument
 from services.core.policy.tags import TagDecision, policy_tag_immutability, tag_immutability
 from services.core.settings import RegistrySettings, TopicSettings
 from services.core.storage.blobs import BlobInfo, BlobPutter, BlobStore
-from services.core.storage.gcmarks import BlobGuard, GcMarks
+from services.core.storage.gcmarks import BlobGuard, CollectedWhileStoringError, GcMarks
 from services.core.storage.meta import ManifestRecord, MetadataStore, TagRecord
 
 log = logging.getLogger(__name__)
@@ -302,20 +302,23 @@ class Registry:
             else:
                 await self._check_references(repo, parsed)
                 absent = True
-        async with self.blob_guard.storing_manifest(  # GC: rescue what it references, or refuse what is gone
-            str(repo),
-            [str(d.digest) for d in parsed.blob_references],
-            [str(d.digest) for d in parsed.child_manifests] + ([str(parsed.digest)] if known else []),
-        ) as going:
-            if going:
-                self.meta.forget_manifest(str(repo), parsed.digest)
-                raise ManifestBlobUnknownError(
-                    f"manifest references {len(going)} blob(s) or manifest(s) garbage-collected in {repo}; push "
-                    "them again: " + ", ".join(going[:10]),
-                    detail={"digests": going},
-                )
-            return await self._store_manifest(repo, reference, parsed, data, actor=actor, extra_tags=extra_tags,
-                                              force=force, known=known, absent=absent)
+        try:
+            async with self.blob_guard.storing_manifest(  # GC: rescue what it references, or refuse what is gone
+                str(repo),
+                [str(d.digest) for d in parsed.blob_references],
+                [str(d.digest) for d in parsed.child_manifests] + ([str(parsed.digest)] if known else []),
+            ) as going:
+                if going:
+                    raise CollectedWhileStoringError(going)
+                return await self._store_manifest(repo, reference, parsed, data, actor=actor,
+                                                  extra_tags=extra_tags, force=force, known=known, absent=absent)
+        except CollectedWhileStoringError as exc:
+            self.meta.forget_manifest(str(repo), parsed.digest)
+            raise ManifestBlobUnknownError(
+                f"manifest references {len(exc.digests)} blob(s) or manifest(s) garbage-collected in {repo}; push "
+                "them again: " + ", ".join(exc.digests[:10]),
+                detail={"digests": exc.digests},
+            ) from None
 
     async def _store_manifest(self, repo: RepositoryName, reference: Tag | Digest, parsed: ParsedManifest,
                               data: bytes, *, actor: str, extra_tags: Sequence[Tag], force: bool, known: bool,

@@ -27,8 +27,10 @@ While a run goes (and for TOMBSTONE_SECONDS after), the push path pays one metad
   manifests stored since it started: whichever of the push and the collector writes first is seen by the
   other, however long the push takes between its read and its commit (the hold stays until the manifest is
   stored, after which the collector's read of recent manifests sees it). Only a push that read "no run"
-  before the run announced itself writes no hold; `settle` seconds between marking and the point of no
-  return cover it.
+  before the run announced itself writes no hold: if it stores within NOTICE_SECONDS of that read, the run's
+  snapshot sees the manifest; if it took longer, it reads the marks after storing (the late store), which
+  rescues what is still marked, and reports what a run deleted meanwhile (CollectedWhileStoringError: the
+  client is told to push those again, as when they were gone before).
 
 Blob marks use verdicts (a mark with `verdict: true`), so that a deleted blob costs the collector inserts,
 not compare-and-sets (on FerretDB 1.x an insert is one atomic command; a compare-and-set takes a lease lock,
@@ -115,6 +117,15 @@ def manifest_key(repository: str, digest: Digest | str) -> str:
     return f"m:{repository}@{digest}"
 
 
+class CollectedWhileStoringError(Exception):
+    """A manifest was stored while a run deleted some of what it references (`digests`): the push must send
+    them again. Raised when `storing_manifest` exits after the store."""
+
+    def __init__(self, digests: list[str]) -> None:
+        super().__init__(f"collected while the manifest was stored: {', '.join(digests[:10])}")
+        self.digests = digests
+
+
 @runtime_checkable
 class BlobGuard(Protocol):
     """What the registry's push path asks before it relies on content the collector may be deleting."""
@@ -128,7 +139,8 @@ class BlobGuard(Protocol):
                          ) -> contextlib.AbstractAsyncContextManager[list[str]]:
         """Store a manifest that references `blobs` and child `manifests` of `repository` inside this: on entry
         rescues those marked and yields the digests being (or lately) deleted and not stored again (refuse the
-        push: they are gone); until it exits, no run deletes what it names."""
+        push: they are gone); until it exits, no run deletes what it names. Its exit after the store raises
+        CollectedWhileStoringError if a run it did not see coming deleted some of them meanwhile."""
         ...
 
 
@@ -190,18 +202,29 @@ class GcMarks:
     @contextlib.asynccontextmanager
     async def storing_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]
                                ) -> AsyncIterator[list[str]]:
+        named = bool(blobs or manifests)
         hold = None
-        if (blobs or manifests) and await self._collecting():
+        decided = self._clock()
+        if named and await self._collecting():
             # Written before the marks are read (module docstring): a run that marked after this read sees it.
             hold = uuid.uuid4().hex
             await self.docs.insert(GC_HOLDS, {"_id": hold, "repository": repository,
                                               "refs": [*blobs, *manifests], "at": self._clock()})
+        else:
+            decided = self._checked_at  # when the "no run" it acted on was read
         try:
             yield await self.before_manifest(repository, blobs, manifests)
         finally:
             if hold is not None:
                 with contextlib.suppress(Exception):  # it expires (HOLD_SECONDS) if the store is away now
                     await self.docs.delete(GC_HOLDS, hold)
+        # Stored. A push that acted on "no run" and took longer than NOTICE_SECONDS may have stored after a run
+        # announced itself and read the recent manifests: it reads the marks now, rescuing what is still only
+        # marked; what went meanwhile is reported (module docstring: the late store).
+        if named and hold is None and self._clock() - decided >= NOTICE_SECONDS and await self._collecting():
+            gone = await self.before_manifest(repository, blobs, manifests)
+            if gone:
+                raise CollectedWhileStoringError(gone)
 
     async def before_manifest(self, repository: str, blobs: Sequence[str], manifests: Sequence[str]) -> list[str]:
         """The marks' side of `storing_manifest` alone: rescue what is marked, return what is gone."""

@@ -1,5 +1,6 @@
 """GC holds (gcmarks.py): a manifest push names what it references before it reads the marks, while a run goes;
-the collector reads the names; a hold left by a push that died stops counting after HOLD_SECONDS and goes."""
+the collector reads the names; a hold left by a push that died stops counting after HOLD_SECONDS and goes; a push
+that acted on "no run" and stored late reads the marks after storing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from services.core.events.outbox import LEASES
 from services.core.storage import gcmarks as gm
 from services.core.storage.sqlite import SqliteDocumentStore
 
@@ -67,3 +69,36 @@ async def test_a_hold_left_by_a_push_that_died_expires_and_goes(tmp_path: Path) 
 
 async def _never(*_: object, **__: object) -> bool:
     raise ConnectionError("the process is gone")
+
+
+async def test_a_push_that_read_no_run_and_stored_late_rescues_what_is_only_marked(tmp_path: Path) -> None:
+    """It wrote no hold (no run when it asked); a run announced and marked while it stalled: after storing, it
+    reads the marks and rescues, so the run's point of no return passes the blob by."""
+    now = [1000.0]
+    async with _marks(tmp_path, now) as pusher:
+        collector = gm.GcMarks(pusher.docs, clock=lambda: now[0], sleep=pusher._sleep)
+        async with pusher.storing_manifest("team/app", [LAYER], []) as refused:
+            assert refused == []
+            await collector.announce("r1")
+            await collector.mark(gm.blob_key(LAYER), run="r1", verdict=True)
+            now[0] += gm.NOTICE_SECONDS
+        assert await collector.claim_verdicts([gm.blob_key(LAYER)], run="r1", until=now[0] + 60) == set()
+
+
+async def test_a_push_that_read_no_run_and_stored_after_the_run_deleted_is_told(tmp_path: Path) -> None:
+    now = [1000.0]
+    async with _marks(tmp_path, now) as pusher:
+        collector = gm.GcMarks(pusher.docs, clock=lambda: now[0], sleep=pusher._sleep)
+        with pytest.raises(gm.CollectedWhileStoringError) as told:
+            async with pusher.storing_manifest("team/app", [LAYER], [CHILD]):
+                await collector.announce("r1")
+                await collector.mark(gm.blob_key(LAYER), run="r1", verdict=True)
+                assert await collector.claim_verdicts([gm.blob_key(LAYER)], run="r1", until=now[0] + 60)
+                await collector.entomb([gm.blob_key(LAYER)], run="r1")
+                now[0] += gm.NOTICE_SECONDS
+        assert told.value.digests == [LAYER]
+        # One that stored within NOTICE_SECONDS of its "no run" was in the run's snapshot: no second look.
+        pusher._checked_at = float("-inf")
+        await pusher.docs.delete(LEASES, gm.COLLECTING)
+        async with pusher.storing_manifest("team/app", [LAYER], []):
+            await collector.announce("r2")
