@@ -10,6 +10,7 @@ and matched again without reading layers when the vulnerability database changes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import tarfile
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 INVENTORIES = "scan_inventories"
 SCANNER = "hanzo-scanner/1.0"
+SCANNER_ANNOTATION = "dev.hanzo.registry.scanner"
 ACTOR = "scanner"
 _READ_TIMEOUT = 120.0
 _STATUS_PB = {"complete": pb.SCAN_STATUS_SUCCEEDED, "failed": pb.SCAN_STATUS_FAILED,
@@ -311,8 +313,32 @@ class ScanEngine:
         blob = ArtifactBlob(SBOM_TYPE, data, {"org.opencontainers.image.title": "sbom.cdx.json"})
         pushed = await push_referrer(self.registry, RepositoryName(repository), Digest.parse(digest),
                                      artifact_type=SBOM_TYPE, blobs=[blob], actor=ACTOR,
-                                     annotations={"dev.hanzo.registry.scanner": SCANNER})
+                                     annotations={SCANNER_ANNOTATION: SCANNER})
+        try:
+            await self._drop_older_sboms(repository, Digest.parse(digest), pushed.digest)
+        except RegistryError as exc:
+            log.warning("earlier SBOMs of %s@%s not removed: %s", repository, digest, exc)
         return {"manifest": str(pushed.digest), "blob": str(blob.digest)}
+
+    async def _drop_older_sboms(self, repository: str, subject: Digest, pushed: Digest) -> None:
+        """A re-scan's SBOM replaces the scanner's earlier ones of the image (as Harbor's does): every scan made
+        a new one (CycloneDX serial numbers are unique), and the referrers list grew by one per scan. Only
+        those older than `pushed`, by (created, digest), so two scans racing leave the newer; one somebody
+        tagged stays; none when deletes are off (`registry.delete_enabled`)."""
+        if not self.registry.settings.delete_enabled:
+            return
+        mine = [r for r in await self.registry.meta.referrers(repository, subject)
+                if r.artifact_type == SBOM_TYPE and r.annotations.get(SCANNER_ANNOTATION) == SCANNER]
+        new = next((r for r in mine if r.digest == pushed), None)
+        if new is None:
+            return
+        for record in mine:
+            if (record.created, str(record.digest)) >= (new.created, str(new.digest)):
+                continue
+            if await self.registry.meta.tags_of(repository, record.digest):
+                continue
+            with contextlib.suppress(ManifestUnknownError):  # another replica's scan removed it first
+                await self.registry.delete_manifest(RepositoryName(repository), record.digest, actor=ACTOR)
 
     # reports
 

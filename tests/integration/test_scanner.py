@@ -208,9 +208,15 @@ async def test_scan_report_sbom_gate_and_rematch(auth_assembly: Assembly) -> Non
         queued = await admin.call("POST", f"{R}/team/app/v1/scan", expect=202)
         assert queued == {"digest": digest, "queued": True}
         assert (await client.get("/v2/team/app/manifests/v1", headers={**pull_auth, **ACCEPT})).status == 200
-        before = body["scanned_at"]
-        await report(admin, "team/app", "v1", generation_changed=lambda b: b["scanned_at"] != before)
+        before, first_sbom = body["scanned_at"], body["sbom"]
+        rescanned = await report(admin, "team/app", "v1", generation_changed=lambda b: b["scanned_at"] != before)
         assert (await client.get("/v2/team/app/manifests/v1", headers={**pull_auth, **ACCEPT})).status == 200
+        # its SBOM replaced the first one: one SBOM referrer, not one per scan
+        assert rescanned["sbom"] != first_sbom
+        resp = await client.get(f"/v2/team/app/referrers/{digest}", headers=push_auth)
+        assert [r["digest"] for r in (await resp.json())["manifests"]] == [rescanned["sbom"]]
+        resp = await client.get(f"/v2/team/app/manifests/{first_sbom}", headers={**push_auth, **ACCEPT})
+        assert resp.status == 404
 
         # re-matching: a new advisory changes the report (no layer read), gate decisions follow
         assert await admin.call("POST", f"{R}/admin/vulndb", json_body=[LATER], expect=200) == \
