@@ -583,6 +583,11 @@ class SignerSettings(_Section):
         None, description="PEM file of the CA certificates (e.g. Fulcio's root and intermediate) trusted for "
         "keyless cosign and Sigstore bundle signatures; identities come from the policy's signing.identities"
     )
+    sigstore_trusted_root: Path | None = Field(
+        None, description="A Sigstore trusted_root.json (cosign keeps the public instance's under "
+        "~/.sigstore/root/): its certificate authorities add to sigstore_roots and its transparency logs' keys "
+        "to rekor_public_keys"
+    )
     rekor_public_keys: Path | None = Field(
         None, description="PEM file of the transparency logs' public keys (e.g. Rekor's) whose signed entry "
         "timestamps date keyless signatures; without one a keyless certificate is checked now, and the "

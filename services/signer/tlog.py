@@ -18,8 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_public_key,
+    load_pem_public_key,
+)
+from pydantic import ValidationError
+from sigstore_models.trustroot.v1 import TrustedRoot
 
 from services.signer.crypto import verify_any
 
@@ -66,6 +74,28 @@ def load_log_keys(pem: bytes) -> dict[str, PublicKeyTypes]:
     if not keys:
         raise ValueError("no PEM PUBLIC KEY block")
     return keys
+
+
+def load_trusted_root(data: bytes) -> tuple[list[x509.Certificate], dict[str, PublicKeyTypes]]:
+    """A Sigstore `trusted_root.json` (what cosign keeps from the instance's TUF repository): its certificate
+    authorities' certificates (keyless roots) and its transparency logs' keys by log id. ValueError naming what
+    is wrong. Validity windows (`validFor`) are not applied."""
+    try:
+        root = TrustedRoot.from_json(data)
+        certificates = [x509.load_der_x509_certificate(c.raw_bytes) for ca in root.certificate_authorities
+                        for c in ca.cert_chain.certificates]
+        keys: dict[str, PublicKeyTypes] = {}
+        for log in root.tlogs:
+            if log.public_key.raw_bytes:
+                key = load_der_public_key(log.public_key.raw_bytes)
+                keys[log_id(key)] = key
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        raise ValueError(f"not a Sigstore trusted root ({'.'.join(map(str, first['loc']))}: {first['msg']})"
+                         ) from None
+    except (TypeError, UnsupportedAlgorithm) as exc:
+        raise ValueError(f"not a Sigstore trusted root ({str(exc)[:100]})") from None
+    return certificates, keys
 
 
 def set_payload(entry: LogEntry) -> bytes:

@@ -18,7 +18,7 @@ from services.core.settings import Settings
 from services.core.signing.keys import ManagedKeys, key_id
 from services.signer.crypto import load_certificates
 from services.signer.notation import NotationTrust, load_trust
-from services.signer.tlog import load_log_keys
+from services.signer.tlog import load_log_keys, load_trusted_root
 from services.signer.verdict import CosignTrust, Identity
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class TrustSource:
         self.keys = keys
         self._roots: list[x509.Certificate] | None = None
         self._log_keys: dict[str, PublicKeyTypes] | None = None
+        self._root_file: tuple[list[x509.Certificate], dict[str, PublicKeyTypes]] | None = None
         self._notation: NotationTrust | None = None
 
     def roots(self) -> list[x509.Certificate]:
@@ -48,6 +49,7 @@ class TrustSource:
             except (OSError, ValueError) as exc:
                 log.error("signer.sigstore_roots %s is unreadable (%s): keyless signatures will not verify", path, exc)
                 self._roots = []
+            self._roots += self._trusted_root()[0]
         return self._roots
 
     def log_keys(self) -> dict[str, PublicKeyTypes]:
@@ -59,7 +61,19 @@ class TrustSource:
                 log.error("signer.rekor_public_keys %s is unreadable (%s): keyless signatures are checked at the "
                           "time of the check, not when they were logged", path, exc)
                 self._log_keys = {}
+            self._log_keys.update(self._trusted_root()[1])
         return self._log_keys
+
+    def _trusted_root(self) -> tuple[list[x509.Certificate], dict[str, PublicKeyTypes]]:
+        if self._root_file is None:
+            path = self.settings.signer.sigstore_trusted_root
+            try:
+                self._root_file = load_trusted_root(path.read_bytes()) if path is not None else ([], {})
+            except (OSError, ValueError) as exc:
+                log.error("signer.sigstore_trusted_root %s is unreadable (%s): its roots and log keys are not used",
+                          path, exc)
+                self._root_file = ([], {})
+        return self._root_file
 
     def notation(self) -> NotationTrust:
         if self._notation is None:

@@ -187,24 +187,32 @@ def test_cosign_keyless_signature_is_dated_by_its_rekor_bundle() -> None:
 DATA = Path(__file__).parent / "data"
 
 
-def test_a_real_keyless_bundle_from_the_public_sigstore_instance() -> None:
+def test_a_real_keyless_bundle_from_the_public_sigstore_instance(tmp_path: Path) -> None:
     """A bundle from GitHub Actions, Fulcio and Rekor in production (rfc8785.py 0.1.2's wheel, Rekor log index
-    79605083; from sigstore-python's test assets), checked with the public instance's roots and Rekor key: our
-    SET canonicalization and entry binding are Rekor's."""
-    from services.signer.crypto import load_certificates
-    from services.signer.tlog import load_log_keys
+    79605083), checked with the public instance's trusted_root.json (both from sigstore-python's test assets)
+    as `signer.sigstore_trusted_root` configures it: our SET canonicalization and entry binding are Rekor's."""
+    from services.core.settings import Settings, SignerSettings
+    from services.signer.trust import TrustSource
 
     data = (DATA / "rfc8785-0.1.2.whl.sigstore.json").read_bytes()
     wheel = "sha256:" + base64.b64decode(json.loads(data)["messageSignature"]["messageDigest"]["digest"]).hex()
     identity = Identity("https://token.actions.githubusercontent.com",
                         "https://github.com/trailofbits/rfc8785.py/.github/workflows/release.yml@refs/tags/v0.1.2")
-    roots = load_certificates((DATA / "fulcio-roots.pem").read_bytes())
-    trust = CosignTrust(identities=[identity], roots=roots, log_keys=load_log_keys((DATA / "rekor.pub").read_bytes()))
+    settings = Settings(signer=SignerSettings(sigstore_trusted_root=DATA / "trusted_root.json"))
+    source = TrustSource(settings, policies=None, keys=None)  # type: ignore[arg-type]  # roots and logs only
+    roots, log_keys = source.roots(), source.log_keys()
+    assert len(roots) == 3 and list(log_keys) == ["c0d23d6ad406973f9559f3ba2d1ca01f84147d8ffc5b8445c224f98b9591801d"]
+    trust = CosignTrust(identities=[identity], roots=roots, log_keys=log_keys)
     verdict = bundle.verify_bundle(data, subject=wheel, trust=trust)
     assert verdict.verified, verdict.reason
     assert verdict.signed_at == 1710888076 and verdict.identity == identity.subject
     unlogged = bundle.verify_bundle(data, subject=wheel, trust=CosignTrust(identities=[identity], roots=roots))
     assert not unlogged.verified and "expired at 2024-03-19T22:51:15Z" in unlogged.reason
+    # An unreadable trusted root is logged and adds nothing.
+    (tmp_path / "bad.json").write_text('{"mediaType": 1}')
+    broken = TrustSource(Settings(signer=SignerSettings(sigstore_trusted_root=tmp_path / "bad.json")),
+                         policies=None, keys=None)  # type: ignore[arg-type]
+    assert broken.roots() == [] and broken.log_keys() == {}
 
 
 @pytest.mark.parametrize("data", [b"", b"{", b"[]", b'{"mediaType":"x"}',
