@@ -46,6 +46,19 @@ class LogEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class LogKey:
+    """A transparency log's key, and when it signed (a trusted root's `validFor`; open ends: unbounded). A key
+    vouches only for entries integrated in its window: a log's retired key is no evidence for later times."""
+
+    key: PublicKeyTypes
+    start: float | None = None
+    end: float | None = None
+
+    def covers(self, when: float) -> bool:
+        return (self.start is None or when >= self.start) and (self.end is None or when <= self.end)
+
+
+@dataclass(frozen=True, slots=True)
 class Signed:
     """What an entry must name to vouch for a signature: the signature, the certificate or key that verified it,
     and the signed artifact by SHA-256 (hex): the simple-signing payload or message (`hashedrekord`), or the DSSE
@@ -64,31 +77,34 @@ def log_id(key: PublicKeyTypes) -> str:
     return hashlib.sha256(_spki(key)).hexdigest()
 
 
-def load_log_keys(pem: bytes) -> dict[str, PublicKeyTypes]:
+def load_log_keys(pem: bytes) -> dict[str, LogKey]:
     """Every PUBLIC KEY block of `pem`, by log id. ValueError when there is none or one is unreadable."""
-    keys: dict[str, PublicKeyTypes] = {}
+    keys: dict[str, LogKey] = {}
     marker = b"-----BEGIN PUBLIC KEY-----"
     for block in pem.split(marker)[1:]:
         key = load_pem_public_key(marker + block.split(b"-----END PUBLIC KEY-----")[0] + b"-----END PUBLIC KEY-----")
-        keys[log_id(key)] = key
+        keys[log_id(key)] = LogKey(key)
     if not keys:
         raise ValueError("no PEM PUBLIC KEY block")
     return keys
 
 
-def load_trusted_root(data: bytes) -> tuple[list[x509.Certificate], dict[str, PublicKeyTypes]]:
+def load_trusted_root(data: bytes) -> tuple[list[x509.Certificate], dict[str, LogKey]]:
     """A Sigstore `trusted_root.json` (what cosign keeps from the instance's TUF repository): its certificate
-    authorities' certificates (keyless roots) and its transparency logs' keys by log id. ValueError naming what
-    is wrong. Validity windows (`validFor`) are not applied."""
+    authorities' certificates (keyless roots) and its transparency logs' keys by log id, with their `validFor`.
+    ValueError naming what is wrong. (A certificate authority's own `validFor` is left to its certificates'.)"""
     try:
         root = TrustedRoot.from_json(data)
         certificates = [x509.load_der_x509_certificate(c.raw_bytes) for ca in root.certificate_authorities
                         for c in ca.cert_chain.certificates]
-        keys: dict[str, PublicKeyTypes] = {}
+        keys: dict[str, LogKey] = {}
         for log in root.tlogs:
-            if log.public_key.raw_bytes:
-                key = load_der_public_key(log.public_key.raw_bytes)
-                keys[log_id(key)] = key
+            public = log.public_key
+            if public.raw_bytes:
+                key = load_der_public_key(public.raw_bytes)
+                window = public.valid_for
+                keys[log_id(key)] = LogKey(key, window.start.timestamp() if window and window.start else None,
+                                           window.end.timestamp() if window and window.end else None)
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         raise ValueError(f"not a Sigstore trusted root ({'.'.join(map(str, first['loc']))}: {first['msg']})"
@@ -194,7 +210,7 @@ def names(body: bytes, signed: Signed) -> str | None:
     return f"its kind {str(kind)[:40]!r} is not one this registry reads (hashedrekord, dsse)"
 
 
-def trusted_time(entries: Iterable[LogEntry], signed: Signed, keys: Mapping[str, PublicKeyTypes]) \
+def trusted_time(entries: Iterable[LogEntry], signed: Signed, keys: Mapping[str, LogKey]) \
         -> tuple[float | None, str]:
     """The integrated time of the first entry a configured log vouches for and that names `signed`, and "";
     else None and why no entry's time is trusted (for the verdict's reason)."""
@@ -206,8 +222,11 @@ def trusted_time(entries: Iterable[LogEntry], signed: Signed, keys: Mapping[str,
                    f"({entry.log_id[:16]}…)" if keys else
                    "no transparency-log key is configured (signer.rekor_public_keys) to check its entry's time")
             continue
-        if not verify_any(key, entry.signed_entry_timestamp, set_payload(entry)):
+        if not verify_any(key.key, entry.signed_entry_timestamp, set_payload(entry)):
             why = "its transparency-log entry's signed timestamp does not verify with the log's key"
+            continue
+        if not key.covers(entry.integrated_time):
+            why = "its transparency-log entry's time is outside the validity of the log's key"
             continue
         problem = names(entry.body, signed)
         if problem:

@@ -18,7 +18,7 @@ from services.core.settings import Settings
 from services.core.signing.keys import ManagedKeys, key_id
 from services.signer.crypto import load_certificates
 from services.signer.notation import NotationTrust, load_trust
-from services.signer.tlog import load_log_keys, load_trusted_root
+from services.signer.tlog import LogKey, load_log_keys, load_trusted_root
 from services.signer.verdict import CosignTrust, Identity
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ class TrustSource:
         self.policies = policies
         self.keys = keys
         self._roots: list[x509.Certificate] | None = None
-        self._log_keys: dict[str, PublicKeyTypes] | None = None
-        self._root_file: tuple[list[x509.Certificate], dict[str, PublicKeyTypes]] | None = None
+        self._log_keys: dict[str, LogKey] | None = None
+        self._root_file: tuple[list[x509.Certificate], dict[str, LogKey]] | None = None
         self._notation: NotationTrust | None = None
 
     def roots(self) -> list[x509.Certificate]:
@@ -52,7 +52,7 @@ class TrustSource:
             self._roots += self._trusted_root()[0]
         return self._roots
 
-    def log_keys(self) -> dict[str, PublicKeyTypes]:
+    def log_keys(self) -> dict[str, LogKey]:
         if self._log_keys is None:
             path = self.settings.signer.rekor_public_keys
             try:
@@ -64,7 +64,7 @@ class TrustSource:
             self._log_keys.update(self._trusted_root()[1])
         return self._log_keys
 
-    def _trusted_root(self) -> tuple[list[x509.Certificate], dict[str, PublicKeyTypes]]:
+    def _trusted_root(self) -> tuple[list[x509.Certificate], dict[str, LogKey]]:
         if self._root_file is None:
             path = self.settings.signer.sigstore_trusted_root
             try:

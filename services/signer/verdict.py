@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from services.signer.tlog import LogKey
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -40,4 +42,4 @@ class CosignTrust:
     keys: Mapping[str, PublicKeyTypes] = field(default_factory=dict)
     identities: Sequence[Identity] = ()
     roots: Sequence[x509.Certificate] = ()
-    log_keys: Mapping[str, PublicKeyTypes] = field(default_factory=dict)
+    log_keys: Mapping[str, LogKey] = field(default_factory=dict)

@@ -107,8 +107,8 @@ class Log:
     def log_id(self) -> str:
         return tlog.log_id(self.key.public_key())
 
-    def keys(self) -> dict[str, Any]:
-        return {self.log_id: self.key.public_key()}
+    def keys(self) -> dict[str, tlog.LogKey]:
+        return {self.log_id: tlog.LogKey(self.key.public_key())}
 
     def entry(self, body: dict[str, Any], integrated_time: int, *, index: int = 7) -> tlog.LogEntry:
         raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from services.core.signing.artifacts import NOTATION_COSE, NOTATION_JWS
 from services.core.signing.keys import key_id
 from services.core.signing.sign import sign_bytes
-from services.signer import bundle, cosign, notation
+from services.signer import bundle, cosign, notation, tlog
 from services.signer.notation import NotationTrust, load_trust
 from services.signer.verdict import CosignTrust, Identity
 from tests.unit.signer import material as mk
@@ -142,6 +142,10 @@ def test_an_unvouched_log_time_does_not_revive_an_expired_certificate() -> None:
     forged = json.loads(mk.dsse_bundle(private, IMAGE, cert=cert, integrated_time=when, log=log))
     forged["verificationMaterial"]["tlogEntries"][0]["integratedTime"] = str(when - 60)
     assert "does not verify with the log's key" in reason(json.dumps(forged).encode())
+    # Signed by the log's key outside the key's validity (a retired key of the trusted root).
+    retired = {log.log_id: tlog.LogKey(log.key.public_key(), end=when - 3600)}
+    assert "outside the validity" in reason(mk.dsse_bundle(private, IMAGE, cert=cert, integrated_time=when, log=log),
+                                            CosignTrust(identities=identities, roots=[ca.cert], log_keys=retired))
     # A genuine entry of the log that names another artifact, signature or certificate lends no time.
     other_payload = mk.in_toto(OTHER)
     _, other_cert = _short_lived(ca, signed_at)
@@ -202,6 +206,7 @@ def test_a_real_keyless_bundle_from_the_public_sigstore_instance(tmp_path: Path)
     source = TrustSource(settings, policies=None, keys=None)  # type: ignore[arg-type]  # roots and logs only
     roots, log_keys = source.roots(), source.log_keys()
     assert len(roots) == 3 and list(log_keys) == ["c0d23d6ad406973f9559f3ba2d1ca01f84147d8ffc5b8445c224f98b9591801d"]
+    assert log_keys[next(iter(log_keys))].start == 1610452407.0  # validFor.start 2021-01-12T11:53:27Z
     trust = CosignTrust(identities=[identity], roots=roots, log_keys=log_keys)
     verdict = bundle.verify_bundle(data, subject=wheel, trust=trust)
     assert verdict.verified, verdict.reason
