@@ -3,9 +3,10 @@ carry them, checked offline (pure).
 
 A keyless certificate lives ten minutes, so it is checked at the time the log integrated the signature, not now.
 That time is only evidence when the log vouches for it: the entry's signed entry timestamp (SET) must verify with a
-configured log key (`signer.rekor_public_keys`), and the entry's body must name this very signature, certificate and
-artifact, or a SET of another entry could lend its time. An unverified `integratedTime` is whatever the signer wrote:
-it never stands in for now (a key leaked from an expired certificate could otherwise sign anything, backdated)."""
+configured log key (`signer.rekor_public_keys`, `signer.sigstore_trusted_root`), within that key's validity, and the
+entry's body must name this very signature, certificate and artifact, or a SET of another entry could lend its time.
+An unverified `integratedTime` is whatever the signer wrote: it never stands in for now (a key leaked from an
+expired certificate could otherwise sign anything, backdated)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,11 @@ def load_log_keys(pem: bytes) -> dict[str, LogKey]:
     keys: dict[str, LogKey] = {}
     marker = b"-----BEGIN PUBLIC KEY-----"
     for block in pem.split(marker)[1:]:
-        key = load_pem_public_key(marker + block.split(b"-----END PUBLIC KEY-----")[0] + b"-----END PUBLIC KEY-----")
+        try:
+            key = load_pem_public_key(marker + block.split(b"-----END PUBLIC KEY-----")[0]
+                                      + b"-----END PUBLIC KEY-----")
+        except UnsupportedAlgorithm as exc:
+            raise ValueError(f"a key of an unsupported algorithm ({str(exc)[:80]})") from None
         keys[log_id(key)] = LogKey(key)
     if not keys:
         raise ValueError("no PEM PUBLIC KEY block")
@@ -218,9 +223,10 @@ def trusted_time(entries: Iterable[LogEntry], signed: Signed, keys: Mapping[str,
     for entry in entries:
         key = keys.get(entry.log_id)
         if key is None:
-            why = ("no configured transparency-log key (signer.rekor_public_keys) is the key of its log "
-                   f"({entry.log_id[:16]}…)" if keys else
-                   "no transparency-log key is configured (signer.rekor_public_keys) to check its entry's time")
+            why = ("no configured transparency-log key (signer.rekor_public_keys, signer.sigstore_trusted_root) is the "
+                   f"key of its log ({entry.log_id[:16]}…)" if keys else
+                   "no transparency-log key is configured (signer.rekor_public_keys or signer.sigstore_trusted_root) "
+                   "to check its entry's time")
             continue
         if not verify_any(key.key, entry.signed_entry_timestamp, set_payload(entry)):
             why = "its transparency-log entry's signed timestamp does not verify with the log's key"
