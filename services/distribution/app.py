@@ -116,7 +116,7 @@ def create_app(c: Container, *, access: AccessControl, registry: Registry | None
     app.router.add_get("/v2/", oci_api.base)
     app.router.add_get("/v2", oci_api.base)
     app.router.add_get("/v2/_catalog", oci_api.catalog)
-    app.router.add_route("*", "/v2/{tail:.+}", oci_api.dispatch)
+    app.router.add_route("*", r"/v2/{tail:[\s\S]+}", oci_api.dispatch)  # a %0A in a name too (Route.router_path)
     if isinstance(access, TokenAccess):
         add_token_routes(app)
         add_oidc_routes(app)  # before the management routes: /v1/registry/auth/oidc/* is not a namespace

@@ -137,6 +137,12 @@ class Route:
         return self.prefix + self.path
 
     @property
+    def router_path(self) -> str:
+        """`full_path` for aiohttp, whose `re.fullmatch` lets `.` stop at a newline: a name holding a `%0A` must
+        still reach its handler (NAME_INVALID, 400) or the catch-all (a JSON 404), never aiohttp's text 404."""
+        return self.full_path.replace(":.+}", r":[\s\S]+}").replace(":.*}", r":[\s\S]*}")
+
+    @property
     def template(self) -> str:
         """The OpenAPI path ({repository:.+} becomes {repository})."""
         out: list[str] = []
@@ -348,6 +354,6 @@ def route_of(handler: object) -> Route | None:
 def register(app: web.Application, routes: list[Route]) -> None:
     for route in routes:
         if route.method == "GET":
-            app.router.add_get(route.full_path, endpoint(route))  # and HEAD
+            app.router.add_get(route.router_path, endpoint(route))  # and HEAD
         else:
-            app.router.add_route(route.method, route.full_path, endpoint(route))
+            app.router.add_route(route.method, route.router_path, endpoint(route))
