@@ -11,7 +11,7 @@ Used by deploy/local/infra-up.sh; no third-party Python packages needed.
       StartupMessage (trust auth) + simple query `SELECT 1`; healthy when the row comes back.
   infra_check.py s3 HOST:PORT ACCESS SECRET [--create BUCKET]... [--require BUCKET]...
       SigV4-signed ListBuckets (and PUT bucket for --create); healthy when every
-      --require / --create bucket is listed.
+      --require / --create bucket is listed and an object written to each reads back.
 
 Exit status 0 = healthy, 1 = not healthy (reason on stderr).
 """
@@ -275,7 +275,25 @@ def check_s3(addr, access, secret, create, require):
     missing = [b for b in list(create) + list(require) if b not in names]
     if missing:
         raise ValueError(f"bucket(s) missing from ListBuckets: {missing}")
-    return f"s3 ok: ListBuckets -> {sorted(names)}"
+    for b in list(create) + list(require):
+        _write_round_trip(addr, access, secret, b)
+    return f"s3 ok: ListBuckets -> {sorted(names)}, a write to each read back"
+
+
+def _write_round_trip(addr, access, secret, bucket):
+    # A listing answers before SeaweedFS can store: the first write to a bucket grows its volumes, which took
+    # longer than a client's 5 s read timeout right after a start (a first test then saw 503s). Healthy means
+    # a write lands.
+    key = f"/{bucket}/.hanzo-health-check"
+    status, data = s3_request(addr, access, secret, "PUT", key, body=b"ok")
+    if status != 200:
+        raise ValueError(f"PUT {key} HTTP {status}: {data[:300]!r}")
+    status, data = s3_request(addr, access, secret, "GET", key)
+    if status != 200 or data != b"ok":
+        raise ValueError(f"GET {key} HTTP {status}: {data[:100]!r}")
+    status, data = s3_request(addr, access, secret, "DELETE", key)
+    if status not in (200, 204):
+        raise ValueError(f"DELETE {key} HTTP {status}: {data[:300]!r}")
 
 
 def main(argv):
