@@ -101,3 +101,22 @@ def test_huge_numbers_and_deep_nesting_are_refused(registry: RegistryProcess) ->
                 assert status == 400, f"{method.upper()} {template} with {what}: {status}"
                 tried += 1
     assert tried >= 7 * 8
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), [
+    ("POST", "/v1/registry/teams", {"name": "nul", "description": "a\u0000b"}, "description"),
+    ("PUT", "/v1/registry/namespaces/ml/policy", {"signing": {"identities": [
+        {"issuer": "https://issuer.example", "subject": "dev\u0000@example.com"}]}}, "signing.identities.0.subject"),
+])
+def test_a_nul_character_in_text_is_a_400_naming_the_field(registry: RegistryProcess, method: str, path: str,
+                                                          body: dict[str, Any], field: str) -> None:
+    """U+0000 in a text field was a 500: the metadata store refuses it (SQLite here; PostgreSQL's jsonb under
+    FerretDB too). Found by the schemathesis run above."""
+    request = urllib.request.Request(
+        f"http://{registry.addr}{path}", data=json.dumps(body).encode(), method=method,
+        headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 400
+    error = json.loads(refused.value.read())["errors"][0]
+    assert error["code"] == "INVALID_REQUEST" and "U+0000" in error["message"] and field in error["message"], error
