@@ -328,7 +328,7 @@ class ScanEngine:
         if not self.registry.settings.delete_enabled:
             return
         mine = [r for r in await self.registry.meta.referrers(repository, subject)
-                if r.artifact_type == SBOM_TYPE and r.annotations.get(SCANNER_ANNOTATION) == SCANNER]
+                if r.artifact_type == SBOM_TYPE and SCANNER_ANNOTATION in r.annotations]  # any version of ours
         new = next((r for r in mine if r.digest == pushed), None)
         if new is None:
             return
