@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import (
 from pydantic import ValidationError
 from sigstore_models.trustroot.v1 import TrustedRoot
 
+from services.core.signing.keys import key_id
 from services.signer.crypto import verify_any
 
 MAX_BODY = 256 * 1024
@@ -75,7 +75,8 @@ def _spki(key: PublicKeyTypes) -> bytes:
 
 
 def log_id(key: PublicKeyTypes) -> str:
-    return hashlib.sha256(_spki(key)).hexdigest()
+    """A Rekor log id: the key id (`keys.key_id`, SHA-256 of the SubjectPublicKeyInfo) in bare hex."""
+    return key_id(key).removeprefix("sha256:")
 
 
 def load_log_keys(pem: bytes) -> dict[str, LogKey]:
