@@ -97,8 +97,12 @@ async def test_a_push_that_read_no_run_and_stored_after_the_run_deleted_is_told(
                 await collector.entomb([gm.blob_key(LAYER)], run="r1")
                 now[0] += gm.NOTICE_SECONDS
         assert told.value.digests == [LAYER]
-        # One that stored within NOTICE_SECONDS of its "no run" was in the run's snapshot: no second look.
+        # One that stored within NOTICE_SECONDS of its "no run" was in the run's snapshot: no second look (even at
+        # a deletion that, with no clock passing, only this test can make happen meanwhile).
         pusher._checked_at = float("-inf")
         await pusher.docs.delete(LEASES, gm.COLLECTING)
-        async with pusher.storing_manifest("team/app", [LAYER], []):
+        async with pusher.storing_manifest("team/app", [CHILD], []):
             await collector.announce("r2")
+            await collector.mark(gm.blob_key(CHILD), run="r2", verdict=True)
+            assert await collector.claim_verdicts([gm.blob_key(CHILD)], run="r2", until=now[0] + 60)
+            await collector.entomb([gm.blob_key(CHILD)], run="r2")
