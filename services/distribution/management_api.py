@@ -305,8 +305,8 @@ async def _body(route: Route, request: web.Request) -> BaseModel:
         raise invalid(problems) from None
     where = _nul_in(body.model_dump(mode="json"), "")
     if where is not None:
-        # Neither the metadata stores (PostgreSQL's jsonb under FerretDB, our SQLite columns) nor most tools
-        # that show these fields take it: refused here, by name, rather than a 500 from the store.
+        # Every DocumentStore refuses it in the top-level fields it compares (docvalues.check_text), and in no text
+        # of this API does it mean anything: refused here, by name, for every field, rather than a 500 from the store.
         raise invalid([(where, "text must not contain the character U+0000")])
     return body
 
