@@ -110,9 +110,10 @@ def verify_simple_signing(payload: bytes, annotations: Mapping[str, str], *, sub
                           expected_digest: str | None = None) -> Verdict:
     """Check one simple-signing layer: its blob `payload` (digest `expected_digest` as the manifest says)
     and its annotations, for the image `subject`."""
+    artifact = hashes_sha256(payload)  # also what a transparency-log entry must name
     if expected_digest is not None:
         algorithm, _, hex_ = expected_digest.partition(":")
-        if algorithm != "sha256" or hashes_sha256(payload) != hex_:
+        if algorithm != "sha256" or artifact != hex_:
             return failed("the payload does not match the digest its manifest names")
     encoded = annotations.get(COSIGN_SIGNATURE_ANNOTATION, "")
     if not encoded:
@@ -126,7 +127,6 @@ def verify_simple_signing(payload: bytes, annotations: Mapping[str, str], *, sub
     except VerificationFailedError as exc:
         return failed(str(exc))
     entries = _log_entries(annotations)
-    artifact = hashes_sha256(payload)
     pem = next((annotations[a] for a in COSIGN_CERTIFICATE_ANNOTATIONS if annotations.get(a)), "")
     for key_id, key in trust.keys.items():
         if verify_any(key, signature, payload):
