@@ -42,7 +42,7 @@ from services.core.settings import TopicSettings
 from services.core.storage import gcmarks as gm
 from services.core.storage import meta as m
 from services.core.storage.blobs import BlobBulkDeleter, BlobStore
-from services.core.storage.documents import Document, DocumentStore
+from services.core.storage.documents import Document, DocumentStore, background
 from services.gc import candidates as cand
 from services.gc.cache_expiry import CacheExpiry
 from services.gc.digestset import DigestSet, DigestSetBuilder
@@ -66,7 +66,13 @@ PAGE = 2000
 YIELD_EVERY = 200
 """Items a planning loop handles before it lets the event loop serve others (`serve` runs GC beside pushes)."""
 BATCH = 500
-LEASE_SECONDS = 600.0
+CLAIM_SECONDS = 60.0
+"""A claim's lease (`until`): a push waiting on what the collector claimed takes it over once the lease is over,
+or gcmarks.WAIT_SECONDS after it first saw the claim (gcmarks._Wait)."""
+DELETE_WITHIN_SECONDS = 30.0
+"""The collector deletes what it claimed only this soon after the claim: later, a push may be about to take it
+over and keep it. The rest of the lease covers the deletion itself and the clocks' drift between replicas; what
+is left is finished by a later run under a claim of its own (or, for bytes whose links went, as unlinked bytes)."""
 CLOCK_SLACK_SECONDS = 60.0
 """Manifests stored up to this long before the run started count as 'since': replicas' clocks differ."""
 MIN_UPLOAD_IDLE_SECONDS = 60.0
@@ -260,14 +266,16 @@ class Collector:
     # -- the run --------------------------------------------------------------------------------
 
     async def run(self, options: RunOptions) -> RunResult:
-        if options.dry_run:
-            return await self._run(options)
-        # Pushes read marks only while a run is announced (gcmarks.GcMarks._collecting).
-        await self.marks.announce(options.run_id)
-        try:
-            return await self._run(options)
-        finally:
-            await self.marks.conclude(options.run_id)
+        # Requests first: a store shared with them (the embedded SQLite) serves the run after them.
+        with background():
+            if options.dry_run:
+                return await self._run(options)
+            # Pushes read marks only while a run is announced (gcmarks.GcMarks._collecting).
+            await self.marks.announce(options.run_id)
+            try:
+                return await self._run(options)
+            finally:
+                await self.marks.conclude(options.run_id)
 
     async def _run(self, options: RunOptions) -> RunResult:
         result = RunResult()
@@ -525,7 +533,7 @@ class Collector:
                 if f"{f.repository}@{f.digest}" in recent or (f.repository, f.digest) in stays:
                     await self._let_go(key)
                     stays |= _points_at(f)
-                elif not await self.marks.claim(key, run=options.run_id, until=self._clock() + LEASE_SECONDS):
+                elif not await self.marks.claim(key, run=options.run_id, until=self._clock() + CLAIM_SECONDS):
                     await self.marks.release(key, state=gm.RESCUED)
                     stays |= _points_at(f)
                 elif await self._delete_manifest(f, result):
@@ -588,11 +596,13 @@ class Collector:
             recent = await self._recent_references(started)
             await self.marks.let_go([gm.blob_key(c.digest) for c in batch if c.digest in recent], run=options.run_id,
                                     concurrency=self.concurrency)
+            claimed_at = self._clock()
             won = await self._claim_each([gm.blob_key(c.digest) for c in batch if c.digest not in recent],
                                          options.run_id)
             claimed = [c for c in batch if gm.blob_key(c.digest) in won]
             done = await self._finish_blobs([(c.digest, c.size, [(x.repository, x.created) for x in c.links])
-                                             for c in claimed], result, options.run_id, verdicts=options.run_id)
+                                             for c in claimed], result, options.run_id, claimed_at,
+                                            verdicts=options.run_id)
             deleted |= done
         return deleted
 
@@ -602,21 +612,24 @@ class Collector:
         if not keys:
             return set()
         paced = time.monotonic()
-        won = await self.marks.claim_verdicts(keys, run=run, until=self._clock() + LEASE_SECONDS,
+        won = await self.marks.claim_verdicts(keys, run=run, until=self._clock() + CLAIM_SECONDS,
                                               concurrency=self.concurrency)
         await self.marks.let_go([k for k in keys if k not in won], run=run, concurrency=self.concurrency)
         await self._yield(paced)
         return won
 
     async def _finish_blobs(self, claimed: list[tuple[str, int, list[tuple[str, float]]]],
-                            result: RunResult, run: str, *, verdicts: str | None = None) -> set[str]:
+                            result: RunResult, run: str, claimed_at: float, *, verdicts: str | None = None
+                            ) -> set[str]:
         """Past the point of no return: the links as read (a re-link since wins: the bytes stay), then the
         bytes in one bulk delete, then tombstones. The links of up to UNLINK_BATCH blobs go in one outbox
         change (partial: each link's delete is conditional on its own), so a blob costs its conditional
         deletes and a share of one intent, not an intent of its own.
 
         `verdicts`: the run whose marks with verdicts these are (their tombstones are inserted, a blob that
-        stays is let go: gcmarks.py); None: marks of the previous kind, held by `run` (buried, released)."""
+        stays is let go: gcmarks.py); None: marks of the previous kind, held by `run` (buried, released).
+        `claimed_at`: when the claims were made (this collector's clock); the bytes are deleted only within
+        DELETE_WITHIN_SECONDS of it."""
         ready: list[tuple[str, int, list[tuple[str, float]]]] = []
 
         async def release(keys: list[str]) -> None:
@@ -654,6 +667,14 @@ class Collector:
         await self._each(_batches(claimed, UNLINK_BATCH), unlink, workers=max(1, self.concurrency // UNLINK_SHARE))
         ready.sort(key=lambda item: item[0])
         if not ready:
+            return set()
+        late = self._clock() - claimed_at
+        if late > DELETE_WITHIN_SECONDS:
+            # Stalled: a push waiting on these claims may take one over any time now and keep the blob. Left
+            # claimed, bytes in place: pushes take them over once the lease is over, a later run finishes the rest.
+            for digest, _, _ in ready:
+                result.errors.append(f"blob {digest}: claimed {late:.0f} s ago, too long to delete its bytes "
+                                     "safely; a later run finishes it")
             return set()
         digests = [Digest.parse(d) for d, _, _ in ready]
         if isinstance(self.blobs, BlobBulkDeleter):
@@ -726,9 +747,10 @@ class Collector:
                     await self.marks.let_go([gm.blob_key(digest)], run=options.run_id)
                 else:
                     unlinked.append((digest, size))
+            claimed_at = self._clock()
             won = await self._claim_each([gm.blob_key(d) for d, _ in unlinked], options.run_id)
             await self._finish_blobs([(d, size, []) for d, size in unlinked if gm.blob_key(d) in won], result,
-                                     options.run_id, verdicts=options.run_id)
+                                     options.run_id, claimed_at, verdicts=options.run_id)
         return waits
 
     # -- uploads --------------------------------------------------------------------------------
@@ -769,15 +791,16 @@ class Collector:
         for doc in states[gm.DELETING]:
             if str(doc["_id"]).startswith("x:"):
                 continue
+            at = self._clock()  # this claim's own time: the deletion must follow it closely
             if float(doc.get("until", 0.0)) >= now or not await self.marks.take_over(
-                doc, run=run_id, until=now + LEASE_SECONDS
+                doc, run=run_id, until=at + CLAIM_SECONDS
             ):
                 continue
             key = str(doc["_id"])
             if key.startswith("b:"):
                 digest = key[2:]
                 links = [(x["r"], float(x["c"])) for x in doc.get("links") or ()]
-                await self._finish_blobs([(digest, int(doc.get("size") or 0), links)], result, run_id)
+                await self._finish_blobs([(digest, int(doc.get("size") or 0), links)], result, run_id, at)
             else:
                 repo, _, digest = key[2:].rpartition("@")
                 stored = await self.docs.get(m.MANIFESTS, f"{repo}@{digest}")
@@ -805,11 +828,11 @@ class Collector:
             elif verdict is None or verdict.get("state") == gm.RESCUED:
                 gone += [key] + ([gm.verdict_key(run, key)] if verdict is not None else [])
             elif float(verdict.get("until", 0.0)) < now and await self.marks.take_over(
-                verdict, run=str(verdict.get("run")), until=now + LEASE_SECONDS
+                verdict, run=str(verdict.get("run")), until=(at := self._clock()) + CLAIM_SECONDS
             ):
                 # A dead run's claim (the verdict's `run` stays: the tombstone's key needs it).
                 links = [(x["r"], float(x["c"])) for x in mark.get("links") or ()]
-                await self._finish_blobs([(key[2:], int(mark.get("size") or 0), links)], result, run_id,
+                await self._finish_blobs([(key[2:], int(mark.get("size") or 0), links)], result, run_id, at,
                                          verdicts=run)
         # Verdicts and tombstones whose mark is gone or belongs to a later run: removed once over.
         for tomb_id, tomb in tombs.items():

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +25,13 @@ from services.gc.sweep import Collector
 from tests.integration.oci import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, digest_of
 
 
-def collector(c: Container, *, settle: float = 0.05, grace: float = 3600.0) -> Collector:
+def collector(c: Container, *, settle: float = 0.05, grace: float = 3600.0,
+              clock: Callable[[], float] = time.time) -> Collector:
     return Collector(
         docs=c.docs, blobs=c.blobs, outbox=c.outbox, topics=c.settings.topics,
         default_policy=c.settings.policy.default, blob_grace_seconds=grace,
         upload_expiry_seconds=c.settings.registry.upload_expiry_seconds, settle_seconds=settle,
-        forget_manifest=getattr(c.meta, "forget_manifest", None),
+        forget_manifest=getattr(c.meta, "forget_manifest", None), clock=clock,
     )
 
 

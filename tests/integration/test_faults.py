@@ -663,9 +663,9 @@ def test_gc_killed_mid_sweep(reg: RegistryProcess, servers: Servers, tmp_path: P
             assert_pullable(reg, live_repo, tag, manifest, blobs)
         deleting = db.gc_marks.count_documents({"state": "deleting", "run": first.run_id})
         print(f"the dead run left {deleting} blobs `deleting`")
-        # The dead run's leases run out: the run lease (services/gc/runs.py) and the `until` of the marks it
-        # had claimed (services/gc/sweep.py), both LEASE_SECONDS = 120 s. Done here through their clock
-        # fields rather than by waiting two minutes; what the next run does then is what is under test.
+        # The dead run's leases run out: the run lease (services/gc/runs.py, LEASE_SECONDS = 120 s) and the
+        # `until` of the marks it had claimed (services/gc/sweep.py, CLAIM_SECONDS = 60 s). Done here through
+        # their clock fields rather than by waiting; what the next run does then is what is under test.
         db.leases.update_one({"_id": "gc-run"}, {"$set": {"expires": 0.0}})
         db.gc_marks.update_many({"run": first.run_id, "state": "deleting"}, {"$set": {"until": 0.0}})
         gc.start()

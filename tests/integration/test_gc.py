@@ -148,7 +148,7 @@ async def test_a_blob_verdict_goes_to_whoever_inserts_it_first(assembly: Assembl
         late = gm.blob_key(f"sha256:{uuid.uuid4().hex}{uuid.uuid4().hex}")
         await collector_side.mark(late, run="r2", verdict=True)
         assert await collector_side.claim_verdicts([late], run="r2", until=time.time() + 60) == {late}
-        stalled = asyncio.ensure_future(push_side._verdict(late, "r1", time.time() + 60))
+        stalled = asyncio.ensure_future(push_side._verdict(late, "r1"))
         await asyncio.sleep(0.2)
         assert not stalled.done()
         await collector_side.entomb([late], run="r2")
@@ -324,6 +324,49 @@ async def test_a_push_that_read_no_run_and_stored_after_the_run_deleted_is_told_
     finally:
         await drop_gc_collections(c)
         await c.docs.drop_collection(gm.GC_HOLDS)
+
+
+async def test_a_collector_that_stalls_after_its_claim_leaves_the_bytes_and_a_push_keeps_them(
+    assembly: Assembly,
+) -> None:
+    """A collector that stalls past DELETE_WITHIN_SECONDS between its claim and deleting the bytes no longer
+    deletes them (a push waiting on the claim may take it over by then and keep the blob: was a blob whose
+    link the push kept and whose bytes the collector then deleted). The run says so; a push of the same blobs
+    after the claim's lease takes them over and keeps them; the next run keeps them too."""
+    client, c = assembly.client, assembly.c
+    untagged = make_image()
+    await push(client, "stall/app", untagged)  # garbage at grace 0: the manifest, and its blobs with it
+    drift = [0.0]
+    gc = collector(c, settle=0.01, grace=0.0, clock=lambda: time.time() + drift[0])
+    await gc.setup()
+    real_claim = gc.marks.claim_verdicts
+
+    async def claim_then_stall(*args: Any, **kwargs: Any) -> set[str]:
+        won = await real_claim(*args, **kwargs)
+        drift[0] += sweep.DELETE_WITHIN_SECONDS + 1  # the collector's next step comes this much later
+        return won
+
+    gc.marks.claim_verdicts = claim_then_stall  # type: ignore[method-assign]
+    try:
+        result = await asyncio.wait_for(gc.run(_run()), 60)
+        assert result.manifests_deleted == 1 and result.blobs_deleted == 0, result
+        assert len(result.errors) == len(untagged.blobs), result.errors
+        assert all("too long to delete its bytes" in e for e in result.errors), result.errors
+        for digest in untagged.blobs:
+            assert await c.blobs.stat(Digest.parse(digest)) is not None, f"{digest}: bytes deleted after the stall"
+        # The claims' leases run out (done through their clock field rather than by waiting a minute); a push
+        # of the same blobs takes them over, finds the bytes and keeps them.
+        for doc in await c.docs.find(gm.GC_MARKS, {"state": gm.DELETING}):
+            await c.docs.update(gm.GC_MARKS, str(doc["_id"]), {"until": 0.0})
+        await push(client, "stall/app", untagged, "kept")
+        await pull_exact(client, "stall/app", "kept", untagged)
+        gc.marks.claim_verdicts = real_claim  # type: ignore[method-assign]
+        drift[0] = 0.0
+        again = await asyncio.wait_for(gc.run(_run()), 60)
+        assert not again.errors and again.blobs_deleted == 0, again
+        await pull_exact(client, "stall/app", "kept", untagged)
+    finally:
+        await drop_gc_collections(c)
 
 
 async def test_the_base_model_of_a_kept_adapter_stays(assembly: Assembly) -> None:

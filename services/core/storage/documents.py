@@ -11,13 +11,33 @@ lists and nested dicts of those. Field names in `where`/`expect` are top-level o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 Document = dict[str, Any]
 _T = TypeVar("_T")
+
+_background: contextvars.ContextVar[bool] = contextvars.ContextVar("documents_background", default=False)
+
+
+@contextlib.contextmanager
+def background() -> Iterator[None]:
+    """Work inside (and in the tasks it starts) can wait for request traffic: a store shared with requests
+    serves it after them (the embedded SQLite store: its own read connection, writes after the requests'
+    in each group commit). GC runs use it. A hint: stores without such queues ignore it."""
+    token = _background.set(True)
+    try:
+        yield
+    finally:
+        _background.reset(token)
+
+
+def in_background() -> bool:
+    return _background.get()
 
 
 class DuplicateKeyError(Exception):

@@ -98,7 +98,8 @@ HOLD_SECONDS = 600.0
 after it, and removed by the collector)."""
 
 WAIT_SECONDS = 60.0
-"""The longest a push waits for a collector that holds a mark in `deleting` (beyond its lease, it takes over)."""
+"""The longest a push waits for one claim of a collector (a mark or verdict in `deleting`): then, or once the
+claim's lease is over, it takes over (`_Wait`)."""
 
 
 def verdict_key(run: str, key: str) -> str:
@@ -115,6 +116,27 @@ def blob_key(digest: Digest | str) -> str:
 
 def manifest_key(repository: str, digest: Digest | str) -> str:
     return f"m:{repository}@{digest}"
+
+
+class _Wait:
+    """A push's wait for a collector's claim (a `deleting` mark or verdict): over once the claim's lease
+    (`until`) is, or `wait` seconds after this push first saw that claim, whichever comes first. A new claim
+    (a later run finishing a dead one's deletion) starts the wait again: the collector deletes only within
+    the first part of its lease (sweep.DELETE_WITHIN_SECONDS), so a push never takes over a claim whose
+    collector may still delete."""
+
+    def __init__(self, clock: Callable[[], float], wait: float) -> None:
+        self._clock = clock
+        self._wait = wait
+        self._claim: tuple[object, object] | None = None
+        self._deadline = 0.0
+
+    def over(self, claim: Document) -> bool:
+        now = self._clock()
+        seen = (claim.get("run"), claim.get("until"))
+        if seen != self._claim:
+            self._claim, self._deadline = seen, now + self._wait
+        return float(claim.get("until", 0.0)) < now or now > self._deadline
 
 
 class CollectedWhileStoringError(Exception):
@@ -247,10 +269,10 @@ class GcMarks:
     async def _settle(self, key: str, doc: Document | None) -> bool:
         """Rescue a marked document; wait out one being deleted. True: nothing was deleted (it is rescued or
         was never marked); False: the collector was deleting it (the caller checks what is left)."""
-        deadline = self._clock() + self._wait
+        waiting = _Wait(self._clock, self._wait)
         while True:
             if doc is not None and doc.get("state") == MARKED and doc.get("verdict"):
-                return await self._verdict(key, str(doc.get("run")), deadline)
+                return await self._verdict(key, str(doc.get("run")))
             if doc is None or doc.get("state") in (SEEN, RESCUED):
                 return True
             if doc["state"] == DELETED:
@@ -259,17 +281,22 @@ class GcMarks:
                 if await self.docs.update(GC_MARKS, key, {"state": RESCUED}, expect=_as_read(doc)):
                     return True
             elif doc["state"] == DELETING:
-                now = self._clock()
-                if float(doc.get("until", 0.0)) < now or now > deadline:
+                if waiting.over(doc):
                     # A collector that died (or stalls) past its lease: take over; what it deleted is gone.
-                    await self.docs.update(GC_MARKS, key, {"state": RESCUED}, expect=_as_read(doc))
-                    return False
+                    if await self.docs.update(GC_MARKS, key, {"state": RESCUED}, expect=_as_read(doc)):
+                        return False
+                    # Lost: to a later run finishing the deletion (a new claim: wait for that one instead), or
+                    # to another push's takeover (the caller checks what is left, as that push does).
+                    doc = await self.docs.get(GC_MARKS, key)
+                    if doc is None or doc.get("state") != DELETING:
+                        return False
+                    continue
                 await self._sleep(0.05)
                 if await self.docs.get(GC_MARKS, key) is None:
                     return False
             doc = await self.docs.get(GC_MARKS, key)
 
-    async def _verdict(self, key: str, run: str, deadline: float) -> bool:
+    async def _verdict(self, key: str, run: str) -> bool:
         """`_settle` of a mark with verdicts (module docstring): rescue it by inserting the verdict, or read
         the collector's and wait for its tombstone."""
         vkey = verdict_key(run, key)
@@ -285,6 +312,7 @@ class GcMarks:
             if mark is None or mark.get("run") == run:
                 return True
             return await self._settle(key, mark)
+        waiting = _Wait(self._clock, self._wait)
         while True:
             verdict = await self.docs.get(GC_MARKS, vkey)
             if verdict is None:
@@ -295,13 +323,13 @@ class GcMarks:
             tomb = await self.docs.get(GC_MARKS, tombstone_key(run, key))
             if tomb is not None:
                 return self._clock() - float(tomb.get("at", 0.0)) > TOMBSTONE_SECONDS
-            now = self._clock()
-            if float(verdict.get("until", 0.0)) < now or now > deadline:
-                # A collector that died (or stalls) past its lease: take over; what it deleted is gone.
-                await self.docs.update(GC_MARKS, vkey, {"state": RESCUED, "took_over": True},
-                                       expect=_as_read(verdict))
+            if not waiting.over(verdict):
+                await self._sleep(0.05)
+            elif await self.docs.update(GC_MARKS, vkey, {"state": RESCUED, "took_over": True},
+                                        expect=_as_read(verdict)):
+                # A collector that died (or stalls) past its lease: take over; what it deleted is gone. (Lost:
+                # to a later run finishing the deletion, a new claim to wait for, or to another push's takeover.)
                 return False
-            await self._sleep(0.05)
 
     # -- the collector's side --------------------------------------------------------------------
 

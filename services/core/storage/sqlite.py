@@ -28,7 +28,7 @@ from typing import Any
 
 import aiosqlite
 
-from services.core.storage.documents import Document, DuplicateKeyError, Index
+from services.core.storage.documents import Document, DuplicateKeyError, Index, in_background
 from services.core.storage.docvalues import check_collection, check_field, check_text, encode_value
 
 _BYTES = "$bytes"
@@ -37,6 +37,10 @@ _BYTES = "$bytes"
 _NUMBER_TYPES = "('integer','real')"
 _GET_MANY_BATCH = 500  # well under SQLite's limit of bound parameters
 _GROUP_MAX = 512  # writes in one group commit
+_BACKGROUND_BESIDE = 8
+_BACKGROUND_ALONE = 64
+"""Background writes (documents.background: GC) in a group beside request writes, and in a group of their own:
+a request's write waits for the group being committed, which background work alone keeps short."""
 _DECODE_ON_LOOP_MAX = 200
 """Rows a find decodes on the event loop; more go to a worker thread, where the interpreter hands the loop
 its turn every switch interval (5 ms) instead of after the whole page (a GC page of 2,000 links is tens of
@@ -193,12 +197,13 @@ class SqliteDocumentStore:
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
-        self._conns: dict[str, aiosqlite.Connection] = {}  # by lane: "point", "scan"
+        self._conns: dict[str, aiosqlite.Connection] = {}  # by lane: "point", "scan", "background"
         self._open_lock = asyncio.Lock()
         self._closed = False
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._wconn: sqlite3.Connection | None = None
         self._queue: list[_Write] = []
+        self._later: list[_Write] = []  # background writes (documents.background)
         self._flusher: asyncio.Task[None] | None = None
         self.group_commits = 0
         """Transactions the writer committed (tests: concurrent writes share them)."""
@@ -243,15 +248,18 @@ class SqliteDocumentStore:
             raise RuntimeError("SqliteDocumentStore is closed")
         loop = asyncio.get_running_loop()
         write = _Write(check_collection(collection), sql, tuple(params), create, loop.create_future())
-        self._queue.append(write)
+        (self._later if in_background() else self._queue).append(write)
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush())
         return await asyncio.shield(write.future)
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._queue:
+        while self._queue or self._later:
             group, self._queue = self._queue[:_GROUP_MAX], self._queue[_GROUP_MAX:]
+            room = _BACKGROUND_BESIDE if group else _BACKGROUND_ALONE
+            group += self._later[:room]
+            del self._later[:room]
             try:
                 await loop.run_in_executor(self._writer, self._commit_group, group)
             except Exception as exc:  # the whole group is rolled back: nobody's write happened
@@ -302,7 +310,9 @@ class SqliteDocumentStore:
             conn.close()
 
     async def _read(self, sql: str, params: Sequence[Any], *, lane: str = "point") -> list[sqlite3.Row]:
-        db = await self._db(lane)
+        # Each connection runs one statement at a time: background work (GC's pages) gets one of its own, so
+        # a request's read never queues behind it.
+        db = await self._db("background" if in_background() else lane)
         try:
             return list(await db.execute_fetchall(sql, params))
         except sqlite3.OperationalError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.storage import sqlite as sqlite_adapter
+from services.core.storage.documents import background
 from services.core.storage.sqlite import SqliteDocumentStore
 
 
@@ -58,5 +59,35 @@ async def test_a_big_page_is_decoded_in_a_worker_thread(tmp_path: Path, monkeypa
         assert [d["n"] for d in await store.find("things", limit=3, fields=("n",))] == [0, 1, 2]
         assert threads[0] != threading.main_thread().name
         assert threads[1] == threading.main_thread().name
+    finally:
+        await store.close()
+
+
+async def test_background_work_reads_on_a_lane_of_its_own_and_writes_behind_requests(tmp_path: Path,
+                                                                                    monkeypatch: Any) -> None:
+    """documents.background (GC runs): a request's read never queues behind a run's page, and a request's write
+    goes in the next group commit with only a few of the run's writes beside it."""
+    store = SqliteDocumentStore(tmp_path / "m.db")
+    try:
+        await store.insert("requests", {"_id": "first"})
+        with background():
+            assert await store.find("requests") == [{"_id": "first"}]
+        assert "background" in store._conns and "scan" not in store._conns
+        groups: list[list[str]] = []
+        commit = SqliteDocumentStore._commit_group
+
+        def recording(self: SqliteDocumentStore, group: Any) -> None:
+            groups.append([w.table for w in group])
+            commit(self, group)
+
+        monkeypatch.setattr(SqliteDocumentStore, "_commit_group", recording)
+        with background():
+            run = [asyncio.ensure_future(store.insert("run", {"_id": f"r{i}"})) for i in range(300)]
+        request = asyncio.ensure_future(store.insert("requests", {"_id": "second"}))
+        await asyncio.gather(request, *run)
+        first = groups[0]
+        assert "requests" in first and first.count("run") <= sqlite_adapter._BACKGROUND_BESIDE, first
+        assert all(len(g) <= sqlite_adapter._BACKGROUND_ALONE for g in groups[1:]), [len(g) for g in groups]
+        assert sum(g.count("run") for g in groups) == 300
     finally:
         await store.close()
