@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from services.core.activity import RequestActivity
 from services.core.events.log import EventLog
 from services.core.events.outbox import Outbox
 from services.core.settings import (
@@ -72,6 +73,8 @@ class Container:
     meta: MetadataStore
     events: EventLog
     outbox: Outbox
+    activity: RequestActivity = field(default_factory=RequestActivity)
+    """Requests this process serves (the distribution app counts them; GC in the same process yields to them)."""
 
 
 @contextlib.asynccontextmanager

@@ -353,8 +353,9 @@ class GcSettings(_Section):
         None,
         ge=0,
         le=100,
-        description="Seconds a run pauses per second of its metadata commands, so pushes that share the store get "
-        "turns; unset: 1.0 on SQLite (GC takes at most half of its one connection), 0 on MongoDB",
+        description="Seconds a run pauses per second of its work while the same process serves requests (`serve`), "
+        "so they get turns; none while it serves none; unset: 3.0 on SQLite (GC takes at most a quarter of the "
+        "process while requests come), 0 on MongoDB",
     )
     grpc_addr: str | None = Field(
         None,

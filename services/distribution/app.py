@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.core.activity import RequestActivity
 from services.core.bootstrap import Container
 from services.core.content.graph import indexes_listing
 from services.core.content.registry import Registry
@@ -29,7 +30,7 @@ from services.distribution.console.routes import add_console_routes
 from services.distribution.forwarded import forwarded_middleware
 from services.distribution.keys import ACCESS, GATES, METRICS, OUTAGES, PULLTHROUGH, REGISTRY, SETTINGS
 from services.distribution.management import add_management_routes
-from services.distribution.middleware import errors_middleware, telemetry_middleware
+from services.distribution.middleware import Handler, errors_middleware, telemetry_middleware
 from services.distribution.oidc_login import add_oidc_routes
 from services.distribution.scanner_api import install_scan_gate
 
@@ -88,8 +89,22 @@ def _root(api: dict[str, str]) -> Any:
     return root
 
 
+def activity_middleware(activity: RequestActivity) -> Any:
+    """Counts requests in flight for background work in this process (services/core/activity.py)."""
+
+    @web.middleware
+    async def counting(request: web.Request, handler: Handler) -> web.StreamResponse:
+        activity.started()
+        try:
+            return await handler(request)
+        finally:
+            activity.ended()
+
+    return counting
+
+
 def create_app(c: Container, *, access: AccessControl, registry: Registry | None = None) -> web.Application:
-    middlewares: list[Any] = []
+    middlewares: list[Any] = [activity_middleware(c.activity)]
     if c.settings.server.trusted_proxies:
         # First: everything after it sees the client's address, scheme and host.
         middlewares.append(forwarded_middleware(c.settings.server.trusted_proxies))

@@ -18,7 +18,7 @@ from services.core.proto.hanzo.registry.v1 import events_pb2, gc_pb2, gc_pb2_grp
 from services.core.runtime import EventHandler, ServiceParts
 from services.gc.candidates import CandidateStore, candidates_of
 from services.gc.runs import GcRuns, RunInProgressError
-from services.gc.sweep import Collector
+from services.gc.sweep import PAGE, SQLITE_PAGE, Collector
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,12 @@ def yield_ratio(c: Container) -> float:
     s = c.settings
     if s.gc.yield_ratio is not None:
         return s.gc.yield_ratio
-    return 1.0 if s.metadata.kind == "sqlite" else 0.0
+    return 3.0 if s.metadata.kind == "sqlite" else 0.0
+
+
+def page(c: Container) -> int:
+    """Documents a run's snapshot reads at once (Collector.page): few on the embedded SQLite store."""
+    return SQLITE_PAGE if c.settings.metadata.kind == "sqlite" else PAGE
 
 
 def build_runs(c: Container) -> GcRuns:
@@ -51,7 +56,7 @@ def build_runs(c: Container) -> GcRuns:
         docs=c.docs, blobs=c.blobs, outbox=c.outbox, topics=s.topics, default_policy=s.policy.default,
         blob_grace_seconds=s.gc.blob_grace_seconds, upload_expiry_seconds=s.registry.upload_expiry_seconds,
         settle_seconds=s.gc.settle_seconds, forget_manifest=getattr(c.meta, "forget_manifest", None),
-        concurrency=concurrency(c), yield_ratio=yield_ratio(c),
+        concurrency=concurrency(c), yield_ratio=yield_ratio(c), page=page(c), busy=c.activity.busy,
     )
     return GcRuns(c.docs, c.outbox, collector, s.topics, metrics=c.metrics)
 

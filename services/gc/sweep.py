@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 ACTOR = "gc"
 PAGE = 2000
+SQLITE_PAGE = 200
+"""The page on the embedded SQLite store: at most sqlite._DECODE_ON_LOOP_MAX rows, decoded on the loop."""
 YIELD_EVERY = 200
 """Items a planning loop handles before it lets the event loop serve others (`serve` runs GC beside pushes)."""
 BATCH = 500
@@ -217,6 +219,8 @@ class Collector:
         forget_manifest: Callable[[str, Digest], None] | None = None,
         concurrency: int = CONCURRENCY,
         yield_ratio: float = 0.0,
+        page: int = PAGE,
+        busy: Callable[[], bool] = lambda: True,
     ) -> None:
         self.docs = docs
         self.blobs = blobs
@@ -232,6 +236,12 @@ class Collector:
         """Metadata commands in flight at once. Remote stores want many (a run is round trips); the embedded
         SQLite store has one connection that pushes share, so there a few keep pushes from queueing behind GC."""
         self.yield_ratio = yield_ratio
+        self.page = page
+        self._busy = busy
+        """Whether requests share this process now (RequestActivity.busy): only then does a run pause."""
+        """Documents a snapshot reads at once. Remote stores want big pages (round trips); on the embedded SQLite
+        store small ones are decoded on the event loop in a slice of a few ms, where a big one went to a worker
+        thread that then held the interpreter, in 5 ms turns, against every push waiting on the loop."""
         self._paced_at = time.monotonic()
         self._clock = clock
         self._sleep = sleep
@@ -254,13 +264,14 @@ class Collector:
         """In a planning loop, every YIELD_EVERY items: pause `yield_ratio` times as long as the loop ran since
         the last pause (at least a turn for others): planning is CPU on the event loop `serve` shares."""
         ran = time.monotonic() - self._paced_at
-        await asyncio.sleep(min(ran, 1.0) * self.yield_ratio)
+        await asyncio.sleep(min(ran, 1.0) * self.yield_ratio if self._busy() else 0.0)
         self._paced_at = time.monotonic()
 
     async def _yield(self, started: float) -> None:
         """Pause `yield_ratio` times as long as the work since `started` took: a store that serves pushes too
-        (the embedded SQLite, one connection) then spends at most 1 / (1 + ratio) of its time on GC."""
-        if self.yield_ratio:
+        (the embedded SQLite, one connection) then spends at most 1 / (1 + ratio) of its time on GC. Only while
+        requests are being served: an idle registry's run goes at full speed."""
+        if self.yield_ratio and self._busy():
             await asyncio.sleep((time.monotonic() - started) * self.yield_ratio)
 
     # -- the run --------------------------------------------------------------------------------
@@ -329,7 +340,7 @@ class Collector:
         """Every repository's manifests, one repository at a time (`_id` = `repository@digest` groups them),
         without their bytes."""
         held: list[ManifestFacts] = []
-        async for doc in scan(self.docs, m.MANIFESTS, page=PAGE, fields=MANIFEST_FIELDS):
+        async for doc in scan(self.docs, m.MANIFESTS, page=self.page, fields=MANIFEST_FIELDS):
             if held and doc["repository"] != held[-1].repository:
                 yield await self._tagged(held)
                 held = []
@@ -341,13 +352,13 @@ class Collector:
             yield await self._tagged(held)
 
     async def _repository(self, repository: str) -> list[ManifestFacts]:
-        held = [_facts(doc) async for doc in scan(self.docs, m.MANIFESTS, {"repository": repository}, page=PAGE,
+        held = [_facts(doc) async for doc in scan(self.docs, m.MANIFESTS, {"repository": repository}, page=self.page,
                                                   fields=MANIFEST_FIELDS)]
         return await self._tagged(held) if held else []
 
     async def _tagged(self, held: list[ManifestFacts]) -> list[ManifestFacts]:
         repository = held[0].repository
-        tagged = {str(t["digest"]) async for t in scan(self.docs, m.TAGS, {"repository": repository}, page=PAGE,
+        tagged = {str(t["digest"]) async for t in scan(self.docs, m.TAGS, {"repository": repository}, page=self.page,
                                                         fields=("digest",))}
         return [dataclasses.replace(f, tagged=True) if f.digest in tagged else f for f in held]
 
@@ -355,9 +366,9 @@ class Collector:
         """Every blob's links, one blob at a time, in digest order."""
         after: str | None = None
         while True:
-            page = await self.docs.find(m.BLOB_LINKS, order_by="digest", after=after, limit=PAGE,
+            page = await self.docs.find(m.BLOB_LINKS, order_by="digest", after=after, limit=self.page,
                                         fields=LINK_FIELDS)
-            if len(page) < PAGE:
+            if len(page) < self.page:
                 for group in _groups(page):
                     yield group
                 return
@@ -365,7 +376,7 @@ class Collector:
             for group in _groups([d for d in page if d["digest"] != last]):
                 yield group
             # `after` is strict on the digest alone: the last digest's links, however many, by _id.
-            yield [_link(d) async for d in scan(self.docs, m.BLOB_LINKS, {"digest": last}, page=PAGE,
+            yield [_link(d) async for d in scan(self.docs, m.BLOB_LINKS, {"digest": last}, page=self.page,
                                                 fields=LINK_FIELDS)]
             after = last
             await asyncio.sleep(0)
@@ -391,7 +402,7 @@ class Collector:
 
     async def _policies(self) -> dict[str, PolicyDocument]:
         stored: dict[str, PolicyDocument] = {}
-        async for doc in scan(self.docs, POLICIES, page=PAGE):
+        async for doc in scan(self.docs, POLICIES, page=self.page):
             try:
                 stored[doc["_id"]] = parse_stored(doc.get("document") or {})
             except ValueError as exc:  # a bad row must not stop GC; its repositories get the default
@@ -412,13 +423,13 @@ class Collector:
         since = started - CLOCK_SLACK_SECONDS
         after: float = since
         while True:
-            page = await self.docs.find(m.MANIFESTS, order_by="created", after=after, limit=PAGE,
+            page = await self.docs.find(m.MANIFESTS, order_by="created", after=after, limit=self.page,
                                         fields=("repository", "references", "subject", "created"))
             for doc in page:
                 for ref in list(doc.get("references") or ()) + ([doc["subject"]] if doc.get("subject") else []):
                     out.add(ref)
                     out.add(f"{doc['repository']}@{ref}")
-            if len(page) < PAGE:
+            if len(page) < self.page:
                 return out
             after = float(page[-1]["created"])
 
@@ -450,13 +461,13 @@ class Collector:
             if d["kind"] == cand.BLOB:
                 origin[str(d["name"])].add(str(d["_id"]))
         for repo in repos:
-            async for doc in scan(self.docs, m.BLOB_LINKS, {"repository": repo}, page=PAGE, fields=("digest",)):
+            async for doc in scan(self.docs, m.BLOB_LINKS, {"repository": repo}, page=self.page, fields=("digest",)):
                 if doc["digest"] not in refs[repo]:
                     origin[str(doc["digest"])].add(cand.Candidate(cand.REPOSITORY, repo).key)
         blob_candidates: list[BlobCandidate] = []
         unlinked: list[str] = []
         for digest in sorted(origin):
-            links = [_link(doc) async for doc in scan(self.docs, m.BLOB_LINKS, {"digest": digest}, page=PAGE,
+            links = [_link(doc) async for doc in scan(self.docs, m.BLOB_LINKS, {"digest": digest}, page=self.page,
                                                       fields=LINK_FIELDS)]
             if not links:
                 unlinked.append(digest)
@@ -495,7 +506,7 @@ class Collector:
         read once per run, and only when a blob asks)."""
         for repo in sorted(repositories, key=lambda r: r not in refs):
             if repo not in refs:
-                refs[repo] = {r async for doc in scan(self.docs, m.MANIFESTS, {"repository": repo}, page=PAGE,
+                refs[repo] = {r async for doc in scan(self.docs, m.MANIFESTS, {"repository": repo}, page=self.page,
                                                       fields=("references",))
                               for r in doc.get("references") or ()}
             if digest in refs[repo]:
