@@ -369,6 +369,27 @@ async def test_a_collector_that_stalls_after_its_claim_leaves_the_bytes_and_a_pu
         await drop_gc_collections(c)
 
 
+async def test_the_registry_counts_the_requests_gc_yields_to(assembly: Assembly) -> None:
+    """RequestActivity: the distribution app's first middleware counts every request, so a run in the same
+    process (`serve`) paces itself while they come (gc.yield_ratio) and not while none do."""
+    client, c = assembly.client, assembly.c
+    seen: list[int] = []
+    real_started = c.activity.started
+
+    def started() -> None:
+        real_started()
+        seen.append(c.activity.in_flight)
+
+    c.activity.started = started  # type: ignore[method-assign]
+    try:
+        for path in ("/v2/", "/v2/no/such/manifests/latest", "/v1/registry/nope"):
+            await client.get(path)
+    finally:
+        c.activity.started = real_started  # type: ignore[method-assign]
+    assert seen == [1, 1, 1] and c.activity.in_flight == 0
+    assert c.activity.busy()  # just now: a client's next request follows within milliseconds
+
+
 async def test_the_base_model_of_a_kept_adapter_stays(assembly: Assembly) -> None:
     """A model adapter (or quantization) names its base as `subject` (hanzo-registry model push --base): while
     the adapter is kept, its base is too, untagged and old as it may be."""
