@@ -237,11 +237,11 @@ class Collector:
         SQLite store has one connection that pushes share, so there a few keep pushes from queueing behind GC."""
         self.yield_ratio = yield_ratio
         self.page = page
-        self._busy = busy
-        """Whether requests share this process now (RequestActivity.busy): only then does a run pause."""
         """Documents a snapshot reads at once. Remote stores want big pages (round trips); on the embedded SQLite
         store small ones are decoded on the event loop in a slice of a few ms, where a big one went to a worker
         thread that then held the interpreter, in 5 ms turns, against every push waiting on the loop."""
+        self._busy = busy
+        """Whether requests share this process now (RequestActivity.busy): only then does a run pause."""
         self._paced_at = time.monotonic()
         self._clock = clock
         self._sleep = sleep
@@ -609,7 +609,7 @@ class Collector:
                                     concurrency=self.concurrency)
             claimed_at = self._clock()
             won = await self._claim_each([gm.blob_key(c.digest) for c in batch if c.digest not in recent],
-                                         options.run_id)
+                                         options.run_id, claimed_at)
             claimed = [c for c in batch if gm.blob_key(c.digest) in won]
             done = await self._finish_blobs([(c.digest, c.size, [(x.repository, x.created) for x in c.links])
                                              for c in claimed], result, options.run_id, claimed_at,
@@ -617,13 +617,14 @@ class Collector:
             deleted |= done
         return deleted
 
-    async def _claim_each(self, keys: list[str], run: str) -> set[str]:
-        """Claim blob marks of run `run` (their `deleting` verdicts), `concurrency` at a time; the rescued ones
-        (a push touched them) are let go."""
+    async def _claim_each(self, keys: list[str], run: str, at: float) -> set[str]:
+        """Claim blob marks of run `run` (their `deleting` verdicts), `concurrency` at a time, leased from `at`
+        (the instant _finish_blobs counts DELETE_WITHIN_SECONDS from); the rescued ones (a push touched them) are
+        let go."""
         if not keys:
             return set()
         paced = time.monotonic()
-        won = await self.marks.claim_verdicts(keys, run=run, until=self._clock() + CLAIM_SECONDS,
+        won = await self.marks.claim_verdicts(keys, run=run, until=at + CLAIM_SECONDS,
                                               concurrency=self.concurrency)
         await self.marks.let_go([k for k in keys if k not in won], run=run, concurrency=self.concurrency)
         await self._yield(paced)
@@ -759,7 +760,7 @@ class Collector:
                 else:
                     unlinked.append((digest, size))
             claimed_at = self._clock()
-            won = await self._claim_each([gm.blob_key(d) for d, _ in unlinked], options.run_id)
+            won = await self._claim_each([gm.blob_key(d) for d, _ in unlinked], options.run_id, claimed_at)
             await self._finish_blobs([(d, size, []) for d, size in unlinked if gm.blob_key(d) in won], result,
                                      options.run_id, claimed_at, verdicts=options.run_id)
         return waits
