@@ -166,8 +166,9 @@ class Metrics:
         )
         self.cache_requests = Counter(
             "hanzo_registry_cache_requests_total",
-            "Pull-through cache lookups per remote and kind (manifest, blob), by result: hit, miss (fetched "
-            "from upstream), stale (served from cache because the upstream failed).",
+            "Pull-through cache lookups per remote and kind (manifest, blob), by result: hit (no upstream fetch, "
+            "a fetch in flight joined included), miss (started a fetch from upstream), "
+            "stale (served from cache because the upstream failed).",
             ["remote", "kind", "result"],
             registry=reg,
         )

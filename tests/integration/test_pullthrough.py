@@ -269,6 +269,9 @@ async def test_concurrent_pulls_of_one_uncached_blob_fetch_once(kind: str, tmp_p
         assert metric(up, "hanzo_registry_http_requests_total", route="blob", method="GET") == before + 1
         fetches = cache.client.app[PULLTHROUGH].fetches
         assert fetches.started == 1
+        # One pull started the fetch (a miss); the others joined it or read what it stored: hits, never misses.
+        assert metric(cache, "hanzo_registry_cache_requests_total", kind="blob", result="miss") == 1
+        assert metric(cache, "hanzo_registry_cache_requests_total", kind="blob", result="hit") == 15
         await fetches.idle()  # a spooling fetch (S3) may still be storing what its clients already have
         assert (await cache.c.blobs.stat(digest)) is not None
 

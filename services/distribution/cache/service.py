@@ -296,14 +296,19 @@ class PullThroughCache:
             return web.Response(status=status, headers=headers)
         if flying is not None and flying.ok:
             return None  # stored for this repository meanwhile: served from storage
-        self.metrics.cache_requests.labels(remote=name, kind=BLOB, result="miss").inc()
         blobs = self.registry.blobs
+        in_flight = self.fetches.current(digest)
         fetch = self.fetches.join(
             digest, size, repository=str(repo),
             source=lambda: self._pull(client, up, digest, size),
             store=lambda chunks: self.fill.put_blob(repo, digest, chunks, actor=ACTOR),
             read_stored=lambda at, n: blobs.read(digest, offset=at, length=n),
         )
+        # A request that joins a fetch in flight costs the upstream nothing: it is a hit, its bytes are the
+        # cache's (the fetch counted the upstream's once). Counted on joining, not on timing: a client may
+        # finish reading before the fetch has stored the blob, and its next pull joins the same fetch.
+        shared = fetch is in_flight
+        self.metrics.cache_requests.labels(remote=name, kind=BLOB, result="hit" if shared else "miss").inc()
         reading = fetch.read(offset, length)
         try:
             await fetch.started()
@@ -325,6 +330,8 @@ class PullThroughCache:
                 raise ConnectionResetError(f"upstream fetch of {digest} failed") from None
             finally:
                 count_out(sent)
+                if shared:
+                    self.metrics.cache_bytes.labels(remote=name, source="cache").inc(sent)
         finally:
             await reading.aclose()
         if fetch.repository != str(repo):  # fetched for another repository meanwhile: link it here too
