@@ -22,15 +22,17 @@ While a run goes (and for TOMBSTONE_SECONDS after), the push path pays one metad
 - a manifest push first writes a hold naming what it references (`gc_holds`), then reads the marks of those
   (`storing_manifest`), and removes the hold once the manifest is stored: a marked blob or child manifest is
   rescued; one being deleted, or deleted and not stored again since, is refused (MANIFEST_BLOB_UNKNOWN, push
-  it again). A push that skips reading the manifest because it believes it stored passes the manifest itself
-  too. The collector reads the holds (`held`) after marking and before its point of no return, then the
-  manifests stored since it started: whichever of the push and the collector writes first is seen by the
-  other, however long the push takes between its read and its commit (the hold stays until the manifest is
-  stored, after which the collector's read of recent manifests sees it). Only a push that read "no run"
-  before the run announced itself writes no hold: if it stores within NOTICE_SECONDS of that read, the run's
-  snapshot sees the manifest; if it took longer, it reads the marks after storing (the late store), which
-  rescues what is still marked, and reports what a run deleted meanwhile (CollectedWhileStoringError: the
-  client is told to push those again, as when they were gone before).
+  it again). A child manifest still there after the push waited out a claim gets a new generation: the
+  collector deletes a manifest only as read, so one that stalled past its claim's lease loses. A push that
+  skips reading the manifest because it believes it stored passes the manifest itself too. The collector reads
+  the holds (`held`) after marking and before its point of no return, then the manifests stored since it
+  started: whichever of the push and the collector writes first is seen by the other, however long the push
+  takes between its read and its commit (the hold stays until the manifest is stored, after which the
+  collector's read of recent manifests sees it). Only a push that read "no run" before the run announced
+  itself writes no hold: if it stores within NOTICE_SECONDS of that read, the run's snapshot sees the
+  manifest; if it took longer, it reads the marks after storing (the late store), which rescues what is still
+  marked, and reports what a run deleted meanwhile (CollectedWhileStoringError: the client is told to push
+  those again, as when they were gone before).
 
 Blob marks use verdicts (a mark with `verdict: true`), so that a deleted blob costs the collector inserts,
 not compare-and-sets (on FerretDB 1.x an insert is one atomic command; a compare-and-set takes a lease lock,
@@ -261,10 +263,13 @@ class GcMarks:
         return refused
 
     async def _stored(self, key: str, repository: str, digest: str) -> bool:
-        """Stored again since the collector deleted it: a blob linked (a link comes only with its bytes,
-        `after_link`), or a manifest."""
-        collection = BLOB_LINKS if key.startswith("b:") else MANIFESTS
-        return await self.docs.get(collection, f"{repository}@{digest}") is not None
+        """Stored again since the collector deleted it, or not deleted: a blob linked (a link comes only with its
+        bytes, `after_link`), or a manifest. A manifest found gets a new generation: the collector deletes one only
+        as it read it (its generation), so a delete that stalled past the claim this push took over loses
+        instead of leaving the push's reference to it dangling."""
+        if key.startswith("b:"):
+            return await self.docs.get(BLOB_LINKS, f"{repository}@{digest}") is not None
+        return await self.docs.update(MANIFESTS, f"{repository}@{digest}", {"generation": uuid.uuid4().hex})
 
     async def _settle(self, key: str, doc: Document | None) -> bool:
         """Rescue a marked document; wait out one being deleted. True: nothing was deleted (it is rescued or

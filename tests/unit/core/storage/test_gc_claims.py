@@ -12,6 +12,7 @@ from pathlib import Path
 from services.core.events.outbox import LEASES
 from services.core.oci.digest import Digest
 from services.core.storage import gcmarks as gm
+from services.core.storage.meta import MANIFESTS
 from services.core.storage.sqlite import SqliteDocumentStore
 
 BLOB = "sha256:" + "b" * 64
@@ -133,3 +134,23 @@ async def test_a_takeover_lost_to_a_new_claim_of_a_previous_kind_mark_waits_for_
         assert await marks.after_link(Digest.parse(BLOB), exists=exists) is False
         mark = await docs.get(gm.GC_MARKS, KEY)
         assert mark is not None and mark["state"] == gm.DELETED  # the new claim was never taken over
+
+
+async def test_a_manifest_delete_that_stalls_past_a_takeover_loses(tmp_path: Path) -> None:
+    """A push of an index whose child a collector claimed and then stalled on (past the claim's lease): the push
+    takes the claim over and keeps the child, and the collector's late delete (as it read the child: its
+    generation) no longer applies, so the index's reference does not dangle."""
+    now = [1000.0]
+    at: dict[float, Callable[[], Awaitable[None]]] = {}
+    child = "sha256:" + "c" * 64
+    key = gm.manifest_key("team/app", child)
+    async with _run_going(tmp_path, now, at) as (docs, marks):
+        await docs.put(MANIFESTS, {"_id": f"team/app@{child}", "repository": "team/app", "digest": child,
+                                   "generation": "as-read"})
+        await marks.mark(key, run="r1", extra={"generation": "as-read"})
+        assert await marks.claim(key, run="r1", until=now[0] + 60)
+        assert await marks.before_manifest("team/app", [], [child]) == []  # kept: the index may be stored
+        assert now[0] >= 1060, "took over before the claim's lease was over"
+        # The collector wakes up and deletes the child as it read it.
+        assert await docs.delete(MANIFESTS, f"team/app@{child}", expect={"generation": "as-read"}) is False
+        assert await docs.get(MANIFESTS, f"team/app@{child}") is not None
