@@ -43,3 +43,85 @@ def infra(name: str) -> str:
             pytest.skip(f"{name} not set and HANZO_SKIP_INFRA=1")
         pytest.fail(f"{name} is not set: run `make infra-up` (or `make tools`) first")
     return value
+
+
+
+# What a session creates on the shared servers: each distributed test has its own Kafka topics and MongoDB
+# database, and servers that kept them all grew to 11,000 partitions (the broker ran out of heap in the middle of
+# `make test`) and 1,800 databases. Listed when the session starts, the new ones are deleted when it ends (a
+# killed session leaves them; infra-up starts the broker empty).
+_BEFORE: dict[str, set[str]] = {}
+
+
+def _infra_value(name: str) -> str | None:
+    return os.environ.get(name) or _read_env_file(INFRA_STATE / "infra.env").get(name)
+
+
+def _reachable(address: str) -> bool:
+    import socket
+
+    host, _, port = address.split(",")[0].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+async def _topics(bootstrap: str) -> set[str]:
+    from services.core.events.kafka import KafkaEventLog
+
+    return {t for t in await KafkaEventLog(bootstrap).list_topics() if not t.startswith("__")}
+
+
+def _databases(uri: str) -> set[str]:
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
+    try:
+        return set(client.list_database_names()) - {"admin", "config", "local"}
+    finally:
+        client.close()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import asyncio
+
+    bootstrap, mongo = _infra_value("HANZO_TEST_KAFKA"), _infra_value("HANZO_TEST_MONGO_URI")
+    try:
+        if bootstrap and _reachable(bootstrap):
+            _BEFORE["topics"] = asyncio.run(asyncio.wait_for(_topics(bootstrap), 10))
+        if mongo and _reachable(mongo.split("//", 1)[-1].split("/", 1)[0]):
+            _BEFORE["databases"] = _databases(mongo)
+    except Exception:  # a server that is not up: the tests that need it say so themselves
+        pass
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import asyncio
+    import warnings
+
+    from pymongo import MongoClient
+
+    from services.core.events.kafka import KafkaEventLog
+
+    bootstrap, mongo = _infra_value("HANZO_TEST_KAFKA"), _infra_value("HANZO_TEST_MONGO_URI")
+
+    async def delete_topics(before: set[str]) -> None:
+        assert bootstrap is not None
+        new = sorted(await _topics(bootstrap) - before)
+        for i in range(0, len(new), 500):
+            await KafkaEventLog(bootstrap).delete_topics(new[i : i + 500], timeout=120)
+
+    try:
+        if bootstrap and "topics" in _BEFORE:
+            asyncio.run(delete_topics(_BEFORE["topics"]))
+        if mongo and "databases" in _BEFORE:
+            client: MongoClient[dict[str, object]] = MongoClient(mongo, serverSelectionTimeoutMS=5000)
+            try:
+                for name in _databases(mongo) - _BEFORE["databases"]:
+                    client.drop_database(name)
+            finally:
+                client.close()
+    except Exception as exc:
+        warnings.warn(f"what the session created on the shared servers was not all deleted: {exc!r}", stacklevel=1)

@@ -67,6 +67,8 @@ pid_of() { # name -> pid if pid file exists and process is alive
 daemonize() {
   local name=$1; shift
   mkdir -p "$LOGS"
+  # One log per start, the previous one kept as .1: appended forever, Kafka's grew past 500 MiB.
+  [[ -f $LOGS/$name.log ]] && mv -f "$LOGS/$name.log" "$LOGS/$name.log.1"
   (
     for fdp in "/proc/$BASHPID/fd/"*; do
       fd=${fdp##*/}

@@ -194,8 +194,9 @@ async def test_changes_made_while_kafka_is_down_arrive_exactly_once(tmp_path: Pa
         assert await w.docs.count(OUTBOX) > 0, "nothing can be published while Kafka is down"
         assert await w.docs.count("kv") == 20, "the changes themselves are stored"
     finally:
-        subprocess.run(
-            ["bash", "deploy/local/infra-up.sh", "kafka"], cwd=ROOT, check=True, timeout=300, stdout=subprocess.DEVNULL
+        subprocess.run(  # a restart on the broker's data, as a real one keeps it
+            ["bash", "deploy/local/infra-up.sh", "kafka"], cwd=ROOT, check=True, timeout=300, stdout=subprocess.DEVNULL,
+            env={**os.environ, "HANZO_KAFKA_KEEP_DATA": "1"},
         )
     handled: list[str] = []
 
