@@ -17,12 +17,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from pydantic import SecretStr
 
 from services.core.auth.apikeys import generate_key
 from services.core.client import ClientOptions, Credentials, OciClient, RegistryOptions, RemoteRepository
 from services.core.oci import mediatypes as mt
 from services.core.oci.digest import Digest
+from services.core.oci.names import RepositoryName
 from services.core.settings import AuthSettings, Settings
 from services.distribution.cache.records import CACHE
 from services.distribution.keys import PULLTHROUGH
@@ -142,6 +144,15 @@ async def test_pull_through_our_registry(kind: str, tmp_path: Path) -> None:
         assert resp.status == 404
         resp = await cache.client.get("/v2/cache/nosuchremote-x/manifests/v1")
         assert resp.status == 404
+        # A request that found the blob uncached just before a fetch of it ended: it is served from storage,
+        # not fetched again.
+        service = cache.client.app[PULLTHROUGH]
+        started = service.fetches.started
+        layer = Digest.of(image.layers[1])
+        racing = make_mocked_request("GET", f"/v2/cache/up/team/app/blobs/{layer}", app=cache.client.app)
+        repo = RepositoryName.parse("cache/up/team/app")
+        assert await service.serve_blob(racing, repo, layer, lambda n: None) is None
+        assert service.fetches.started == started
 
 
 async def tool(name: str, *args: str) -> bytes:

@@ -281,6 +281,8 @@ class PullThroughCache:
                 self._upstream_error(name, failure)
                 raise self._answer(up, failure, BlobUnknownError, f"blob {up.repository}@{digest}") from None
         if await self.registry.blobs.stat(digest) is not None:
+            if await self.is_cached(repo, digest):
+                return None  # a fetch for this repository ended since the caller's check: no second fetch
             for source in await self.meta.repositories_linking(digest, limit=5):
                 if source != str(repo) and await self.registry.mount(repo, RepositoryName(source), digest):
                     return None
