@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -248,8 +249,88 @@ async def _collections(c: Any) -> list[str]:
     return [m.BLOB_LINKS, m.MANIFESTS, m.TAGS, m.REPOSITORIES, m.UPLOADS, "outbox", "leases", "gc_marks"]
 
 
+def _image(counter: int) -> tuple[list[tuple[str, bytes]], str, bytes]:
+    """A small new image: its blobs (digest, bytes), and its manifest's media type and bytes."""
+    layer = os.urandom(2048)
+    config = json.dumps({"n": counter}).encode()
+    blobs = [("sha256:" + hashlib.sha256(b).hexdigest(), b) for b in (layer, config)]
+    doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blobs[1][0],
+                      "size": len(config)},
+           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blobs[0][0],
+                       "size": len(layer)}]}
+    return blobs, str(doc["mediaType"]), json.dumps(doc).encode()
+
+
+async def _push_rounds(rounds: int, push: Callable[[str, bytes], Awaitable[tuple[int, str]]],
+                       start_run: Callable[[], Awaitable[Awaitable[Any]]],
+                       seed_garbage: Callable[[int], Awaitable[None]]) -> dict[str, Any]:
+    """Rounds of small image pushes back to back, during a GC run and in a window without one as long as that
+    run, the two taking turns going first; `push(path, body)` is one request (PUT for manifests, POST with
+    ?digest= for blobs) -> (status, text)."""
+    off: list[float] = []
+    on: list[float] = []
+    runs_seconds: list[float] = []
+    cuts: list[tuple[int, int]] = [(0, 0)]
+    counter = 0
+
+    async def push_for(until: Callable[[], bool], into: list[float]) -> None:
+        nonlocal counter
+        while not until():
+            counter += 1
+            blobs, media_type, manifest = _image(counter)
+            t = time.perf_counter()
+            for digest, data in blobs:
+                status, text = await push(f"/v2/bench/push/blobs/uploads/?digest={digest}", data)
+                assert status == 201, text
+            status, text = await push(f"/v2/bench/push/manifests/t{counter % 50}|{media_type}", manifest)
+            assert status == 201, text
+            into.append(time.perf_counter() - t)
+
+    async def during_run() -> float:
+        t = time.perf_counter()
+        task = asyncio.ensure_future(await start_run())
+        await push_for(task.done, on)
+        await task
+        return time.perf_counter() - t
+
+    async def without_run(window: float) -> None:
+        deadline = time.perf_counter() + window
+        await push_for(lambda: time.perf_counter() > deadline, off)
+
+    # Windows without a run last as long as the run next to them, and the two take turns going first: a p99 is
+    # only comparable over samples of the same length of time on this noisy machine.
+    window = 0.0  # round 0 goes during-first: no window is needed before a run has been timed
+    for r in range(rounds):
+        await seed_garbage(r)
+        if r % 2:
+            await without_run(window)
+            runs_seconds.append(await during_run())
+        else:
+            runs_seconds.append(await during_run())
+            await without_run(runs_seconds[-1])
+        window = runs_seconds[-1]
+        cuts.append((len(off), len(on)))
+    p99_off, p99_on = _p99(off), _p99(on)
+    return {"rounds": rounds, "pushes_without": len(off), "pushes_during": len(on),
+            "p99_without_ms": round(p99_off * 1000, 1), "p99_during_ms": round(p99_on * 1000, 1),
+            "median_without_ms": round(statistics.median(off) * 1000, 1),
+            "median_during_ms": round(statistics.median(on) * 1000, 1),
+            "ratio": round(p99_on / p99_off, 2), "run_seconds": [round(x, 1) for x in runs_seconds],
+            "p99_ms_by_round": [[round(_p99(off[a:b]) * 1000, 1), round(_p99(on[c:d]) * 1000, 1)]
+                                for (a, c), (b, d) in itertools.pairwise(cuts)]}
+
+
+def _split_manifest_path(path: str) -> tuple[str, dict[str, str]]:
+    if "|" not in path:
+        return path, {"Content-Type": "application/octet-stream"}
+    path, media_type = path.split("|", 1)
+    return path, {"Content-Type": media_type}
+
+
 async def push_latency(rounds: int, seconds: float, manifests: int, *, yield_ratio: float | None = None
                        ) -> dict[str, Any]:
+    """Embedded: the distribution app and the collector in one process, as `serve` runs them."""
     from aiohttp.test_utils import TestClient, TestServer
 
     from services.core.bootstrap import container
@@ -258,10 +339,6 @@ async def push_latency(rounds: int, seconds: float, manifests: int, *, yield_rat
 
     data_dir = Path(tempfile.mkdtemp(prefix="hzr-bench-gc-push-"))
     settings = _settings(data_dir, gc={"enabled": False, "settle_seconds": 1.0, "yield_ratio": yield_ratio})
-    off: list[float] = []
-    on: list[float] = []
-    runs_seconds: list[float] = []
-    cuts: list[tuple[int, int]] = [(0, 0)]
     async with container(settings) as c:
         parts = await distribution.build(c)
         assert parts.http is not None
@@ -269,64 +346,104 @@ async def push_latency(rounds: int, seconds: float, manifests: int, *, yield_rat
         await runs.setup()
         seed(data_dir / "metadata.db", manifests=manifests, garbage=0.0, now=time.time(), tag="kept")
         async with TestClient(TestServer(parts.http)) as client:
-            counter = 0
+            async def push(path: str, body: bytes) -> tuple[int, str]:
+                path, headers = _split_manifest_path(path)
+                method = client.put if "/manifests/" in path else client.post
+                resp = await method(path, data=body, headers=headers)
+                return resp.status, await resp.text()
 
-            async def push_for(until: Any, into: list[float]) -> None:
-                nonlocal counter
-                while not until():
-                    counter += 1
-                    layer = os.urandom(2048)
-                    config = json.dumps({"n": counter}).encode()
-                    t = time.perf_counter()
-                    for blob in (layer, config):
-                        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-                        resp = await client.post(f"/v2/bench/push/blobs/uploads/?digest={digest}", data=blob,
-                                                 headers={"Content-Type": "application/octet-stream"})
-                        assert resp.status == 201, await resp.text()
-                    doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                      "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
-                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                                       "digest": "sha256:" + hashlib.sha256(layer).hexdigest(), "size": len(layer)}]}
-                    resp = await client.put(f"/v2/bench/push/manifests/t{counter % 50}", data=json.dumps(doc).encode(),
-                                            headers={"Content-Type": doc["mediaType"]})  # type: ignore[arg-type]
-                    assert resp.status == 201, await resp.text()
-                    into.append(time.perf_counter() - t)
-
-            async def during_run() -> float:
-                t = time.perf_counter()
+            async def start_run() -> Awaitable[Any]:
                 await runs.start(trigger="api")
-                task = asyncio.gather(*runs._tasks)
-                await push_for(task.done, on)
-                await task
-                return time.perf_counter() - t
+                return asyncio.gather(*runs._tasks)
 
-            async def without_run(window: float) -> None:
-                deadline = time.perf_counter() + window
-                await push_for(lambda: time.perf_counter() > deadline, off)
-
-            # Windows without a run last as long as the run next to them, and the two take turns going first:
-            # a p99 is only comparable over samples of the same length of time on this noisy machine.
-            window = 0.0  # round 0 goes during-first: no window is needed before a run has been timed
-            for r in range(rounds):
+            async def seed_garbage(r: int) -> None:
                 seed(data_dir / "metadata.db", manifests=manifests // 10, garbage=1.0, now=time.time(), tag=f"g{r}")
-                if r % 2:
-                    await without_run(window)
-                    runs_seconds.append(await during_run())
-                else:
-                    runs_seconds.append(await during_run())
-                    await without_run(runs_seconds[-1])
-                window = runs_seconds[-1]
-                cuts.append((len(off), len(on)))
-    p99_off, p99_on = _p99(off), _p99(on)
-    return {"rounds": rounds, "gc_yield_ratio": "default" if yield_ratio is None else yield_ratio,
-            "pushes_without": len(off), "pushes_during": len(on),
-            "p99_without_ms": round(p99_off * 1000, 1), "p99_during_ms": round(p99_on * 1000, 1),
-            "median_without_ms": round(statistics.median(off) * 1000, 1),
-            "median_during_ms": round(statistics.median(on) * 1000, 1),
-            "ratio": round(p99_on / p99_off, 2), "run_seconds": [round(x, 1) for x in runs_seconds],
-            "p99_ms_by_round": [[round(_p99(off[a:b]) * 1000, 1), round(_p99(on[c:d]) * 1000, 1)]
-                                for (a, c), (b, d) in itertools.pairwise(cuts)]}
+
+            out = await _push_rounds(rounds, push, start_run, seed_garbage)
+    return {"assembly": "embedded", "gc_yield_ratio": "default" if yield_ratio is None else yield_ratio, **out}
+
+
+async def _seed_documents(c: Any, *, manifests: int, garbage: bool, now: float, tag: str) -> None:
+    """`seed`'s documents through the metadata port (the distributed store: FerretDB), 32 writes at a time."""
+    from services.core.storage import meta as m
+
+    created = now - 30 * DAY if garbage else now - 2 * DAY
+    docs: list[tuple[str, dict[str, Any]]] = []
+    for i in range(manifests):
+        repo = _repository(i)
+        blobs = [_digest(tag, i, b) for b in range(BLOBS_PER_MANIFEST)]
+        digest = _digest(tag, "manifest", i)
+        docs.append((m.MANIFESTS, {
+            "_id": f"{repo}@{digest}", "repository": repo, "digest": digest,
+            "media_type": "application/vnd.oci.image.manifest.v1+json", "size": 902, "data": b"{" + b" " * 900 + b"}",
+            "subject": None, "artifact_type": None, "annotations": [], "references": blobs, "created": created,
+            "generation": uuid.uuid4().hex}))
+        docs += [(m.BLOB_LINKS, {"_id": f"{repo}@{b}", "repository": repo, "digest": b, "size": 4096,
+                                 "created": created}) for b in blobs]
+        if not garbage:
+            docs.append((m.TAGS, {"_id": f"{repo}:t{tag}{i}", "repository": repo, "name": f"t{tag}{i}",
+                                  "digest": digest, "version": 1, "updated": created}))
+    sem = asyncio.Semaphore(32)
+
+    async def put(collection: str, doc: dict[str, Any]) -> None:
+        async with sem:
+            await c.docs.put(collection, doc)
+
+    await asyncio.gather(*(put(collection, doc) for collection, doc in docs))
+
+
+async def push_latency_distributed(rounds: int, manifests: int) -> dict[str, Any]:
+    """Distributed: the distribution service in a process of its own (`hanzo-registry distribution`) and the
+    collector in this one, built as the gc service builds it, on FerretDB, SeaweedFS and Kafka: what a run costs
+    the pushes through the shared metadata store. The blob bytes of the garbage are not written (deleting an
+    absent S3 object is a no-op)."""
+    import aiohttp
+
+    from bench.targets import cleanup, make_target, new_namespace
+    from services.core.bootstrap import container
+    from services.gc.runs import GcRuns
+
+    namespace = new_namespace()
+    root = Path(tempfile.mkdtemp(prefix="hzr-bench-gc-dpush-"))
+    target = make_target("distributed", root, namespace)
+    env = distributed_env(namespace)
+    saved = {k: v for k, v in os.environ.items() if k.startswith("HANZO_REGISTRY_")}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("HANZO_REGISTRY_")})
+    try:
+        settings = _settings(root / "gc", gc={"enabled": False, "settle_seconds": 1.0})
+    finally:
+        for k in [k for k in os.environ if k.startswith("HANZO_REGISTRY_")]:
+            del os.environ[k]
+        os.environ.update(saved)
+    target.start()
+    try:
+        await target.wait_ready(timeout=90)
+        async with container(settings) as c, aiohttp.ClientSession() as http:
+            runs = GcRuns(c.docs, c.outbox, _collector(c, settle=1.0), settings.topics)
+            await runs.setup()
+            await _seed_documents(c, manifests=manifests, garbage=False, now=time.time(), tag="kept")
+
+            async def push(path: str, body: bytes) -> tuple[int, str]:
+                path, headers = _split_manifest_path(path)
+                method = http.put if "/manifests/" in path else http.post
+                async with method(target.base + path, data=body, headers=headers) as resp:
+                    return resp.status, await resp.text()
+
+            async def start_run() -> Awaitable[Any]:
+                await runs.start(trigger="api")
+                return asyncio.gather(*runs._tasks)
+
+            async def seed_garbage(r: int) -> None:
+                await _seed_documents(c, manifests=manifests // 10, garbage=True, now=time.time(), tag=f"g{r}")
+
+            out = await _push_rounds(rounds, push, start_run, seed_garbage)
+    finally:  # the namespace's database, prefix and topics go with it
+        target.stop()
+        await cleanup(target)
+    from services.gc.service import yield_ratio
+
+    return {"assembly": "distributed", "kept_manifests": manifests, "gc_concurrency": c.settings.gc.concurrency,
+            "gc_yield_ratio": yield_ratio(c), **out}
 
 
 def _p99(values: list[float]) -> float:
@@ -346,6 +463,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         report["push_latency"] = await push_latency(args.push_rounds, args.push_seconds, args.push_manifests,
                                                     yield_ratio=args.gc_yield)
         print("push latency:", json.dumps(report["push_latency"]), flush=True)
+    if "push-distributed" not in args.skip:
+        report["push_latency_distributed"] = await push_latency_distributed(args.push_rounds,
+                                                                            args.push_manifests_distributed)
+        print("push latency (distributed):", json.dumps(report["push_latency_distributed"]), flush=True)
     return report
 
 
@@ -361,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="unused since windows match the run's length; kept for old command lines")
     parser.add_argument("--push-manifests", type=int, default=5_000,
                         help="kept metadata beside the pushes (a run over 5,000 takes about a minute here)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["metadata", "s3", "push"])
+    parser.add_argument("--push-manifests-distributed", type=int, default=1_000,
+                        help="kept metadata beside the distributed pushes (written through FerretDB)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["metadata", "s3", "push", "push-distributed"])
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
