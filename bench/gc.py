@@ -14,10 +14,14 @@
    back to back, in rounds of a window during a run (fresh garbage seeded before each) and a window without
    one that lasts as long as that run, the two taking turns going first; p99 with / p99 without
    (target <= 1.5).
+4. **The same on the distributed assembly**: `hanzo-registry distribution` in a process of its own, the collector
+   in this one as the gc service builds it (it paces on the replicas' activity beacons), on FerretDB, SeaweedFS
+   and Kafka from `make infra-up`; 1,000 kept manifests written through FerretDB (`--push-manifests-distributed`).
 
 Nothing is asserted: the numbers go to stdout and reports/bench-gc.json. `--manifests`, `--s3-blobs`,
 `--push-rounds`, `--push-manifests` scale each part down on a loaded machine; `--skip` leaves parts out;
-`--gc-concurrency` and `--gc-yield` override `gc.concurrency` (S3 part) and `gc.yield_ratio` (push part).
+`--gc-concurrency` and `--gc-yield` override `gc.concurrency` (S3 and distributed push parts) and
+`gc.yield_ratio` (push parts); `--gc-page` the collector's page (distributed push part).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -159,14 +164,17 @@ async def metadata_scale(manifests: int) -> dict[str, Any]:
     from services.core.bootstrap import container
 
     data_dir = Path(tempfile.mkdtemp(prefix="hzr-bench-gc-"))
-    settings = _settings(data_dir)
-    async with container(settings):  # creates the collections and indexes
-        pass
-    t = time.perf_counter()
-    counts = seed(data_dir / "metadata.db", manifests=manifests, garbage=0.10, now=time.time())
-    seeded = time.perf_counter() - t
-    command = [sys.executable, "-m", "bench.gc", "--child", str(data_dir)]
-    out = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout  # noqa: ASYNC221
+    try:
+        settings = _settings(data_dir)
+        async with container(settings):  # creates the collections and indexes
+            pass
+        t = time.perf_counter()
+        counts = seed(data_dir / "metadata.db", manifests=manifests, garbage=0.10, now=time.time())
+        seeded = time.perf_counter() - t
+        command = [sys.executable, "-m", "bench.gc", "--child", str(data_dir)]
+        out = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout  # noqa: ASYNC221
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)  # 1.3 GB at the default size
     run = json.loads(out.strip().splitlines()[-1])
     scale = 1_000_000 / counts["blob_links"]
     return {**counts, "seed_seconds": round(seeded, 1), **run,
@@ -185,8 +193,8 @@ async def s3_deletes(n: int, *, concurrency: int | None = None) -> dict[str, Any
           if k.startswith("HANZO_REGISTRY_STORAGE__BLOBS__")}
     mongo = {"kind": "mongo", "uri": env["HANZO_REGISTRY_METADATA__URI"],
              "database": env["HANZO_REGISTRY_METADATA__DATABASE"]}
-    settings = _settings(Path(tempfile.mkdtemp(prefix="hzr-bench-gc-s3-")), storage={"blobs": s3}, metadata=mongo,
-                         gc={"concurrency": concurrency})
+    scratch = Path(tempfile.mkdtemp(prefix="hzr-bench-gc-s3-"))
+    settings = _settings(scratch, storage={"blobs": s3}, metadata=mongo, gc={"concurrency": concurrency})
     out: dict[str, Any] = {"blobs": n, "gc_concurrency": concurrency or "default"}
     async with container(settings) as c:
         try:
@@ -240,6 +248,7 @@ async def s3_deletes(n: int, *, concurrency: int | None = None) -> dict[str, Any
         finally:
             for name in await _collections(c):
                 await c.docs.drop_collection(name)
+            shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 
@@ -360,6 +369,7 @@ async def push_latency(rounds: int, seconds: float, manifests: int, *, yield_rat
                 seed(data_dir / "metadata.db", manifests=manifests // 10, garbage=1.0, now=time.time(), tag=f"g{r}")
 
             out = await _push_rounds(rounds, push, start_run, seed_garbage)
+    shutil.rmtree(data_dir, ignore_errors=True)
     return {"assembly": "embedded", "gc_yield_ratio": "default" if yield_ratio is None else yield_ratio, **out}
 
 
@@ -392,7 +402,9 @@ async def _seed_documents(c: Any, *, manifests: int, garbage: bool, now: float, 
     await asyncio.gather(*(put(collection, doc) for collection, doc in docs))
 
 
-async def push_latency_distributed(rounds: int, manifests: int) -> dict[str, Any]:
+async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: float | None = None,
+                                   concurrency: int | None = None, page: int | None = None,
+                                   busy_concurrency: int | None = None) -> dict[str, Any]:
     """Distributed: the distribution service in a process of its own (`hanzo-registry distribution`) and the
     collector in this one, built as the gc service builds it, on FerretDB, SeaweedFS and Kafka: what a run costs
     the pushes through the shared metadata store. The blob bytes of the garbage are not written (deleting an
@@ -410,7 +422,8 @@ async def push_latency_distributed(rounds: int, manifests: int) -> dict[str, Any
     saved = {k: v for k, v in os.environ.items() if k.startswith("HANZO_REGISTRY_")}
     os.environ.update({k: v for k, v in env.items() if k.startswith("HANZO_REGISTRY_")})
     try:
-        settings = _settings(root / "gc", gc={"enabled": False, "settle_seconds": 1.0})
+        settings = _settings(root / "gc", gc={"enabled": False, "settle_seconds": 1.0, "yield_ratio": yield_ratio,
+                                              "concurrency": concurrency})
     finally:
         for k in [k for k in os.environ if k.startswith("HANZO_REGISTRY_")]:
             del os.environ[k]
@@ -419,7 +432,12 @@ async def push_latency_distributed(rounds: int, manifests: int) -> dict[str, Any
     try:
         await target.wait_ready(timeout=90)
         async with container(settings) as c, aiohttp.ClientSession() as http:
-            runs = GcRuns(c.docs, c.outbox, _collector(c, settle=1.0), settings.topics)
+            collector = _collector(c, settle=1.0)
+            if page is not None:
+                collector.page = page
+            if busy_concurrency is not None:
+                collector.busy_concurrency = busy_concurrency or None
+            runs = GcRuns(c.docs, c.outbox, collector, settings.topics)
             await runs.setup()
             await _seed_documents(c, manifests=manifests, garbage=False, now=time.time(), tag="kept")
 
@@ -440,10 +458,12 @@ async def push_latency_distributed(rounds: int, manifests: int) -> dict[str, Any
     finally:  # the namespace's database, prefix and topics go with it
         target.stop()
         await cleanup(target)
-    from services.gc.service import yield_ratio
+        shutil.rmtree(root, ignore_errors=True)
+    from services.gc import service
 
-    return {"assembly": "distributed", "kept_manifests": manifests, "gc_concurrency": c.settings.gc.concurrency,
-            "gc_yield_ratio": yield_ratio(c), **out}
+    return {"assembly": "distributed", "kept_manifests": manifests, "gc_concurrency": service.concurrency(c),
+            "gc_yield_ratio": service.yield_ratio(c), "gc_page": collector.page,
+            "gc_busy_concurrency": collector.busy_concurrency, **out}
 
 
 def _p99(values: list[float]) -> float:
@@ -464,8 +484,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                                                     yield_ratio=args.gc_yield)
         print("push latency:", json.dumps(report["push_latency"]), flush=True)
     if "push-distributed" not in args.skip:
-        report["push_latency_distributed"] = await push_latency_distributed(args.push_rounds,
-                                                                            args.push_manifests_distributed)
+        report["push_latency_distributed"] = await push_latency_distributed(
+            args.push_rounds, args.push_manifests_distributed, yield_ratio=args.gc_yield,
+            concurrency=args.gc_concurrency, page=args.gc_page, busy_concurrency=args.gc_busy_concurrency)
         print("push latency (distributed):", json.dumps(report["push_latency_distributed"]), flush=True)
     return report
 
@@ -477,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-blobs", type=int, default=10_000)
     parser.add_argument("--gc-concurrency", type=int, help="gc.concurrency of the S3 part (default: the service's)")
     parser.add_argument("--gc-yield", type=float, help="gc.yield_ratio of the push part (default: the service's)")
+    parser.add_argument("--gc-page", type=int, help="the collector's page of the distributed push part")
+    parser.add_argument("--gc-busy-concurrency", type=int,
+                        help="steps in flight while requests come, distributed push part (0: no limit)")
     parser.add_argument("--push-rounds", type=int, default=3)
     parser.add_argument("--push-seconds", type=float, default=10.0,
                         help="unused since windows match the run's length; kept for old command lines")
