@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from services.core.activity import ActivityBeacon
 from services.core.bootstrap import Container
 from services.core.events.outbox import OutboxRelay
 from services.core.runtime import ServiceParts
@@ -42,6 +43,9 @@ async def build(c: Container) -> ServiceParts:
     janitor = UploadJanitor(c.blobs, c.meta, expiry_seconds=c.settings.registry.upload_expiry_seconds)
     topics = c.settings.topics
     loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [relay.run, janitor.run]
+    if c.settings.metadata.kind != "sqlite":
+        # A gc service of its own shares only the store: it paces its runs while some replica serves requests.
+        loops.append(ActivityBeacon(c.activity, c.docs).run)
     tls = c.settings.server.tls
     context = None
     if tls.enabled:

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
+from services.core.activity import SharedActivity
 from services.core.bootstrap import Container
 from services.core.cron import CronExpression
 from services.core.proto.hanzo.registry.v1 import events_pb2, gc_pb2, gc_pb2_grpc
@@ -50,13 +52,22 @@ def page(c: Container) -> int:
     return SQLITE_PAGE if c.settings.metadata.kind == "sqlite" else PAGE
 
 
+def busy(c: Container) -> Callable[[], bool]:
+    """Whether requests are being served, which a run yields to: by this process (`serve`, the embedded
+    SQLite store), or by any replica that shares the store (their activity beacons)."""
+    if c.settings.metadata.kind == "sqlite":
+        return c.activity.busy
+    shared = SharedActivity(c.docs)
+    return lambda: c.activity.busy() or shared.busy()
+
+
 def build_runs(c: Container) -> GcRuns:
     s = c.settings
     collector = Collector(
         docs=c.docs, blobs=c.blobs, outbox=c.outbox, topics=s.topics, default_policy=s.policy.default,
         blob_grace_seconds=s.gc.blob_grace_seconds, upload_expiry_seconds=s.registry.upload_expiry_seconds,
         settle_seconds=s.gc.settle_seconds, forget_manifest=getattr(c.meta, "forget_manifest", None),
-        concurrency=concurrency(c), yield_ratio=yield_ratio(c), page=page(c), busy=c.activity.busy,
+        concurrency=concurrency(c), yield_ratio=yield_ratio(c), page=page(c), busy=busy(c),
     )
     return GcRuns(c.docs, c.outbox, collector, s.topics, metrics=c.metrics)
 

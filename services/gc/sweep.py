@@ -68,6 +68,8 @@ SQLITE_PAGE = 200
 YIELD_EVERY = 200
 """Items a planning loop handles before it lets the event loop serve others (`serve` runs GC beside pushes)."""
 BATCH = 500
+GATE_POLL_SECONDS = 0.05
+"""How often a step held back while requests are served looks again."""
 CLAIM_SECONDS = 60.0
 """A claim's lease (`until`): a push waiting on what the collector claimed takes it over once the lease is over,
 or gcmarks.WAIT_SECONDS after it first saw the claim (gcmarks._Wait)."""
@@ -221,6 +223,7 @@ class Collector:
         yield_ratio: float = 0.0,
         page: int = PAGE,
         busy: Callable[[], bool] = lambda: True,
+        busy_concurrency: int | None = None,
     ) -> None:
         self.docs = docs
         self.blobs = blobs
@@ -241,7 +244,12 @@ class Collector:
         store small ones are decoded on the event loop in a slice of a few ms, where a big one went to a worker
         thread that then held the interpreter, in 5 ms turns, against every push waiting on the loop."""
         self._busy = busy
-        """Whether requests share this process now (RequestActivity.busy): only then does a run pause."""
+        """Whether requests are being served now (services/core/activity.py): only then does a run pause."""
+        self.busy_concurrency = busy_concurrency
+        """Steps in flight at once while requests are served (None: `concurrency` always). A remote store that
+        serves pushes too queues their commands behind every one of a run's in flight; pausing each step
+        alone would leave `concurrency / (1 + yield_ratio)` of them there."""
+        self._in_flight = 0
         self._paced_at = time.monotonic()
         self._clock = clock
         self._sleep = sleep
@@ -254,11 +262,19 @@ class Collector:
     async def _each(self, items: Iterable[Any], step: Callable[[Any], Awaitable[Any]], *,
                     workers: int | None = None) -> None:
         async def paced(item: Any) -> None:
-            started = time.monotonic()
-            await step(item)
+            # Polled: whether requests come changes with no event to wait on.
+            while self.busy_concurrency is not None and self._in_flight >= self.busy_concurrency and self._busy():  # noqa: ASYNC110
+                await asyncio.sleep(GATE_POLL_SECONDS)
+            self._in_flight += 1
+            try:
+                started = time.monotonic()
+                await step(item)
+            finally:
+                self._in_flight -= 1
             await self._yield(started)
 
-        await _each(items, paced if self.yield_ratio else step, workers=workers or self.concurrency)
+        pacing = self.yield_ratio or self.busy_concurrency is not None
+        await _each(items, paced if pacing else step, workers=workers or self.concurrency)
 
     async def _pace(self) -> None:
         """In a planning loop, every YIELD_EVERY items: pause `yield_ratio` times as long as the loop ran since

@@ -58,3 +58,59 @@ async def test_a_run_pauses_only_while_requests_come(tmp_path: Path, monkeypatch
         assert pauses and pauses[0] >= 0.02  # twice the 10 ms of work
     finally:
         await docs.close()
+
+
+async def test_replicas_beacon_while_they_serve_and_a_gc_service_reads_it(tmp_path: Path) -> None:
+    """Distributed: the gc service shares only the store with the replicas that serve requests; their beacons
+    (one write a second while requests come) tell it when to pace."""
+    from services.core.activity import ActivityBeacon, SharedActivity
+
+    docs = SqliteDocumentStore(tmp_path / "m.db")
+    now = [1000.0]
+    try:
+        activity = RequestActivity()
+        beacon = ActivityBeacon(activity, docs, clock=lambda: now[0], holds=3.0)
+        shared = SharedActivity(docs, clock=lambda: now[0])
+        assert not await beacon.beat(), "no request yet: no write"
+        await shared.refresh()
+        assert not shared.busy()
+        activity.started()
+        assert await beacon.beat()
+        await shared.refresh()
+        assert shared.busy()
+        activity.ended()
+        assert await beacon.beat(), "a request came since the last beat"
+        assert not await beacon.beat(), "none since: the beacon is left to expire"
+        now[0] += 2.9
+        await shared.refresh()
+        assert shared.busy()
+        now[0] += 0.2
+        assert not shared.busy()
+    finally:
+        await docs.close()
+
+
+async def test_the_shared_view_reads_in_the_background_at_most_once_a_period(tmp_path: Path) -> None:
+    from services.core.activity import BEACON, SharedActivity
+    from services.core.events.outbox import LEASES
+
+    docs = SqliteDocumentStore(tmp_path / "m.db")
+    reads = [0]
+    real_get = docs.get
+
+    async def get(collection: str, key: str) -> Any:
+        reads[0] += 1
+        return await real_get(collection, key)
+
+    docs.get = get  # type: ignore[method-assign]
+    try:
+        await docs.ensure_collection(LEASES)
+        await docs.put(LEASES, {"_id": BEACON, "until": time.time() + 60})
+        shared = SharedActivity(docs, every=60)
+        assert not shared.busy(), "answers from the last read (none yet) and starts one"
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            shared.busy()
+        assert shared.busy() and reads[0] == 1
+    finally:
+        await docs.close()
