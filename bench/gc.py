@@ -404,7 +404,8 @@ async def _seed_documents(c: Any, *, manifests: int, garbage: bool, now: float, 
 
 async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: float | None = None,
                                    concurrency: int | None = None, page: int | None = None,
-                                   busy_concurrency: int | None = None) -> dict[str, Any]:
+                                   busy_concurrency: int | None = None, busy_page: int | None = None
+                                   ) -> dict[str, Any]:
     """Distributed: the distribution service in a process of its own (`hanzo-registry distribution`) and the
     collector in this one, built as the gc service builds it, on FerretDB, SeaweedFS and Kafka: what a run costs
     the pushes through the shared metadata store. The blob bytes of the garbage are not written (deleting an
@@ -437,6 +438,8 @@ async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: 
                 collector.page = page
             if busy_concurrency is not None:
                 collector.busy_concurrency = busy_concurrency or None
+            if busy_page is not None:
+                collector.busy_page = busy_page or None
             runs = GcRuns(c.docs, c.outbox, collector, settings.topics)
             await runs.setup()
             await _seed_documents(c, manifests=manifests, garbage=False, now=time.time(), tag="kept")
@@ -463,7 +466,7 @@ async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: 
 
     return {"assembly": "distributed", "kept_manifests": manifests, "gc_concurrency": service.concurrency(c),
             "gc_yield_ratio": service.yield_ratio(c), "gc_page": collector.page,
-            "gc_busy_concurrency": collector.busy_concurrency, **out}
+            "gc_busy_concurrency": collector.busy_concurrency, "gc_busy_page": collector.busy_page, **out}
 
 
 def _p99(values: list[float]) -> float:
@@ -486,7 +489,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     if "push-distributed" not in args.skip:
         report["push_latency_distributed"] = await push_latency_distributed(
             args.push_rounds, args.push_manifests_distributed, yield_ratio=args.gc_yield,
-            concurrency=args.gc_concurrency, page=args.gc_page, busy_concurrency=args.gc_busy_concurrency)
+            concurrency=args.gc_concurrency, page=args.gc_page, busy_concurrency=args.gc_busy_concurrency,
+            busy_page=args.gc_busy_page)
         print("push latency (distributed):", json.dumps(report["push_latency_distributed"]), flush=True)
     return report
 
@@ -501,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gc-page", type=int, help="the collector's page of the distributed push part")
     parser.add_argument("--gc-busy-concurrency", type=int,
                         help="steps in flight while requests come, distributed push part (0: no limit)")
+    parser.add_argument("--gc-busy-page", type=int, help="the page while requests come, distributed push part")
     parser.add_argument("--push-rounds", type=int, default=3)
     parser.add_argument("--push-seconds", type=float, default=10.0,
                         help="unused since windows match the run's length; kept for old command lines")

@@ -353,9 +353,10 @@ class GcSettings(_Section):
         None,
         ge=0,
         le=100,
-        description="Seconds a run pauses per second of its work while the same process serves requests (`serve`), "
-        "so they get turns; none while it serves none; unset: 3.0 on SQLite (GC takes at most a quarter of the "
-        "process while requests come), 0 on MongoDB",
+        description="Seconds a run pauses per second of its work while requests are served (by the same process in "
+        "`serve`; by any replica, from their activity beacons, on MongoDB), so they get turns; none while none "
+        "are; unset: 3.0 on SQLite (GC takes at most a quarter of the process while requests come), 1.0 on "
+        "MongoDB (where a run then also keeps only 2 steps in flight)",
     )
     grpc_addr: str | None = Field(
         None,

@@ -20,7 +20,7 @@ from services.core.proto.hanzo.registry.v1 import events_pb2, gc_pb2, gc_pb2_grp
 from services.core.runtime import EventHandler, ServiceParts
 from services.gc.candidates import CandidateStore, candidates_of
 from services.gc.runs import GcRuns, RunInProgressError
-from services.gc.sweep import PAGE, SQLITE_PAGE, Collector
+from services.gc.sweep import BUSY_CONCURRENCY, PAGE, SQLITE_PAGE, Collector
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,23 @@ def yield_ratio(c: Container) -> float:
     s = c.settings
     if s.gc.yield_ratio is not None:
         return s.gc.yield_ratio
-    return 3.0 if s.metadata.kind == "sqlite" else 0.0
+    return 3.0 if s.metadata.kind == "sqlite" else 1.0
 
 
 def page(c: Container) -> int:
     """Documents a run's snapshot reads at once (Collector.page): few on the embedded SQLite store."""
     return SQLITE_PAGE if c.settings.metadata.kind == "sqlite" else PAGE
+
+
+def busy_limits(c: Container) -> tuple[int | None, int | None]:
+    """A run's steps in flight and page while requests are served (Collector.busy_concurrency, busy_page). The
+    embedded SQLite store's concurrency and page are small already; a remote store's are not, and every push
+    waits behind what a run keeps in flight there (bench/README.md: push p99 during a run, distributed)."""
+    if c.settings.metadata.kind == "sqlite":
+        return None, None
+    # Not BUSY_PAGE yet: FerretDB 1.x reads the whole collection for every page (no sort or limit pushed down),
+    # so 10x the pages made a run 10x the full reads (bench/README.md); it waits for a scan by cursor.
+    return BUSY_CONCURRENCY, None
 
 
 def busy(c: Container) -> Callable[[], bool]:
@@ -63,11 +74,13 @@ def busy(c: Container) -> Callable[[], bool]:
 
 def build_runs(c: Container) -> GcRuns:
     s = c.settings
+    busy_concurrency, busy_page = busy_limits(c)
     collector = Collector(
         docs=c.docs, blobs=c.blobs, outbox=c.outbox, topics=s.topics, default_policy=s.policy.default,
         blob_grace_seconds=s.gc.blob_grace_seconds, upload_expiry_seconds=s.registry.upload_expiry_seconds,
         settle_seconds=s.gc.settle_seconds, forget_manifest=getattr(c.meta, "forget_manifest", None),
         concurrency=concurrency(c), yield_ratio=yield_ratio(c), page=page(c), busy=busy(c),
+        busy_concurrency=busy_concurrency, busy_page=busy_page,
     )
     return GcRuns(c.docs, c.outbox, collector, s.topics, metrics=c.metrics)
 

@@ -68,6 +68,10 @@ SQLITE_PAGE = 200
 YIELD_EVERY = 200
 """Items a planning loop handles before it lets the event loop serve others (`serve` runs GC beside pushes)."""
 BATCH = 500
+BUSY_CONCURRENCY = 2
+"""A run's steps in flight on a remote store while requests are served (Collector.busy_concurrency)."""
+BUSY_PAGE = 200
+"""A run's page on a remote store while requests are served (Collector.busy_page)."""
 GATE_POLL_SECONDS = 0.05
 """How often a step held back while requests are served looks again."""
 CLAIM_SECONDS = 60.0
@@ -126,16 +130,17 @@ class RunOptions:
     """Examine the due candidates (candidates.py) instead of the whole graph."""
 
 
-async def scan(docs: DocumentStore, collection: str, where: Mapping[str, Any] | None = None, *, page: int = PAGE,
-               fields: Sequence[str] | None = None) -> AsyncIterator[Document]:
+async def scan(docs: DocumentStore, collection: str, where: Mapping[str, Any] | None = None, *,
+               page: int | Callable[[], int] = PAGE, fields: Sequence[str] | None = None) -> AsyncIterator[Document]:
     """Every matching document in `_id` order, a page at a time, with only `fields` (a projection: the
     snapshot never reads a manifest's bytes)."""
     after: str | None = None
     while True:
-        batch = await docs.find(collection, where, after=after, limit=page, fields=fields)
+        limit = page() if callable(page) else page
+        batch = await docs.find(collection, where, after=after, limit=limit, fields=fields)
         for doc in batch:
             yield doc
-        if len(batch) < page:
+        if len(batch) < limit:
             return
         after = str(batch[-1]["_id"])
 
@@ -224,6 +229,7 @@ class Collector:
         page: int = PAGE,
         busy: Callable[[], bool] = lambda: True,
         busy_concurrency: int | None = None,
+        busy_page: int | None = None,
     ) -> None:
         self.docs = docs
         self.blobs = blobs
@@ -249,11 +255,21 @@ class Collector:
         """Steps in flight at once while requests are served (None: `concurrency` always). A remote store that
         serves pushes too queues their commands behind every one of a run's in flight; pausing each step
         alone would leave `concurrency / (1 + yield_ratio)` of them there."""
+        self.busy_page = busy_page
+        """The page while requests are served (None: `page` always). A big page is one command that holds a
+        remote store (and on a small machine, a core) for a while every push shares: measured on FerretDB, push
+        p99 during a run went from 3.5x to 1.5x with pages of 200, but FerretDB 1.x reads a whole collection per
+        page, so the run took 10x the reads (gc/service.py: busy_limits leaves it off there)."""
         self._in_flight = 0
         self._paced_at = time.monotonic()
         self._clock = clock
         self._sleep = sleep
         self._forget = forget_manifest
+
+    def _page(self) -> int:
+        if self.busy_page is not None and self._busy():
+            return min(self.page, self.busy_page)
+        return self.page
 
     async def setup(self) -> None:
         await self.marks.setup()
@@ -356,7 +372,7 @@ class Collector:
         """Every repository's manifests, one repository at a time (`_id` = `repository@digest` groups them),
         without their bytes."""
         held: list[ManifestFacts] = []
-        async for doc in scan(self.docs, m.MANIFESTS, page=self.page, fields=MANIFEST_FIELDS):
+        async for doc in scan(self.docs, m.MANIFESTS, page=self._page, fields=MANIFEST_FIELDS):
             if held and doc["repository"] != held[-1].repository:
                 yield await self._tagged(held)
                 held = []
@@ -368,13 +384,13 @@ class Collector:
             yield await self._tagged(held)
 
     async def _repository(self, repository: str) -> list[ManifestFacts]:
-        held = [_facts(doc) async for doc in scan(self.docs, m.MANIFESTS, {"repository": repository}, page=self.page,
+        held = [_facts(doc) async for doc in scan(self.docs, m.MANIFESTS, {"repository": repository}, page=self._page,
                                                   fields=MANIFEST_FIELDS)]
         return await self._tagged(held) if held else []
 
     async def _tagged(self, held: list[ManifestFacts]) -> list[ManifestFacts]:
         repository = held[0].repository
-        tagged = {str(t["digest"]) async for t in scan(self.docs, m.TAGS, {"repository": repository}, page=self.page,
+        tagged = {str(t["digest"]) async for t in scan(self.docs, m.TAGS, {"repository": repository}, page=self._page,
                                                         fields=("digest",))}
         return [dataclasses.replace(f, tagged=True) if f.digest in tagged else f for f in held]
 
@@ -382,9 +398,10 @@ class Collector:
         """Every blob's links, one blob at a time, in digest order."""
         after: str | None = None
         while True:
-            page = await self.docs.find(m.BLOB_LINKS, order_by="digest", after=after, limit=self.page,
+            limit = self._page()
+            page = await self.docs.find(m.BLOB_LINKS, order_by="digest", after=after, limit=limit,
                                         fields=LINK_FIELDS)
-            if len(page) < self.page:
+            if len(page) < limit:
                 for group in _groups(page):
                     yield group
                 return
@@ -392,7 +409,7 @@ class Collector:
             for group in _groups([d for d in page if d["digest"] != last]):
                 yield group
             # `after` is strict on the digest alone: the last digest's links, however many, by _id.
-            yield [_link(d) async for d in scan(self.docs, m.BLOB_LINKS, {"digest": last}, page=self.page,
+            yield [_link(d) async for d in scan(self.docs, m.BLOB_LINKS, {"digest": last}, page=self._page,
                                                 fields=LINK_FIELDS)]
             after = last
             await asyncio.sleep(0)
@@ -418,7 +435,7 @@ class Collector:
 
     async def _policies(self) -> dict[str, PolicyDocument]:
         stored: dict[str, PolicyDocument] = {}
-        async for doc in scan(self.docs, POLICIES, page=self.page):
+        async for doc in scan(self.docs, POLICIES, page=self._page):
             try:
                 stored[doc["_id"]] = parse_stored(doc.get("document") or {})
             except ValueError as exc:  # a bad row must not stop GC; its repositories get the default
@@ -439,13 +456,14 @@ class Collector:
         since = started - CLOCK_SLACK_SECONDS
         after: float = since
         while True:
-            page = await self.docs.find(m.MANIFESTS, order_by="created", after=after, limit=self.page,
+            limit = self._page()
+            page = await self.docs.find(m.MANIFESTS, order_by="created", after=after, limit=limit,
                                         fields=("repository", "references", "subject", "created"))
             for doc in page:
                 for ref in list(doc.get("references") or ()) + ([doc["subject"]] if doc.get("subject") else []):
                     out.add(ref)
                     out.add(f"{doc['repository']}@{ref}")
-            if len(page) < self.page:
+            if len(page) < limit:
                 return out
             after = float(page[-1]["created"])
 
@@ -477,13 +495,13 @@ class Collector:
             if d["kind"] == cand.BLOB:
                 origin[str(d["name"])].add(str(d["_id"]))
         for repo in repos:
-            async for doc in scan(self.docs, m.BLOB_LINKS, {"repository": repo}, page=self.page, fields=("digest",)):
+            async for doc in scan(self.docs, m.BLOB_LINKS, {"repository": repo}, page=self._page, fields=("digest",)):
                 if doc["digest"] not in refs[repo]:
                     origin[str(doc["digest"])].add(cand.Candidate(cand.REPOSITORY, repo).key)
         blob_candidates: list[BlobCandidate] = []
         unlinked: list[str] = []
         for digest in sorted(origin):
-            links = [_link(doc) async for doc in scan(self.docs, m.BLOB_LINKS, {"digest": digest}, page=self.page,
+            links = [_link(doc) async for doc in scan(self.docs, m.BLOB_LINKS, {"digest": digest}, page=self._page,
                                                       fields=LINK_FIELDS)]
             if not links:
                 unlinked.append(digest)
@@ -522,7 +540,7 @@ class Collector:
         read once per run, and only when a blob asks)."""
         for repo in sorted(repositories, key=lambda r: r not in refs):
             if repo not in refs:
-                refs[repo] = {r async for doc in scan(self.docs, m.MANIFESTS, {"repository": repo}, page=self.page,
+                refs[repo] = {r async for doc in scan(self.docs, m.MANIFESTS, {"repository": repo}, page=self._page,
                                                       fields=("references",))
                               for r in doc.get("references") or ()}
             if digest in refs[repo]:

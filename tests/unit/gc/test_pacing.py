@@ -114,3 +114,34 @@ async def test_the_shared_view_reads_in_the_background_at_most_once_a_period(tmp
         assert shared.busy() and reads[0] == 1
     finally:
         await docs.close()
+
+
+async def test_while_requests_come_a_run_keeps_fewer_steps_in_flight_and_reads_smaller_pages(tmp_path: Path) -> None:
+    """On a remote store every push waits behind what a run keeps in flight there: while requests come, a run
+    keeps `busy_concurrency` steps in flight (not `concurrency`) and reads pages of `busy_page`."""
+    docs = SqliteDocumentStore(tmp_path / "m.db")
+    busy = [True]
+    try:
+        gc = Collector(docs=docs, blobs=cast(Any, None), outbox=cast(Any, None), topics=TopicSettings(),
+                       default_policy=PolicyDocument(), blob_grace_seconds=0, upload_expiry_seconds=0,
+                       settle_seconds=0, concurrency=16, page=2000, busy=lambda: busy[0], busy_concurrency=2,
+                       busy_page=200)
+        assert gc._page() == 200
+        in_flight = [0]
+        most = [0]
+
+        async def step(_: object) -> None:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            await asyncio.sleep(0.01)
+            in_flight[0] -= 1
+
+        await gc._each(range(20), step)
+        assert most[0] == 2
+        busy[0] = False
+        assert gc._page() == 2000
+        most[0] = 0
+        await gc._each(range(40), step)
+        assert most[0] == 16, "idle: at full concurrency"
+    finally:
+        await docs.close()
