@@ -271,12 +271,15 @@ def _image(counter: int) -> tuple[list[tuple[str, bytes]], str, bytes]:
     return blobs, str(doc["mediaType"]), json.dumps(doc).encode()
 
 
-async def _push_rounds(rounds: int, push: Callable[[str, bytes], Awaitable[tuple[int, str]]],
+Push = Callable[[str, str, bytes, str], Awaitable[tuple[int, str]]]
+"""(method, path, body, content type) -> (status, text): one request to the registry."""
+
+
+async def _push_rounds(rounds: int, push: Push,
                        start_run: Callable[[], Awaitable[Awaitable[Any]]],
                        seed_garbage: Callable[[int], Awaitable[None]]) -> dict[str, Any]:
     """Rounds of small image pushes back to back, during a GC run and in a window without one as long as that
-    run, the two taking turns going first; `push(path, body)` is one request (PUT for manifests, POST with
-    ?digest= for blobs) -> (status, text)."""
+    run, the two taking turns going first."""
     off: list[float] = []
     on: list[float] = []
     runs_seconds: list[float] = []
@@ -290,9 +293,10 @@ async def _push_rounds(rounds: int, push: Callable[[str, bytes], Awaitable[tuple
             blobs, media_type, manifest = _image(counter)
             t = time.perf_counter()
             for digest, data in blobs:
-                status, text = await push(f"/v2/bench/push/blobs/uploads/?digest={digest}", data)
+                status, text = await push("POST", f"/v2/bench/push/blobs/uploads/?digest={digest}", data,
+                                          "application/octet-stream")
                 assert status == 201, text
-            status, text = await push(f"/v2/bench/push/manifests/t{counter % 50}|{media_type}", manifest)
+            status, text = await push("PUT", f"/v2/bench/push/manifests/t{counter % 50}", manifest, media_type)
             assert status == 201, text
             into.append(time.perf_counter() - t)
 
@@ -330,13 +334,6 @@ async def _push_rounds(rounds: int, push: Callable[[str, bytes], Awaitable[tuple
                                 for (a, c), (b, d) in itertools.pairwise(cuts)]}
 
 
-def _split_manifest_path(path: str) -> tuple[str, dict[str, str]]:
-    if "|" not in path:
-        return path, {"Content-Type": "application/octet-stream"}
-    path, media_type = path.split("|", 1)
-    return path, {"Content-Type": media_type}
-
-
 async def push_latency(rounds: int, seconds: float, manifests: int, *, yield_ratio: float | None = None
                        ) -> dict[str, Any]:
     """Embedded: the distribution app and the collector in one process, as `serve` runs them."""
@@ -355,10 +352,8 @@ async def push_latency(rounds: int, seconds: float, manifests: int, *, yield_rat
         await runs.setup()
         seed(data_dir / "metadata.db", manifests=manifests, garbage=0.0, now=time.time(), tag="kept")
         async with TestClient(TestServer(parts.http)) as client:
-            async def push(path: str, body: bytes) -> tuple[int, str]:
-                path, headers = _split_manifest_path(path)
-                method = client.put if "/manifests/" in path else client.post
-                resp = await method(path, data=body, headers=headers)
+            async def push(method: str, path: str, body: bytes, content_type: str) -> tuple[int, str]:
+                resp = await client.request(method, path, data=body, headers={"Content-Type": content_type})
                 return resp.status, await resp.text()
 
             async def start_run() -> Awaitable[Any]:
@@ -444,10 +439,9 @@ async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: 
             await runs.setup()
             await _seed_documents(c, manifests=manifests, garbage=False, now=time.time(), tag="kept")
 
-            async def push(path: str, body: bytes) -> tuple[int, str]:
-                path, headers = _split_manifest_path(path)
-                method = http.put if "/manifests/" in path else http.post
-                async with method(target.base + path, data=body, headers=headers) as resp:
+            async def push(method: str, path: str, body: bytes, content_type: str) -> tuple[int, str]:
+                async with http.request(method, target.base + path, data=body,
+                                        headers={"Content-Type": content_type}) as resp:
                     return resp.status, await resp.text()
 
             async def start_run() -> Awaitable[Any]:

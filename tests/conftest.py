@@ -31,13 +31,18 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def infra(name: str) -> str:
-    """A value from infra.env/tools.env (or the environment). Fails loudly when the infra is not up:
-    a test that needs Kafka talks to Kafka, it does not quietly skip."""
-    value = os.environ.get(name) or {
+def _infra_value(name: str) -> str | None:
+    """A value from the environment, else infra.env/tools.env; None when neither has it."""
+    return os.environ.get(name) or {
         **_read_env_file(INFRA_STATE / "infra.env"),
         **_read_env_file(INFRA_STATE / "tools.env"),
     }.get(name)
+
+
+def infra(name: str) -> str:
+    """A value from infra.env/tools.env (or the environment). Fails loudly when the infra is not up:
+    a test that needs Kafka talks to Kafka, it does not quietly skip."""
+    value = _infra_value(name)
     if not value:
         if os.environ.get("HANZO_SKIP_INFRA") == "1":
             pytest.skip(f"{name} not set and HANZO_SKIP_INFRA=1")
@@ -45,16 +50,11 @@ def infra(name: str) -> str:
     return value
 
 
-
 # What a session creates on the shared servers: each distributed test has its own Kafka topics and MongoDB
 # database, and servers that kept them all grew to 11,000 partitions (the broker ran out of heap in the middle of
 # `make test`) and 1,800 databases. Listed when the session starts, the new ones are deleted when it ends (a
 # killed session leaves them; infra-up starts the broker empty).
 _BEFORE: dict[str, set[str]] = {}
-
-
-def _infra_value(name: str) -> str | None:
-    return os.environ.get(name) or _read_env_file(INFRA_STATE / "infra.env").get(name)
 
 
 def _reachable(address: str) -> bool:
@@ -74,12 +74,18 @@ async def _topics(bootstrap: str) -> set[str]:
     return {t for t in await KafkaEventLog(bootstrap).list_topics() if not t.startswith("__")}
 
 
-def _databases(uri: str) -> set[str]:
+def _databases(uri: str, *, drop_all_but: set[str] | None = None) -> set[str]:
+    """The databases on the server (not its own); with `drop_all_but`, those not in it are dropped first."""
     from pymongo import MongoClient
 
     client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
     try:
-        return set(client.list_database_names()) - {"admin", "config", "local"}
+        names = set(client.list_database_names()) - {"admin", "config", "local"}
+        if drop_all_but is not None:
+            for name in names - drop_all_but:
+                client.drop_database(name)
+            names &= drop_all_but
+        return names
     finally:
         client.close()
 
@@ -101,8 +107,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     import asyncio
     import warnings
 
-    from pymongo import MongoClient
-
     from services.core.events.kafka import KafkaEventLog
 
     bootstrap, mongo = _infra_value("HANZO_TEST_KAFKA"), _infra_value("HANZO_TEST_MONGO_URI")
@@ -117,11 +121,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if bootstrap and "topics" in _BEFORE:
             asyncio.run(delete_topics(_BEFORE["topics"]))
         if mongo and "databases" in _BEFORE:
-            client: MongoClient[dict[str, object]] = MongoClient(mongo, serverSelectionTimeoutMS=5000)
-            try:
-                for name in _databases(mongo) - _BEFORE["databases"]:
-                    client.drop_database(name)
-            finally:
-                client.close()
+            _databases(mongo, drop_all_but=_BEFORE["databases"])
     except Exception as exc:
         warnings.warn(f"what the session created on the shared servers was not all deleted: {exc!r}", stacklevel=1)

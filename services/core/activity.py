@@ -99,7 +99,7 @@ class SharedActivity:
         return self._until > self._clock()
 
     async def refresh(self) -> None:
-        """Read the beacon now (tests; a run's start)."""
+        """Read the beacon now, not in the background (tests)."""
         await self._read()
 
     async def _read(self) -> None:
