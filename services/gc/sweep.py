@@ -132,17 +132,11 @@ class RunOptions:
 
 async def scan(docs: DocumentStore, collection: str, where: Mapping[str, Any] | None = None, *,
                page: int | Callable[[], int] = PAGE, fields: Sequence[str] | None = None) -> AsyncIterator[Document]:
-    """Every matching document in `_id` order, a page at a time, with only `fields` (a projection: the
-    snapshot never reads a manifest's bytes)."""
-    after: str | None = None
-    while True:
-        limit = page() if callable(page) else page
-        batch = await docs.find(collection, where, after=after, limit=limit, fields=fields)
+    """Every matching document in `_id` order, a batch at a time from one query (DocumentStore.batches), with only
+    `fields` (a projection: the snapshot never reads a manifest's bytes)."""
+    async for batch in docs.batches(collection, where, size=page, fields=fields):
         for doc in batch:
             yield doc
-        if len(batch) < limit:
-            return
-        after = str(batch[-1]["_id"])
 
 
 def _facts(doc: Document) -> ManifestFacts:
@@ -153,18 +147,6 @@ def _facts(doc: Document) -> ManifestFacts:
 
 def _link(doc: Document) -> LinkFacts:
     return LinkFacts(doc["repository"], doc["digest"], int(doc.get("size") or 0), float(doc.get("created") or 0.0))
-
-
-def _groups(page: list[Document]) -> Iterable[list[LinkFacts]]:
-    """Consecutive links of one digest."""
-    group: list[LinkFacts] = []
-    for doc in page:
-        if group and doc["digest"] != group[-1].digest:
-            yield group
-            group = []
-        group.append(_link(doc))
-    if group:
-        yield group
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -396,23 +378,16 @@ class Collector:
 
     async def _links_by_digest(self) -> AsyncIterator[list[LinkFacts]]:
         """Every blob's links, one blob at a time, in digest order."""
-        after: str | None = None
-        while True:
-            limit = self._page()
-            page = await self.docs.find(m.BLOB_LINKS, order_by="digest", after=after, limit=limit,
-                                        fields=LINK_FIELDS)
-            if len(page) < limit:
-                for group in _groups(page):
+        group: list[LinkFacts] = []
+        async for batch in self.docs.batches(m.BLOB_LINKS, order_by="digest", size=self._page, fields=LINK_FIELDS):
+            for doc in batch:
+                if group and doc["digest"] != group[-1].digest:
                     yield group
-                return
-            last = str(page[-1]["digest"])
-            for group in _groups([d for d in page if d["digest"] != last]):
-                yield group
-            # `after` is strict on the digest alone: the last digest's links, however many, by _id.
-            yield [_link(d) async for d in scan(self.docs, m.BLOB_LINKS, {"digest": last}, page=self._page,
-                                                fields=LINK_FIELDS)]
-            after = last
+                    group = []
+                group.append(_link(doc))
             await asyncio.sleep(0)
+        if group:
+            yield group
 
     async def _plan_blobs(self, referenced: DigestSet, limits: Limits) -> _BlobPlan:
         """Stream the links: garbage blobs become candidates; the rest are counted and remembered as linked."""
@@ -454,18 +429,13 @@ class Collector:
         drops its hold in between is found among the manifests (gcmarks.py)."""
         out = await self.marks.held()
         since = started - CLOCK_SLACK_SECONDS
-        after: float = since
-        while True:
-            limit = self._page()
-            page = await self.docs.find(m.MANIFESTS, order_by="created", after=after, limit=limit,
-                                        fields=("repository", "references", "subject", "created"))
-            for doc in page:
+        async for batch in self.docs.batches(m.MANIFESTS, order_by="created", after=since, size=self._page,
+                                             fields=("repository", "references", "subject")):
+            for doc in batch:
                 for ref in list(doc.get("references") or ()) + ([doc["subject"]] if doc.get("subject") else []):
                     out.add(ref)
                     out.add(f"{doc['repository']}@{ref}")
-            if len(page) < limit:
-                return out
-            after = float(page[-1]["created"])
+        return out
 
     # -- incremental ------------------------------------------------------------------------------
 

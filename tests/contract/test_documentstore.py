@@ -420,6 +420,49 @@ async def test_paging_through_1000_documents_sees_each_once_in_order(backend: Ba
     assert await s.count(c) == 1000
 
 
+async def test_batches_walk_every_document_once_in_order(backend: Backend) -> None:
+    s, c = backend.store, backend.name()
+    await s.ensure_collection(c, [Index(("n",)), Index(("repo", "n"))])
+    # 1,000 documents, 10 per value of n (ties: a batch may end in the middle of a run of equal values), some
+    # without n (they sort first), a few with a string n (after the numbers).
+    docs: list[dict[str, Any]] = [{"_id": f"k{i:04d}", "n": (i * 7919) % 97, "repo": "r" if i % 3 else "q"}
+                                  for i in range(1000)]
+    docs += [{"_id": f"m{i}", "repo": "r"} for i in range(5)] + [{"_id": f"s{i}", "n": f"x{i % 2}"} for i in range(4)]
+    await asyncio.gather(*(s.insert(c, d) for d in docs))
+
+    async def walk(**kwargs: Any) -> list[list[dict[str, Any]]]:
+        return [batch async for batch in s.batches(c, **kwargs)]
+
+    for order_by in ("_id", "n"):
+        for where in (None, {"repo": "r"}):
+            expected = await s.find(c, where, order_by=order_by)
+            sizes = iter([1, 7, 200, 3] * 1000)
+            got = await walk(where=where, order_by=order_by, size=lambda: next(sizes))
+            assert [d for batch in got for d in batch] == expected, (order_by, where)
+            assert [len(b) for b in got[:4]] == [1, 7, 200, 3]
+    by_n = await walk(order_by="n", after=50, size=64, fields=("repo",))
+    flat = [d for batch in by_n for d in batch]
+    assert all(len(b) <= 64 for b in by_n)
+    assert [d["_id"] for d in flat] == [d["_id"] for d in await s.find(c, order_by="n", after=50)]
+    assert all(set(d) <= {"_id", "repo"} for d in flat)  # the order field is not returned unless asked for
+    assert await walk(where={"repo": "nope"}) == []
+    assert await walk(where={"repo": "r"}, order_by="n", fields=("n",), size=10_000) == [
+        await s.find(c, {"repo": "r"}, order_by="n", fields=("n",))]
+    with pytest.raises(ValueError, match="positive"):
+        await walk(size=0)
+
+
+async def test_batches_left_early_leave_nothing_open(backend: Backend) -> None:
+    s, c = backend.store, backend.name()
+    await s.ensure_collection(c)
+    await asyncio.gather(*(s.insert(c, {"_id": f"k{i:03d}"}) for i in range(50)))
+    walk = s.batches(c, size=10)
+    assert [d["_id"] for d in await anext(walk)] == [f"k{i:03d}" for i in range(10)]
+    await walk.aclose()  # type: ignore[attr-defined]
+    await s.insert(c, {"_id": "k999"})  # the store is not held: writes go on
+    assert await s.count(c) == 51
+
+
 async def test_delete_where(backend: Backend) -> None:
     s, c = backend.store, backend.name()
     await s.ensure_collection(c)
@@ -688,3 +731,36 @@ async def test_mongo_write_lock_of_a_dead_writer_expires() -> None:
         leftovers += [d["_id"] for d in await store.find(LOCKS_COLLECTION) if d["_id"].startswith(c)]
         await store.close()
     assert leftovers == []
+
+
+@pytest.mark.mongo
+@pytest.mark.parametrize("order_by", ["_id", "n"])
+async def test_mongo_batches_go_on_from_the_last_document_when_the_server_loses_the_cursor(
+        monkeypatch: pytest.MonkeyPatch, order_by: str) -> None:
+    """A cursor killed on the server between two batches (idle timeout, restart) costs a new query from the
+    last document read, not the walk."""
+    store = MongoDocumentStore(infra("HANZO_TEST_MONGO_URI"), MONGO_TEST_DATABASE)
+    c = f"cursor_{uuid.uuid4().hex[:12]}"
+    real = store._db.command
+    killed: list[int] = []
+    finds: list[dict[str, Any]] = []
+
+    async def command(spec: dict[str, Any], **kwargs: Any) -> Any:
+        if "find" in spec:
+            finds.append(spec)
+        if "getMore" in spec and len(killed) < 2:  # kill it just before its next batch is asked for
+            killed.append(int(spec["getMore"]))
+            await real({"killCursors": c, "cursors": [spec["getMore"]]}, **kwargs)
+        return await real(spec, **kwargs)
+
+    try:
+        await asyncio.gather(*(store.insert(c, {"_id": f"k{i:03d}", "n": i % 7}) for i in range(100)))
+        monkeypatch.setattr(store._db, "command", command)
+        got = [batch async for batch in store.batches(c, order_by=order_by, size=15, fields=("n",))]
+        assert len(killed) == 2
+        assert len(finds) == 3  # the walk, and once again after each lost cursor
+        assert [d for batch in got for d in batch] == await store.find(c, order_by=order_by, fields=("n",))
+    finally:
+        monkeypatch.undo()
+        await store.drop_collection(c)
+        await store.close()

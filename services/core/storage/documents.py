@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -128,6 +128,26 @@ class DocumentStore(Protocol):
         """
         ...
 
+    def batches(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        *,
+        order_by: str = "_id",
+        after: Any = None,
+        fields: Sequence[str] | None = None,
+        size: int | Callable[[], int] = 1000,
+    ) -> AsyncIterator[list[Document]]:
+        """Every document `find` with the same arguments (and no limit) returns, in its order, in batches of at
+        most `size` (called before each batch when callable: a reader may want smaller ones while requests are
+        served). Each document once, even when many share an `order_by` value.
+
+        For long walks (GC): a store with server-side cursors answers them from one query (MongoDB: a `find`,
+        then a `getMore` per batch), where `find` pages would each query again (FerretDB 1.x reads a whole
+        collection for every page). Between batches the reader may pause; nothing is held that blocks writers.
+        What changes meanwhile may or may not be seen, as with pages."""
+        ...
+
     async def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int: ...
 
     async def delete_where(self, collection: str, where: Mapping[str, Any]) -> int:
@@ -147,15 +167,18 @@ class DocumentStore(Protocol):
 
 async def scan(docs: DocumentStore, collection: str, where: Mapping[str, Any] | None = None, *, page: int = 1000
                ) -> AsyncIterator[Document]:
-    """Every matching document, in `_id` order, read a page at a time (never the whole collection at once)."""
-    after: str | None = None
-    while True:
-        batch = await docs.find(collection, where, after=after, limit=page)
+    """Every matching document, in `_id` order, read a batch at a time (never the whole collection at once)."""
+    async for batch in docs.batches(collection, where, size=page):
         for doc in batch:
             yield doc
-        if len(batch) < page:
-            return
-        after = str(batch[-1]["_id"])
+
+
+def batch_size(size: int | Callable[[], int]) -> int:
+    """The size of `batches`' next batch (adapters' shared check)."""
+    n = size() if callable(size) else size
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError("a batch size must be a positive integer")
+    return n
 
 
 async def update_each(

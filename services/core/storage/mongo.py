@@ -7,7 +7,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from bson import Binary, Int64
@@ -18,11 +18,12 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from services.core.settings import MongoMetadataSettings
 from services.core.storage.coalesce import Coalescer
-from services.core.storage.documents import Document, DuplicateKeyError, Index, gather_bounded
+from services.core.storage.documents import Document, DuplicateKeyError, Index, batch_size, gather_bounded
 from services.core.storage.docvalues import check_collection, check_field, check_text, encode_value
 
 _NAMESPACE_EXISTS = 48
 _DUPLICATE_KEY = 11000
+_CURSOR_NOT_FOUND = 43
 _GET_MANY_BATCH = 1000
 _FIND_BATCH = 10_000
 _PER_KEY_IN_FLIGHT = 16
@@ -100,6 +101,48 @@ def _filter(where: Mapping[str, Any] | None) -> dict[str, Any]:
             raise TypeError(f"where/expect value for {field!r} must be a scalar, not {type(value).__name__}")
         out[field] = _encode(check_text(value))
     return out
+
+
+def _query(where: Mapping[str, Any] | None, order_by: str, after: Any) -> dict[str, Any]:
+    query = _filter(where)
+    check_field(order_by)
+    if after is not None:
+        if isinstance(after, bool) or not isinstance(after, (str, int, float)):
+            raise TypeError("after must be a string or a number")
+        if order_by == "_id" and not isinstance(after, str):
+            raise TypeError("after must be a string when ordering by _id")
+        cond: dict[str, Any] = {"$gt": _encode(check_text(after))}
+        if order_by in query:
+            cond["$eq"] = query[order_by]
+        query[order_by] = cond
+    return query
+
+
+def _projection(fields: Sequence[str] | None) -> dict[str, int] | None:
+    return None if fields is None else {"_id": 1, **{check_field(f): 1 for f in fields}}
+
+
+def _sort(order_by: str) -> list[tuple[str, int]]:
+    return [("_id", ASCENDING)] if order_by == "_id" else [(order_by, ASCENDING), ("_id", ASCENDING)]
+
+
+def _resumed(query: dict[str, Any], order_by: str, last: dict[str, Any] | None) -> dict[str, Any]:
+    """`query`, past `last` in (`order_by`, `_id`) order."""
+    if last is None:
+        return query
+    if order_by == "_id":
+        past: dict[str, Any] = {"_id": {"$gt": last["_id"]}}
+    elif last.get(order_by) is None:  # missing and null sort first
+        past = {"$or": [{order_by: None, "_id": {"$gt": last["_id"]}}, {order_by: {"$ne": None}}]}
+    else:
+        value = last[order_by]
+        past = {"$or": [{order_by: {"$gt": value}}, {order_by: value, "_id": {"$gt": last["_id"]}}]}
+    return {"$and": [query, past]} if query else past
+
+
+def _without(doc: dict[str, Any], field: str) -> dict[str, Any]:
+    doc.pop(field, None)
+    return doc
 
 
 def _is_unique_violation(exc: OperationFailure) -> bool:
@@ -514,29 +557,68 @@ class MongoDocumentStore:
         fields: Sequence[str] | None = None,
     ) -> list[Document]:
         coll = self._coll(collection)
-        query = _filter(where)
-        projection = None if fields is None else {"_id": 1, **{check_field(f): 1 for f in fields}}
-        check_field(order_by)
-        if after is not None:
-            if isinstance(after, bool) or not isinstance(after, (str, int, float)):
-                raise TypeError("after must be a string or a number")
-            if order_by == "_id" and not isinstance(after, str):
-                raise TypeError("after must be a string when ordering by _id")
-            cond: dict[str, Any] = {"$gt": _encode(check_text(after))}
-            if order_by in query:
-                cond["$eq"] = query[order_by]
-            query[order_by] = cond
+        query = _query(where, order_by, after)
         if limit is not None:
             if limit < 0:
                 raise ValueError("limit must be >= 0")
             if limit == 0:
                 return []  # MongoDB reads limit 0 as "no limit"
-        sort = [("_id", ASCENDING)] if order_by == "_id" else [(order_by, ASCENDING), ("_id", ASCENDING)]
         # One reply where it fits (the server caps a reply at 16 MiB): the default first batch of 101
         # documents costs a listing of 1,000 names a getMore round trip.
-        cursor = coll.find(query, projection, sort=sort, limit=limit or 0, batch_size=min(limit or _FIND_BATCH,
-                                                                                          _FIND_BATCH))
+        cursor = coll.find(query, _projection(fields), sort=_sort(order_by), limit=limit or 0,
+                           batch_size=min(limit or _FIND_BATCH, _FIND_BATCH))
         return [_decode_doc(doc) for doc in await cursor.to_list()]
+
+    async def batches(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        *,
+        order_by: str = "_id",
+        after: Any = None,
+        fields: Sequence[str] | None = None,
+        size: int | Callable[[], int] = 1000,
+    ) -> AsyncIterator[list[Document]]:
+        # find and getMore as commands, not pymongo's cursor: its batch size is fixed once it has started, and
+        # a reader wants smaller batches while requests are served. One explicit session: MongoDB refuses a
+        # getMore from a session other than its find's.
+        name = check_collection(collection)
+        query = _query(where, order_by, after)
+        projection = _projection(fields)
+        if projection is not None and order_by not in projection:
+            projection[order_by] = 1  # to resume after the last one read; not returned
+        keep_order_field = fields is None or order_by in fields or order_by == "_id"
+        last: dict[str, Any] | None = None
+        async with self._client.start_session() as session:
+            while True:  # one cursor; a new one from `last` if the server lost the first (idle timeout, restart)
+                command: dict[str, Any] = {"find": name, "filter": _resumed(query, order_by, last),
+                                           "sort": dict(_sort(order_by)), "batchSize": batch_size(size)}
+                if projection is not None:
+                    command["projection"] = projection
+                reply = (await self._db.command(command, session=session))["cursor"]
+                batch, cursor_id = reply["firstBatch"], int(reply["id"])
+                try:
+                    while True:
+                        if batch:
+                            last = {"_id": batch[-1]["_id"], order_by: batch[-1].get(order_by)}
+                            yield [_decode_doc(_without(doc, order_by) if not keep_order_field else doc)
+                                   for doc in batch]
+                        if not cursor_id:
+                            return
+                        try:
+                            reply = (await self._db.command({"getMore": Int64(cursor_id), "collection": name,
+                                                             "batchSize": batch_size(size)}, session=session))["cursor"]
+                        except OperationFailure as exc:
+                            if exc.code != _CURSOR_NOT_FOUND:
+                                raise
+                            cursor_id = 0
+                            break
+                        batch, cursor_id = reply["nextBatch"], int(reply["id"])
+                finally:
+                    if cursor_id:  # left early (the reader stopped, or failed): free the server's cursor
+                        with contextlib.suppress(PyMongoError):
+                            await self._db.command({"killCursors": name, "cursors": [Int64(cursor_id)]},
+                                                   session=session)
 
     async def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
         return await self._coll(collection).count_documents(_filter(where))

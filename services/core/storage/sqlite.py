@@ -19,7 +19,7 @@ import asyncio
 import base64
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as _field
@@ -28,7 +28,7 @@ from typing import Any
 
 import aiosqlite
 
-from services.core.storage.documents import Document, DuplicateKeyError, Index, in_background
+from services.core.storage.documents import Document, DuplicateKeyError, Index, batch_size, in_background
 from services.core.storage.docvalues import check_collection, check_field, check_text, encode_value
 
 _BYTES = "$bytes"
@@ -437,6 +437,47 @@ class SqliteDocumentStore:
         limit: int | None = None,
         fields: Sequence[str] | None = None,
     ) -> list[Document]:
+        return await self._find(collection, where, order_by=order_by, after=after, limit=limit, fields=fields)
+
+    async def batches(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None = None,
+        *,
+        order_by: str = "_id",
+        after: Any = None,
+        fields: Sequence[str] | None = None,
+        size: int | Callable[[], int] = 1000,
+    ) -> AsyncIterator[list[Document]]:
+        # Pages from where the last ended, in (order_by, _id): each starts in the index where the last one
+        # ended, so costs what it returns. (A statement held open across the reader's pauses would hold the
+        # connection the requests share.)
+        read = fields if fields is None or order_by in fields or order_by == "_id" else [*fields, order_by]
+        resume: tuple[Any, str] | None = None
+        while True:
+            limit = batch_size(size)
+            page = await self._find(collection, where, order_by=order_by, after=after, limit=limit, fields=read,
+                                    resume=resume)
+            if page:
+                resume = (page[-1].get(order_by), page[-1]["_id"])
+                if read is not fields:
+                    for doc in page:
+                        doc.pop(order_by, None)
+                yield page
+            if len(page) < limit:
+                return
+
+    async def _find(
+        self,
+        collection: str,
+        where: Mapping[str, Any] | None,
+        *,
+        order_by: str,
+        after: Any,
+        limit: int | None,
+        fields: Sequence[str] | None,
+        resume: tuple[Any, str] | None = None,
+    ) -> list[Document]:
         table = check_collection(collection)
         terms, params = _conditions(where)
         projected = None if fields is None else [f for f in dict.fromkeys(fields) if check_field(f) != "_id"]
@@ -454,6 +495,19 @@ class SqliteDocumentStore:
                 guard = "= 'text'" if isinstance(after, str) else f"IN {_NUMBER_TYPES}"
                 terms.append(f"{order_expr} > ? AND {_jtype(order_by)} {guard}")
             params.append(_encode(check_text(after)))
+        if resume is not None:
+            value, key = resume
+            if order_by == "_id":
+                terms.append("_id > ?")
+                params.append(key)
+            elif value is None:  # missing and null sort first
+                terms.append(f"(({order_expr} IS NULL AND _id > ?) OR {order_expr} IS NOT NULL)")
+                params.append(key)
+            else:
+                # SQLite orders values of different types as ORDER BY does here (numbers before text), so no
+                # type guard: what sorts after the last one read is exactly what is left.
+                terms.append(f"({order_expr} > ? OR ({order_expr} = ? AND _id > ?))")
+                params += [value, value, key]
         if projected is None:
             sql = f'SELECT _id, doc FROM "{table}"'
         else:
