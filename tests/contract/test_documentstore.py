@@ -437,7 +437,7 @@ async def test_batches_walk_every_document_once_in_order(backend: Backend) -> No
         for where in (None, {"repo": "r"}):
             expected = await s.find(c, where, order_by=order_by)
             sizes = iter([1, 7, 200, 3] * 1000)
-            got = await walk(where=where, order_by=order_by, size=lambda: next(sizes))
+            got = await walk(where=where, order_by=order_by, size=sizes.__next__)
             assert [d for batch in got for d in batch] == expected, (order_by, where)
             assert [len(b) for b in got[:4]] == [1, 7, 200, 3]
     by_n = await walk(order_by="n", after=50, size=64, fields=("repo",))
