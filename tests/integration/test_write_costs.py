@@ -92,6 +92,12 @@ class CountingDocumentStore:
         self._count("find")
         return await self.inner.find(collection, where, **kwargs)
 
+    async def batches(self, collection: str, where: Mapping[str, Any] | None = None, **kwargs: Any
+                      ) -> AsyncIterator[list[Document]]:
+        self._count("batches")  # one query (its getMores are not commands a request waits on apart)
+        async for batch in self.inner.batches(collection, where, **kwargs):
+            yield batch
+
     async def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
         self._count("count")
         return await self.inner.count(collection, where)
