@@ -334,6 +334,14 @@ async def _push_rounds(rounds: int, push: Push,
                                 for (a, c), (b, d) in itertools.pairwise(cuts)]}
 
 
+async def _finished(runs: Any, run_id: str, into: list[dict[str, int]]) -> None:
+    """Until run `run_id` is over; what it deleted and its errors go `into` the report (a run that leaves its
+    work for later, e.g. claims too old to delete safely, must not pass for a fast one)."""
+    await asyncio.gather(*runs._tasks)
+    record = await runs.get(run_id, limit=0)
+    into.append({k: int(record[k]) for k in ("manifests_deleted", "blobs_deleted", "errors")})
+
+
 async def push_latency(rounds: int, seconds: float, manifests: int, *, yield_ratio: float | None = None
                        ) -> dict[str, Any]:
     """Embedded: the distribution app and the collector in one process, as `serve` runs them."""
@@ -357,15 +365,16 @@ async def push_latency(rounds: int, seconds: float, manifests: int, *, yield_rat
                 return resp.status, await resp.text()
 
             async def start_run() -> Awaitable[Any]:
-                await runs.start(trigger="api")
-                return asyncio.gather(*runs._tasks)
+                return _finished(runs, await runs.start(trigger="api"), outcomes)
 
             async def seed_garbage(r: int) -> None:
                 seed(data_dir / "metadata.db", manifests=manifests // 10, garbage=1.0, now=time.time(), tag=f"g{r}")
 
+            outcomes: list[dict[str, int]] = []
             out = await _push_rounds(rounds, push, start_run, seed_garbage)
     shutil.rmtree(data_dir, ignore_errors=True)
-    return {"assembly": "embedded", "gc_yield_ratio": "default" if yield_ratio is None else yield_ratio, **out}
+    return {"assembly": "embedded", "gc_yield_ratio": "default" if yield_ratio is None else yield_ratio, **out,
+            "runs": outcomes}
 
 
 async def _seed_documents(c: Any, *, manifests: int, garbage: bool, now: float, tag: str) -> None:
@@ -445,12 +454,12 @@ async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: 
                     return resp.status, await resp.text()
 
             async def start_run() -> Awaitable[Any]:
-                await runs.start(trigger="api")
-                return asyncio.gather(*runs._tasks)
+                return _finished(runs, await runs.start(trigger="api"), outcomes)
 
             async def seed_garbage(r: int) -> None:
                 await _seed_documents(c, manifests=manifests // 10, garbage=True, now=time.time(), tag=f"g{r}")
 
+            outcomes: list[dict[str, int]] = []
             out = await _push_rounds(rounds, push, start_run, seed_garbage)
     finally:  # the namespace's database, prefix and topics go with it
         target.stop()
@@ -460,7 +469,8 @@ async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: 
 
     return {"assembly": "distributed", "kept_manifests": manifests, "gc_concurrency": service.concurrency(c),
             "gc_yield_ratio": service.yield_ratio(c), "gc_page": collector.page,
-            "gc_busy_concurrency": collector.busy_concurrency, "gc_busy_page": collector.busy_page, **out}
+            "gc_busy_concurrency": collector.busy_concurrency, "gc_busy_page": collector.busy_page, **out,
+            "runs": outcomes}
 
 
 def _p99(values: list[float]) -> float:

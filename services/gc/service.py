@@ -20,7 +20,7 @@ from services.core.proto.hanzo.registry.v1 import events_pb2, gc_pb2, gc_pb2_grp
 from services.core.runtime import EventHandler, ServiceParts
 from services.gc.candidates import CandidateStore, candidates_of
 from services.gc.runs import GcRuns, RunInProgressError
-from services.gc.sweep import BUSY_CONCURRENCY, PAGE, SQLITE_PAGE, Collector
+from services.gc.sweep import BUSY_CONCURRENCY, BUSY_PAGE, PAGE, SQLITE_PAGE, Collector
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ def busy_limits(c: Container) -> tuple[int | None, int | None]:
     waits behind what a run keeps in flight there (bench/README.md: push p99 during a run, distributed)."""
     if c.settings.metadata.kind == "sqlite":
         return None, None
-    # Not BUSY_PAGE yet: FerretDB 1.x reads the whole collection for every page (no sort or limit pushed down),
-    # so 10x the pages made a run 10x the full reads (bench/README.md); it waits for a scan by cursor.
-    return BUSY_CONCURRENCY, None
+    # Small batches are cheap now that a walk is one query (DocumentStore.batches: FerretDB 1.x sorts a whole
+    # collection for every query, and hands out the batches of one from memory).
+    return BUSY_CONCURRENCY, BUSY_PAGE
 
 
 def busy(c: Container) -> Callable[[], bool]:

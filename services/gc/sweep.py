@@ -68,8 +68,8 @@ SQLITE_PAGE = 200
 YIELD_EVERY = 200
 """Items a planning loop handles before it lets the event loop serve others (`serve` runs GC beside pushes)."""
 BATCH = 500
-BUSY_CONCURRENCY = 2
-"""A run's steps in flight on a remote store while requests are served (Collector.busy_concurrency)."""
+BUSY_CONCURRENCY = 1
+"""A run's commands in flight on a remote store while requests are served (Collector.busy_concurrency)."""
 BUSY_PAGE = 200
 """A run's page on a remote store while requests are served (Collector.busy_page)."""
 GATE_POLL_SECONDS = 0.05
@@ -234,19 +234,27 @@ class Collector:
         self._busy = busy
         """Whether requests are being served now (services/core/activity.py): only then does a run pause."""
         self.busy_concurrency = busy_concurrency
-        """Steps in flight at once while requests are served (None: `concurrency` always). A remote store that
-        serves pushes too queues their commands behind every one of a run's in flight; pausing each step
-        alone would leave `concurrency / (1 + yield_ratio)` of them there."""
+        """Steps in flight at once, and commands each step sends at once, while requests are served (None:
+        `concurrency` always). A remote store that serves pushes too queues their commands behind every one of a
+        run's in flight; pausing each step alone would leave `concurrency / (1 + yield_ratio)` of them there.
+        Measured on FerretDB (bench/README.md): push p99 during a run 2.4x with 2, 1.4x with 1."""
         self.busy_page = busy_page
-        """The page while requests are served (None: `page` always). A big page is one command that holds a
-        remote store (and on a small machine, a core) for a while every push shares: measured on FerretDB, push
-        p99 during a run went from 3.5x to 1.5x with pages of 200, but FerretDB 1.x reads a whole collection per
-        page, so the run took 10x the reads (gc/service.py: busy_limits leaves it off there)."""
+        """The batch of a walk while requests are served (None: `page` always). A big batch is a reply that holds
+        a remote store (and on a small machine, a core) for a while every push shares. Walks are one query each
+        (DocumentStore.batches), so small batches cost round trips, not reads."""
         self._in_flight = 0
         self._paced_at = time.monotonic()
         self._clock = clock
         self._sleep = sleep
         self._forget = forget_manifest
+
+    def _width(self) -> int:
+        """Commands a step sends at once: `busy_concurrency` while requests are served. Gating the steps alone
+        is not enough: a step (an outbox change of 50 blobs' links, a batch of claims) fans out too, and 64
+        deletes in flight on FerretDB made every push wait behind them (bench/README.md)."""
+        if self.busy_concurrency is not None and self._busy():
+            return min(self.concurrency, self.busy_concurrency)
+        return self.concurrency
 
     def _page(self) -> int:
         if self.busy_page is not None and self._busy():
@@ -610,7 +618,7 @@ class Collector:
         for batch in _batches(candidates, BATCH):
             recent = await self._recent_references(started)
             await self.marks.let_go([gm.blob_key(c.digest) for c in batch if c.digest in recent], run=options.run_id,
-                                    concurrency=self.concurrency)
+                                    concurrency=self._width())
             claimed_at = self._clock()
             won = await self._claim_each([gm.blob_key(c.digest) for c in batch if c.digest not in recent],
                                          options.run_id, claimed_at)
@@ -629,8 +637,8 @@ class Collector:
             return set()
         paced = time.monotonic()
         won = await self.marks.claim_verdicts(keys, run=run, until=at + CLAIM_SECONDS,
-                                              concurrency=self.concurrency)
-        await self.marks.let_go([k for k in keys if k not in won], run=run, concurrency=self.concurrency)
+                                              concurrency=self._width())
+        await self.marks.let_go([k for k in keys if k not in won], run=run, concurrency=self._width())
         await self._yield(paced)
         return won
 
@@ -650,9 +658,9 @@ class Collector:
 
         async def release(keys: list[str]) -> None:
             if verdicts is not None:
-                await self.marks.let_go(keys, run=verdicts, concurrency=self.concurrency)
+                await self.marks.let_go(keys, run=verdicts, concurrency=self._width())
             else:
-                await self.marks.release_each(keys, concurrency=self.concurrency)
+                await self.marks.release_each(keys, concurrency=self._width())
 
         async def unlink(items: list[tuple[str, int, list[tuple[str, float]]]]) -> None:
             ops: list[Delete] = []
@@ -666,7 +674,8 @@ class Collector:
                     ops.append(Delete(m.BLOB_LINKS, f"{repo}@{digest}", expect={"created": created}))
                 spans.append((first, len(ops)))
             try:
-                committed = await self.outbox.commit(ops, outbound, partial=True) if ops else None
+                committed = (await self.outbox.commit(ops, outbound, partial=True, concurrency=self._width())
+                             if ops else None)
             except Exception as exc:
                 for digest, _, _ in items:
                     result.errors.append(f"blob {digest}: {exc}"[:500])
@@ -707,10 +716,10 @@ class Collector:
         await release([gm.blob_key(d) for d, _, _ in ready if d in failed])
         if verdicts is not None:
             await self.marks.entomb([gm.blob_key(d) for d, _, _ in ready if d not in failed], run=verdicts,
-                                    concurrency=self.concurrency)
+                                    concurrency=self._width())
         else:
             await self.marks.bury_each([gm.blob_key(d) for d, _, _ in ready if d not in failed], run=run,
-                                       concurrency=self.concurrency)
+                                       concurrency=self._width())
         await self._yield(paced)
         for digest, size, links in ready:
             if digest in failed:
@@ -799,10 +808,10 @@ class Collector:
         for state in (gm.MARKED, gm.RESCUED):
             await self.marks.release_each([str(d["_id"]) for d in states[state]
                                            if not d.get("verdict") and not str(d["_id"]).startswith("x:")],
-                                          state=state, concurrency=self.concurrency)
+                                          state=state, concurrency=self._width())
         await self.marks.release_each([str(d["_id"]) for d in states[gm.DELETED] if not str(d["_id"]).startswith("t:")
                                        and now - float(d.get("at", 0.0)) > gm.TOMBSTONE_SECONDS], state=gm.DELETED,
-                                      concurrency=self.concurrency)
+                                      concurrency=self._width())
         await self._repair_verdicts(decided, verdicts, tombs, run_id, now, result)
         for doc in states[gm.DELETING]:
             if str(doc["_id"]).startswith("x:"):

@@ -213,17 +213,20 @@ async def apply_operation(docs: DocumentStore, op: Operation) -> bool:
     raise TypeError(f"unknown operation {op!r}")
 
 
-async def apply_operations(docs: DocumentStore, ops: Sequence[Operation], *, partial: bool) -> Committed:
+async def apply_operations(docs: DocumentStore, ops: Sequence[Operation], *, partial: bool,
+                           concurrency: int | None = None) -> Committed:
     """Apply `ops` in order. A losing conditional operation stops the rest, or with `partial` is skipped.
 
     In a partial change, consecutive deletes of distinct documents of one collection are independent of
-    each other, so they go together (`delete_each`: few commands for a GC run's hundreds of links)."""
+    each other, so they go together (`delete_each`, `concurrency` at a time, by default _DELETES_IN_FLIGHT:
+    few commands for a GC run's hundreds of links)."""
     applied: list[bool] = []
     i = 0
     while i < len(ops):
         run = _delete_run(ops, i) if partial else 1
         if run > 1:
-            applied += await _apply_deletes(docs, cast("list[Delete]", ops[i : i + run]))
+            applied += await _apply_deletes(docs, cast("list[Delete]", ops[i : i + run]),
+                                            concurrency or _DELETES_IN_FLIGHT)
             i += run
             continue
         ok = await apply_operation(docs, ops[i])
@@ -257,9 +260,9 @@ def _delete_run(ops: Sequence[Operation], start: int) -> int:
     return end - start
 
 
-async def _apply_deletes(docs: DocumentStore, deletes: list[Delete]) -> list[bool]:
+async def _apply_deletes(docs: DocumentStore, deletes: list[Delete], concurrency: int) -> list[bool]:
     collection = deletes[0].collection
-    gone = await delete_each(docs, collection, [(d.key, d.expect) for d in deletes], concurrency=_DELETES_IN_FLIGHT)
+    gone = await delete_each(docs, collection, [(d.key, d.expect) for d in deletes], concurrency=concurrency)
     # As apply_operation: a delete that did not match holds if the document is absent anyway (a replay).
     left = await docs.get_many(collection, [d.key for d in deletes if d.key not in gone])
     return [d.key in gone or d.key not in left for d in deletes]
@@ -341,12 +344,14 @@ class Outbox:
         await self._docs.ensure_collection(LEASES)
 
     async def commit(
-        self, ops: Sequence[Operation], events: Sequence[OutboundEvent], *, partial: bool = False
+        self, ops: Sequence[Operation], events: Sequence[OutboundEvent], *, partial: bool = False,
+        concurrency: int | None = None,
     ) -> Committed:
         """Store the change and its events (module docstring). Without `partial`, ConflictError when a
         compare-and-set lost a race: the operations after it are not applied, and only the events of
         those before it go out (every operation sequence is designed to tolerate such a prefix). With
-        `partial`, losing operations are skipped and the result tells which applied."""
+        `partial`, losing operations are skipped and the result tells which applied; `concurrency` bounds
+        the independent deletes in flight (apply_operations)."""
         for e in events:
             if e.op is not None and not 0 <= e.op < len(ops):
                 raise ValueError(f"event for operation {e.op} of a change with {len(ops)} operations")
@@ -377,7 +382,7 @@ class Outbox:
                 },
             )
             try:
-                committed = await apply_operations(self._docs, ops, partial=partial)
+                committed = await apply_operations(self._docs, ops, partial=partial, concurrency=concurrency)
             except BaseException:
                 self._tell_applied(ops, certain=False)
                 raise
