@@ -127,7 +127,8 @@ def _sort(order_by: str) -> list[tuple[str, int]]:
 
 
 def _resumed(query: dict[str, Any], order_by: str, last: dict[str, Any] | None) -> dict[str, Any]:
-    """`query`, past `last` in (`order_by`, `_id`) order."""
+    """`query`, past `last` in (`order_by`, `_id`) order. Assumes the values of `order_by` past `last` are of
+    its type (MongoDB compares within a type): true of every walk here (ids, digests, times)."""
     if last is None:
         return query
     if order_by == "_id":
@@ -135,8 +136,8 @@ def _resumed(query: dict[str, Any], order_by: str, last: dict[str, Any] | None) 
     elif last.get(order_by) is None:  # missing and null sort first
         past = {"$or": [{order_by: None, "_id": {"$gt": last["_id"]}}, {order_by: {"$ne": None}}]}
     else:
-        value = last[order_by]
-        past = {"$or": [{order_by: {"$gt": value}}, {order_by: value, "_id": {"$gt": last["_id"]}}]}
+        value = last[order_by]  # the $gte is the index range; the $or alone may scan the index from its start
+        past = {order_by: {"$gte": value}, "$or": [{order_by: {"$gt": value}}, {"_id": {"$gt": last["_id"]}}]}
     return {"$and": [query, past]} if query else past
 
 

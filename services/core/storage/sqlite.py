@@ -504,9 +504,10 @@ class SqliteDocumentStore:
                 terms.append(f"(({order_expr} IS NULL AND _id > ?) OR {order_expr} IS NOT NULL)")
                 params.append(key)
             else:
-                # SQLite orders values of different types as ORDER BY does here (numbers before text), so no
-                # type guard: what sorts after the last one read is exactly what is left.
-                terms.append(f"({order_expr} > ? OR ({order_expr} = ? AND _id > ?))")
+                # SQLite compares values of different types as ORDER BY orders them (numbers before text), so no
+                # type guard: what sorts after the last one read is exactly what is left. The `>=` alone is what
+                # the index seeks to (with only the OR, or a row value, SQLite scanned the index from its start).
+                terms.append(f"{order_expr} >= ? AND ({order_expr} > ? OR _id > ?)")
                 params += [value, value, key]
         if projected is None:
             sql = f'SELECT _id, doc FROM "{table}"'
