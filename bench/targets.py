@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -350,6 +351,17 @@ async def cleanup_distributed(target: Target) -> list[str]:
     except Exception as exc:
         problems.append(f"kafka: {exc!r}")
     return problems
+
+
+def drop_namespace(namespace: str) -> int:
+    """`cleanup_distributed` of the namespace whose settings scripts/distributed_env.sh exported into this
+    process's environment (scripts/with_registry.sh, once its registry stopped); 1 if anything was left."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("HANZO_REGISTRY_")}
+    target = Target(name="distributed", command=[], env=env, port=0, workdir=Path("."), namespace=namespace)
+    problems = asyncio.run(cleanup_distributed(target))
+    for problem in problems:
+        print(f"namespace {namespace} not dropped: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _s3_settings(env: dict[str, str]) -> dict[str, str]:

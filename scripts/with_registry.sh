@@ -29,7 +29,17 @@ esac
 log=$data/registry.log
 .venv/bin/hanzo-registry "${cmd[@]}" >"$log" 2>&1 </dev/null &
 pid=$!
-stop() { kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; }
+stop() {
+  local rc=$?
+  kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  # What the run stored goes with it: the namespace's database, S3 prefix and topics (they piled up on the
+  # shared local infra run after run), and the data dir unless the command failed (its log is there).
+  if [ "$assembly" = distributed ]; then
+    .venv/bin/python -c 'import sys; from bench.targets import drop_namespace; sys.exit(drop_namespace(sys.argv[1]))' \
+      "run-$run_id" || true
+  fi
+  if [ "$rc" -eq 0 ]; then rm -rf "$data"; fi
+}
 trap stop EXIT
 for _ in $(seq 1 100); do
   if curl -fsS "http://$HANZO_REGISTRY_ADDR/readyz" >/dev/null 2>&1; then break; fi

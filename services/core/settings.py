@@ -356,7 +356,7 @@ class GcSettings(_Section):
         description="Seconds a run pauses per second of its work while requests are served (by the same process in "
         "`serve`; by any replica, from their activity beacons, on MongoDB), so they get turns; none while none "
         "are; unset: 3.0 on SQLite (GC takes at most a quarter of the process while requests come), 1.0 on "
-        "MongoDB (where a run then also keeps only 2 steps in flight)",
+        "MongoDB (where a run then also keeps only 1 command in flight)",
     )
     grpc_addr: str | None = Field(
         None,

@@ -86,6 +86,9 @@ CLOCK_SLACK_SECONDS = 60.0
 MIN_UPLOAD_IDLE_SECONDS = 60.0
 CONCURRENCY = 16
 """Metadata commands of the blob phase in flight at once, by default (each blob's own steps stay in order)."""
+LINKS_PER_CLAIM = 500
+"""Blob links claimed at once (their blobs'): paced behind requests on FerretDB, a link's conditional delete and
+the pause after it take ~25 ms, so 500 go well within DELETE_WITHIN_SECONDS."""
 UNLINK_BATCH = 50
 """Blobs whose links go in one outbox change."""
 UNLINK_SHARE = 8
@@ -619,14 +622,16 @@ class Collector:
             recent = await self._recent_references(started)
             await self.marks.let_go([gm.blob_key(c.digest) for c in batch if c.digest in recent], run=options.run_id,
                                     concurrency=self._width())
-            claimed_at = self._clock()
-            won = await self._claim_each([gm.blob_key(c.digest) for c in batch if c.digest not in recent],
-                                         options.run_id, claimed_at)
-            claimed = [c for c in batch if gm.blob_key(c.digest) in won]
-            done = await self._finish_blobs([(c.digest, c.size, [(x.repository, x.created) for x in c.links])
-                                             for c in claimed], result, options.run_id, claimed_at,
-                                            verdicts=options.run_id)
-            deleted |= done
+            # Claimed a share at a time, so that each share's links go within DELETE_WITHIN_SECONDS of its claim
+            # even paced behind requests (a claim after the check above is as safe as one right after it: a push
+            # since has rescued the mark, and the claim then loses).
+            for share in _by_links([c for c in batch if c.digest not in recent], LINKS_PER_CLAIM):
+                claimed_at = self._clock()
+                won = await self._claim_each([gm.blob_key(c.digest) for c in share], options.run_id, claimed_at)
+                claimed = [c for c in share if gm.blob_key(c.digest) in won]
+                deleted |= await self._finish_blobs(
+                    [(c.digest, c.size, [(x.repository, x.created) for x in c.links]) for c in claimed], result,
+                    options.run_id, claimed_at, verdicts=options.run_id)
         return deleted
 
     async def _claim_each(self, keys: list[str], run: str, at: float) -> set[str]:
@@ -674,7 +679,10 @@ class Collector:
                     ops.append(Delete(m.BLOB_LINKS, f"{repo}@{digest}", expect={"created": created}))
                 spans.append((first, len(ops)))
             try:
-                committed = (await self.outbox.commit(ops, outbound, partial=True, concurrency=self._width())
+                # Bounded only while busy on a remote store: on the embedded SQLite its 16 deletes at once go into
+                # one group commit, and 2 at a time (gc.concurrency there) made runs twice as long.
+                bound = self._width() if self.busy_concurrency is not None and self._busy() else None
+                committed = (await self.outbox.commit(ops, outbound, partial=True, concurrency=bound)
                              if ops else None)
             except Exception as exc:
                 for digest, _, _ in items:
@@ -909,6 +917,20 @@ async def _each(items: Iterable[Any], step: Callable[[Any], Awaitable[Any]], *, 
     await asyncio.gather(*(worker() for _ in range(max(1, workers))))
     if errors:
         raise errors[0]
+
+
+def _by_links(candidates: list[BlobCandidate], links: int) -> Iterable[list[BlobCandidate]]:
+    """Consecutive candidates with at most `links` links in all (a candidate with more goes alone)."""
+    share: list[BlobCandidate] = []
+    count = 0
+    for c in candidates:
+        if share and count + len(c.links) > links:
+            yield share
+            share, count = [], 0
+        share.append(c)
+        count += len(c.links)
+    if share:
+        yield share
 
 
 def _batches(items: list[Any], size: int) -> Iterable[list[Any]]:

@@ -14,7 +14,8 @@ from services.core.activity import RequestActivity
 from services.core.policy.document import PolicyDocument
 from services.core.settings import TopicSettings
 from services.core.storage.sqlite import SqliteDocumentStore
-from services.gc.sweep import Collector
+from services.gc.mark import BlobCandidate, LinkFacts
+from services.gc.sweep import LINKS_PER_CLAIM, Collector, _by_links
 
 
 def test_requests_keep_the_process_busy_for_a_moment_after_they_end() -> None:
@@ -145,3 +146,19 @@ async def test_while_requests_come_a_run_keeps_fewer_steps_in_flight_and_reads_s
         assert most[0] == 16, "idle: at full concurrency"
     finally:
         await docs.close()
+
+
+def test_blobs_are_claimed_in_shares_of_at_most_500_links() -> None:
+    """A share's links are deleted within DELETE_WITHIN_SECONDS of its claim, paced behind requests or not."""
+    def blob(i: int, links: int) -> BlobCandidate:
+        return BlobCandidate(f"sha256:{i:064x}", 1, [LinkFacts(f"r{j}", f"sha256:{i:064x}", 1, 0.0)
+                                                     for j in range(links)])
+
+    def shares(counts: list[int]) -> list[list[int]]:
+        return [[len(c.links) for c in share]
+                for share in _by_links([blob(i, n) for i, n in enumerate(counts)], LINKS_PER_CLAIM)]
+
+    assert LINKS_PER_CLAIM == 500
+    assert shares([1] * 501) == [[1] * 500, [1]]
+    assert shares([300, 300, 200, 600, 1]) == [[300], [300, 200], [600], [1]]
+    assert shares([]) == []
