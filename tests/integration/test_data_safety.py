@@ -4,6 +4,7 @@ no tag is ever left pointing at a deleted manifest, and a change applied in part
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -67,8 +68,8 @@ async def test_a_dead_deletes_intent_never_deletes_a_manifest_pushed_again_after
     digest, manifest = await push_image(client, repo, "latest")
     real_apply = outbox_module.apply_operations
 
-    async def die(docs: object, ops: list[object], *, partial: bool) -> object:
-        await real_apply(docs, ops[:applied_before_death], partial=partial)  # type: ignore[arg-type]
+    async def die(docs: object, ops: list[object], *, partial: bool, **kwargs: Any) -> object:
+        await real_apply(docs, ops[:applied_before_death], partial=partial, **kwargs)  # type: ignore[arg-type]
         raise _Died()
 
     monkeypatch.setattr(outbox_module, "apply_operations", die)
