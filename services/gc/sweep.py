@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from services.core.settings import TopicSettings
 from services.core.storage import gcmarks as gm
 from services.core.storage import meta as m
 from services.core.storage.blobs import BlobBulkDeleter, BlobStore
-from services.core.storage.documents import Document, DocumentStore, background
+from services.core.storage.documents import Document, DocumentStore, background, scan
 from services.gc import candidates as cand
 from services.gc.cache_expiry import CacheExpiry
 from services.gc.digestset import DigestSet, DigestSetBuilder
@@ -131,15 +131,6 @@ class RunOptions:
     """Replaces every grace period of the run (the blob grace, the untagged age, upload idleness)."""
     incremental: bool = False
     """Examine the due candidates (candidates.py) instead of the whole graph."""
-
-
-async def scan(docs: DocumentStore, collection: str, where: Mapping[str, Any] | None = None, *,
-               page: int | Callable[[], int] = PAGE, fields: Sequence[str] | None = None) -> AsyncIterator[Document]:
-    """Every matching document in `_id` order, a batch at a time from one query (DocumentStore.batches), with only
-    `fields` (a projection: the snapshot never reads a manifest's bytes)."""
-    async for batch in docs.batches(collection, where, size=page, fields=fields):
-        for doc in batch:
-            yield doc
 
 
 def _facts(doc: Document) -> ManifestFacts:

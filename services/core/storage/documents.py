@@ -165,10 +165,11 @@ class DocumentStore(Protocol):
     async def close(self) -> None: ...
 
 
-async def scan(docs: DocumentStore, collection: str, where: Mapping[str, Any] | None = None, *, page: int = 1000
-               ) -> AsyncIterator[Document]:
-    """Every matching document, in `_id` order, read a batch at a time (never the whole collection at once)."""
-    async for batch in docs.batches(collection, where, size=page):
+async def scan(docs: DocumentStore, collection: str, where: Mapping[str, Any] | None = None, *,
+               page: int | Callable[[], int] = 1000, fields: Sequence[str] | None = None) -> AsyncIterator[Document]:
+    """Every matching document, in `_id` order, read a batch at a time from one query (`batches`: never the whole
+    collection at once), with only `fields` when given."""
+    async for batch in docs.batches(collection, where, size=page, fields=fields):
         for doc in batch:
             yield doc
 

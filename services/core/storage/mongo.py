@@ -586,9 +586,9 @@ class MongoDocumentStore:
         name = check_collection(collection)
         query = _query(where, order_by, after)
         projection = _projection(fields)
-        if projection is not None and order_by not in projection:
+        strip = projection is not None and order_by not in projection
+        if strip and projection is not None:  # (for mypy: strip implies it)
             projection[order_by] = 1  # to resume after the last one read; not returned
-        keep_order_field = fields is None or order_by in fields or order_by == "_id"
         last: dict[str, Any] | None = None
         async with self._client.start_session() as session:
             while True:  # one cursor; a new one from `last` if the server lost the first (idle timeout, restart)
@@ -602,8 +602,7 @@ class MongoDocumentStore:
                     while True:
                         if batch:
                             last = {"_id": batch[-1]["_id"], order_by: batch[-1].get(order_by)}
-                            yield [_decode_doc(_without(doc, order_by) if not keep_order_field else doc)
-                                   for doc in batch]
+                            yield [_decode_doc(_without(doc, order_by) if strip else doc) for doc in batch]
                         if not cursor_id:
                             return
                         try:
