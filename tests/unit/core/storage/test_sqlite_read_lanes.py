@@ -63,6 +63,19 @@ async def test_a_big_page_is_decoded_in_a_worker_thread(tmp_path: Path, monkeypa
         await store.close()
 
 
+def record_groups(monkeypatch: Any) -> list[list[str]]:
+    """The collections of each group commit's writes, in commit order."""
+    groups: list[list[str]] = []
+    commit = SqliteDocumentStore._commit_group
+
+    def recording(self: SqliteDocumentStore, group: Any) -> None:
+        groups.append([w.table for w in group])
+        commit(self, group)
+
+    monkeypatch.setattr(SqliteDocumentStore, "_commit_group", recording)
+    return groups
+
+
 async def test_background_work_reads_on_a_lane_of_its_own_and_writes_behind_requests(tmp_path: Path,
                                                                                     monkeypatch: Any) -> None:
     """documents.background (GC runs): a request's read never queues behind a run's page, and a request's write
@@ -73,14 +86,7 @@ async def test_background_work_reads_on_a_lane_of_its_own_and_writes_behind_requ
         with background():
             assert await store.find("requests") == [{"_id": "first"}]
         assert "background" in store._conns and "scan" not in store._conns
-        groups: list[list[str]] = []
-        commit = SqliteDocumentStore._commit_group
-
-        def recording(self: SqliteDocumentStore, group: Any) -> None:
-            groups.append([w.table for w in group])
-            commit(self, group)
-
-        monkeypatch.setattr(SqliteDocumentStore, "_commit_group", recording)
+        groups = record_groups(monkeypatch)
         with background():
             run = [asyncio.ensure_future(store.insert("run", {"_id": f"r{i}"})) for i in range(300)]
         request = asyncio.ensure_future(store.insert("requests", {"_id": "second"}))
@@ -89,5 +95,30 @@ async def test_background_work_reads_on_a_lane_of_its_own_and_writes_behind_requ
         assert "requests" in first and first.count("run") <= sqlite_adapter._BACKGROUND_BESIDE, first
         assert all(len(g) <= sqlite_adapter._BACKGROUND_ALONE for g in groups[1:]), [len(g) for g in groups]
         assert sum(g.count("run") for g in groups) == 300
+    finally:
+        await store.close()
+
+
+async def test_background_writes_ride_a_requests_commit_while_requests_write(tmp_path: Path,
+                                                                             monkeypatch: Any) -> None:
+    """While requests write, a run's writes wait a little for a request's group rather than commit (and fsync)
+    alone, which a request arriving meanwhile would wait out; on an idle store they commit at once."""
+    store = SqliteDocumentStore(tmp_path / "m.db")
+    try:
+        groups = record_groups(monkeypatch)
+        with background():
+            await store.insert("run", {"_id": "idle"})  # nobody writing: alone, at once
+        assert groups == [["run"]]
+        await store.insert("requests", {"_id": "first"})
+        with background():
+            run = asyncio.ensure_future(store.insert("run", {"_id": "busy"}))
+        await asyncio.sleep(0.005)
+        assert not run.done()  # held for the next request's commit
+        await store.insert("requests", {"_id": "second"})
+        await run
+        assert groups[-1] == ["requests", "run"]
+        with background():
+            await asyncio.wait_for(store.insert("run", {"_id": "late"}), 1.0)  # the hold is bounded
+        assert groups[-1] == ["run"]
     finally:
         await store.close()
