@@ -297,7 +297,10 @@ class MetadataStore:
     async def setup(self) -> None:
         await self.docs.ensure_collection(REPOSITORIES)
         await self.docs.ensure_collection(BLOB_LINKS, [Index(("repository",)), Index(("digest",))])
-        await self.docs.ensure_collection(MANIFESTS, [Index(("repository",)), Index(("subject",)), Index(("digest",))])
+        # `created`: GC reads what was stored since its run started, once per batch of candidates (a full scan
+        # of the manifests each time without it: 0.3 s at 100,000 on SQLite).
+        await self.docs.ensure_collection(MANIFESTS, [Index(("repository",)), Index(("subject",)), Index(("digest",)),
+                                                      Index(("created",))])
         await self.docs.ensure_collection(TAGS, [Index(("repository", "name")), Index(("digest",))])
         await self.docs.ensure_collection(UPLOADS, [Index(("repository",))])
 
