@@ -586,9 +586,10 @@ class MongoDocumentStore:
         name = check_collection(collection)
         query = _query(where, order_by, after)
         projection = _projection(fields)
-        strip = projection is not None and order_by not in projection
-        if strip and projection is not None:  # (for mypy: strip implies it)
-            projection[order_by] = 1  # to resume after the last one read; not returned
+        strip = False  # whether the documents carry `order_by` only to resume from
+        if projection is not None and order_by not in projection:
+            projection[order_by] = 1
+            strip = True
         last: dict[str, Any] | None = None
         async with self._client.start_session() as session:
             while True:  # one cursor; a new one from `last` if the server lost the first (idle timeout, restart)
