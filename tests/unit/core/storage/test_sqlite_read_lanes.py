@@ -110,15 +110,19 @@ async def test_background_writes_ride_a_requests_commit_while_requests_write(tmp
             await store.insert("run", {"_id": "idle"})  # nobody writing: alone, at once
         assert groups == [["run"]]
         await store.insert("requests", {"_id": "first"})
+        # A hold far longer than the test: the background write can only go with the next request's commit.
+        monkeypatch.setattr(sqlite_adapter, "_BACKGROUND_HOLD_SECONDS", 60.0)
         with background():
             run = asyncio.ensure_future(store.insert("run", {"_id": "busy"}))
-        await asyncio.sleep(0.005)
-        assert not run.done()  # held for the next request's commit
+        await asyncio.sleep(0.05)  # a chance to commit alone, which it must not take
+        assert not run.done() and groups == [["run"], ["requests"]], groups
         await store.insert("requests", {"_id": "second"})
         await run
         assert groups[-1] == ["requests", "run"]
+        monkeypatch.undo()  # the real hold, and nothing recorded from here on
+        groups = record_groups(monkeypatch)
         with background():
             await asyncio.wait_for(store.insert("run", {"_id": "late"}), 1.0)  # the hold is bounded
-        assert groups[-1] == ["run"]
+        assert groups == [["run"]]
     finally:
         await store.close()
