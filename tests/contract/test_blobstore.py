@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -536,6 +537,10 @@ async def test_iter_all_lists_committed_blobs_only(store: BlobStore) -> None:
     await store.append(pending, stream(b"not committed"), offset=0)
     listed = {info.digest: info.size async for info in store.iter_all()}
     assert listed == digests
+    # When the bytes were stored (what GC skips as young): the server's clock, so with room for skew and S3's
+    # whole seconds.
+    stored = [info.modified async for info in store.iter_all()]
+    assert all(m is None or abs(m - time.time()) < 120 for m in stored), stored
     uploads = [(u, t) async for u, t in store.iter_uploads()]
     assert [u for u, _ in uploads] == [pending]
     assert uploads[0][1] > 0

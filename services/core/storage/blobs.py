@@ -8,7 +8,7 @@ The repository link of a blob lives in metadata, not here: this store knows dige
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -19,6 +19,9 @@ from services.core.oci.digest import Digest, Digester
 class BlobInfo:
     digest: Digest
     size: int
+    modified: float | None = field(default=None, compare=False)
+    """When the bytes were stored (unix time), where a listing (`iter_all`) tells; stored content is never
+    rewritten, so it is when they were first stored."""
 
 
 @runtime_checkable

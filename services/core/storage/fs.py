@@ -486,7 +486,8 @@ def _blobs_in(directory: Path, algorithm: str, fan: str) -> list[BlobInfo]:
                 if digest is None or not entry.is_file(follow_symlinks=False):
                     continue
                 with contextlib.suppress(FileNotFoundError):
-                    infos.append(BlobInfo(digest, entry.stat(follow_symlinks=False).st_size))
+                    st = entry.stat(follow_symlinks=False)
+                    infos.append(BlobInfo(digest, st.st_size, st.st_mtime))
     except FileNotFoundError:
         pass
     return infos

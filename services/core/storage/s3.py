@@ -542,7 +542,7 @@ class S3BlobStore:
         async for obj in self._iter_objects(f"{BLOBS}/"):
             digest = blob_digest(self._relative(obj.object_name or ""))
             if digest is not None:
-                yield BlobInfo(digest, obj.size or 0)
+                yield BlobInfo(digest, obj.size or 0, obj.last_modified.timestamp() if obj.last_modified else None)
 
     async def iter_uploads(self) -> AsyncIterator[tuple[str, float]]:
         # Listing order is key order, so each session's objects arrive together.
