@@ -42,7 +42,7 @@ from services.core.settings import TopicSettings
 from services.core.storage import gcmarks as gm
 from services.core.storage import meta as m
 from services.core.storage.blobs import BlobBulkDeleter, BlobStore
-from services.core.storage.documents import Document, DocumentStore, background, scan
+from services.core.storage.documents import Document, DocumentStore, background, delete_each, scan
 from services.gc import candidates as cand
 from services.gc.cache_expiry import CacheExpiry
 from services.gc.digestset import DigestSet, DigestSetBuilder
@@ -91,6 +91,8 @@ LINKS_PER_CLAIM = 500
 the pause after it take ~25 ms, so 500 go well within DELETE_WITHIN_SECONDS."""
 UNLINK_BATCH = 50
 """Blobs whose links go in one outbox change."""
+REMOVE_BATCH = 50
+"""Old marks a run removes in one step (`_remove_marks`)."""
 UNLINK_SHARE = 8
 """Outbox changes of links in flight: gc.concurrency / UNLINK_SHARE (each sends its deletes 16 at a time). On
 FerretDB more of them at once only lengthen the queue of lease locks (measured: 32 changes of 16 blobs at once
@@ -735,8 +737,12 @@ class Collector:
                                result: RunResult) -> None:
         """Stored bytes no repository links (a push that never linked, a link deleted by hand)."""
         seen = {str(d["_id"])[2:]: float(d.get("since", 0.0)) for d in await self.marks.all_in_state(gm.SEEN)}
+        # Bytes stored since the run started (pushes after the links' snapshot, nearly all linked by now) are left
+        # to the next run while a grace period applies: this one would delete none of them, and marking each as
+        # seen cost three commands and a lease lock on FerretDB (~850 a run in a row under bench.gc's pushes).
+        young = started - CLOCK_SLACK_SECONDS if limits.blob_grace_seconds > 0 else float("inf")
         stored = [(str(info.digest), info.size) async for info in self.blobs.iter_all()
-                  if str(info.digest) not in linked]
+                  if str(info.digest) not in linked and (info.modified is None or info.modified < young)]
         await self._sweep_unlinked(stored, linked, seen, options, started, limits, result)
 
     async def _sweep_unlinked(self, stored: list[tuple[str, int]], linked: DigestSet, seen: dict[str, float],
@@ -748,18 +754,17 @@ class Collector:
         waits = {d: (seen.get(d, limits.now) + limits.blob_grace_seconds) for d, _ in stored}
         for digest, _ in delete:
             waits.pop(digest, None)
-        for digest in [d for d in seen if d in linked]:
-            await self.marks.release(gm.blob_key(digest), state=gm.SEEN)
+        await self._each([d for d in seen if d in linked],
+                         lambda d: self.marks.release(gm.blob_key(d), state=gm.SEEN))
         if options.dry_run:
             for digest, size in delete:
                 result.deleted.append(Deleted("blob", "", digest, size))
                 result.blobs_deleted += 1
                 result.bytes_freed += size
             return waits
-        for digest in first_seen:
-            await self.marks.see(gm.blob_key(digest), since=limits.now)
-        for digest, _ in delete:
-            await self.marks.mark(gm.blob_key(digest), run=options.run_id, extra={"links": []}, verdict=True)
+        await self._each(first_seen, lambda d: self.marks.see(gm.blob_key(d), since=limits.now))
+        await self._each(delete, lambda item: self.marks.mark(gm.blob_key(item[0]), run=options.run_id,
+                                                              extra={"links": []}, verdict=True))
         if delete:
             await self._sleep(self.settle)
         for batch in _batches(delete, BATCH):
@@ -805,12 +810,10 @@ class Collector:
                     if str(d["_id"]).startswith("x:")}
         tombs = {str(d["_id"]): d for d in states[gm.DELETED] if str(d["_id"]).startswith("t:")}
         for state in (gm.MARKED, gm.RESCUED):
-            await self.marks.release_each([str(d["_id"]) for d in states[state]
-                                           if not d.get("verdict") and not str(d["_id"]).startswith("x:")],
-                                          state=state, concurrency=self._width())
-        await self.marks.release_each([str(d["_id"]) for d in states[gm.DELETED] if not str(d["_id"]).startswith("t:")
-                                       and now - float(d.get("at", 0.0)) > gm.TOMBSTONE_SECONDS], state=gm.DELETED,
-                                      concurrency=self._width())
+            await self._remove_marks([str(d["_id"]) for d in states[state]
+                                      if not d.get("verdict") and not str(d["_id"]).startswith("x:")], state=state)
+        await self._remove_marks([str(d["_id"]) for d in states[gm.DELETED] if not str(d["_id"]).startswith("t:")
+                                  and now - float(d.get("at", 0.0)) > gm.TOMBSTONE_SECONDS], state=gm.DELETED)
         await self._repair_verdicts(decided, verdicts, tombs, run_id, now, result)
         for doc in states[gm.DELETING]:
             if str(doc["_id"]).startswith("x:"):
@@ -871,8 +874,24 @@ class Collector:
                 gone.append(verdict_id)
         # Marks, then verdicts, then tombstones (gcmarks.py: the order a push reads them in).
         for prefix in ("b:", "x:", "t:"):
-            if batch := [k for k in gone if k.startswith(prefix)]:
+            if keys := [k for k in gone if k.startswith(prefix)]:
+                await self._remove_marks(keys)
+
+    async def _remove_marks(self, keys: list[str], *, state: str | None = None) -> None:
+        """Delete documents of `gc_marks` (each only if still in `state`, when given), REMOVE_BATCH at a time and
+        paced like every step: a run removes the marks, verdicts and tombstones of every blob a run deleted
+        TOMBSTONE_SECONDS ago, three per blob, and in one burst (16 deletes in flight on FerretDB) those of 1,000
+        blobs held the store from the pushes for seconds (bench/README.md: push p99 365-395 ms in the round that
+        removed them, 110-130 ms in the others)."""
+        async def remove(batch: list[str]) -> None:
+            if state is not None:
+                await self.marks.release_each(batch, state=state, concurrency=self._width())
+            elif self.busy_concurrency is not None and self._busy():
+                await delete_each(self.docs, gm.GC_MARKS, [(k, None) for k in batch], concurrency=self._width())
+            else:
                 await self.docs.delete_many(gm.GC_MARKS, batch)
+
+        await self._each(_batches(keys, REMOVE_BATCH), remove, workers=1)
 
     def _event(self, built: events.Built, *, op: int) -> OutboundEvent:
         out = events.outbound(built, self.topics)

@@ -410,3 +410,50 @@ async def test_the_base_model_of_a_kept_adapter_stays(assembly: Assembly) -> Non
         await pull_exact(client, "models/llm", "v1-lora", adapter)
     finally:
         await drop_gc_collections(c)
+
+
+async def test_unlinked_bytes_age_from_first_sight_and_bytes_stored_during_a_run_wait_for_the_next(
+    assembly: Assembly,
+) -> None:
+    """Bytes no repository links (a push that never linked) are marked seen by the first run that finds them and
+    deleted by one a grace period later. Bytes stored since the run started (pushes after its links' snapshot,
+    nearly all linked by the time the listing finds them) get no mark from that run: it would delete none of
+    them, and each mark was three commands and a lease lock on FerretDB. A run with no grace takes them at once."""
+    c = assembly.c
+    now = time.time()
+    data = b"never linked " + uuid.uuid4().bytes
+    upload = await c.blobs.start_upload()
+
+    async def body() -> Any:
+        yield data
+
+    await c.blobs.append(upload, body(), offset=0)
+    digest = (await c.blobs.commit(upload, Digest.of(data))).digest
+    key = gm.blob_key(digest)
+    try:
+        gc = collector(c, clock=lambda: now)  # the bytes were stored after this run started
+        await gc.setup()
+        result = await gc.run(RunOptions(run_id="r1"))
+        assert not result.errors and await c.docs.get(gm.GC_MARKS, key) is None
+
+        gc = collector(c, clock=lambda: now + 600)  # a later run: stored before it started
+        result = await gc.run(RunOptions(run_id="r2"))
+        assert not result.errors and str(digest) not in {d.digest for d in result.deleted}
+        seen = await c.docs.get(gm.GC_MARKS, key)
+        assert seen is not None and seen["state"] == gm.SEEN and seen["since"] == now + 600
+
+        gc = collector(c, clock=lambda: now + 600 + 3600)  # a grace period (3600 s) after first sight
+        result = await gc.run(RunOptions(run_id="r3"))
+        assert not result.errors and str(digest) in {d.digest for d in result.deleted}
+        assert await c.blobs.stat(digest) is None
+
+        upload = await c.blobs.start_upload()
+        await c.blobs.append(upload, body(), offset=0)
+        await c.blobs.commit(upload, digest)
+        gc = collector(c, clock=lambda: now)
+        result = await gc.run(RunOptions(run_id="r4", grace_seconds=0))  # no grace: fresh bytes go too
+        assert not result.errors and str(digest) in {d.digest for d in result.deleted}
+        assert await c.blobs.stat(digest) is None
+    finally:
+        await c.blobs.delete(digest)
+        await drop_gc_collections(c)

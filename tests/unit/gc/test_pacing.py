@@ -14,6 +14,7 @@ from services.core.activity import RequestActivity
 from services.core.policy.document import PolicyDocument
 from services.core.settings import TopicSettings
 from services.core.storage.sqlite import SqliteDocumentStore
+from services.gc import sweep
 from services.gc.mark import BlobCandidate, LinkFacts
 from services.gc.sweep import LINKS_PER_CLAIM, Collector, _by_links
 
@@ -144,6 +145,44 @@ async def test_while_requests_come_a_run_keeps_fewer_steps_in_flight_and_reads_s
         most[0] = 0
         await gc._each(range(40), step)
         assert most[0] == 16, "idle: at full concurrency"
+    finally:
+        await docs.close()
+
+
+async def test_old_marks_go_in_paced_batches_one_delete_at_a_time_while_requests_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run removes three documents of every blob a run deleted TOMBSTONE_SECONDS ago; in one burst (16 deletes
+    in flight on FerretDB) those of 1,000 blobs held the store from pushes for seconds. While requests come on a
+    remote store they go REMOVE_BATCH at a time, one delete in flight, with a pause after each batch."""
+    docs = SqliteDocumentStore(tmp_path / "m.db")
+    busy = [True]
+    try:
+        gc = Collector(docs=docs, blobs=cast(Any, None), outbox=cast(Any, None), topics=TopicSettings(),
+                       default_policy=PolicyDocument(), blob_grace_seconds=0, upload_expiry_seconds=0,
+                       settle_seconds=0, concurrency=16, yield_ratio=1.0, busy=lambda: busy[0], busy_concurrency=1)
+        keys = [f"t:r:b:sha256:{i:064x}" for i in range(sweep.REMOVE_BATCH * 2 + 1)]
+        for key in keys:
+            await docs.insert("gc_marks", {"_id": key, "state": "deleted"})
+        in_flight, most, pauses = [0], [0], [0]
+        real_delete = docs.delete
+
+        async def delete(collection: str, key: str, **kwargs: Any) -> bool:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            try:
+                return await real_delete(collection, key, **kwargs)
+            finally:
+                in_flight[0] -= 1
+
+        async def counted_yield(started: float) -> None:
+            pauses[0] += 1
+
+        monkeypatch.setattr(docs, "delete", delete)
+        monkeypatch.setattr(gc, "_yield", counted_yield)
+        await gc._remove_marks(keys)
+        assert await docs.count("gc_marks") == 0
+        assert most[0] == 1 and pauses[0] == 3  # three batches, each followed by its pause
     finally:
         await docs.close()
 
