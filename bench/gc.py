@@ -15,7 +15,7 @@
    one that lasts as long as that run, the two taking turns going first; p99 with / p99 without
    (target <= 1.5).
 4. **The same on the distributed assembly**: `hanzo-registry distribution` in a process of its own, the collector
-   in this one as the gc service builds it (it paces on the replicas' activity beacons), on FerretDB, SeaweedFS
+   in another as the gc service builds it (it paces on the replicas' activity beacons), on FerretDB, SeaweedFS
    and Kafka from `make infra-up`; 1,000 kept manifests written through FerretDB (`--push-manifests-distributed`).
 
 Nothing is asserted: the numbers go to stdout and reports/bench-gc.json. `--manifests`, `--s3-blobs`,
@@ -277,11 +277,13 @@ Push = Callable[[str, str, bytes, str], Awaitable[tuple[int, str]]]
 
 async def _push_rounds(rounds: int, push: Push,
                        start_run: Callable[[], Awaitable[Awaitable[Any]]],
-                       seed_garbage: Callable[[int], Awaitable[None]]) -> dict[str, Any]:
+                       seed_garbage: Callable[[int], Awaitable[None]], *, lag: LoopLag | None = None
+                       ) -> dict[str, Any]:
     """Rounds of small image pushes back to back, during a GC run and in a window without one as long as that
-    run, the two taking turns going first."""
+    run, the two taking turns going first. `lag`: this loop's lag, reported per kind of window."""
     off: list[float] = []
     on: list[float] = []
+    windows: dict[str, list[tuple[float, float]]] = {"without": [], "during": []}
     runs_seconds: list[float] = []
     cuts: list[tuple[int, int]] = [(0, 0)]
     counter = 0
@@ -305,11 +307,14 @@ async def _push_rounds(rounds: int, push: Push,
         task = asyncio.ensure_future(await start_run())
         await push_for(task.done, on)
         await task
+        windows["during"].append((t, time.perf_counter()))
         return time.perf_counter() - t
 
     async def without_run(window: float) -> None:
-        deadline = time.perf_counter() + window
+        t = time.perf_counter()
+        deadline = t + window
         await push_for(lambda: time.perf_counter() > deadline, off)
+        windows["without"].append((t, time.perf_counter()))
 
     # Windows without a run last as long as the run next to them, and the two take turns going first: a p99 is
     # only comparable over samples of the same length of time on this noisy machine.
@@ -325,7 +330,10 @@ async def _push_rounds(rounds: int, push: Push,
         window = runs_seconds[-1]
         cuts.append((len(off), len(on)))
     p99_off, p99_on = _p99(off), _p99(on)
-    return {"rounds": rounds, "pushes_without": len(off), "pushes_during": len(on),
+    lags = {} if lag is None else {"client_loop_lag_ms": {
+        kind: {"p99": round(_p99(xs) * 1000, 2), "max": round(max(xs) * 1000, 2)}
+        for kind, spans in windows.items() if (xs := [x for a, b in spans for x in lag.between(a, b)])}}
+    return {**lags, "rounds": rounds, "pushes_without": len(off), "pushes_during": len(on),
             "p99_without_ms": round(p99_off * 1000, 1), "p99_during_ms": round(p99_on * 1000, 1),
             "median_without_ms": round(statistics.median(off) * 1000, 1),
             "median_during_ms": round(statistics.median(on) * 1000, 1),
@@ -411,41 +419,41 @@ async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: 
                                    busy_concurrency: int | None = None, busy_page: int | None = None
                                    ) -> dict[str, Any]:
     """Distributed: the distribution service in a process of its own (`hanzo-registry distribution`) and the
-    collector in this one, built as the gc service builds it, on FerretDB, SeaweedFS and Kafka: what a run costs
-    the pushes through the shared metadata store. The blob bytes of the garbage are not written (deleting an
-    absent S3 object is a no-op)."""
+    collector in another (`_collector_child`, built as the gc service builds it), on FerretDB, SeaweedFS and
+    Kafka: what a run costs the pushes through the shared metadata store. The collector used to run in this
+    process, beside the pushing client: its work on this event loop then delayed the client's own reads of
+    the replies, which production (a gc service of its own) never sees; `client_loop_lag_ms` reports what
+    this loop's lag still is. The blob bytes of the garbage are not written (deleting an absent S3 object is
+    a no-op)."""
     import aiohttp
 
     from bench.targets import cleanup, make_target, new_namespace
     from services.core.bootstrap import container
-    from services.gc.runs import GcRuns
 
     namespace = new_namespace()
     root = Path(tempfile.mkdtemp(prefix="hzr-bench-gc-dpush-"))
     target = make_target("distributed", root, namespace)
-    env = distributed_env(namespace)
+    env = {k: v for k, v in distributed_env(namespace).items() if k.startswith("HANZO_REGISTRY_")}
     saved = {k: v for k, v in os.environ.items() if k.startswith("HANZO_REGISTRY_")}
-    os.environ.update({k: v for k, v in env.items() if k.startswith("HANZO_REGISTRY_")})
+    os.environ.update(env)
     try:
-        settings = _settings(root / "gc", gc={"enabled": False, "settle_seconds": 1.0, "yield_ratio": yield_ratio,
-                                              "concurrency": concurrency})
+        settings = _settings(root / "bench", gc={"enabled": False})
     finally:
         for k in [k for k in os.environ if k.startswith("HANZO_REGISTRY_")]:
             del os.environ[k]
         os.environ.update(saved)
+    knobs = {"data_dir": str(root / "gc"), "yield_ratio": yield_ratio, "concurrency": concurrency, "page": page,
+             "busy_concurrency": busy_concurrency, "busy_page": busy_page}
     target.start()
+    child: asyncio.subprocess.Process | None = None
     try:
         await target.wait_ready(timeout=90)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.gc", "--collector-child", json.dumps(knobs), cwd=ROOT,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("HANZO_REGISTRY_")}, **env},
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        collector = await _child_reply(child)  # ready: what the gc service's build gave it
         async with container(settings) as c, aiohttp.ClientSession() as http:
-            collector = _collector(c, settle=1.0)
-            if page is not None:
-                collector.page = page
-            if busy_concurrency is not None:
-                collector.busy_concurrency = busy_concurrency or None
-            if busy_page is not None:
-                collector.busy_page = busy_page or None
-            runs = GcRuns(c.docs, c.outbox, collector, settings.topics)
-            await runs.setup()
             await _seed_documents(c, manifests=manifests, garbage=False, now=time.time(), tag="kept")
 
             async def push(method: str, path: str, body: bytes, content_type: str) -> tuple[int, str]:
@@ -454,23 +462,102 @@ async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: 
                     return resp.status, await resp.text()
 
             async def start_run() -> Awaitable[Any]:
-                return _finished(runs, await runs.start(trigger="api"), outcomes)
+                assert child is not None and child.stdin is not None
+                child.stdin.write(b"run\n")
+                await child.stdin.drain()
+
+                async def finished() -> None:
+                    assert child is not None
+                    outcomes.append(await _child_reply(child))
+                return finished()
 
             async def seed_garbage(r: int) -> None:
                 await _seed_documents(c, manifests=manifests // 10, garbage=True, now=time.time(), tag=f"g{r}")
 
             outcomes: list[dict[str, int]] = []
-            out = await _push_rounds(rounds, push, start_run, seed_garbage)
+            with LoopLag() as lag:
+                out = await _push_rounds(rounds, push, start_run, seed_garbage, lag=lag)
     finally:  # the namespace's database, prefix and topics go with it
+        if child is not None and child.returncode is None:
+            assert child.stdin is not None
+            child.stdin.close()
+            try:
+                await asyncio.wait_for(child.wait(), 30)
+            except TimeoutError:
+                child.kill()
         target.stop()
         await cleanup(target)
         shutil.rmtree(root, ignore_errors=True)
-    from services.gc import service
+    return {"assembly": "distributed", "kept_manifests": manifests, "collector": "a process of its own",
+            **collector, **out, "runs": outcomes}
 
-    return {"assembly": "distributed", "kept_manifests": manifests, "gc_concurrency": service.concurrency(c),
-            "gc_yield_ratio": service.yield_ratio(c), "gc_page": collector.page,
-            "gc_busy_concurrency": collector.busy_concurrency, "gc_busy_page": collector.busy_page, **out,
-            "runs": outcomes}
+
+async def _child_reply(child: asyncio.subprocess.Process) -> dict[str, Any]:
+    assert child.stdout is not None
+    line = await child.stdout.readline()
+    if not line:
+        raise RuntimeError(f"the collector process ended (exit {await child.wait()}); its stderr says why")
+    return dict(json.loads(line))
+
+
+async def _collector_child(knobs: dict[str, Any]) -> None:
+    """The distributed push part's collector, as the gc service builds it, in a process of its own: it says
+    it is ready with its knobs (one JSON line), then for each `run` line on stdin starts a run and answers,
+    once it is over, with what it deleted and its errors."""
+    from services.core.bootstrap import container
+    from services.gc import service
+    from services.gc.runs import GcRuns
+
+    settings = _settings(Path(knobs["data_dir"]), gc={"enabled": False, "settle_seconds": 1.0,
+                                                      "yield_ratio": knobs["yield_ratio"],
+                                                      "concurrency": knobs["concurrency"]})
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    async with container(settings) as c:
+        collector = _collector(c, settle=1.0)
+        if knobs["page"] is not None:
+            collector.page = knobs["page"]
+        if knobs["busy_concurrency"] is not None:
+            collector.busy_concurrency = knobs["busy_concurrency"] or None
+        if knobs["busy_page"] is not None:
+            collector.busy_page = knobs["busy_page"] or None
+        runs = GcRuns(c.docs, c.outbox, collector, settings.topics)
+        await runs.setup()
+        print(json.dumps({"gc_concurrency": service.concurrency(c), "gc_yield_ratio": service.yield_ratio(c),
+                          "gc_page": collector.page, "gc_busy_concurrency": collector.busy_concurrency,
+                          "gc_busy_page": collector.busy_page}), flush=True)
+        while (await reader.readline()).strip() == b"run":
+            outcomes: list[dict[str, int]] = []
+            await _finished(runs, await runs.start(trigger="api"), outcomes)
+            print(json.dumps(outcomes[0]), flush=True)
+
+
+class LoopLag:
+    """How late this event loop wakes a 1 ms sleep: what the pushing client's own timing includes beyond the
+    registry's answer (a busy loop here reads replies late)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []  # (when, lag)
+        self._task: asyncio.Task[None] | None = None
+
+    async def _probe(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            self.samples.append((now, now - t - 0.001))
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._probe())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [lag for when, lag in self.samples if start <= when <= end]
 
 
 def _p99(values: list[float]) -> float:
@@ -519,14 +606,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="kept metadata beside the distributed pushes (written through FerretDB)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["metadata", "s3", "push", "push-distributed"])
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--collector-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.collector_child:
+        asyncio.run(_collector_child(json.loads(args.collector_child)))
+        return 0
     if args.child:
         print(json.dumps(asyncio.run(_child_run(args.child))))
         return 0
     report = asyncio.run(amain(args))
     out = ROOT / "reports" / "bench-gc.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "child"}, **report}, indent=2))
+    out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k not in ("child", "collector_child")},
+                               **report}, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 
