@@ -36,7 +36,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -213,32 +213,23 @@ async def apply_operation(docs: DocumentStore, op: Operation) -> bool:
     raise TypeError(f"unknown operation {op!r}")
 
 
-Pace = Callable[[float], Awaitable[None]]
-"""Awaited after each operation of a change with when (time.monotonic) the operation started: background work
-(a GC run) pauses between its commands there, so that requests' commands interleave with them finely instead
-of waiting out a whole change of hundreds of commands."""
-
-
 async def apply_operations(docs: DocumentStore, ops: Sequence[Operation], *, partial: bool,
-                           concurrency: int | None = None, pace: Pace | None = None) -> Committed:
+                           concurrency: int | None = None) -> Committed:
     """Apply `ops` in order. A losing conditional operation stops the rest, or with `partial` is skipped.
 
     In a partial change, consecutive deletes of distinct documents of one collection are independent of
     each other, so they go together (`delete_each`, `concurrency` at a time, by default _DELETES_IN_FLIGHT:
-    few commands for a GC run's hundreds of links); with `pace`, one at a time, paced."""
+    few commands for a GC run's hundreds of links)."""
     applied: list[bool] = []
     i = 0
     while i < len(ops):
-        run = _delete_run(ops, i) if partial and pace is None else 1
+        run = _delete_run(ops, i) if partial else 1
         if run > 1:
             applied += await _apply_deletes(docs, cast("list[Delete]", ops[i : i + run]),
                                             concurrency or _DELETES_IN_FLIGHT)
             i += run
             continue
-        started = time.monotonic()
         ok = await apply_operation(docs, ops[i])
-        if pace is not None:
-            await pace(started)
         applied.append(ok)
         i += 1
         if not ok and not partial:
@@ -354,13 +345,13 @@ class Outbox:
 
     async def commit(
         self, ops: Sequence[Operation], events: Sequence[OutboundEvent], *, partial: bool = False,
-        concurrency: int | None = None, pace: Pace | None = None,
+        concurrency: int | None = None,
     ) -> Committed:
         """Store the change and its events (module docstring). Without `partial`, ConflictError when a
         compare-and-set lost a race: the operations after it are not applied, and only the events of
         those before it go out (every operation sequence is designed to tolerate such a prefix). With
         `partial`, losing operations are skipped and the result tells which applied; `concurrency` bounds
-        the independent deletes in flight, `pace` paces the operations (apply_operations)."""
+        the independent deletes in flight (apply_operations)."""
         for e in events:
             if e.op is not None and not 0 <= e.op < len(ops):
                 raise ValueError(f"event for operation {e.op} of a change with {len(ops)} operations")
@@ -391,8 +382,7 @@ class Outbox:
                 },
             )
             try:
-                committed = await apply_operations(self._docs, ops, partial=partial, concurrency=concurrency,
-                                                   pace=pace)
+                committed = await apply_operations(self._docs, ops, partial=partial, concurrency=concurrency)
             except BaseException:
                 self._tell_applied(ops, certain=False)
                 raise

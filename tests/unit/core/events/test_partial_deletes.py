@@ -3,7 +3,6 @@ that applying them one by one gives, replays included."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from services.core.events.outbox import Delete, Operation, Put, apply_operations
@@ -30,27 +29,6 @@ async def test_partial_deletes_report_each_operation_as_applied_alone(tmp_path: 
         # Replayed after a crash (the relay recovering the intent): the same answer where the effect holds.
         again = await apply_operations(docs, ops, partial=True)
         assert again.applied == (True, False, True, True, True, True, True)
-    finally:
-        await docs.close()
-
-
-async def test_a_paced_change_applies_one_operation_at_a_time_with_the_same_results(tmp_path: Path) -> None:
-    """`pace` (a GC run behind requests) is awaited after each operation, none in flight meanwhile."""
-    docs = SqliteDocumentStore(tmp_path / "m.db")
-    try:
-        for i in range(3):
-            await docs.insert("links", {"_id": f"r@{i}", "created": float(i)})
-        ops: list[Operation] = [Delete("links", "r@0", expect={"created": 0.0}),
-                                Delete("links", "r@1", expect={"created": 9.0}), Delete("links", "r@2")]
-        paced: list[int] = []
-
-        async def pace(started: float) -> None:
-            assert started <= time.monotonic()
-            paced.append(await docs.count("links"))  # what is left after each operation
-
-        committed = await apply_operations(docs, ops, partial=True, pace=pace)
-        assert committed.applied == (True, False, True)
-        assert paced == [2, 2, 1]
     finally:
         await docs.close()
 
