@@ -143,12 +143,15 @@ class ScanEngine:
         self.limits = Limits(max_layer_bytes=settings.max_layer_bytes, max_entries=settings.max_files)
         self._clock = clock
         self._index_lock = asyncio.Lock()
+        self.rematched_generation = 0
+        """The database generation the stored reports were last re-matched against (Loops)."""
 
     async def setup(self) -> None:
         await self.reports.setup()
         await self.vulndb.setup()
         await self.docs.ensure_collection(INVENTORIES)
         await self.refresh_index(force=True)
+        self.rematched_generation = self.index.generation
 
     # vulnerability database
 
@@ -181,6 +184,9 @@ class ScanEngine:
         return doc
 
     async def _scan(self, repository: str, digest: str, *, force: bool) -> dict[str, Any] | None:
+        # The database as stored now (one read): the loop reloads it only every rematch interval, and a scan
+        # asked for right after an import matched the old records (`scan --rescan --wait` returned that report).
+        await self.refresh_index()
         try:
             node = await walk(self.registry.meta, repository, Digest.parse(digest))
         except ManifestUnknownError:

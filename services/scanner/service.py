@@ -61,8 +61,13 @@ class Loops:
 
     async def once(self) -> None:
         await self.engine.process_requests()
-        if await self.engine.refresh_index():
+        await self.engine.refresh_index()
+        # Compared with what the reports were re-matched against, not with the index: a scan reloads the index
+        # too (ScanEngine._scan), and the reports scanned before that still need the new records.
+        generation = self.engine.index.generation
+        if generation != self.engine.rematched_generation:
             changed = await self.engine.rematch_all()
+            self.engine.rematched_generation = generation
             log.info("vulnerability database changed: %d reports changed", changed)
         if self.vulndb.sources and time.monotonic() >= self._next_sync:
             self._next_sync = time.monotonic() + self.vulndb.sync_interval_seconds

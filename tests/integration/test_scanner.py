@@ -20,6 +20,7 @@ import pytest
 from services.core.events.envelope import decode
 from services.core.runtime import EventConsumer
 from services.scanner import service as scanner
+from services.scanner.engine import ScanEngine
 from tests.integration.conftest import Assembly
 from tests.integration.oci import OCI_INDEX, OCI_MANIFEST, digest_of
 from tests.integration.test_auth_support import Api, admin_key, bearer, token_for
@@ -337,3 +338,35 @@ async def test_grpc_get_report_and_rescan(auth_assembly: Assembly) -> None:
                 assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         finally:
             await server.stop(None)
+
+
+async def test_a_scan_right_after_an_import_matches_what_was_imported(assembly: Assembly) -> None:
+    """A scan reloads the vulnerability index when the stored database changed: the scanner's loop reloads it only
+    every rematch interval, and a scan asked for right after an import matched the old records (`hanzo-registry
+    scan --rescan --wait` returned that report, with none of the new findings). The loop still re-matches the
+    reports scanned before the import."""
+    a = assembly
+    engine = ScanEngine(registry=scanner.build_registry(a.c), docs=a.c.docs, outbox=a.c.outbox,
+                        settings=a.c.settings.scanner, topics=a.c.settings.topics)
+    await engine.setup()  # its index: the database as it is now
+    name = f"GHSA-test-{uuid.uuid4().hex[:8]}"
+    advisory = {**LATER, "id": name, "aliases": [f"CVE-2099-{name}"]}
+    repo = f"team/fresh{uuid.uuid4().hex[:6]}"
+    digest = await push(a.client, {}, repo, "v1", image_layers())
+    before = await engine.scan(repo, digest, force=True)
+    assert before is not None and name not in {f["id"] for f in before["findings"]}
+
+    await engine.vulndb.import_records([advisory], source="test")
+    after = await engine.scan(repo, digest, force=True)
+    assert after is not None
+    assert (name, "minimist") in {(f["id"], f["package"]) for f in after["findings"]}
+
+    other = f"{repo}-b"
+    scanned = await push(a.client, {}, other, "v1", image_layers())
+    await engine.scan(other, scanned, force=True)
+    await engine.vulndb.import_records([{**advisory, "id": name + "-2", "aliases": [f"CVE-2099-{name}-2"]}],
+                                       source="test")
+    await engine.scan(repo, digest, force=True)  # reloads the index: the loop must still re-match `other`
+    await scanner.Loops(engine, 3600.0, a.c.settings.scanner.vulndb).once()
+    report = await engine.reports.get(other, scanned)
+    assert report is not None and name + "-2" in {f["id"] for f in report["findings"]}
