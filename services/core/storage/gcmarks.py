@@ -451,18 +451,14 @@ class GcMarks:
         """Remove the mark (only in `state` when given)."""
         return await self.docs.delete(GC_MARKS, key, expect={"state": state} if state else None)
 
-    async def in_state(self, state: str, *, after: str | None = None, limit: int = 1000) -> list[Document]:
-        return await self.docs.find(GC_MARKS, {"state": state}, after=after, limit=limit)
-
-    async def all_in_state(self, state: str) -> list[Document]:
+    async def all_in_state(self, state: str, *, size: int = 1000) -> list[Document]:
+        """Every mark in `state`, read by one walk (`DocumentStore.batches`): FerretDB 1.x reads and sorts all
+        matching documents for every query, so pages of separate queries (after the last `_id`) cost a whole
+        read each (up to 200 ms for 3,000 tombstones)."""
         out: list[Document] = []
-        after: str | None = None
-        while True:
-            page = await self.in_state(state, after=after)
-            out += page
-            if len(page) < 1000:
-                return out
-            after = str(page[-1]["_id"])
+        async for batch in self.docs.batches(GC_MARKS, {"state": state}, size=size):
+            out += batch
+        return out
 
     async def release_many(self, keys: Iterable[str]) -> None:
         for key in keys:
