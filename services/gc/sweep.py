@@ -42,7 +42,7 @@ from services.core.settings import TopicSettings
 from services.core.storage import gcmarks as gm
 from services.core.storage import meta as m
 from services.core.storage.blobs import BlobBulkDeleter, BlobStore
-from services.core.storage.documents import Document, DocumentStore, background, delete_each, scan
+from services.core.storage.documents import Document, DocumentStore, background, scan
 from services.gc import candidates as cand
 from services.gc.cache_expiry import CacheExpiry
 from services.gc.digestset import DigestSet, DigestSetBuilder
@@ -884,10 +884,8 @@ class Collector:
         blobs held the store from the pushes for seconds (bench/README.md: push p99 365-395 ms in the round that
         removed them, 110-130 ms in the others)."""
         async def remove(batch: list[str]) -> None:
-            if state is not None:
+            if state is not None or (self.busy_concurrency is not None and self._busy()):
                 await self.marks.release_each(batch, state=state, concurrency=self._width())
-            elif self.busy_concurrency is not None and self._busy():
-                await delete_each(self.docs, gm.GC_MARKS, [(k, None) for k in batch], concurrency=self._width())
             else:
                 await self.docs.delete_many(gm.GC_MARKS, batch)
 

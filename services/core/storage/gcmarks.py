@@ -451,12 +451,12 @@ class GcMarks:
         """Remove the mark (only in `state` when given)."""
         return await self.docs.delete(GC_MARKS, key, expect={"state": state} if state else None)
 
-    async def all_in_state(self, state: str, *, size: int = 1000) -> list[Document]:
+    async def all_in_state(self, state: str) -> list[Document]:
         """Every mark in `state`, read by one walk (`DocumentStore.batches`): FerretDB 1.x reads and sorts all
         matching documents for every query, so pages of separate queries (after the last `_id`) cost a whole
         read each (up to 200 ms for 3,000 tombstones)."""
         out: list[Document] = []
-        async for batch in self.docs.batches(GC_MARKS, {"state": state}, size=size):
+        async for batch in self.docs.batches(GC_MARKS, {"state": state}, size=1000):
             out += batch
         return out
 
