@@ -188,6 +188,13 @@ def plan_blobs(links: Iterable[LinkFacts], referenced: set[str], limits: Limits)
     return sorted(by_digest.values(), key=lambda c: c.digest)
 
 
+def linked_since(read: Iterable[LinkFacts], now: Iterable[LinkFacts]) -> bool:
+    """Whether a blob's links `now` include one its candidate's snapshot did not `read` (another repository, or
+    the same link written again): a push linked it after the snapshot, and it stays."""
+    before = {(link.repository, link.created) for link in read}
+    return any((link.repository, link.created) not in before for link in now)
+
+
 def unlinked_garbage(stored: Iterable[tuple[str, int]], linked: Container[str], seen_since: Mapping[str, float],
                      limits: Limits) -> tuple[list[tuple[str, int]], list[str]]:
     """Stored blobs no repository links: (those old enough to delete, those seen for the first time).

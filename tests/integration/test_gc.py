@@ -28,6 +28,7 @@ from tests.integration.gc_support import (
     make_index,
     pull_exact,
     push,
+    unsettled_marks,
 )
 from tests.integration.oci import digest_of
 
@@ -456,4 +457,49 @@ async def test_unlinked_bytes_age_from_first_sight_and_bytes_stored_during_a_run
         assert await c.blobs.stat(digest) is None
     finally:
         await c.blobs.delete(digest)
+        await drop_gc_collections(c)
+
+
+async def test_a_blob_linked_into_another_repository_between_the_snapshot_and_its_mark_stays(
+    assembly: Assembly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount into a repository that did not link the blob when the run read the links, made before the run
+    marked it: the mount read no mark (there was none yet), so only the collector can notice. It reads the
+    claimed blobs' links again after its claim and keeps those linked since (was: the bytes deleted under the
+    new link, and an image pushed over that link later accepted with a layer that would not pull)."""
+    client, c = assembly.client, assembly.c
+    layer = b"mounted while swept " + uuid.uuid4().bytes
+    untagged = make_image(shared=[layer])
+    await push(client, "dangle/app", untagged)  # garbage at grace 0: the manifest, and its blobs with it
+    gc = collector(c, settle=0.01, grace=0.0)
+    await gc.setup()
+    real_mark = gc.marks.mark
+    mounted: list[int] = []
+    done = asyncio.Event()
+
+    async def mount_then_mark(key: str, **kwargs: Any) -> Any:
+        if key.startswith("b:") and not mounted:  # the links were read: this is the first blob mark
+            mounted.append(0)
+            resp = await client.post(f"/v2/dangle/other/blobs/uploads/?mount={digest_of(layer)}&from=dangle/app")
+            mounted[0] = resp.status
+            done.set()
+        if key.startswith("b:"):
+            await done.wait()  # marks go several at a time: none before the mount
+        return await real_mark(key, **kwargs)
+
+    monkeypatch.setattr(gc.marks, "mark", mount_then_mark)
+    try:
+        result = await asyncio.wait_for(gc.run(_run()), 60)
+        assert mounted == [201]
+        assert not result.errors, result.errors
+        assert result.manifests_deleted == 1 and result.blobs_deleted == len(untagged.blobs) - 1, result.deleted
+        resp = await client.get(f"/v2/dangle/other/blobs/{digest_of(layer)}")
+        assert resp.status == 200 and await resp.read() == layer
+        kept = make_image(shared=[layer])
+        await push(client, "dangle/other", kept, "v1")  # finds the layer linked and does not send it
+        await pull_exact(client, "dangle/other", "v1", kept)
+        again = await asyncio.wait_for(gc.run(_run()), 60)  # the blob's marks of the first run are let go
+        assert not again.errors and again.blobs_deleted == 0, again
+        assert await unsettled_marks(c) == []
+    finally:
         await drop_gc_collections(c)

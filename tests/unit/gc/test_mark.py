@@ -11,6 +11,7 @@ from services.gc.mark import (
     LinkFacts,
     ManifestFacts,
     Retention,
+    linked_since,
     plan_blobs,
     plan_manifests,
     referenced_blobs,
@@ -116,6 +117,15 @@ def test_blob_of_a_deleted_manifest_is_garbage() -> None:
 def test_a_young_link_anywhere_keeps_the_blob() -> None:
     links = [LinkFacts("a/one", "b", 1, OLD), LinkFacts("a/two", "b", 1, NEW), LinkFacts("a/three", "b", 1, OLD)]
     assert plan_blobs(links, set(), LIMITS) == []
+
+
+def test_a_link_the_snapshot_did_not_read_keeps_the_blob_a_link_gone_since_does_not() -> None:
+    read = [LinkFacts("a/one", "b", 1, OLD), LinkFacts("a/two", "b", 1, OLD + 1)]
+    assert not linked_since(read, read)
+    assert not linked_since(read, read[:1])  # deleted meanwhile (a repository delete): still garbage
+    assert not linked_since(read, [])
+    assert linked_since(read, [*read, LinkFacts("a/three", "b", 1, OLD)])  # mounted into another repository
+    assert linked_since(read, [read[0], LinkFacts("a/two", "b", 1, NEW)])  # pushed again
 
 
 def test_unlinked_bytes_age_from_first_sight() -> None:
