@@ -188,11 +188,12 @@ def plan_blobs(links: Iterable[LinkFacts], referenced: set[str], limits: Limits)
     return sorted(by_digest.values(), key=lambda c: c.digest)
 
 
-def linked_since(read: Iterable[LinkFacts], now: Iterable[LinkFacts]) -> bool:
-    """Whether a blob's links `now` include one its candidate's snapshot did not `read` (another repository, or
-    the same link written again): a push linked it after the snapshot, and it stays."""
+def linked_since(read: Iterable[LinkFacts], recent: Iterable[LinkFacts]) -> bool:
+    """Whether a blob's `recent` links (written since the run started, or all it has now) include one its
+    candidate's snapshot did not `read` (another repository, or the same link written again): a push linked it
+    after the snapshot, and it stays."""
     before = {(link.repository, link.created) for link in read}
-    return any((link.repository, link.created) not in before for link in now)
+    return any((link.repository, link.created) not in before for link in recent)
 
 
 def unlinked_garbage(stored: Iterable[tuple[str, int]], linked: Container[str], seen_since: Mapping[str, float],

@@ -3,8 +3,8 @@
 Online: nothing is locked; the push path and this run meet on single-document compare-and-sets
 (services/core/storage/gcmarks.py). Per phase: mark every candidate, wait `settle` seconds (once per phase,
 not per batch: a run's time must not grow by `settle` for every 500 candidates), then batch by batch drop
-those a manifest stored since the run started references (and blobs linked anywhere since the snapshot: their
-links are read again), claim the rest (marked -> deleting: a push that rescued
+those a manifest stored since the run started references or a push linked since (anywhere: its links are read
+by `created`), claim the rest (marked -> deleting: a push that rescued
 one first wins), delete, and leave a tombstone. Manifests go first (parents before children, each delete
 conditional on the generation read, through the outbox with its ManifestDeleted event); blobs are planned
 after, from what was really deleted. A run that dies leaves `deleting` marks whose lease runs out: the next
@@ -429,6 +429,18 @@ class Collector:
                            repository=stored.get(f"repo:{repo}"))
         return {repo: Retention(policy.retention.untagged_after_days, policy.retention.keep_last)}
 
+    async def _recent_links(self, started: float) -> dict[str, list[LinkFacts]]:
+        """The blob links written since the run started, by digest. Read after marking (with the recent references):
+        a push that linked a candidate after the snapshot and before its mark read no mark, and a mount into another
+        repository is in no snapshot. One read by `created` (indexed), not one per candidate: FerretDB 1.x answers a
+        query by digest by reading the whole collection, as it does this one."""
+        out: dict[str, list[LinkFacts]] = defaultdict(list)
+        async for batch in self.docs.batches(m.BLOB_LINKS, order_by="created", after=started - CLOCK_SLACK_SECONDS,
+                                             size=self._page, fields=LINK_FIELDS):
+            for doc in batch:
+                out[str(doc["digest"])].append(_link(doc))
+        return out
+
     async def _recent_references(self, started: float) -> set[str]:
         """What manifests stored since the run started, and pushes in flight, reference (as `repo@digest` and
         bare digests). Called after marking: the holds first, so that a push that stores its manifest and
@@ -615,18 +627,13 @@ class Collector:
             await self._sleep(self.settle)
         for batch in _batches(candidates, BATCH):
             recent = await self._recent_references(started)
-            # The links again, now that every mark is written: a push that linked one of these blobs after the
-            # snapshot and before its mark read no mark (there was none), so only this read sees that link
-            # (was: bytes deleted under a mount into another repository). A push that links after it reads the
-            # mark and rescues the blob, or waits out the claim.
-            now = await self._links_now([c.digest for c in batch if c.digest not in recent])
-            stays = {c.digest for c in batch if c.digest in recent or linked_since(c.links, now[c.digest])}
+            linked = await self._recent_links(started)
+            stays = {c.digest for c in batch if c.digest in recent or linked_since(c.links, linked.get(c.digest, []))}
             await self.marks.let_go([gm.blob_key(d) for d in stays], run=options.run_id, concurrency=self._width())
             # Claimed a share at a time, so that each share's links go within DELETE_WITHIN_SECONDS of its claim
             # even paced behind requests (a claim after the check above is as safe as one right after it: a push
             # since has rescued the mark, and the claim then loses).
-            going = [dataclasses.replace(c, links=now[c.digest]) for c in batch if c.digest not in stays]
-            for share in _by_links(going, LINKS_PER_CLAIM):
+            for share in _by_links([c for c in batch if c.digest not in stays], LINKS_PER_CLAIM):
                 claimed_at = self._clock()
                 won = await self._claim_each([gm.blob_key(c.digest) for c in share], options.run_id, claimed_at)
                 claimed = [c for c in share if gm.blob_key(c.digest) in won]
@@ -634,17 +641,6 @@ class Collector:
                     [(c.digest, c.size, [(x.repository, x.created) for x in c.links]) for c in claimed], result,
                     options.run_id, claimed_at, verdicts=options.run_id)
         return deleted
-
-    async def _links_now(self, digests: list[str]) -> dict[str, list[LinkFacts]]:
-        """Each blob's links as they are now: one query a blob, paced like every step."""
-        out: dict[str, list[LinkFacts]] = {}
-
-        async def read(digest: str) -> None:
-            out[digest] = [_link(doc) for doc in await self.docs.find(m.BLOB_LINKS, {"digest": digest},
-                                                                      fields=LINK_FIELDS)]
-
-        await self._each(digests, read, workers=self._width())
-        return out
 
     async def _claim_each(self, keys: list[str], run: str, at: float) -> set[str]:
         """Claim blob marks of run `run` (their `deleting` verdicts), `concurrency` at a time, leased from `at`
@@ -788,10 +784,10 @@ class Collector:
             await self._sleep(self.settle)
         for batch in _batches(delete, BATCH):
             recent = await self._recent_references(started)
+            since = await self._recent_links(started)
             unlinked: list[tuple[str, int]] = []
             for digest, size in batch:
-                # Linked since the snapshot (a push between its put and its link): leave it.
-                if digest in recent or await self.docs.find(m.BLOB_LINKS, {"digest": digest}, limit=1):
+                if digest in recent or digest in since:  # linked since the snapshot (a push between its put and link)
                     await self.marks.let_go([gm.blob_key(digest)], run=options.run_id)
                 else:
                     unlinked.append((digest, size))

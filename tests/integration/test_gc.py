@@ -464,9 +464,9 @@ async def test_a_blob_linked_into_another_repository_between_the_snapshot_and_it
     assembly: Assembly, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A mount into a repository that did not link the blob when the run read the links, made before the run
-    marked it: the mount read no mark (there was none yet), so only the collector can notice. It reads the
-    claimed blobs' links again after its claim and keeps those linked since (was: the bytes deleted under the
-    new link, and an image pushed over that link later accepted with a layer that would not pull)."""
+    marked it: the mount read no mark (there was none yet), so only the collector can notice. After marking, the
+    run reads what was linked since it started and keeps the blob (was: the bytes deleted under the new link,
+    and an image pushed over that link later accepted with a layer that would not pull)."""
     client, c = assembly.client, assembly.c
     layer = b"mounted while swept " + uuid.uuid4().bytes
     untagged = make_image(shared=[layer])

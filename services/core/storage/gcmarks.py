@@ -15,12 +15,11 @@ A mark the collector let go (rescued, or kept after all) is removed.
 
 While a run goes (and for TOMBSTONE_SECONDS after), the push path pays one metadata read per blob link
 (and one per manifest push, for all its references); outside, one read of COLLECTING per NOTICE_SECONDS:
-- a blob link is written first and its mark read after (`after_link`), and the collector reads a blob's links
-  again after marking it (the snapshot it planned from is older): whichever of the push and the collector
-  writes first is seen by the other, so either the collector finds the new link and keeps the blob, or the
-  push rescues a `marked` blob, or it finds
-  `deleting`, waits for the collector to finish and then checks the bytes itself (gone: the caller unlinks
-  and the client uploads the blob again);
+- a blob link is written first and its mark read after (`after_link`), and after marking the collector reads
+  the links written since its run started (the snapshot it planned from is older): whichever of the push and
+  the collector writes first is seen by the other, so either the collector finds the new link and keeps the
+  blob, or the push rescues a `marked` blob, or it finds `deleting`, waits for the collector to finish and
+  then checks the bytes itself (gone: the caller unlinks and the client uploads the blob again);
 - a manifest push first writes a hold naming what it references (`gc_holds`), then reads the marks of those
   (`storing_manifest`), and removes the hold once the manifest is stored: a marked blob or child manifest is
   rescued; one being deleted, or deleted and not stored again since, is refused (MANIFEST_BLOB_UNKNOWN, push
