@@ -503,3 +503,40 @@ async def test_a_blob_linked_into_another_repository_between_the_snapshot_and_it
         assert await unsettled_marks(c) == []
     finally:
         await drop_gc_collections(c)
+
+
+async def test_unlinked_bytes_a_push_links_between_the_snapshot_and_their_mark_stay(
+    assembly: Assembly, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes no repository linked when the run read the links, uploaded and linked by a push before the run
+    marked them: the run reads what was linked since it started and leaves them."""
+    client, c = assembly.client, assembly.c
+    data = b"linked while swept " + uuid.uuid4().bytes
+    upload = await c.blobs.start_upload()
+
+    async def body() -> Any:
+        yield data
+
+    await c.blobs.append(upload, body(), offset=0)
+    digest = (await c.blobs.commit(upload, Digest.of(data))).digest
+    gc = collector(c, settle=0.01, grace=0.0)
+    await gc.setup()
+    real_mark = gc.marks.mark
+    pushed: list[int] = []
+
+    async def push_then_mark(key: str, **kwargs: Any) -> Any:
+        if key == gm.blob_key(digest) and not pushed:
+            resp = await client.post(f"/v2/late/bytes/blobs/uploads/?digest={digest}", data=data,
+                                     headers={"Content-Type": "application/octet-stream"})
+            pushed.append(resp.status)
+        return await real_mark(key, **kwargs)
+
+    monkeypatch.setattr(gc.marks, "mark", push_then_mark)
+    try:
+        result = await asyncio.wait_for(gc.run(_run()), 60)
+        assert pushed == [201]
+        assert not result.errors and str(digest) not in {d.digest for d in result.deleted}, result
+        resp = await client.get(f"/v2/late/bytes/blobs/{digest}")
+        assert resp.status == 200 and await resp.read() == data
+    finally:
+        await drop_gc_collections(c)
