@@ -430,10 +430,12 @@ class Collector:
         return {repo: Retention(policy.retention.untagged_after_days, policy.retention.keep_last)}
 
     async def _recent_links(self, started: float) -> dict[str, list[LinkFacts]]:
-        """The blob links written since the run started, by digest. Read after marking (with the recent references):
-        a push that linked a candidate after the snapshot and before its mark read no mark, and a mount into another
-        repository is in no snapshot. One read by `created` (indexed), not one per candidate: FerretDB 1.x answers a
-        query by digest by reading the whole collection, as it does this one."""
+        """The blob links written since the run started, by digest. Read once every mark of a phase is written: a push
+        that linked a candidate after the snapshot and before its mark read no mark (and a mount into another
+        repository is in no snapshot), and one that links after this read reads the mark (gcmarks.py), so one read
+        a phase is enough however many batches follow (a link-heavy registry would otherwise be read again every
+        500 candidates). One read by `created` (indexed), not one per candidate: FerretDB 1.x answers a query by
+        digest by reading the whole collection, as it does this one."""
         out: dict[str, list[LinkFacts]] = defaultdict(list)
         async for batch in self.docs.batches(m.BLOB_LINKS, order_by="created", after=started - CLOCK_SLACK_SECONDS,
                                              size=self._page, fields=LINK_FIELDS):
@@ -625,9 +627,9 @@ class Collector:
             extra={"links": [{"r": x.repository, "c": x.created} for x in c.links], "size": c.size}))
         if candidates:
             await self._sleep(self.settle)
+        linked = await self._recent_links(started) if candidates else {}
         for batch in _batches(candidates, BATCH):
             recent = await self._recent_references(started)
-            linked = await self._recent_links(started)
             stays = {c.digest for c in batch if c.digest in recent or linked_since(c.links, linked.get(c.digest, []))}
             await self.marks.let_go([gm.blob_key(d) for d in stays], run=options.run_id, concurrency=self._width())
             # Claimed a share at a time, so that each share's links go within DELETE_WITHIN_SECONDS of its claim
@@ -782,9 +784,9 @@ class Collector:
                                                               extra={"links": []}, verdict=True))
         if delete:
             await self._sleep(self.settle)
+        since = await self._recent_links(started) if delete else {}
         for batch in _batches(delete, BATCH):
             recent = await self._recent_references(started)
-            since = await self._recent_links(started)
             unlinked: list[tuple[str, int]] = []
             for digest, size in batch:
                 if digest in recent or digest in since:  # linked since the snapshot (a push between its put and link)
