@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -429,18 +429,19 @@ class Collector:
                            repository=stored.get(f"repo:{repo}"))
         return {repo: Retention(policy.retention.untagged_after_days, policy.retention.keep_last)}
 
-    async def _recent_links(self, started: float) -> dict[str, list[LinkFacts]]:
-        """The blob links written since the run started, by digest. Read once every mark of a phase is written: a push
-        that linked a candidate after the snapshot and before its mark read no mark (and a mount into another
-        repository is in no snapshot), and one that links after this read reads the mark (gcmarks.py), so one read
-        a phase is enough however many batches follow (a link-heavy registry would otherwise be read again every
-        500 candidates). One read by `created` (indexed), not one per candidate: FerretDB 1.x answers a query by
-        digest by reading the whole collection, as it does this one."""
+    async def _recent_links(self, started: float, among: Container[str]) -> dict[str, list[LinkFacts]]:
+        """The blob links written since the run started to the blobs `among` (what the run means to delete; a busy
+        registry links many more), by digest. Read once every mark of a phase is written: a push that linked a
+        candidate after the snapshot and before its mark read no mark (and a mount into another repository is in
+        no snapshot), and one that links after this read reads the mark (gcmarks.py), so one read a phase is
+        enough however many batches follow. One read by `created` (indexed), not one per candidate: FerretDB 1.x
+        answers a query by digest by reading the whole collection, as it does this one."""
         out: dict[str, list[LinkFacts]] = defaultdict(list)
         async for batch in self.docs.batches(m.BLOB_LINKS, order_by="created", after=started - CLOCK_SLACK_SECONDS,
                                              size=self._page, fields=LINK_FIELDS):
             for doc in batch:
-                out[str(doc["digest"])].append(_link(doc))
+                if doc["digest"] in among:
+                    out[str(doc["digest"])].append(_link(doc))
         return out
 
     async def _recent_references(self, started: float) -> set[str]:
@@ -627,7 +628,7 @@ class Collector:
             extra={"links": [{"r": x.repository, "c": x.created} for x in c.links], "size": c.size}))
         if candidates:
             await self._sleep(self.settle)
-        linked = await self._recent_links(started) if candidates else {}
+        linked = await self._recent_links(started, {c.digest for c in candidates}) if candidates else {}
         for batch in _batches(candidates, BATCH):
             recent = await self._recent_references(started)
             stays = {c.digest for c in batch if c.digest in recent or linked_since(c.links, linked.get(c.digest, []))}
@@ -784,7 +785,7 @@ class Collector:
                                                               extra={"links": []}, verdict=True))
         if delete:
             await self._sleep(self.settle)
-        since = await self._recent_links(started) if delete else {}
+        since = await self._recent_links(started, {d for d, _ in delete}) if delete else {}
         for batch in _batches(delete, BATCH):
             recent = await self._recent_references(started)
             unlinked: list[tuple[str, int]] = []
