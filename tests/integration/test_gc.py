@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from services.core.bootstrap import Container
 from services.core.content.registry import Registry
 from services.core.errors import ManifestBlobUnknownError
 from services.core.events.outbox import LEASES
@@ -413,6 +414,17 @@ async def test_the_base_model_of_a_kept_adapter_stays(assembly: Assembly) -> Non
         await drop_gc_collections(c)
 
 
+async def _store_unlinked(c: Container, data: bytes) -> Digest:
+    """Bytes in the blob store that no repository links (an upload committed and never linked)."""
+    upload = await c.blobs.start_upload()
+
+    async def body() -> Any:
+        yield data
+
+    await c.blobs.append(upload, body(), offset=0)
+    return (await c.blobs.commit(upload, Digest.of(data))).digest
+
+
 async def test_unlinked_bytes_age_from_first_sight_and_bytes_stored_during_a_run_wait_for_the_next(
     assembly: Assembly,
 ) -> None:
@@ -423,13 +435,7 @@ async def test_unlinked_bytes_age_from_first_sight_and_bytes_stored_during_a_run
     c = assembly.c
     now = time.time()
     data = b"never linked " + uuid.uuid4().bytes
-    upload = await c.blobs.start_upload()
-
-    async def body() -> Any:
-        yield data
-
-    await c.blobs.append(upload, body(), offset=0)
-    digest = (await c.blobs.commit(upload, Digest.of(data))).digest
+    digest = await _store_unlinked(c, data)
     key = gm.blob_key(digest)
     try:
         gc = collector(c, clock=lambda: now)  # the bytes were stored after this run started
@@ -448,9 +454,7 @@ async def test_unlinked_bytes_age_from_first_sight_and_bytes_stored_during_a_run
         assert not result.errors and str(digest) in {d.digest for d in result.deleted}
         assert await c.blobs.stat(digest) is None
 
-        upload = await c.blobs.start_upload()
-        await c.blobs.append(upload, body(), offset=0)
-        await c.blobs.commit(upload, digest)
+        await _store_unlinked(c, data)
         gc = collector(c, clock=lambda: now)
         result = await gc.run(RunOptions(run_id="r4", grace_seconds=0))  # no grace: fresh bytes go too
         assert not result.errors and str(digest) in {d.digest for d in result.deleted}
@@ -512,13 +516,7 @@ async def test_unlinked_bytes_a_push_links_between_the_snapshot_and_their_mark_s
     marked them: the run reads what was linked since it started and leaves them."""
     client, c = assembly.client, assembly.c
     data = b"linked while swept " + uuid.uuid4().bytes
-    upload = await c.blobs.start_upload()
-
-    async def body() -> Any:
-        yield data
-
-    await c.blobs.append(upload, body(), offset=0)
-    digest = (await c.blobs.commit(upload, Digest.of(data))).digest
+    digest = await _store_unlinked(c, data)
     gc = collector(c, settle=0.01, grace=0.0)
     await gc.setup()
     real_mark = gc.marks.mark
