@@ -446,8 +446,10 @@ class Collector:
 
     async def _recent_references(self, started: float) -> set[str]:
         """What manifests stored since the run started, and pushes in flight, reference (as `repo@digest` and
-        bare digests). Called after marking: the holds first, so that a push that stores its manifest and
-        drops its hold in between is found among the manifests (gcmarks.py)."""
+        bare digests). Read once a phase, after its marks are written: the holds first, so that a push that stores
+        its manifest and drops its hold in between is found among the manifests, and a push that writes its hold
+        after this read reads the marks and rescues what is still marked (gcmarks.py), as for `_recent_links`.
+        Once, not once per batch: FerretDB 1.x reads every manifest for the range on `created`."""
         out = await self.marks.held()
         since = started - CLOCK_SLACK_SECONDS
         async for batch in self.docs.batches(m.MANIFESTS, order_by="created", after=since, size=self._page,
@@ -560,8 +562,8 @@ class Collector:
         if garbage:
             await self._sleep(self.settle)
         paced = time.monotonic()
+        recent = await self._recent_references(started) if garbage else set()
         for batch in _batches(garbage, BATCH):
-            recent = await self._recent_references(started)
             for f in batch:  # parents before children (plan order)
                 await self._yield(paced)
                 paced = time.monotonic()
@@ -629,8 +631,8 @@ class Collector:
         if candidates:
             await self._sleep(self.settle)
         linked = await self._recent_links(started, {c.digest for c in candidates}) if candidates else {}
+        recent = await self._recent_references(started) if candidates else set()
         for batch in _batches(candidates, BATCH):
-            recent = await self._recent_references(started)
             stays = {c.digest for c in batch if c.digest in recent or linked_since(c.links, linked.get(c.digest, []))}
             await self.marks.let_go([gm.blob_key(d) for d in stays], run=options.run_id, concurrency=self._width())
             # Claimed a share at a time, so that each share's links go within DELETE_WITHIN_SECONDS of its claim
@@ -786,8 +788,8 @@ class Collector:
         if delete:
             await self._sleep(self.settle)
         since = await self._recent_links(started, {d for d, _ in delete}) if delete else {}
+        recent = await self._recent_references(started) if delete else set()
         for batch in _batches(delete, BATCH):
-            recent = await self._recent_references(started)
             unlinked: list[tuple[str, int]] = []
             for digest, size in batch:
                 if digest in recent or digest in since:  # linked since the snapshot (a push between its put and link)
