@@ -103,6 +103,7 @@ CANDIDATES_PER_RUN = 10_000
 """Candidates an incremental run examines; the rest wait for the next run."""
 MANIFEST_FIELDS = ("repository", "digest", "created", "references", "subject", "generation", "size")
 LINK_FIELDS = ("repository", "digest", "size", "created")
+TAG_FIELDS = ("repository", "digest")
 
 
 @dataclass
@@ -145,6 +146,50 @@ def _facts(doc: Document) -> ManifestFacts:
 
 def _link(doc: Document) -> LinkFacts:
     return LinkFacts(doc["repository"], doc["digest"], int(doc.get("size") or 0), float(doc.get("created") or 0.0))
+
+
+def _with_tags(held: list[ManifestFacts], tagged: Container[str]) -> list[ManifestFacts]:
+    return [dataclasses.replace(f, tagged=True) if f.digest in tagged else f for f in held]
+
+
+class _TagsInStep:
+    """The tags collection walked once in `_id` order (`repository:name`) beside the manifests' walk
+    (`repository@digest`), handing out each repository's tagged digests as the manifests reach it: one query for
+    the whole snapshot instead of one per repository (on FerretDB 1.x each of those read the whole collection).
+
+    The two walks order repositories alike: they differ only in the separator (':' or '@'), and no character
+    of a repository name lies between the two (the OCI name grammar), so comparing names followed by '@' is
+    the order of both. Tags of a repository with no manifest are passed over."""
+
+    def __init__(self, walk: AsyncIterator[Document]) -> None:
+        self._walk = walk
+        self._next: Document | None = None
+        self._done = False
+
+    async def of(self, repository: str) -> set[str]:
+        """The digests `repository`'s tags point at. Called with repositories in the manifests' order."""
+        key = repository + "@"
+        out: set[str] = set()
+        while not self._done:
+            if self._next is None:
+                try:
+                    self._next = await anext(self._walk)
+                except StopAsyncIteration:
+                    self._done = True
+                    break
+            at = str(self._next["repository"]) + "@"
+            if at > key:
+                break
+            if at == key:
+                out.add(str(self._next["digest"]))
+            self._next = None
+        return out
+
+    async def close(self) -> None:
+        """End the walk (its query) when the snapshot ends early."""
+        aclose = getattr(self._walk, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -358,18 +403,22 @@ class Collector:
 
     async def _repositories(self) -> AsyncIterator[list[ManifestFacts]]:
         """Every repository's manifests, one repository at a time (`_id` = `repository@digest` groups them),
-        without their bytes."""
+        without their bytes, with their tags from one walk of the tags beside it (`_TagsInStep`)."""
         held: list[ManifestFacts] = []
-        async for doc in scan(self.docs, m.MANIFESTS, page=self._page, fields=MANIFEST_FIELDS):
-            if held and doc["repository"] != held[-1].repository:
-                yield await self._tagged(held)
-                held = []
-                await self._pace()  # planning is CPU: let requests in between repositories
-            elif len(held) % YIELD_EVERY == YIELD_EVERY - 1:
-                await self._pace()
-            held.append(_facts(doc))
-        if held:
-            yield await self._tagged(held)
+        tags = _TagsInStep(scan(self.docs, m.TAGS, page=self._page, fields=TAG_FIELDS))
+        try:
+            async for doc in scan(self.docs, m.MANIFESTS, page=self._page, fields=MANIFEST_FIELDS):
+                if held and doc["repository"] != held[-1].repository:
+                    yield _with_tags(held, await tags.of(held[0].repository))
+                    held = []
+                    await self._pace()  # planning is CPU: let requests in between repositories
+                elif len(held) % YIELD_EVERY == YIELD_EVERY - 1:
+                    await self._pace()
+                held.append(_facts(doc))
+            if held:
+                yield _with_tags(held, await tags.of(held[0].repository))
+        finally:
+            await tags.close()
 
     async def _repository(self, repository: str) -> list[ManifestFacts]:
         held = [_facts(doc) async for doc in scan(self.docs, m.MANIFESTS, {"repository": repository}, page=self._page,
@@ -377,10 +426,11 @@ class Collector:
         return await self._tagged(held) if held else []
 
     async def _tagged(self, held: list[ManifestFacts]) -> list[ManifestFacts]:
+        """One repository's manifests with their tags, read by a query of their own (incremental runs)."""
         repository = held[0].repository
         tagged = {str(t["digest"]) async for t in scan(self.docs, m.TAGS, {"repository": repository}, page=self._page,
                                                         fields=("digest",))}
-        return [dataclasses.replace(f, tagged=True) if f.digest in tagged else f for f in held]
+        return _with_tags(held, tagged)
 
     async def _links_by_digest(self) -> AsyncIterator[list[LinkFacts]]:
         """Every blob's links, one blob at a time, in digest order."""
