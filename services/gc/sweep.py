@@ -43,7 +43,7 @@ from services.core.settings import TopicSettings
 from services.core.storage import gcmarks as gm
 from services.core.storage import meta as m
 from services.core.storage.blobs import BlobBulkDeleter, BlobStore
-from services.core.storage.documents import Document, DocumentStore, background, scan
+from services.core.storage.documents import INSERT_BATCH, Document, DocumentStore, background, scan
 from services.gc import candidates as cand
 from services.gc.cache_expiry import CacheExpiry
 from services.gc.digestset import DigestSet, DigestSetBuilder
@@ -607,8 +607,9 @@ class Collector:
             return gone
         stays: set[tuple[str, str]] = set()  # what a manifest that stayed references: it stays too
         # Every mark first, then one settle: not one per batch.
-        await self._each(garbage, lambda f: self.marks.mark(gm.manifest_key(f.repository, f.digest),
-                                                            run=options.run_id, extra={"generation": f.generation}))
+        await self._each(_batches(garbage, INSERT_BATCH), lambda fs: self.marks.mark_each(
+            [gm.manifest_key(f.repository, f.digest) for f in fs], run=options.run_id,
+            extra=[{"generation": f.generation} for f in fs]))
         if garbage:
             await self._sleep(self.settle)
         paced = time.monotonic()
@@ -674,10 +675,10 @@ class Collector:
             return deleted
         # Every mark first, then one settle (not one per batch). Blobs are independent of each other, so each
         # step goes `concurrency` at a time: on a remote metadata store a run is round trips, not work.
-        # Blob marks are decided by verdicts (gcmarks.py): claims and tombstones are inserts.
-        await self._each(candidates, lambda c: self.marks.mark(
-            gm.blob_key(c.digest), run=options.run_id, verdict=True,
-            extra={"links": [{"r": x.repository, "c": x.created} for x in c.links], "size": c.size}))
+        # Blob marks are decided by verdicts (gcmarks.py): claims and tombstones are inserts, a batch a command.
+        await self._each(_batches(candidates, INSERT_BATCH), lambda cs: self.marks.mark_each(
+            [gm.blob_key(c.digest) for c in cs], run=options.run_id, verdict=True,
+            extra=[{"links": [{"r": x.repository, "c": x.created} for x in c.links], "size": c.size} for c in cs]))
         if candidates:
             await self._sleep(self.settle)
         linked = await self._recent_links(started, {c.digest for c in candidates}) if candidates else {}
@@ -698,14 +699,13 @@ class Collector:
         return deleted
 
     async def _claim_each(self, keys: list[str], run: str, at: float) -> set[str]:
-        """Claim blob marks of run `run` (their `deleting` verdicts), `concurrency` at a time, leased from `at`
+        """Claim blob marks of run `run` (their `deleting` verdicts), a batch a command, leased from `at`
         (the instant _finish_blobs counts DELETE_WITHIN_SECONDS from); the rescued ones (a push touched them) are
         let go."""
         if not keys:
             return set()
         paced = time.monotonic()
-        won = await self.marks.claim_verdicts(keys, run=run, until=at + CLAIM_SECONDS,
-                                              concurrency=self._width())
+        won = await self.marks.claim_verdicts(keys, run=run, until=at + CLAIM_SECONDS)
         await self.marks.let_go([k for k in keys if k not in won], run=run, concurrency=self._width())
         await self._yield(paced)
         return won
@@ -786,8 +786,7 @@ class Collector:
         paced = time.monotonic()
         await release([gm.blob_key(d) for d, _, _ in ready if d in failed])
         if verdicts is not None:
-            await self.marks.entomb([gm.blob_key(d) for d, _, _ in ready if d not in failed], run=verdicts,
-                                    concurrency=self._width())
+            await self.marks.entomb([gm.blob_key(d) for d, _, _ in ready if d not in failed], run=verdicts)
         else:
             await self.marks.bury_each([gm.blob_key(d) for d, _, _ in ready if d not in failed], run=run,
                                        concurrency=self._width())
@@ -833,8 +832,8 @@ class Collector:
                 result.bytes_freed += size
             return waits
         await self._each(first_seen, lambda d: self.marks.see(gm.blob_key(d), since=limits.now))
-        await self._each(delete, lambda item: self.marks.mark(gm.blob_key(item[0]), run=options.run_id,
-                                                              extra={"links": []}, verdict=True))
+        await self._each(_batches(delete, INSERT_BATCH), lambda items: self.marks.mark_each(
+            [gm.blob_key(d) for d, _ in items], run=options.run_id, extra=[{"links": []}] * len(items), verdict=True))
         if delete:
             await self._sleep(self.settle)
         since = await self._recent_links(started, {d for d, _ in delete}) if delete else {}

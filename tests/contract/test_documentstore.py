@@ -14,7 +14,14 @@ from typing import Any, Protocol
 
 import pytest
 
-from services.core.storage.documents import DocumentStore, DuplicateKeyError, Index, delete_each, update_each
+from services.core.storage.documents import (
+    DocumentStore,
+    DuplicateKeyError,
+    Index,
+    delete_each,
+    insert_each,
+    update_each,
+)
 from services.core.storage.mongo import LOCKS_COLLECTION, DocumentLockTimeoutError, MongoDocumentStore
 from services.core.storage.sqlite import SqliteDocumentStore
 from tests.conftest import infra
@@ -535,6 +542,19 @@ async def test_batch_update_and_delete_are_a_compare_and_set_per_document(backen
                                     ("k9", None), ("k5", {"until": 5.0, "state": "deleting"})])
     assert gone == {"k0", "k2", "k5"}
     assert sorted(d["_id"] for d in await s.find(c)) == ["k1", "k3", "k4"]
+
+
+async def test_insert_each_inserts_each_alone_and_says_which_were_taken(backend: Backend) -> None:
+    s, c = backend.store, backend.name()
+    await s.ensure_collection(c)
+    await s.insert(c, {"_id": "k003", "n": -1})
+    docs = [{"_id": f"k{i:03d}", "n": i} for i in range(150)] + [{"_id": "k010", "n": 999}]
+    inserted = await insert_each(s, c, docs, batch=64)  # three batches, a duplicate in the first and the last
+    assert inserted == [i != 3 for i in range(150)] + [False]
+    assert await s.count(c) == 150
+    assert await s.get(c, "k003") == {"_id": "k003", "n": -1}  # a taken _id is left as it was
+    assert await s.get(c, "k010") == {"_id": "k010", "n": 10}
+    assert await insert_each(s, c, []) == []
 
 
 async def test_batch_compare_and_sets_race_single_ones_and_each_other_with_one_winner(backend: Backend) -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.core.storage.documents import DuplicateKeyError
+from services.core.storage.documents import DuplicateKeyError, insert_each
 from services.core.storage.mongo import MongoDocumentStore
 from tests.conftest import infra
 
@@ -50,6 +50,16 @@ async def test_concurrent_inserts_share_commands_and_duplicates_fail_alone(
     results = await asyncio.gather(s.insert(coll, {"_id": "twice"}), s.insert(coll, {"_id": "twice"}),
                                    return_exceptions=True)
     assert sorted(type(r).__name__ for r in results) == ["DuplicateKeyError", "NoneType"]
+
+
+async def test_insert_each_sends_a_batch_as_one_command(store: tuple[MongoDocumentStore, str]) -> None:
+    """What GC's marks, claims and tombstones rely on: a batch is one insert_many, not a command a document."""
+    s, coll = store
+    await s.insert(coll, {"_id": "k007"})
+    sent = s._inserts.commands
+    inserted = await insert_each(s, coll, [{"_id": f"k{i:03d}"} for i in range(128)], batch=64)
+    assert inserted == [i != 7 for i in range(128)]
+    assert s._inserts.commands - sent == 2
 
 
 async def test_concurrent_gets_share_commands_and_never_share_documents(

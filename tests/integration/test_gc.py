@@ -252,7 +252,7 @@ async def test_a_push_that_stalls_between_reading_marks_and_storing_keeps_what_i
         await push(client, "hold/app", untagged)  # garbage at grace 0: the manifest, and its blobs with it
         pushed = make_index([untagged]) if reference == "child manifest" else _same_blobs(untagged)
         reached, resume = asyncio.Event(), asyncio.Event()
-        real_ensure, real_mark = registry.meta.ensure_repository, gc.marks.mark
+        real_ensure, real_mark = registry.meta.ensure_repository, gc.marks.mark_each
 
         async def stall_before_storing(*args: Any, **kwargs: Any) -> None:
             reached.set()  # the push has read the marks: none yet
@@ -264,7 +264,7 @@ async def test_a_push_that_stalls_between_reading_marks_and_storing_keeps_what_i
             await real_mark(*args, **kwargs)
 
         monkeypatch.setattr(registry.meta, "ensure_repository", stall_before_storing)
-        monkeypatch.setattr(gc.marks, "mark", mark_after_the_push_read)
+        monkeypatch.setattr(gc.marks, "mark_each", mark_after_the_push_read)
         options = _run()
         running = asyncio.ensure_future(gc.run(options))
         while (await c.docs.get(LEASES, gm.COLLECTING) or {}).get("run") != options.run_id:
@@ -477,21 +477,22 @@ async def test_a_blob_linked_into_another_repository_between_the_snapshot_and_it
     await push(client, "dangle/app", untagged)  # garbage at grace 0: the manifest, and its blobs with it
     gc = collector(c, settle=0.01, grace=0.0)
     await gc.setup()
-    real_mark = gc.marks.mark
+    real_mark = gc.marks.mark_each
     mounted: list[int] = []
     done = asyncio.Event()
 
-    async def mount_then_mark(key: str, **kwargs: Any) -> Any:
-        if key.startswith("b:") and not mounted:  # the links were read: this is the first blob mark
+    async def mount_then_mark(keys: list[str], **kwargs: Any) -> Any:
+        blobs = any(k.startswith("b:") for k in keys)
+        if blobs and not mounted:  # the links were read: these are the first blob marks
             mounted.append(0)
             resp = await client.post(f"/v2/dangle/other/blobs/uploads/?mount={digest_of(layer)}&from=dangle/app")
             mounted[0] = resp.status
             done.set()
-        if key.startswith("b:"):
-            await done.wait()  # marks go several at a time: none before the mount
-        return await real_mark(key, **kwargs)
+        if blobs:
+            await done.wait()  # batches of marks go several at a time: none before the mount
+        return await real_mark(keys, **kwargs)
 
-    monkeypatch.setattr(gc.marks, "mark", mount_then_mark)
+    monkeypatch.setattr(gc.marks, "mark_each", mount_then_mark)
     try:
         result = await asyncio.wait_for(gc.run(_run()), 60)
         assert mounted == [201]
@@ -519,17 +520,17 @@ async def test_unlinked_bytes_a_push_links_between_the_snapshot_and_their_mark_s
     digest = await _store_unlinked(c, data)
     gc = collector(c, settle=0.01, grace=0.0)
     await gc.setup()
-    real_mark = gc.marks.mark
+    real_mark = gc.marks.mark_each
     pushed: list[int] = []
 
-    async def push_then_mark(key: str, **kwargs: Any) -> Any:
-        if key == gm.blob_key(digest) and not pushed:
+    async def push_then_mark(keys: list[str], **kwargs: Any) -> Any:
+        if gm.blob_key(digest) in keys and not pushed:
             resp = await client.post(f"/v2/late/bytes/blobs/uploads/?digest={digest}", data=data,
                                      headers={"Content-Type": "application/octet-stream"})
             pushed.append(resp.status)
-        return await real_mark(key, **kwargs)
+        return await real_mark(keys, **kwargs)
 
-    monkeypatch.setattr(gc.marks, "mark", push_then_mark)
+    monkeypatch.setattr(gc.marks, "mark_each", push_then_mark)
     try:
         result = await asyncio.wait_for(gc.run(_run()), 60)
         assert pushed == [201]

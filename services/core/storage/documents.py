@@ -221,6 +221,33 @@ async def delete_each(
     return {k for (k, _), ok in zip(unique, done, strict=True) if ok}
 
 
+INSERT_BATCH = 64
+"""Documents `insert_each` sends at once."""
+
+
+async def insert_each(docs: DocumentStore, collection: str, items: Sequence[Mapping[str, Any]], *,
+                      batch: int = INSERT_BATCH) -> list[bool]:
+    """`insert` of each of `items` on its own: True where it went in, False where its `_id` was taken (any
+    other error is raised). A batch at a time, all of a batch at once: the adapters share one command among
+    the concurrent inserts of a collection (MongoDB: an unordered `insert_many`; SQLite: one group commit), so
+    a batch costs about one round trip, not one a document (FerretDB on PostgreSQL: 1,000 inserts alone took
+    0.45 s of its CPU, in batches of 64 0.01-0.03 s). One batch in flight: a caller that paces itself behind
+    requests (GC) keeps one command at a time in the store, as with single inserts."""
+
+    async def one(doc: Mapping[str, Any]) -> bool:
+        try:
+            await docs.insert(collection, doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    out: list[bool] = []
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        out += await gather_bounded([one(d) for d in chunk], len(chunk))
+    return out
+
+
 async def gather_bounded(calls: Sequence[Awaitable[_T]], concurrency: int) -> list[_T]:
     """Await `calls`, at most `concurrency` at once; their results in order. A pool of `concurrency` tasks
     takes them in turn, rather than a task each created at once: thousands of tasks made in one go hold the

@@ -71,7 +71,7 @@ from services.core.storage.documents import (
     DuplicateKeyError,
     Index,
     delete_each,
-    gather_bounded,
+    insert_each,
     update_each,
 )
 from services.core.storage.meta import BLOB_LINKS, MANIFESTS
@@ -376,6 +376,20 @@ class GcMarks:
         except DuplicateKeyError:
             await self.docs.put(GC_MARKS, doc)
 
+    async def mark_each(self, keys: Sequence[str], *, run: str, extra: Sequence[Mapping[str, Any]] | None = None,
+                        verdict: bool = False) -> None:
+        """`mark` of many keys (`extra[i]` for `keys[i]`), inserted a batch a command (documents.insert_each); the
+        few with a mark already (seen, rescued, a tombstone) are replaced one by one."""
+        docs: list[dict[str, Any]] = []
+        for i, key in enumerate(keys):
+            doc = {"_id": key, "state": MARKED, "run": run, "at": self._clock(), **(extra[i] if extra else {})}
+            if verdict:
+                doc["verdict"] = True
+            docs.append(doc)
+        for doc, inserted in zip(docs, await insert_each(self.docs, GC_MARKS, docs), strict=True):
+            if not inserted:
+                await self.docs.put(GC_MARKS, doc)
+
     async def see(self, key: str, *, since: float) -> None:
         await self.docs.put(GC_MARKS, {"_id": key, "state": SEEN, "since": since})
 
@@ -390,30 +404,20 @@ class GcMarks:
         return await update_each(self.docs, GC_MARKS, keys, {"state": DELETING, "until": until},
                                  expect={"state": MARKED, "run": run}, concurrency=concurrency)
 
-    async def claim_verdicts(self, keys: Sequence[str], *, run: str, until: float, concurrency: int = 16
-                             ) -> set[str]:
-        """The point of no return of marks with verdicts: insert each one's `deleting` verdict; returns the
-        keys whose insert went in (the others a push rescued first)."""
-        async def one(key: str) -> bool:
-            try:
-                await self.docs.insert(GC_MARKS, {"_id": verdict_key(run, key), "state": DELETING, "run": run,
-                                                  "until": until, "at": self._clock()})
-                return True
-            except DuplicateKeyError:
-                return False
-
-        won = await gather_bounded([one(k) for k in keys], concurrency)
+    async def claim_verdicts(self, keys: Sequence[str], *, run: str, until: float) -> set[str]:
+        """The point of no return of marks with verdicts: insert each one's `deleting` verdict (a batch a
+        command, documents.insert_each); returns the keys whose insert went in (the others a push rescued
+        first)."""
+        verdicts = [{"_id": verdict_key(run, k), "state": DELETING, "run": run, "until": until, "at": self._clock()}
+                    for k in keys]
+        won = await insert_each(self.docs, GC_MARKS, verdicts)
         return {k for k, ok in zip(keys, won, strict=True) if ok}
 
-    async def entomb(self, keys: Sequence[str], *, run: str, concurrency: int = 16) -> None:
-        """Deleted: the tombstones of marks with verdicts of run `run` (module docstring). One already there
-        (a repair finishing what a dead run had finished too) is left as it is."""
-        async def one(key: str) -> None:
-            with contextlib.suppress(DuplicateKeyError):
-                await self.docs.insert(GC_MARKS, {"_id": tombstone_key(run, key), "state": DELETED, "run": run,
-                                                  "at": self._clock()})
-
-        await gather_bounded([one(k) for k in keys], concurrency)
+    async def entomb(self, keys: Sequence[str], *, run: str) -> None:
+        """Deleted: the tombstones of marks with verdicts of run `run` (module docstring), a batch a command. One
+        already there (a repair finishing what a dead run had finished too) is left as it is."""
+        await insert_each(self.docs, GC_MARKS, [{"_id": tombstone_key(run, k), "state": DELETED, "run": run,
+                                                 "at": self._clock()} for k in keys])
 
     async def let_go(self, keys: Sequence[str], *, run: str, concurrency: int = 16) -> None:
         """Remove marks with verdicts of run `run` and their verdicts, mark first (a push that reads the mark
