@@ -21,7 +21,9 @@
 Nothing is asserted: the numbers go to stdout and reports/bench-gc.json. `--manifests`, `--s3-blobs`,
 `--push-rounds`, `--push-manifests` scale each part down on a loaded machine; `--skip` leaves parts out;
 `--gc-concurrency` and `--gc-yield` override `gc.concurrency` (S3 and distributed push parts) and
-`gc.yield_ratio` (push parts); `--gc-page` the collector's page (distributed push part).
+`gc.yield_ratio` (push parts); `--gc-page` the collector's page (distributed push part). Diagnostics of the
+distributed push part: `--gc-announce-only SECONDS` (runs that only announce themselves: the pushes' side of the
+handshake alone) and `--trace-ops` (which of the collector's store calls the slow pushes overlapped).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bench import optrace
 from bench.targets import ROOT, distributed_env
 
 DAY = 86400.0
@@ -277,10 +280,11 @@ Push = Callable[[str, str, bytes, str], Awaitable[tuple[int, str]]]
 
 async def _push_rounds(rounds: int, push: Push,
                        start_run: Callable[[], Awaitable[Awaitable[Any]]],
-                       seed_garbage: Callable[[int], Awaitable[None]], *, lag: LoopLag | None = None
-                       ) -> dict[str, Any]:
+                       seed_garbage: Callable[[int], Awaitable[None]], *, lag: LoopLag | None = None,
+                       spans: list[tuple[float, float]] | None = None) -> dict[str, Any]:
     """Rounds of small image pushes back to back, during a GC run and in a window without one as long as that
-    run, the two taking turns going first. `lag`: this loop's lag, reported per kind of window."""
+    run, the two taking turns going first. `lag`: this loop's lag, reported per kind of window. `spans`: gets
+    each push during a run as (start, end) in wall-clock time (`--trace-ops`)."""
     off: list[float] = []
     on: list[float] = []
     windows: dict[str, list[tuple[float, float]]] = {"without": [], "during": []}
@@ -293,6 +297,7 @@ async def _push_rounds(rounds: int, push: Push,
         while not until():
             counter += 1
             blobs, media_type, manifest = _image(counter)
+            wall = time.time()
             t = time.perf_counter()
             for digest, data in blobs:
                 status, text = await push("POST", f"/v2/bench/push/blobs/uploads/?digest={digest}", data,
@@ -301,6 +306,8 @@ async def _push_rounds(rounds: int, push: Push,
             status, text = await push("PUT", f"/v2/bench/push/manifests/t{counter % 50}", manifest, media_type)
             assert status == 201, text
             into.append(time.perf_counter() - t)
+            if spans is not None and into is on:
+                spans.append((wall, time.time()))
 
     async def during_run() -> float:
         t = time.perf_counter()
@@ -416,8 +423,8 @@ async def _seed_documents(c: Any, *, manifests: int, garbage: bool, now: float, 
 
 async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: float | None = None,
                                    concurrency: int | None = None, page: int | None = None,
-                                   busy_concurrency: int | None = None, busy_page: int | None = None
-                                   ) -> dict[str, Any]:
+                                   busy_concurrency: int | None = None, busy_page: int | None = None,
+                                   announce_only: float | None = None, trace_ops: bool = False) -> dict[str, Any]:
     """Distributed: the distribution service in a process of its own (`hanzo-registry distribution`) and the
     collector in another (`_collector_child`, built as the gc service builds it), on FerretDB, SeaweedFS and
     Kafka: what a run costs the pushes through the shared metadata store. The collector used to run in this
@@ -443,7 +450,10 @@ async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: 
             del os.environ[k]
         os.environ.update(saved)
     knobs = {"data_dir": str(root / "gc"), "yield_ratio": yield_ratio, "concurrency": concurrency, "page": page,
-             "busy_concurrency": busy_concurrency, "busy_page": busy_page}
+             "busy_concurrency": busy_concurrency, "busy_page": busy_page, "announce_only": announce_only,
+             "trace_file": str(root / "ops.json") if trace_ops else None}
+    spans: list[tuple[float, float]] | None = [] if trace_ops else None
+    overlaps: dict[str, Any] = {}
     target.start()
     child: asyncio.subprocess.Process | None = None
     try:
@@ -476,7 +486,11 @@ async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: 
 
             outcomes: list[dict[str, int]] = []
             with LoopLag() as lag:
-                out = await _push_rounds(rounds, push, start_run, seed_garbage, lag=lag)
+                out = await _push_rounds(rounds, push, start_run, seed_garbage, lag=lag, spans=spans)
+            if spans is not None:
+                threshold = out["p99_without_ms"] / 1000
+                overlaps["slow_push_overlap"] = optrace.overlap(spans, optrace.load(root / "ops.json"),
+                                                                lambda seconds: seconds > threshold)
     finally:  # the namespace's database, prefix and topics go with it
         if child is not None and child.returncode is None:
             assert child.stdin is not None
@@ -489,7 +503,7 @@ async def push_latency_distributed(rounds: int, manifests: int, *, yield_ratio: 
         await cleanup(target)
         shutil.rmtree(root, ignore_errors=True)
     return {"assembly": "distributed", "kept_manifests": manifests, "collector": "a process of its own",
-            **collector, **out, "runs": outcomes}
+            **collector, **out, "runs": outcomes, **overlaps}
 
 
 async def _child_reply(child: asyncio.subprocess.Process) -> dict[str, Any]:
@@ -508,6 +522,8 @@ async def _collector_child(knobs: dict[str, Any]) -> None:
     from services.gc import service
     from services.gc.runs import GcRuns
 
+    if knobs.get("trace_file"):
+        optrace.install()
     settings = _settings(Path(knobs["data_dir"]), gc={"enabled": False, "settle_seconds": 1.0,
                                                       "yield_ratio": knobs["yield_ratio"],
                                                       "concurrency": knobs["concurrency"]})
@@ -522,15 +538,37 @@ async def _collector_child(knobs: dict[str, Any]) -> None:
             collector.busy_concurrency = knobs["busy_concurrency"] or None
         if knobs["busy_page"] is not None:
             collector.busy_page = knobs["busy_page"] or None
+        if knobs.get("announce_only"):
+            collector.run = _announcing_only(collector, knobs["announce_only"])
         runs = GcRuns(c.docs, c.outbox, collector, settings.topics)
         await runs.setup()
-        print(json.dumps({"gc_concurrency": service.concurrency(c), "gc_yield_ratio": service.yield_ratio(c),
+        print(json.dumps({"gc_announce_only": knobs.get("announce_only"),
+                          "gc_concurrency": service.concurrency(c), "gc_yield_ratio": service.yield_ratio(c),
                           "gc_page": collector.page, "gc_busy_concurrency": collector.busy_concurrency,
                           "gc_busy_page": collector.busy_page}), flush=True)
         while (await reader.readline()).strip() == b"run":
             outcomes: list[dict[str, int]] = []
             await _finished(runs, await runs.start(trigger="api"), outcomes)
+            if knobs.get("trace_file"):
+                optrace.dump(Path(knobs["trace_file"]))
             print(json.dumps(outcomes[0]), flush=True)
+
+
+def _announcing_only(collector: Any, seconds: float) -> Callable[[Any], Awaitable[Any]]:
+    """A run that only announces itself for `seconds` (`--gc-announce-only`): what the push side's share of the
+    handshake (a mark read per blob link, a hold and the marks' read per manifest) costs, with no collector
+    work beside it."""
+    from services.gc.sweep import RunResult
+
+    async def run(options: Any) -> Any:
+        await collector.marks.announce(options.run_id)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await collector.marks.conclude(options.run_id)
+        return RunResult()
+
+    return run
 
 
 class LoopLag:
@@ -581,7 +619,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         report["push_latency_distributed"] = await push_latency_distributed(
             args.push_rounds, args.push_manifests_distributed, yield_ratio=args.gc_yield,
             concurrency=args.gc_concurrency, page=args.gc_page, busy_concurrency=args.gc_busy_concurrency,
-            busy_page=args.gc_busy_page)
+            busy_page=args.gc_busy_page, announce_only=args.gc_announce_only, trace_ops=args.trace_ops)
         print("push latency (distributed):", json.dumps(report["push_latency_distributed"]), flush=True)
     return report
 
@@ -597,6 +635,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gc-busy-concurrency", type=int,
                         help="steps in flight while requests come, distributed push part (0: no limit)")
     parser.add_argument("--gc-busy-page", type=int, help="the page while requests come, distributed push part")
+    parser.add_argument("--gc-announce-only", type=float, metavar="SECONDS",
+                        help="distributed push part: runs that only announce themselves for this long (what the "
+                             "pushes' side of the handshake costs alone)")
+    parser.add_argument("--trace-ops", action="store_true",
+                        help="distributed push part: rank the collector's kinds of store call by how many slow "
+                             "pushes each overlapped (bench/optrace.py), in the report's slow_push_overlap")
     parser.add_argument("--push-rounds", type=int, default=3)
     parser.add_argument("--push-seconds", type=float, default=10.0,
                         help="unused since windows match the run's length; kept for old command lines")
