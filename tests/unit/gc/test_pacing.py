@@ -201,3 +201,13 @@ def test_blobs_are_claimed_in_shares_of_at_most_500_links() -> None:
     assert shares([1] * 501) == [[1] * 500, [1]]
     assert shares([300, 300, 200, 600, 1]) == [[300], [300, 200], [600], [1]]
     assert shares([]) == []
+
+
+def test_the_link_deletes_pause_longer_only_while_the_share_fits_well_within_its_window() -> None:
+    """sweep.unlink_pause: UNLINK_PAUSE times an outbox change's time, unless that would take the share's
+    unlinking past half of DELETE_WITHIN_SECONDS (then its bytes could not go: they go only within the window)."""
+    half = sweep.DELETE_WITHIN_SECONDS / 2
+    assert sweep.unlink_pause(0.3, since_claim=1.0, left=450, per_item=0.012) == pytest.approx(0.3 * sweep.UNLINK_PAUSE)
+    assert sweep.unlink_pause(0.3, since_claim=half - 0.5, left=0, per_item=0.012) == 0.0  # the pause alone is late
+    assert sweep.unlink_pause(0.3, since_claim=1.0, left=1000, per_item=0.02) == 0.0  # what is left would be late
+    assert sweep.unlink_pause(0.0, since_claim=1.0, left=10, per_item=0.01) == 0.0
