@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import optrace
-from bench.targets import ROOT, distributed_env
+from bench.targets import ROOT, distributed_env, drop_database
 
 DAY = 86400.0
 BLOBS_PER_MANIFEST = 10
@@ -252,18 +252,8 @@ async def s3_deletes(n: int, *, concurrency: int | None = None) -> dict[str, Any
             for name in await _collections(c):
                 await c.docs.drop_collection(name)
             shutil.rmtree(scratch, ignore_errors=True)
-    await _drop_database(mongo["uri"], mongo["database"])  # what the store made beside them (its lock collection)
+    await drop_database(mongo["uri"], mongo["database"])  # what the store made beside them (its lock collection)
     return out
-
-
-async def _drop_database(uri: str, name: str) -> None:
-    from pymongo import AsyncMongoClient
-
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, serverSelectionTimeoutMS=5000)
-    try:
-        await client.drop_database(name)
-    finally:
-        await client.close()
 
 
 async def _collections(c: Any) -> list[str]:

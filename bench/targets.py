@@ -315,21 +315,23 @@ async def cleanup(target: Target) -> list[str]:
     return []
 
 
+async def drop_database(uri: str, name: str) -> None:
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri, serverSelectionTimeoutMS=5000)
+    try:
+        await client.drop_database(name)
+    finally:
+        await client.close()
+
+
 async def cleanup_distributed(target: Target) -> list[str]:
     """Drop the namespace's Mongo database, S3 prefix and Kafka topics; return what failed."""
     problems: list[str] = []
     env, ns = target.env, target.namespace
     assert ns is not None
     try:
-        from pymongo import AsyncMongoClient
-
-        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-            env["HANZO_REGISTRY_METADATA__URI"], serverSelectionTimeoutMS=5000
-        )
-        try:
-            await client.drop_database(env["HANZO_REGISTRY_METADATA__DATABASE"])
-        finally:
-            await client.close()
+        await drop_database(env["HANZO_REGISTRY_METADATA__URI"], env["HANZO_REGISTRY_METADATA__DATABASE"])
     except Exception as exc:
         problems.append(f"mongo: {exc!r}")
     try:

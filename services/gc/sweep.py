@@ -736,22 +736,20 @@ class Collector:
             else:
                 await self.marks.release_each(keys, concurrency=self._width())
 
-        unlinked = {"done": 0, "work": 0.0}
+        unlinked, unlinking = 0, 0.0  # items and seconds of the outbox changes so far
 
         async def unlink(items: list[tuple[str, int, list[tuple[str, float]]]]) -> None:
+            nonlocal unlinked, unlinking
             began = time.monotonic()
-            try:
-                await unlink_now(items)
-            finally:
-                work = time.monotonic() - began
-                unlinked["done"] += len(items)
-                unlinked["work"] += work
-                if self.busy_concurrency is not None and self._busy():
-                    per_item = unlinked["work"] * (1 + self.yield_ratio) / unlinked["done"]
-                    pause = unlink_pause(work, since_claim=self._clock() - claimed_at,
-                                         left=len(claimed) - int(unlinked["done"]), per_item=per_item)
-                    if pause:
-                        await self._sleep(pause)
+            await unlink_now(items)
+            work = time.monotonic() - began
+            unlinked += len(items)
+            unlinking += work
+            if self.busy_concurrency is not None and self._busy():
+                pause = unlink_pause(work, since_claim=self._clock() - claimed_at, left=len(claimed) - unlinked,
+                                     per_item=unlinking * (1 + self.yield_ratio) / unlinked)
+                if pause:
+                    await self._sleep(pause)
 
         async def unlink_now(items: list[tuple[str, int, list[tuple[str, float]]]]) -> None:
             ops: list[Delete] = []

@@ -366,26 +366,19 @@ class GcMarks:
                    verdict: bool = False) -> None:
         """Phase one: mark `key` for run `run` (replacing a seen, rescued or stale mark); with `verdict`, a
         mark decided by verdicts (module docstring: `claim_verdicts`, `entomb`, `let_go`)."""
-        doc = {"_id": key, "state": MARKED, "run": run, "at": self._clock(), **(extra or {})}
-        if verdict:
-            doc["verdict"] = True
-        try:
-            # Most keys have no mark yet: an insert is one atomic command even on FerretDB, where a replace
-            # takes its lease lock (three round trips). An existing one (seen, rescued, a tombstone) is replaced.
-            await self.docs.insert(GC_MARKS, doc)
-        except DuplicateKeyError:
-            await self.docs.put(GC_MARKS, doc)
+        await self.mark_each([key], run=run, extra=[extra] if extra else None, verdict=verdict)
 
     async def mark_each(self, keys: Sequence[str], *, run: str, extra: Sequence[Mapping[str, Any]] | None = None,
                         verdict: bool = False) -> None:
-        """`mark` of many keys (`extra[i]` for `keys[i]`), inserted a batch a command (documents.insert_each); the
-        few with a mark already (seen, rescued, a tombstone) are replaced one by one."""
+        """`mark` of many keys (`extra[i]` for `keys[i]`), inserted a batch a command (documents.insert_each)."""
         docs: list[dict[str, Any]] = []
         for i, key in enumerate(keys):
             doc = {"_id": key, "state": MARKED, "run": run, "at": self._clock(), **(extra[i] if extra else {})}
             if verdict:
                 doc["verdict"] = True
             docs.append(doc)
+        # Most keys have no mark yet: an insert is one atomic command even on FerretDB, where a replace takes its
+        # lease lock (three round trips). The few with one already (seen, rescued, a tombstone) are replaced.
         for doc, inserted in zip(docs, await insert_each(self.docs, GC_MARKS, docs), strict=True):
             if not inserted:
                 await self.docs.put(GC_MARKS, doc)
