@@ -33,7 +33,10 @@ their tag events (`tag_set_changed`, from the distribution service's event follo
 another's new tag within the event's delivery time, and within the TTL at worst (the event log down). A read
 that began before a change it raced is not kept. FerretDB 1.x reads and sorts a repository's tags in its own
 process for every listing (1,000 names: ~40 ms), MongoDB answers it from the index; either way a repeated
-listing, and every page of a paged walk after the first, costs no command.
+listing, and every page of a paged walk after the first, costs no command. A continuation page (`last=`) that
+finds no names kept reads and keeps them all too (a walk spread over replicas by a load balancer, or one that
+outlived a change): one read per replica, not one per page. Only a repository with more than `TAG_LIST_NAMES`
+tags is paged from the index page by page.
 
 A manifest GET by tag reads the tag and then serves the manifest's record from a bounded in-process cache
 (`tagged_manifest`): manifests are content-addressed, so a cached record of `<repo>@<digest>` holds the stored
@@ -223,6 +226,9 @@ class _TagNames:
         self._seq = 0
         self._changed: dict[str, int] = {}
         self._floor = 0
+        # Repositories last read with more than TAG_LIST_NAMES names, until when: a continuation page of theirs
+        # reads only its page instead of trying to keep them again.
+        self._too_big: dict[str, float] = {}
 
     def get(self, repository: str) -> list[str] | None:
         entry = self._names.get(repository)
@@ -236,6 +242,14 @@ class _TagNames:
     def begin(self) -> int:
         return self._seq
 
+    def too_big(self, repository: str) -> bool:
+        return self._too_big.get(repository, float("-inf")) >= self._clock()
+
+    def mark_too_big(self, repository: str) -> None:
+        if len(self._too_big) >= self._MAX_CHANGED:
+            self._too_big.clear()
+        self._too_big[repository] = self._clock() + self.ttl
+
     def put(self, repository: str, names: list[str], began: int) -> None:
         if self.ttl <= 0 or began < self._floor or self._changed.get(repository, 0) > began:
             return
@@ -248,6 +262,7 @@ class _TagNames:
         """Drop every kept name, and refuse the names of reads begun before now."""
         self._names.clear()
         self._changed.clear()
+        self._too_big.clear()
         self._seq += 1
         self._floor = self._seq
 
@@ -464,14 +479,22 @@ class MetadataStore:
         """Names in code point order, after `after`, at most `limit`; cached as the module docstring says."""
         names = self._tag_names.get(repository)
         if names is None:
-            if after is not None:
-                # A continuation whose names are not kept: the repository is too big, or changed meanwhile.
+            if self._tag_names.ttl <= 0 or (after is not None and self._tag_names.too_big(repository)):
+                # Nothing would be kept: read only what is asked.
                 return await self._tag_names_from_index(repository, after=after, limit=limit)
+            # Read them all to keep them, a continuation page too: its walk may have begun on another replica
+            # (each page of a round-robin walk lands on a different one) or before the names changed, and on
+            # FerretDB 1.x a page costs as much as all the repository's names (it reads and sorts them all).
             began = self._tag_names.begin()
-            bounded = None if limit is None else max(limit, TAG_LIST_NAMES + 1)
-            names = await self._tag_names_from_index(repository, after=None, limit=bounded)
+            whole = limit is None and after is None
+            names = await self._tag_names_from_index(
+                repository, after=None, limit=None if whole else max(limit or 0, TAG_LIST_NAMES + 1))
             if len(names) <= TAG_LIST_NAMES:
                 self._tag_names.put(repository, names, began)
+            else:
+                self._tag_names.mark_too_big(repository)
+                if after is not None:
+                    return await self._tag_names_from_index(repository, after=after, limit=limit)
         start = 0 if after is None else bisect.bisect_right(names, after)
         return names[start:] if limit is None else names[start : start + limit]
 

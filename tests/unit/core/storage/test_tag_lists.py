@@ -5,7 +5,6 @@ the TTL; a read that raced a change is not kept."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,12 @@ class _Counting(SqliteDocumentStore):
     finds = 0
     hold: asyncio.Event | None = None
 
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.limits: list[int | None] = []  # each find's `limit`
+
     async def find(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.limits.append(kwargs.get("limit"))
         found = await super().find(*args, **kwargs)
         self.finds += 1  # counted once it has read: a test waiting for a read then knows what it read
         if self.hold is not None:
@@ -120,7 +124,8 @@ async def test_a_read_that_raced_a_tag_commit_is_not_kept(tmp_path: Path) -> Non
 async def test_a_repository_with_more_tags_than_are_kept_pages_from_the_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    docs, store, outbox = await _world(tmp_path, [time.monotonic()])
+    now = [0.0]
+    docs, store, outbox = await _world(tmp_path, now)
     monkeypatch.setattr(m, "TAG_LIST_NAMES", 20)
     try:
         for i in range(45):
@@ -130,6 +135,37 @@ async def test_a_repository_with_more_tags_than_are_kept_pages_from_the_index(
         assert [len(p) for p in pages] == [10] * 4 + [5] and docs.finds == 6
         assert len(await store.list_tags("r")) == 45 and docs.finds == 7
         assert len(await store.list_tags("r")) == 45 and docs.finds == 8
+        # Entered by a continuation (its size forgotten after the TTL): one read finds the repository too big
+        # to keep, one reads the page; from then on a page is one read of that page.
+        now[0] += m.TAG_LIST_SECONDS + 1
+        docs.finds = 0
+        assert await store.list_tags("r", after="t09", limit=10) == [f"t{i}" for i in range(10, 20)]
+        assert docs.finds == 2 and not store.tag_names_kept("r")
+        assert await store.list_tags("r", after="t19", limit=10) == [f"t{i}" for i in range(20, 30)]
+        assert await store.list_tags("r", after="t39") == [f"t{i}" for i in range(40, 45)]
+        assert docs.finds == 4
+    finally:
+        await docs.close()
+
+
+async def test_a_walk_entered_by_a_continuation_reads_once_and_keeps_the_names(tmp_path: Path) -> None:
+    # Another replica served the walk's first page (a load balancer's round robin), or the names were dropped
+    # mid-walk: the first continuation page here reads them all, keeps them, and the rest of the walk reads none.
+    docs, store, outbox = await _world(tmp_path, [0.0])
+    try:
+        names = [f"v{i:03d}" for i in range(250)]
+        for name in names:
+            await _tag(outbox, store, name)
+        docs.finds = 0
+        assert await store.list_tags("r", after="v099", limit=100) == names[100:200]
+        assert await store.list_tags("r", after="v199", limit=100) == names[200:]
+        assert await store.list_tags("r", after="v249", limit=100) == []
+        assert await store.list_tags("r", after="v009") == names[10:]
+        assert docs.finds == 1 and store.tag_names_kept("r")
+        store.tag_set_changed("r")  # another replica's tag event mid-walk: one read more, then none
+        assert await store.list_tags("r", after="v149", limit=50) == names[150:200]
+        assert await store.list_tags("r", after="v199", limit=50) == names[200:]
+        assert docs.finds == 2
     finally:
         await docs.close()
 
@@ -143,6 +179,10 @@ async def test_by_default_names_are_never_kept(tmp_path: Path) -> None:
         for _ in range(3):
             assert await store.list_tags("r") == ["a"]
         assert docs.finds == 3
+        # Nothing is kept, so a page reads only itself (not every name, to keep them).
+        docs.limits.clear()
+        assert await store.list_tags("r", limit=1) == ["a"] and await store.list_tags("r", after="a", limit=1) == []
+        assert docs.limits == [1, 1]
     finally:
         await docs.close()
 
