@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -130,6 +132,51 @@ async def verify_blob(http: aiohttp.ClientSession, base: str, repo: str, digest:
         raise ops.BenchError(f"{repo}@{digest} came back as sha256:{h.hexdigest()}")
 
 
+def sha256_seconds(size: int) -> float:
+    """One core's time to SHA-256 `size` bytes here (best of three): the one hash a cold pull cannot skip."""
+    buf = os.urandom(MIB)
+    best = float("inf")
+    for _ in range(3):
+        h, left, t = hashlib.sha256(), size, time.perf_counter()
+        while left > 0:
+            h.update(buf[: min(left, MIB)])
+            left -= MIB
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def write_seconds(size: int, directory: Path) -> float:
+    """Time to write `size` bytes to a new file on the disk our registry stores on, no fsync (best of three
+    files, all kept until the last is written, as a cache keeps what it stored): a cache has to store what it
+    passes on. On this virtual machine the page cache's new pages are dear: 256 MiB took 0.3-0.8 s of kernel
+    time a file while the page cache grew (dd, five files kept), 0.05-0.06 s into pages freed just before; perf
+    puts ~45 % of our registry's CPU during cold pulls in that copy (`copy_folio_from_iter_atomic`)."""
+    buf = os.urandom(MIB)
+    best = float("inf")
+    with contextlib.ExitStack() as files:
+        for _ in range(3):
+            f = files.enter_context(tempfile.NamedTemporaryFile(dir=directory))
+            left, t = size, time.perf_counter()
+            while left > 0:
+                left -= os.write(f.fileno(), buf[: min(left, MIB)])
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def cold_bound(result: dict[str, Any]) -> float:
+    """An upper bound of cold / direct on this machine, from what was measured: a cold pull costs at least the
+    direct pull's CPU (the upstream serving, the client receiving) plus our registry receiving the same bytes
+    from the upstream (taken as the client's CPU for them: the same aiohttp receive), hashing them once and
+    writing them to the page cache, and on `cores` cores running in perfect parallel it takes at least that CPU
+    over the cores. Our sends to the client, the store's commit and every Python step are left out, and the
+    hash and the write are the best of three runs alone, so the real ceiling lies below."""
+    cpu = result["cpu_seconds"]
+    client, upstream = float(statistics.median(cpu["direct_client"])), float(statistics.median(cpu["direct_upstream"]))
+    direct = float(result["layer_mib"]) / float(result["direct_mib_s"])
+    cpu_floor = upstream + 2 * client + float(result["sha256_s"]) + float(result["write_s"])
+    return direct / max(direct, cpu_floor / int(result["cores"]))
+
+
 async def run_assembly(assembly: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     size = args.mib * MIB
     upstream = make_target("distribution", root / "upstream")
@@ -149,7 +196,7 @@ async def run_assembly(assembly: str, args: argparse.Namespace, root: Path) -> d
         for t in targets:
             await t.wait_ready(timeout=90)
         samples: dict[str, list[float]] = {m: [] for m in MODES}
-        cpu: dict[str, list[float]] = {f"{m}_{who}": [] for m in MODES for who in ("ours", "upstream")}
+        cpu: dict[str, list[float]] = {f"{m}_{who}": [] for m in MODES for who in ("ours", "upstream", "client")}
         cpu["cold_stored_ours"] = []
         stored_after: list[float] = []
         async with ops.session() as http:
@@ -157,7 +204,9 @@ async def run_assembly(assembly: str, args: argparse.Namespace, root: Path) -> d
 
             async def timed(mode: str, base: str, repo: str, tag: str, layer: str) -> None:
                 ours_cpu, up_cpu = cpu_seconds(tree(ours.pid)), cpu_seconds(tree(upstream.pid))
+                client_cpu = time.process_time()
                 seconds, n = await pull_image(http, base, repo, tag)
+                cpu[f"{mode}_client"].append(round(time.process_time() - client_cpu, 3))
                 if n < size:
                     raise ops.BenchError(f"{mode}: pulled {n} bytes, expected at least {size}")
                 samples[mode].append(n / MIB / seconds)
@@ -182,7 +231,7 @@ async def run_assembly(assembly: str, args: argparse.Namespace, root: Path) -> d
                     await timed(mode, base, repo, tag, layer_digest)
             await verify_blob(http, ours.base, "cache/up/bench/big", BlobSource(seed, size).digest)
         med = {m: statistics.median(v) for m, v in samples.items()}
-        return {
+        result = {
             "assembly": assembly,
             "layer_mib": args.mib,
             "rounds": args.rounds,
@@ -192,7 +241,12 @@ async def run_assembly(assembly: str, args: argparse.Namespace, root: Path) -> d
             "samples_mib_s": {m: [round(x, 1) for x in v] for m, v in samples.items()},
             "cpu_seconds": cpu,
             "cold_stored_after_s": stored_after,
+            "sha256_s": round(sha256_seconds(size), 3),
+            "write_s": round(write_seconds(size, root), 3),
+            "cores": os.cpu_count() or 1,
         }
+        result["cold_vs_direct_bound"] = round(cold_bound(result), 3)
+        return result
     finally:
         for t in reversed(targets):
             t.stop()
@@ -211,6 +265,24 @@ def table(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]
     )
     body.append(
         [f"warm / local (target >= {WARM_TARGET})", "ratio", *[f"{results[n]['warm_vs_local']:.2f}x" for n in names]]
+    )
+    body.append(
+        [
+            "cold / direct at most, on this machine (cold_bound)",
+            "ratio",
+            *[f"{results[n]['cold_vs_direct_bound']:.2f}x" for n in names],
+        ]
+    )
+    body.append(["SHA-256 of the layer, one core", "s", *[f"{results[n]['sha256_s']:.3f}" for n in names]])
+    body.append(
+        ["writing the layer to the page cache, one core", "s", *[f"{results[n]['write_s']:.3f}" for n in names]]
+    )
+    body.append(
+        [
+            "CPU of the client, direct pull (median)",
+            "s",
+            *[f"{statistics.median(results[n]['cpu_seconds']['direct_client']):.2f}" for n in names],
+        ]
     )
     body.append(
         [
@@ -243,7 +315,8 @@ def checks(result: dict[str, Any]) -> list[tuple[bool, str]]:
         (
             result["cold_vs_direct"] >= COLD_TARGET,
             f"{a}: cold pull {result['cold_mib_s']:,.1f} MiB/s vs direct {result['direct_mib_s']:,.1f} MiB/s = "
-            f"{result['cold_vs_direct']:.2f}x (target >= {COLD_TARGET}x)",
+            f"{result['cold_vs_direct']:.2f}x (target >= {COLD_TARGET}x; at most "
+            f"{result['cold_vs_direct_bound']:.2f}x on this machine's {result['cores']} cores, cold_bound)",
         ),
         (
             result["warm_vs_local"] >= WARM_TARGET,
