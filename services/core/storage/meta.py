@@ -35,8 +35,8 @@ that began before a change it raced is not kept. FerretDB 1.x reads and sorts a 
 process for every listing (1,000 names: ~40 ms), MongoDB answers it from the index; either way a repeated
 listing, and every page of a paged walk after the first, costs no command. A continuation page (`last=`) that
 finds no names kept reads and keeps them all too (a walk spread over replicas by a load balancer, or one that
-outlived a change): one read per replica, not one per page. Only a repository with more than `TAG_LIST_NAMES`
-tags is paged from the index page by page.
+outlived a change): one read per replica, not one per page. A repository with more than `TAG_LIST_NAMES` tags is
+paged from the index page by page (known as such for `TAG_LIST_TOO_BIG_SECONDS` after a read found it).
 
 A manifest GET by tag reads the tag and then serves the manifest's record from a bounded in-process cache
 (`tagged_manifest`): manifests are content-addressed, so a cached record of `<repo>@<digest>` holds the stored
@@ -71,6 +71,9 @@ KNOWN_MAX_ENTRIES = 50_000
 TAG_LIST_SECONDS = 10.0
 TAG_LIST_NAMES = 10_000
 """Repositories with more tags are listed and paged straight from the index (their names are not kept)."""
+TAG_LIST_TOO_BIG_SECONDS = 600.0
+"""How long a repository found with more than TAG_LIST_NAMES tags is paged from the index without another try at
+keeping its names (each try reads TAG_LIST_NAMES + 1 of them)."""
 TAG_LIST_BYTES = 16 << 20
 RECORD_CACHE_BYTES = 32 << 20
 """What the tagged-manifest cache may hold (manifest bytes; a record larger than an eighth is not cached)."""
@@ -226,8 +229,8 @@ class _TagNames:
         self._seq = 0
         self._changed: dict[str, int] = {}
         self._floor = 0
-        # Repositories last read with more than TAG_LIST_NAMES names, until when: a continuation page of theirs
-        # reads only its page instead of trying to keep them again.
+        # Repositories last read with more than TAG_LIST_NAMES names, until when: a listing of theirs reads only
+        # what it asks for instead of trying to keep them again.
         self._too_big: dict[str, float] = {}
 
     def get(self, repository: str) -> list[str] | None:
@@ -248,7 +251,7 @@ class _TagNames:
     def mark_too_big(self, repository: str) -> None:
         if len(self._too_big) >= self._MAX_CHANGED:
             self._too_big.clear()
-        self._too_big[repository] = self._clock() + self.ttl
+        self._too_big[repository] = self._clock() + TAG_LIST_TOO_BIG_SECONDS
 
     def put(self, repository: str, names: list[str], began: int) -> None:
         if self.ttl <= 0 or began < self._floor or self._changed.get(repository, 0) > began:
@@ -479,7 +482,7 @@ class MetadataStore:
         """Names in code point order, after `after`, at most `limit`; cached as the module docstring says."""
         names = self._tag_names.get(repository)
         if names is None:
-            if self._tag_names.ttl <= 0 or (after is not None and self._tag_names.too_big(repository)):
+            if self._tag_names.ttl <= 0 or self._tag_names.too_big(repository):
                 # Nothing would be kept: read only what is asked.
                 return await self._tag_names_from_index(repository, after=after, limit=limit)
             # Read them all to keep them, a continuation page too: its walk may have begun on another replica

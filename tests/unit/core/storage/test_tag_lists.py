@@ -135,9 +135,9 @@ async def test_a_repository_with_more_tags_than_are_kept_pages_from_the_index(
         assert [len(p) for p in pages] == [10] * 4 + [5] and docs.finds == 6
         assert len(await store.list_tags("r")) == 45 and docs.finds == 7
         assert len(await store.list_tags("r")) == 45 and docs.finds == 8
-        # Entered by a continuation (its size forgotten after the TTL): one read finds the repository too big
-        # to keep, one reads the page; from then on a page is one read of that page.
-        now[0] += m.TAG_LIST_SECONDS + 1
+        # Entered by a continuation once its size is forgotten: one read finds the repository too big to keep,
+        # one reads the page; from then on a page is one read of that page.
+        now[0] += m.TAG_LIST_TOO_BIG_SECONDS + 1
         docs.finds = 0
         assert await store.list_tags("r", after="t09", limit=10) == [f"t{i}" for i in range(10, 20)]
         assert docs.finds == 2 and not store.tag_names_kept("r")
