@@ -108,6 +108,16 @@ async def test_bad_credentials_get_the_form_again(auth_assembly: Assembly) -> No
     assert "hzr_console=" not in resp.headers.get("Set-Cookie", "")
 
 
+async def test_without_an_oidc_issuer_there_is_no_single_sign_on(auth_assembly: Assembly) -> None:
+    # (With one: tests/integration/test_oidc.py.)
+    a = auth_assembly
+    assert "single sign-on" not in await (await a.client.get("/console/login")).text()
+    for path in ("/console/login/sso", "/console/login/sso/done", "/console/login/sso/done?next=/console/admin"):
+        resp = await a.client.get(path, allow_redirects=False)
+        assert resp.status in (401, 404) and "Single sign-on" in await resp.text(), path
+        assert "hzr_console=" not in resp.headers.get("Set-Cookie", "")
+
+
 async def test_reader_sees_only_what_it_may_pull_and_no_admin_pages(auth_assembly: Assembly) -> None:
     a = auth_assembly
     key, _ = await _setup(a)

@@ -12,7 +12,7 @@ refused where it has reader; bad tokens (expired, another issuer, wrong audience
 `alg: none`, HS256 keyed with the public key) get 401 naming the reason at every entry point; a key rotated
 at the IdP is fetched; group removal drops the IdP membership (and admin) at the next login but keeps
 an admin's; an IdP token manages its own user's keys only; the PKCE browser login and its session cookie
-with CSRF protection.
+with CSRF protection; the console's single sign-on through it (in Chromium too, across sites).
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import html
 import json
+import re
 import secrets
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -38,9 +41,12 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as until
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.conftest import infra
-from tests.integration import images
+from tests.integration import browser, images
 from tests.integration.registry_process import ASSEMBLIES, RegistryProcess, free_port, registry_process
 from tests.integration.test_auth_clients import admin_key, basic, call
 
@@ -77,6 +83,8 @@ class TestIdp:
             "ed-1": ("EdDSA", ed25519.Ed25519PrivateKey.generate()),
         }
         self.signing_kid = "rsa-1"
+        self.form_login = False
+        """The authorization endpoint shows a sign-in form (submitted by the browser) instead of redirecting."""
         self.groups: dict[str, list[str]] = {"alice": ["ml-engineers", "Viewers"], "bob": [], "carol": []}
         self.codes: dict[str, dict[str, Any]] = {}
         self.jwks_fetches = 0
@@ -121,8 +129,18 @@ class TestIdp:
         return web.json_response({"keys": [jwk_of(kid, alg, key) for kid, (alg, key) in self.keys.items()]})
 
     async def _authorize(self, request: web.Request) -> web.Response:
-        """Logs in `login_hint` (default alice) without a form and redirects back with a code."""
-        q = request.query
+        """Logs in `login_hint` (default alice) and redirects back with a code: at once, or (`form_login`) once
+        the browser submits the sign-in form this answers with, as at a real IdP."""
+        q: Mapping[str, Any]
+        if request.method == "POST":
+            q = {k: str(v) for k, v in (await request.post()).items()}
+        elif self.form_login:
+            fields = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v)}">'
+                             for k, v in request.query.items())
+            return web.Response(content_type="text/html", text=f'<!doctype html><title>IdP</title><form method="post" '
+                                f'action="/idp/auth">{fields}<button type="submit">Sign in</button></form>')
+        else:
+            q = request.query
         if q.get("client_id") != CLIENT_ID or q.get("response_type") != "code":
             return web.json_response({"error": "unauthorized_client"}, status=400)
         if q.get("code_challenge_method") != "S256" or not q.get("code_challenge"):
@@ -130,7 +148,7 @@ class TestIdp:
         code = secrets.token_urlsafe(16)
         self.codes[code] = {"user": q.get("login_hint", "alice"), "nonce": q.get("nonce"),
                             "challenge": q["code_challenge"], "redirect_uri": q["redirect_uri"]}
-        location = q["redirect_uri"] + "?" + urlencode({"code": code, "state": q.get("state", "")})
+        location = str(q["redirect_uri"]) + "?" + urlencode({"code": code, "state": q.get("state", "")})
         return web.Response(status=302, headers={"Location": location})
 
     async def _token(self, request: web.Request) -> web.Response:
@@ -181,6 +199,7 @@ class TestIdp:
         app.router.add_get("/idp/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/idp/keys", self._jwks)
         app.router.add_get("/idp/auth", self._authorize)
+        app.router.add_post("/idp/auth", self._authorize)
         app.router.add_post("/idp/token", self._token)
 
         async def up() -> None:
@@ -453,6 +472,99 @@ def test_browser_login_with_pkce_makes_a_session_with_csrf(registry: RegistryPro
                 assert r.status == 401
 
     asyncio.run(flow())
+
+
+def test_console_single_sign_on_makes_a_console_session_and_logout_ends_both(
+    registry: RegistryProcess, idp: TestIdp,
+) -> None:
+    base = f"http://{registry.addr}"
+    home = "/console/repositories"
+
+    async def flow() -> None:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            async with browser.get(f"{base}/console/login") as r:
+                assert r.status == 200
+                assert f'href="/console/login/sso?next={home.replace("/", "%2F")}"' in await r.text()
+            # Not signed on: to the registry's browser login, which comes back to .../done
+            async with browser.get(f"{base}/console/login/sso?next={home}", allow_redirects=False) as r:
+                assert r.status == 303
+                login = r.headers["Location"]
+            assert login.startswith("/v1/registry/auth/oidc/login?return_to=")
+            async with browser.get(base + login, allow_redirects=False) as r:
+                assert r.status == 302
+                authorize = r.headers["Location"]
+            idp.groups["erin"] = ["ml-engineers"]
+            async with browser.get(authorize + "&login_hint=erin", allow_redirects=False) as r:
+                callback = r.headers["Location"]
+            async with browser.get(callback, allow_redirects=False) as r:
+                assert r.status == 302, await r.text()
+                done = r.headers["Location"]
+            assert done == f"/console/login/sso/done?next={home.replace('/', '%2F')}"
+            # Done: a console session, and a page of ours that goes on (a redirect at the end of the IdP's
+            # chain would not carry the SameSite=Strict console cookie)
+            async with browser.get(base + done, allow_redirects=False) as r:
+                assert r.status == 200, await r.text()
+                page = await r.text()
+                cookie = r.cookies["hzr_console"]
+                assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/console/"
+            assert f'<meta http-equiv="refresh" content="0; url={home}">' in page
+            async with browser.get(base + home, allow_redirects=False) as r:
+                assert r.status == 200, r.headers.get("Location")
+                text = await r.text()
+                assert "Signed in as <strong>erin</strong>" in text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', text)
+            assert csrf is not None
+            # Signed on still: the console's SSO link goes straight to done, without the IdP
+            async with browser.get(f"{base}/console/login/sso?next={home}", allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"].startswith("/console/login/sso/done?")
+            # Logging out of the console ends the registry session too
+            async with browser.post(f"{base}/console/logout", data={"csrf": csrf.group(1)},
+                                    allow_redirects=False) as r:
+                assert r.status == 303
+            async with browser.get(f"{base}/v1/registry/me") as r:
+                assert r.status == 401
+            async with browser.get(base + home, allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"].startswith("/console/login")
+            async with browser.get(base + done, allow_redirects=False) as r:
+                assert r.status == 401 and "Single sign-on did not complete" in await r.text()
+            assert "hzr_console" not in {c.key for c in browser.cookie_jar}
+        # A forged registry session is not one
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar, cookies={"hzr_session": "forged.value.x"}) as other:
+            async with other.get(base + done, allow_redirects=False) as r:
+                assert r.status == 401
+            async with other.get(f"{base}/console/login/sso?next={home}", allow_redirects=False) as r:
+                assert r.headers["Location"].startswith("/v1/registry/auth/oidc/login?")
+
+    asyncio.run(flow())
+
+
+def test_console_single_sign_on_in_chromium_across_sites(registry: RegistryProcess, idp: TestIdp) -> None:
+    # The console on `localhost`, the IdP on 127.0.0.1: different sites. The user signs in on the IdP's form,
+    # so the navigation back is one the IdP's page started, on which Chromium sends no SameSite=Strict cookie
+    # (a redirect from .../sso/done straight to the console page would land on the login page again); the
+    # console's own page after it starts a same-site navigation that does.
+    browser.require_browser()
+    port = registry.addr.rpartition(":")[2]
+    base = f"http://localhost:{port}"
+    idp.form_login = True
+    with tempfile.TemporaryDirectory() as profile:
+        driver = browser.start_chromium(Path(profile))
+        try:
+            driver.get(f"{base}/console/repositories")
+            WebDriverWait(driver, 10).until(until.url_contains("/console/login"))
+            driver.find_element(By.LINK_TEXT, "Log in with single sign-on").click()
+            WebDriverWait(driver, 10).until(until.url_contains("/idp/auth"))
+            driver.find_element(By.TAG_NAME, "button").click()
+            WebDriverWait(driver, 20).until(until.url_to_be(f"{base}/console/repositories"))
+            assert "Signed in as alice" in driver.find_element(By.TAG_NAME, "body").text
+            browser.screenshot(driver, "sso-signed-in")
+        except BaseException:
+            browser.screenshot(driver, "sso-failure")
+            raise
+        finally:
+            idp.form_login = False
+            driver.quit()
 
 
 def test_idp_tokens_never_appear_in_the_logs(registry: RegistryProcess) -> None:

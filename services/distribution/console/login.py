@@ -1,16 +1,36 @@
-"""Logging in and out of the console: user name + API key, checked as the API checks a key."""
+"""Logging in and out of the console: user name + API key, checked as the API checks a key; or single sign-on
+through the OIDC issuer (`auth.oidc.issuer` and `client_id` set).
+
+Single sign-on reuses the registry's browser login (services.distribution.oidc_login):
+GET /console/login/sso?next=   to the registry's OIDC login, which comes back to .../sso/done (at once when the
+                               browser still holds a valid registry session, `hzr_session`)
+GET /console/login/sso/done    turns that session into a console session of the same user, without a key (the
+                               user's live grants apply, as for an IdP token), and goes on to `next` through a
+                               page of our own: the browser arrives here at the end of redirects that began at
+                               the IdP, and would not send the SameSite=Strict console cookie on a redirect of
+                               that chain.
+Logging out of the console ends the registry session too.
+"""
 
 from __future__ import annotations
 
 from typing import Final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from aiohttp import web
 
 from services.core.auth.audit import AuditRecord, Outcome
 from services.core.auth.errors import InvalidRequestError
+from services.core.auth.tokens import TokenInvalidError
 from services.core.errors import RegistryError, TooManyRequestsError, UnauthorizedError
-from services.distribution.auth_access import source_address
+from services.distribution.auth_access import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    SESSION_PURPOSE,
+    AuthPrincipal,
+    TokenAccess,
+    source_address,
+)
 from services.distribution.console import session as sessions
 from services.distribution.console.gateway import token_access
 from services.distribution.console.headers import secured
@@ -18,6 +38,7 @@ from services.distribution.console.render import error_page, page
 
 MAX_FORM_BYTES: Final = 16 * 1024
 HOME: Final = "/console/repositories"
+SSO: Final = "/console/login/sso"
 _REASONS: Final = {"expired": "Your session has ended; log in again.", "logged-out": "You are logged out."}
 
 
@@ -51,6 +72,11 @@ async def read_form(request: web.Request) -> dict[str, str]:
     return {k: v[0] for k, v in fields.items()}
 
 
+def sso_available(access: TokenAccess) -> bool:
+    """Whether the registry's browser login through the OIDC issuer is set up (an issuer and a client)."""
+    return access.oidc is not None and bool(access.oidc.settings.client_id)
+
+
 def _login_page(
     request: web.Request, *, status: int = 200, error: str = "", user: str = "", next_to: str = HOME, notice: str = ""
 ) -> web.Response:
@@ -66,6 +92,7 @@ def _login_page(
         notice=notice,
         username=user,
         next=next_to,
+        sso=f"{SSO}?{urlencode({'next': next_to})}" if sso_available(access) else "",
     )
     sessions.set_login_csrf_cookie(response, request, access, csrf)
     return response
@@ -125,6 +152,52 @@ async def login(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _registry_session_user(access: TokenAccess, request: web.Request) -> str | None:
+    """The user of the browser's registry session (the OIDC browser login's cookie), if it is valid and the
+    user still exists; else None."""
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    if not cookie:
+        return None
+    try:
+        verified = await access.service.verify_purpose_token(SESSION_PURPOSE, cookie)
+    except TokenInvalidError:
+        return None
+    if not verified.subject:
+        return None
+    principal = AuthPrincipal(verified.subject, via="key", credential="session")
+    return verified.subject if (await access.subject(principal)).user is not None else None
+
+
+async def sso_start(request: web.Request) -> web.StreamResponse:
+    access = token_access(request)
+    next_to = next_path(request.query.get("next"))
+    if not sso_available(access):
+        return _login_page(request, status=404, error="Single sign-on is not set up on this registry.",
+                           next_to=next_to)
+    done = f"{SSO}/done?{urlencode({'next': next_to})}"
+    if await _registry_session_user(access, request) is not None:
+        return secured(web.Response(status=303, headers={"Location": done}))
+    location = f"/v1/registry/auth/oidc/login?{urlencode({'return_to': done})}"
+    return secured(web.Response(status=303, headers={"Location": location}))
+
+
+async def sso_done(request: web.Request) -> web.StreamResponse:
+    access = token_access(request)
+    next_to = next_path(request.query.get("next"))
+    user = await _registry_session_user(access, request) if sso_available(access) else None
+    if user is None:
+        return _login_page(request, status=401, next_to=next_to,
+                           error="Single sign-on did not complete (no valid sign-on session); try again.")
+    token, _ = await sessions.start(access, user=user, key_prefix=None)
+    await access.service.record_quietly(
+        AuditRecord(user, "console.login", "registry", Outcome.SUCCESS, source_address(request), {"via": "oidc"})
+    )
+    response = page(request, "signed_in.html", title="Signed in", next=next_to)
+    sessions.set_session_cookie(response, request, access, token)
+    response.del_cookie(sessions.LOGIN_CSRF_COOKIE, path=sessions.PATH)
+    return response
+
+
 async def logout(request: web.Request) -> web.StreamResponse:
     access = token_access(request)
     try:
@@ -137,4 +210,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         return error_page(request, error)
     response = secured(web.Response(status=303, headers={"Location": "/console/login?reason=logged-out"}))
     sessions.clear_session_cookie(response)
+    # A single sign-on's registry session too: else the next "log in with single sign-on" would need no login.
+    response.del_cookie(SESSION_COOKIE, path="/")
+    response.del_cookie(CSRF_COOKIE, path="/")
     return response

@@ -54,6 +54,8 @@ def add_console_routes(app: web.Application) -> None:
     router.add_get(PREFIX + "/static/{name}", static)
     router.add_get(PREFIX + "/login", login.login_form)
     router.add_post(PREFIX + "/login", login.login)
+    router.add_get(login.SSO, login.sso_start)
+    router.add_get(login.SSO + "/done", login.sso_done)
     router.add_post(PREFIX + "/logout", login.logout)
     router.add_get(PREFIX + "/repositories", with_session(pages.repositories))
     router.add_get(_ITEM, with_session(_item))

@@ -1,6 +1,7 @@
 """The console's session: a short-lived registry-signed token in an HttpOnly cookie, and its CSRF tokens.
 
-A login (user name + API key, checked exactly as the API checks a key) makes a token signed by the
+A login (user name + API key, checked exactly as the API checks a key; or single sign-on, console/login.py,
+which names no key) makes a token signed by the
 registry's token key ring for the purpose "console" (its own audience: never a registry access token, nor
 an OIDC session). It names the user, the key's prefix (so the key's namespace and role limits apply, and
 revoking the key ends the session at once) and a random CSRF value that every form POST must send back.
@@ -66,12 +67,15 @@ def same(sent: str, expected: str) -> bool:
     return bool(sent) and bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
 
 
-async def start(access: TokenAccess, *, user: str, key_prefix: str) -> tuple[str, Session]:
-    """A new session for `user` logged in with the key `key_prefix`: (signed token, session)."""
+async def start(access: TokenAccess, *, user: str, key_prefix: str | None) -> tuple[str, Session]:
+    """A new session for `user` logged in with the key `key_prefix` (None: by single sign-on, no key):
+    (signed token, session)."""
     csrf = new_csrf()
-    issued = await access.service.sign_purpose_token(
-        PURPOSE, subject=user, ttl_seconds=SESSION_TTL_SECONDS, claims={"csrf": csrf, KEY_CLAIM: key_prefix}
-    )
+    claims = {"csrf": csrf}
+    if key_prefix is not None:
+        claims[KEY_CLAIM] = key_prefix
+    issued = await access.service.sign_purpose_token(PURPOSE, subject=user, ttl_seconds=SESSION_TTL_SECONDS,
+                                                      claims=claims)
     return issued.token, Session(user, key_prefix, csrf, issued.issued_at + issued.expires_in)
 
 
