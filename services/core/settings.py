@@ -295,6 +295,12 @@ class OidcSettings(_Section):
     session_ttl_seconds: int = Field(
         3600, ge=60, le=24 * 3600, description="Lifetime of a console session made by the browser login"
     )
+    key_signin_max_age_seconds: float = Field(
+        30 * 24 * 3600, ge=0,
+        description="An external user's API keys and refresh tokens stop working once the user has not signed in "
+        "through the IdP (an IdP token used here, or the browser login) for this long, and work again after the "
+        "next sign-in: someone removed at the IdP loses the registry too. 0: keys never lapse",
+    )
 
     @field_validator("audience", "admin_groups", mode="before")
     @classmethod

@@ -406,6 +406,33 @@ def test_an_idp_token_manages_its_own_keys_only(registry: RegistryProcess, idp: 
                 headers={**bearer(issued["token"]), "Content-Type": "application/json"})[0] == 403
 
 
+@pytest.mark.parametrize("assembly", ASSEMBLIES)
+def test_an_external_users_keys_pause_without_a_sign_in(
+    assembly: str, idp: TestIdp, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    env = {
+        "HANZO_REGISTRY_AUTH__MODE": "token",
+        "HANZO_REGISTRY_AUTH__OIDC__ISSUER": idp.issuer,
+        "HANZO_REGISTRY_AUTH__OIDC__CLIENT_ID": CLIENT_ID,
+        "HANZO_REGISTRY_AUTH__OIDC__KEY_SIGNIN_MAX_AGE_SECONDS": "4",
+    }
+    with registry_process(assembly, tmp_path_factory.mktemp(f"oidc-pause-{assembly}"), env=env) as reg:
+        token = idp.token("frank")
+        status, _, created = call(reg, "POST", "/v1/registry/users/frank/keys", body=b'{"name": "ci"}',
+                                  headers={**bearer(token), "Content-Type": "application/json"})
+        assert status == 201, created
+        key = created["key"]
+        assert call(reg, "GET", "/token?service=hanzo-registry", headers=basic("frank", key))[0] == 200
+        time.sleep(5)  # no sign-in for longer than the setting: the key pauses, with a reason a person can act on
+        status, _, body = call(reg, "GET", "/token?service=hanzo-registry", headers=basic("frank", key))
+        assert status == 401 and "has not signed in through the identity provider" in json.dumps(body), body
+        assert call(reg, "GET", "/v2/", headers=bearer(key))[0] == 401
+        # A sign-in (a new IdP token used here) brings it back
+        assert call(reg, "GET", "/v1/registry/me", headers=bearer(idp.token("frank")))[0] == 200
+        assert call(reg, "GET", "/token?service=hanzo-registry", headers=basic("frank", key))[0] == 200
+        assert call(reg, "GET", "/v2/", headers=bearer(key))[0] == 200
+
+
 def test_a_local_user_name_cannot_be_taken_through_the_idp(registry: RegistryProcess, idp: TestIdp) -> None:
     token = idp.token("admin", sub="someone-else")
     status, _, body = call(registry, "GET", "/v1/registry/me", headers=bearer(token))

@@ -64,10 +64,16 @@ class User:
     created: float = 0.0
     external_issuer: str | None = None
     external_subject: str | None = None
+    signed_in: float | None = None
+    """An external user's last sign-in through the IdP (recorded at most once per SIGN_IN_RECORD_SECONDS);
+    None for local users, and for external users made before it was recorded (`created` stands in)."""
 
     @property
     def external(self) -> bool:
         return self.external_issuer is not None
+
+    def last_sign_in(self) -> float:
+        return self.signed_in if self.signed_in is not None else self.created
 
 
 class MembershipSource(StrEnum):

@@ -65,6 +65,9 @@ BOOTSTRAP_ADMIN = "admin"
 BOOTSTRAP_KEY_FILE = "bootstrap-admin.key"
 _RELOAD_INTERVAL = 1.0
 _TOUCH_INTERVAL = 60.0
+SIGN_IN_RECORD_SECONDS = 3600.0
+"""An external user's sign-in through the IdP is written at most this often (every new IdP token signs in), or
+a quarter of `auth.oidc.key_signin_max_age_seconds` when that is shorter."""
 
 
 class KeyRing:
@@ -258,6 +261,15 @@ class AuthService:
             not user.email or username.lower() != user.email.lower()
         ):
             raise AuthenticationError(denied.message, reason=f"key {key.prefix} does not belong to the named user")
+        if self._lapsed(user, now):
+            # The caller holds the key: the cause is no secret, and says what to do.
+            days = self.settings.oidc.key_signin_max_age_seconds / 86400
+            raise AuthenticationError(
+                f"user {user.name} has not signed in through the identity provider for {days:g} days, so its API "
+                "keys are paused; sign in there again (an IdP token here, or the console's single sign-on) and "
+                "they work again",
+                reason=f"key {key.prefix}: its external user has not signed in for {days:g} days",
+            )
         if key.last_used is None or now - key.last_used > _TOUCH_INTERVAL:
             with contextlib.suppress(Exception):
                 await self.store.touch_key(key.prefix, now)
@@ -285,12 +297,19 @@ class AuthService:
         while its user was being deleted survives the deletion, and must not pass to a later namesake),
         and, for a refresh token, its API key is live too."""
         now = self._clock()
-        if key.user != user.name or not key.usable(now) or key.created < user.created:
+        if key.user != user.name or not key.usable(now) or key.created < user.created or self._lapsed(user, now):
             return False
         if key.parent is not None:
             parent = await self.store.key(key.parent)
             return parent is not None and parent.user == user.name and parent.usable(now)
         return True
+
+    def _lapsed(self, user: User, now: float) -> bool:
+        """An external user's keys pause once it has not signed in through the IdP for
+        `auth.oidc.key_signin_max_age_seconds` (whether or not an issuer is configured now: one removed or
+        replaced signs no one in any more)."""
+        max_age = self.settings.oidc.key_signin_max_age_seconds
+        return user.external and max_age > 0 and now - user.last_sign_in() > max_age
 
     async def readable(self, subject: Subject, repositories: Sequence[str]) -> list[str]:
         """The repositories of `repositories` that `subject` may pull: grants and public marks are read
@@ -396,8 +415,9 @@ class AuthService:
         name = identity.user_name
         user = await self.store.user(name)
         if user is None:
-            user = User(name, admin=identity.admin, created=self._clock(), external_issuer=identity.issuer,
-                        external_subject=identity.subject)
+            now = self._clock()
+            user = User(name, admin=identity.admin, created=now, external_issuer=identity.issuer,
+                        external_subject=identity.subject, signed_in=now)
             detail = {"external_issuer": identity.issuer[:200], "admin": str(identity.admin).lower(), "via": "oidc"}
             with contextlib.suppress(ConflictError, DuplicateKeyError):  # a concurrent first login made it
                 await self.record(AuditRecord(name, "user.create", f"user:{name}", Outcome.SUCCESS, source, detail),
@@ -416,6 +436,16 @@ class AuthService:
                 )
             user = await self.require_user(name)
         await self._sync_teams(user, identity, source=source)
+        now = self._clock()
+        max_age = self.settings.oidc.key_signin_max_age_seconds
+        every = min(SIGN_IN_RECORD_SECONDS, max_age / 4) if max_age > 0 else SIGN_IN_RECORD_SECONDS
+        if user.signed_in is None or now - user.signed_in >= every:
+            try:
+                await self.store.record_sign_in(user, now)
+            except Exception as exc:  # the login stands; its keys may pause early if this keeps failing
+                log.warning("could not record the sign-in of %s: %s", name, type(exc).__name__)
+            else:
+                self.generation += 1  # cached subjects of its keys may have been refused as lapsed
         return user
 
     async def _sync_teams(self, user: User, identity: IdpIdentity, *, source: str) -> None:

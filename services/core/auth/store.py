@@ -48,6 +48,7 @@ def _user(doc: Mapping[str, Any]) -> User:
         created=doc["created"],
         external_issuer=doc.get("external_issuer"),
         external_subject=doc.get("external_subject"),
+        signed_in=doc.get("signed_in"),
     )
 
 
@@ -123,7 +124,8 @@ class AuthStore:
             ops.append(Insert(EMAILS, {"_id": user.email.lower(), "user": user.name}))
         doc: dict[str, Any] = {"_id": user.name, "email": user.email, "admin": user.admin, "created": user.created}
         if user.external_issuer is not None:
-            doc |= {"external_issuer": user.external_issuer, "external_subject": user.external_subject}
+            doc |= {"external_issuer": user.external_issuer, "external_subject": user.external_subject,
+                    "signed_in": user.signed_in}
         ops.append(Insert(USERS, doc))
         return ops
 
@@ -131,6 +133,10 @@ class AuthStore:
         """The admin flag of an external user, synced from its IdP groups (conditional on the user, so a
         deleted and re-created namesake is not touched)."""
         return Update(USERS, user.name, {"admin": admin}, expect={"created": user.created})
+
+    async def record_sign_in(self, user: User, now: float) -> None:
+        """An external user signed in through the IdP (conditional on the user, as `set_admin_op`)."""
+        await self.docs.update(USERS, user.name, {"signed_in": now}, expect={"created": user.created})
 
     async def delete_user_ops(self, user: User) -> list[Operation]:
         """Keys, memberships and grants first, the user last (a crash leaves only harmless leftovers)."""

@@ -365,6 +365,46 @@ async def test_a_local_user_or_another_identity_cannot_be_taken_over(service: Au
         await service.sync_external_user(identity(preferred_username="bob", sub="s-mallory"), source="t")
 
 
+async def test_an_external_users_keys_pause_without_a_sign_in_and_work_again_after_one(tmp_path: Path) -> None:
+    now = [NOW]
+    month = 30 * 86400.0
+    settings = AuthSettings(oidc=OidcSettings(issuer=ISSUER, audience=["registry"], key_signin_max_age_seconds=month))
+    docs = SqliteDocumentStore(tmp_path / "meta.db")
+    outbox = Outbox(docs)
+    await outbox.setup()
+    auth = AuthService(store=AuthStore(docs), outbox=outbox, settings=settings, topics=TopicSettings(),
+                       upload_grace_seconds=3600, clock=lambda: now[0])
+    await auth.setup()
+    try:
+        await auth.sync_external_user(identity(), source="t")
+        await auth.create_user("bob", email=None, admin=False, actor="admin", source="t")
+        key = await auth.create_key("alice", name="ci", expires_in=None, namespaces=None, role=None, actor="t",
+                                    source="t")
+        local = await auth.create_key("bob", name="ci", expires_in=None, namespaces=None, role=None, actor="t",
+                                      source="t")
+        # A sign-in within the hour of the last one is not written again: the month still counts from the first
+        now[0] += 1800
+        await auth.sync_external_user(identity(), source="t")
+        now[0] = NOW + month - 60
+        assert (await auth.authenticate_key(key.secret, username=None)).user.name == "alice"
+        assert (await auth.subject("alice", key_prefix=key.key.prefix)).user == "alice"
+        now[0] += 120
+        with pytest.raises(AuthenticationError, match="has not signed in through the identity provider for 30 days"):
+            await auth.authenticate_key(key.secret, username=None)
+        assert (await auth.subject("alice", key_prefix=key.key.prefix)).user is None  # its tokens too
+        assert (await auth.subject("alice")).user == "alice"  # an IdP token of its own is a sign-in
+        assert (await auth.authenticate_key(local.secret, username=None)).user.name == "bob"  # local users: never
+        await auth.sync_external_user(identity(), source="t")  # signs in again
+        assert (await auth.authenticate_key(key.secret, username=None)).user.name == "alice"
+        assert (await auth.subject("alice", key_prefix=key.key.prefix)).user == "alice"
+        # 0 turns the pause off; a user record from before sign-ins were recorded counts from its creation
+        now[0] += 2 * month
+        auth.settings = AuthSettings(oidc=settings.oidc.model_copy(update={"key_signin_max_age_seconds": 0}))
+        assert (await auth.authenticate_key(key.secret, username=None)).user.name == "alice"
+    finally:
+        await docs.close()
+
+
 async def test_session_tokens_are_no_access_tokens(service: AuthService) -> None:
     from services.core.auth.tokens import TokenInvalidError
 
