@@ -43,6 +43,8 @@ __all__ = ["PREFIX", "ROUTES", "add_management_routes", "openapi_document"]
 def user_model(user: UserRecord, *, teams: list[str] | None = None) -> m.User:
     fields: dict[str, Any] = {"name": user.name, "email": user.email, "admin": user.admin,
                               "created": m.timestamp(user.created)}
+    if user.external:
+        fields |= {"external_issuer": user.external_issuer, "signed_in": m.timestamp(user.last_sign_in())}
     if teams is not None:
         fields["teams"] = teams
     return m.User(**fields)

@@ -131,6 +131,10 @@ class User(Response):
     admin: bool
     created: datetime
     teams: list[str] = Field(default_factory=list)
+    external_issuer: str | None = Field(None, description="The OIDC issuer of an external user (null: local)")
+    signed_in: datetime | None = Field(
+        None, description="An external user's last sign-in through the IdP, to the hour: its API keys pause "
+        "auth.oidc.key_signin_max_age_seconds after it")
 
 
 class UserList(Response):

@@ -280,6 +280,7 @@ def test_first_login_makes_the_user_and_teams_then_clients_push_by_the_teams_rol
     assert status == 200 and body["token"] != token
     who = me(registry, token)
     assert who["name"] == "alice" and sorted(who["teams"]) == ["ml-engineers", "viewers"] and not who["admin"]
+    assert who["external_issuer"] == idp.issuer and who["signed_in"]  # when its keys would pause counts from
     grant(registry, "ml", "ml-engineers", "writer")
     grant(registry, "view", "viewers", "reader")
 
