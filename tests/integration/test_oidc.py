@@ -540,6 +540,15 @@ def test_console_single_sign_on_makes_a_console_session_and_logout_ends_both(
                 assert r.status == 200, r.headers.get("Location")
                 text = await r.text()
                 assert "Signed in as <strong>erin</strong>" in text
+            # The console session ends (15 minutes) while the registry session lasts: renewed, no login page
+            browser.cookie_jar.clear(lambda cookie: cookie.key == "hzr_console")
+            async with browser.get(base + home, allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"] == done, r.headers["Location"]
+            async with browser.get(base + done, allow_redirects=False, headers={"Sec-Fetch-Site": "same-origin"}) as r:
+                assert r.status == 303 and r.headers["Location"] == home and "hzr_console" in r.cookies
+            async with browser.get(base + home, allow_redirects=False) as r:
+                assert r.status == 200
+                text = await r.text()
             csrf = re.search(r'name="csrf" value="([^"]+)"', text)
             assert csrf is not None
             # Signed on still: the console's SSO link goes straight to done, without the IdP
@@ -552,7 +561,7 @@ def test_console_single_sign_on_makes_a_console_session_and_logout_ends_both(
             async with browser.get(f"{base}/v1/registry/me") as r:
                 assert r.status == 401
             async with browser.get(base + home, allow_redirects=False) as r:
-                assert r.status == 303 and r.headers["Location"].startswith("/console/login")
+                assert r.status == 303 and r.headers["Location"].startswith("/console/login?")
             async with browser.get(base + done, allow_redirects=False) as r:
                 assert r.status == 401 and "Single sign-on did not complete" in await r.text()
             assert "hzr_console" not in {c.key for c in browser.cookie_jar}

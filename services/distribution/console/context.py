@@ -10,6 +10,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from services.core.errors import RegistryError, UnauthorizedError
+from services.distribution.console import login
 from services.distribution.console import session as sessions
 from services.distribution.console.gateway import caller, token_access, use_principal
 from services.distribution.console.headers import secured
@@ -58,6 +59,9 @@ def with_session(handler: PageHandler) -> Callable[[web.Request], Awaitable[web.
         try:
             session = await sessions.current(request, access)
         except sessions.SessionMissingError as exc:
+            renew = await login.renewal(request, access)
+            if renew is not None:
+                return secured(web.Response(status=303, headers={"Location": renew}))
             return login_redirect(request, "expired" if exc.reason else "")
         use_principal(request, session.principal())
         ctx: Ctx | None = None

@@ -8,8 +8,10 @@ GET /console/login/sso/done    turns that session into a console session of the 
                                user's live grants apply, as for an IdP token), and goes on to `next` through a
                                page of our own: the browser arrives here at the end of redirects that began at
                                the IdP, and would not send the SameSite=Strict console cookie on a redirect of
-                               that chain.
-Logging out of the console ends the registry session too.
+                               that chain (a request the browser marks `Sec-Fetch-Site: same-origin` is
+                               redirected at once).
+A console session (15 minutes) that ends while the registry session lasts is renewed the same way, without a
+login page (`renewal`). Logging out of the console ends the registry session too.
 """
 
 from __future__ import annotations
@@ -168,13 +170,25 @@ async def _registry_session_user(access: TokenAccess, request: web.Request) -> s
     return verified.subject if (await access.subject(principal)).user is not None else None
 
 
+def _done(next_to: str) -> str:
+    return f"{SSO}/done?{urlencode({'next': next_path(next_to)})}"
+
+
+async def renewal(request: web.Request, access: TokenAccess) -> str | None:
+    """Where a console page request without a (live) console session goes to get one from the browser's
+    registry session, if it has a valid one: single sign-on needs no login page while that lasts."""
+    if request.method != "GET" or not sso_available(access) or await _registry_session_user(access, request) is None:
+        return None
+    return _done(request.path_qs)
+
+
 async def sso_start(request: web.Request) -> web.StreamResponse:
     access = token_access(request)
     next_to = next_path(request.query.get("next"))
     if not sso_available(access):
         return _login_page(request, status=404, error="Single sign-on is not set up on this registry.",
                            next_to=next_to)
-    done = f"{SSO}/done?{urlencode({'next': next_to})}"
+    done = _done(next_to)
     if await _registry_session_user(access, request) is not None:
         return secured(web.Response(status=303, headers={"Location": done}))
     location = f"/v1/registry/auth/oidc/login?{urlencode({'return_to': done})}"
@@ -192,7 +206,10 @@ async def sso_done(request: web.Request) -> web.StreamResponse:
     await access.service.record_quietly(
         AuditRecord(user, "console.login", "registry", Outcome.SUCCESS, source_address(request), {"via": "oidc"})
     )
-    response = page(request, "signed_in.html", title="Signed in", next=next_to)
+    if request.headers.get("Sec-Fetch-Site") == "same-origin":  # no cross-site step: the cookie goes along
+        response: web.Response = secured(web.Response(status=303, headers={"Location": next_to}))
+    else:
+        response = page(request, "signed_in.html", title="Signed in", next=next_to)
     sessions.set_session_cookie(response, request, access, token)
     response.del_cookie(sessions.LOGIN_CSRF_COOKIE, path=sessions.PATH)
     return response
