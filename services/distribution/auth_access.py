@@ -285,8 +285,8 @@ class TokenAccess:
         # A token is signed for minutes, but the key it came from may be revoked or its user deleted
         # since: check both against the identity cache, so revocation takes effect within its TTL.
         if not principal.anonymous and (await self.subject(principal)).user is None:
-            raise self.challenge(request, "the token's API key was revoked or its user deleted",
-                                 error="invalid_token")
+            raise self.challenge(request, "the token's API key was revoked, expired or paused (an external user "
+                                 "who has not signed in lately), or its user deleted", error="invalid_token")
         return principal
 
     async def _verified_token_principal(self, request: web.Request, token: str) -> AuthPrincipal:

@@ -423,11 +423,14 @@ def test_an_external_users_keys_pause_without_a_sign_in(
                                   headers={**bearer(token), "Content-Type": "application/json"})
         assert status == 201, created
         key = created["key"]
-        assert call(reg, "GET", "/token?service=hanzo-registry", headers=basic("frank", key))[0] == 200
+        status, _, issued = call(reg, "GET", "/token?service=hanzo-registry", headers=basic("frank", key))
+        assert status == 200
         time.sleep(5)  # no sign-in for longer than the setting: the key pauses, with a reason a person can act on
         status, _, body = call(reg, "GET", "/token?service=hanzo-registry", headers=basic("frank", key))
         assert status == 401 and "has not signed in through the identity provider" in json.dumps(body), body
         assert call(reg, "GET", "/v2/", headers=bearer(key))[0] == 401
+        status, _, body = call(reg, "GET", "/v2/", headers=bearer(issued["token"]))  # a token made from it too
+        assert status == 401 and "paused" in json.dumps(body), body
         # A sign-in (a new IdP token used here) brings it back
         assert call(reg, "GET", "/v1/registry/me", headers=bearer(idp.token("frank")))[0] == 200
         assert call(reg, "GET", "/token?service=hanzo-registry", headers=basic("frank", key))[0] == 200
