@@ -293,10 +293,14 @@ async def test_a_push_that_read_no_run_and_stored_after_the_run_deleted_is_told_
 ) -> None:
     """The push read "no run" (so it wrote no hold and read no mark), stalled, and stored its manifest after a
     whole run deleted the blobs it shares with an untagged image: it is refused with MANIFEST_BLOB_UNKNOWN
-    naming them (was: a 201 for a manifest whose blobs were gone), and pushing them again mends it."""
+    naming them (was: a 201 for a manifest whose blobs were gone) and rolled back (was: the tags left on that
+    manifest): the tag it moved points where it pointed before, the tag it made and the manifest are gone.
+    Pushing the blobs again mends it."""
     client, c = assembly.client, assembly.c
     untagged = make_image()
     await push(client, "late/app", untagged)  # garbage at grace 0: the manifest, and its blobs with it
+    before = make_image()
+    await push(client, "late/app", before, "kept")
     pushed = _same_blobs(untagged)
     registry: Registry = client.app[REGISTRY]
     gc = collector(c, settle=0.01, grace=0.0)
@@ -312,7 +316,8 @@ async def test_a_push_that_read_no_run_and_stored_after_the_run_deleted_is_told_
 
         monkeypatch.setattr(registry.meta, "ensure_repository", stall_before_storing)
         pushing = asyncio.ensure_future(registry.put_manifest(
-            RepositoryName("late/app"), Tag("kept"), pushed.manifest, pushed.media_type, actor="test"))
+            RepositoryName("late/app"), Tag("kept"), pushed.manifest, pushed.media_type, actor="test",
+            extra_tags=[Tag("fresh")]))
         await asyncio.wait_for(reached.wait(), 30)
         result = await asyncio.wait_for(gc.run(_run()), 60)
         assert not result.errors and result.blobs_deleted == len(untagged.blobs), result
@@ -321,6 +326,10 @@ async def test_a_push_that_read_no_run_and_stored_after_the_run_deleted_is_told_
             await pushing
         assert set(refused.value.detail["digests"]) == set(untagged.blobs)
         monkeypatch.undo()
+        await pull_exact(client, "late/app", "kept", before)
+        for reference in ("fresh", pushed.digest):
+            resp = await client.get(f"/v2/late/app/manifests/{reference}", headers={"Accept": pushed.media_type})
+            assert resp.status == 404, (reference, resp.status)
         await push(client, "late/app", pushed, "kept")  # the client pushes the blobs again, then the manifest
         await pull_exact(client, "late/app", "kept", pushed)
     finally:

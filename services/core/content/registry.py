@@ -64,6 +64,8 @@ class PushedManifest:
     tags: tuple[str, ...]
     forced_moves: tuple[tuple[str, Digest], ...] = ()
     """(tag, previous digest) of each tag moved by force."""
+    moves: tuple[tuple[str, Digest | None], ...] = ()
+    """(tag, previous digest or None for a new tag) of each tag this push moved to the manifest."""
 
 
 class Registry:
@@ -302,6 +304,7 @@ class Registry:
             else:
                 await self._check_references(repo, parsed)
                 absent = True
+        stored: PushedManifest | None = None
         try:
             async with self.blob_guard.storing_manifest(  # GC: rescue what it references, or refuse what is gone
                 str(repo),
@@ -310,10 +313,13 @@ class Registry:
             ) as going:
                 if going:
                     raise CollectedWhileStoringError(going)
-                return await self._store_manifest(repo, reference, parsed, data, actor=actor,
-                                                  extra_tags=extra_tags, force=force, known=known, absent=absent)
+                stored = await self._store_manifest(repo, reference, parsed, data, actor=actor,
+                                                    extra_tags=extra_tags, force=force, known=known, absent=absent)
+            return stored
         except CollectedWhileStoringError as exc:
             self.meta.forget_manifest(str(repo), parsed.digest)
+            if stored is not None:  # the late store (gcmarks.py): stored, and only then told what was gone
+                await self._unstore(repo, parsed, stored, exc.digests, created=absent, actor=actor)
             raise ManifestBlobUnknownError(
                 f"manifest references {len(exc.digests)} blob(s) or manifest(s) garbage-collected in {repo}; push "
                 "them again: " + ", ".join(exc.digests[:10]),
@@ -344,6 +350,7 @@ class Registry:
         pending = tags
         moved: list[str] = []
         forced_moves: list[tuple[str, Digest]] = []
+        moves: list[tuple[str, Digest | None]] = []
         announced = False
         for _attempt in range(_CAS_ATTEMPTS):
             tag_ops: list[Operation] = []
@@ -385,13 +392,55 @@ class Registry:
             moved += [tag for tag in attempted if tag not in lost]
             if force:
                 forced_moves += [(tag, previous_of[tag]) for tag in attempted if tag not in lost and tag in previous_of]
+            moves += [(tag, previous_of.get(tag)) for tag in attempted if tag not in lost]
             if not lost:
                 break
             pending = lost
         else:
             done = f"; manifest {parsed.digest} is stored" + (f" and tags {', '.join(moved)} moved" if moved else "")
             raise ConflictError(f"tags {', '.join(pending)} of {repo} kept changing; retry the push{done}")
-        return PushedManifest(parsed.digest, record.subject, tuple(tags), tuple(forced_moves))
+        return PushedManifest(parsed.digest, record.subject, tuple(tags), tuple(forced_moves), tuple(moves))
+
+    async def _unstore(self, repo: RepositoryName, parsed: ParsedManifest, stored: PushedManifest,
+                       gone: Sequence[str], *, created: bool, actor: str) -> None:
+        """Roll back a push told after storing that what its manifest references was collected meanwhile (the
+        client is told to push again), so no tag points at a manifest whose content is gone: each tag this push
+        moved goes back to the manifest it pointed at (if that is still stored), else goes, and a manifest this
+        push created goes with the tags still on it. Only while the collected content is still gone (a client
+        that pushed it again meanwhile mended the manifest) and only as read (compare-and-set: a later push
+        wins). Best effort: the refusal stands either way, and a failure here is logged."""
+        name = str(repo)
+        try:
+            blobs = {str(d.digest) for d in parsed.blob_references} & set(gone)
+            if await self.meta.linked_digests(name, list(blobs)) or any(
+                [await self.meta.manifest_exists(name, d) for d in set(gone) - blobs]
+            ):
+                return
+            ops: list[Operation] = []
+            outbound: list[OutboundEvent] = []
+            for tag, previous in stored.moves:
+                current = await self.meta.tag(name, tag)
+                if current is None or current.digest != parsed.digest:
+                    continue
+                if previous is not None and await self.meta.manifest_exists(name, str(previous)):
+                    ops.append(self.meta.set_tag_op(name, tag, previous, current=current))
+                    built = events.tag_updated(name, tag, previous, parsed.digest, actor=actor, forced=False)
+                elif created:
+                    continue  # goes with the manifest, below
+                else:
+                    ops.append(self.meta.delete_tag_op(current))
+                    built = events.tag_deleted(name, tag, parsed.digest, actor=actor)
+                outbound.append(self._event(built, op=len(ops) - 1))
+            if ops:
+                await self.outbox.commit(ops, outbound, partial=True)
+            record = await self.meta.manifest(name, parsed.digest) if created else None
+            if record is not None:
+                ops, outbound = self._manifest_delete(record, await self.meta.tags_of(name, parsed.digest),
+                                                      actor=actor)
+                await self.outbox.commit(ops, outbound, partial=True)
+        except Exception:
+            log.exception("could not roll back manifest %s of %s, stored while GC collected what it references",
+                          parsed.digest, name)
 
     async def tag_decision(self, repo: RepositoryName, tag: str) -> TagDecision:
         """The repository's effective policy's tag globs, then the registry's `tag_rules`."""
@@ -445,14 +494,7 @@ class Registry:
             tags = await self.meta.tags_of(str(repo), reference)
             for tag in tags:
                 await self._check_tag_deletable(repo, tag, force=force)
-            ops = [self.meta.delete_tag_op(t) for t in tags]
-            outbound = [
-                self._event(events.tag_deleted(str(repo), t.name, reference, actor=actor), op=i)
-                for i, t in enumerate(tags)
-            ]
-            # Last, and only if no push moved a tag to it since it was read (its generation).
-            ops.append(self.meta.delete_manifest_op(record))
-            outbound.append(self._event(events.manifest_deleted(record, actor=actor), op=len(ops) - 1))
+            ops, outbound = self._manifest_delete(record, tags, actor=actor)
             committed = await self.outbox.commit(ops, outbound, partial=True)
             deleted += [t for t, ok in zip(tags, committed.applied, strict=False) if ok]
             if committed.applied[-1]:
@@ -460,6 +502,17 @@ class Registry:
                 return DeletedManifest(reference, tuple(deleted), forced=force)
         gone = f"; tags {', '.join(t.name for t in deleted)} were deleted" if deleted else ""
         raise ConflictError(f"manifest {reference} of {repo} kept being re-pushed; retry the delete{gone}")
+
+    def _manifest_delete(self, record: ManifestRecord, tags: Sequence[TagRecord], *, actor: str
+                         ) -> tuple[list[Operation], list[OutboundEvent]]:
+        """The tags' deletes, then the manifest's, last and only if no push moved a tag to it since it was read
+        (its generation); with their events."""
+        ops: list[Operation] = [self.meta.delete_tag_op(t) for t in tags]
+        outbound = [self._event(events.tag_deleted(record.repository, t.name, record.digest, actor=actor), op=i)
+                    for i, t in enumerate(tags)]
+        ops.append(self.meta.delete_manifest_op(record))
+        outbound.append(self._event(events.manifest_deleted(record, actor=actor), op=len(ops) - 1))
+        return ops, outbound
 
     async def _delete_tag(self, repo: RepositoryName, tag: Tag, *, actor: str, force: bool) -> DeletedManifest:
         for _attempt in range(_CAS_ATTEMPTS):
