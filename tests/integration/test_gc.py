@@ -288,20 +288,22 @@ async def test_a_push_that_stalls_between_reading_marks_and_storing_keeps_what_i
         await c.docs.drop_collection(gm.GC_HOLDS)
 
 
+@pytest.mark.parametrize("same", [False, True], ids=["new-manifest", "the-collected-manifest"])
 async def test_a_push_that_read_no_run_and_stored_after_the_run_deleted_is_told_to_push_again(
-    assembly: Assembly, monkeypatch: pytest.MonkeyPatch
+    assembly: Assembly, monkeypatch: pytest.MonkeyPatch, same: bool
 ) -> None:
     """The push read "no run" (so it wrote no hold and read no mark), stalled, and stored its manifest after a
     whole run deleted the blobs it shares with an untagged image: it is refused with MANIFEST_BLOB_UNKNOWN
     naming them (was: a 201 for a manifest whose blobs were gone) and rolled back (was: the tags left on that
     manifest): the tag it moved points where it pointed before, the tag it made and the manifest are gone.
-    Pushing the blobs again mends it."""
+    Pushing the blobs again mends it. `same`: the push tags the untagged manifest itself, which this replica
+    believes stored, so its touch re-creates the manifest the run deleted: that goes too."""
     client, c = assembly.client, assembly.c
     untagged = make_image()
     await push(client, "late/app", untagged)  # garbage at grace 0: the manifest, and its blobs with it
     before = make_image()
     await push(client, "late/app", before, "kept")
-    pushed = _same_blobs(untagged)
+    pushed = untagged if same else _same_blobs(untagged)
     registry: Registry = client.app[REGISTRY]
     gc = collector(c, settle=0.01, grace=0.0)
     await gc.setup()

@@ -319,7 +319,7 @@ class Registry:
         except CollectedWhileStoringError as exc:
             self.meta.forget_manifest(str(repo), parsed.digest)
             if stored is not None:  # the late store (gcmarks.py): stored, and only then told what was gone
-                await self._unstore(repo, parsed, stored, exc.digests, created=absent, actor=actor)
+                await self._unstore(repo, parsed, stored, exc.digests, actor=actor)
             raise ManifestBlobUnknownError(
                 f"manifest references {len(exc.digests)} blob(s) or manifest(s) garbage-collected in {repo}; push "
                 "them again: " + ", ".join(exc.digests[:10]),
@@ -402,18 +402,20 @@ class Registry:
         return PushedManifest(parsed.digest, record.subject, tuple(tags), tuple(forced_moves), tuple(moves))
 
     async def _unstore(self, repo: RepositoryName, parsed: ParsedManifest, stored: PushedManifest,
-                       gone: Sequence[str], *, created: bool, actor: str) -> None:
+                       gone: Sequence[str], *, actor: str) -> None:
         """Roll back a push told after storing that what its manifest references was collected meanwhile (the
         client is told to push again), so no tag points at a manifest whose content is gone: each tag this push
-        moved goes back to the manifest it pointed at (if that is still stored), else goes, and a manifest this
-        push created goes with the tags still on it. Only while the collected content is still gone (a client
-        that pushed it again meanwhile mended the manifest) and only as read (compare-and-set: a later push
-        wins). Best effort: the refusal stands either way, and a failure here is logged."""
+        moved goes back to the manifest it pointed at (if that is still stored), and the manifest goes with the
+        tags still on it. The manifest was not kept by the run, or it would have kept what it references: it was
+        new, or garbage that this push believed stored (its touch re-created it). Only while the collected
+        content is still gone (a client that pushed it again meanwhile mended the manifest) and only as read
+        (compare-and-set: a later push wins). Best effort: the refusal stands either way; a failure is logged."""
         name = str(repo)
         try:
             blobs = {str(d.digest) for d in parsed.blob_references} & set(gone)
+            children = set(gone) - blobs - {str(parsed.digest)}
             if await self.meta.linked_digests(name, list(blobs)) or any(
-                [await self.meta.manifest_exists(name, d) for d in set(gone) - blobs]
+                [await self.meta.manifest_exists(name, d) for d in children]
             ):
                 return
             ops: list[Operation] = []
@@ -425,15 +427,10 @@ class Registry:
                 if previous is not None and await self.meta.manifest_exists(name, str(previous)):
                     ops.append(self.meta.set_tag_op(name, tag, previous, current=current))
                     built = events.tag_updated(name, tag, previous, parsed.digest, actor=actor, forced=False)
-                elif created:
-                    continue  # goes with the manifest, below
-                else:
-                    ops.append(self.meta.delete_tag_op(current))
-                    built = events.tag_deleted(name, tag, parsed.digest, actor=actor)
-                outbound.append(self._event(built, op=len(ops) - 1))
+                    outbound.append(self._event(built, op=len(ops) - 1))
             if ops:
                 await self.outbox.commit(ops, outbound, partial=True)
-            record = await self.meta.manifest(name, parsed.digest) if created else None
+            record = await self.meta.manifest(name, parsed.digest)
             if record is not None:
                 ops, outbound = self._manifest_delete(record, await self.meta.tags_of(name, parsed.digest),
                                                       actor=actor)

@@ -33,7 +33,7 @@ While a run goes (and for TOMBSTONE_SECONDS after), the push path pays one metad
   itself writes no hold: if it stores within NOTICE_SECONDS of that read, the run's snapshot sees the
   manifest; if it took longer, it reads the marks after storing (the late store), which rescues what is still
   marked, and reports what a run deleted meanwhile (CollectedWhileStoringError: the client is told to push
-  those again, as when they were gone before, and the registry rolls the push's tags and new manifest back,
+  those again, as when they were gone before, and the registry rolls the push's tags and manifest back,
   `Registry._unstore`, so none is left pointing at what is gone).
 
 Blob marks use verdicts (a mark with `verdict: true`), so that a deleted blob costs the collector inserts,
