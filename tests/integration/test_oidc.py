@@ -593,6 +593,8 @@ def test_console_single_sign_on_in_chromium_across_sites(registry: RegistryProce
         try:
             driver.get(f"{base}/console/repositories")
             WebDriverWait(driver, 10).until(until.url_contains("/console/login"))
+            violations = browser.axe_violations(driver, browser.axe_source())  # the login page with its SSO link
+            assert not violations, violations
             driver.find_element(By.LINK_TEXT, "Log in with single sign-on").click()
             WebDriverWait(driver, 10).until(until.url_contains("/idp/auth"))
             driver.find_element(By.TAG_NAME, "button").click()
