@@ -6,6 +6,7 @@ Findings that are aliases of each other (CVE, GHSA, DSA ...) for the same packag
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -151,7 +152,8 @@ class VulnIndex:
             severity, score = assess(record, a)
             ranges = tuple(r for r in (_compile_range(x, scheme) for x in a.get("ranges") or [] if isinstance(x, dict))
                            if r is not None)
-            versions = tuple(str(v) for v in a.get("versions") or [] if isinstance(v, str))
+            # Interned: the advisories of one package list the same versions again and again.
+            versions = tuple(sys.intern(v) for v in a.get("versions") or [] if isinstance(v, str))
             entry = _Entry(rid, aliases, title, severity, score, versions, ranges, scheme)
             self._by_key.setdefault((eco, vs.normalise_name(eco, name)), []).append(entry)
 
