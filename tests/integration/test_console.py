@@ -1,8 +1,8 @@
 """The console end to end in headless Chromium (Debian's, through its chromedriver), with auth on, on
 both assemblies: log in with the keyboard, browse and search repositories, page through 10,000 tags, open a
 tag and an index, copy a pull command, read a vulnerability report with its gate verdict, signatures and
-the model tab; a reader sees no admin pages; an admin sees them. axe-core checks every page (no serious or
-critical violation); screenshots go to $HANZO_TEST_ARTIFACTS (default .artifacts/console/)."""
+the model tab, make an API key; a reader sees no admin pages; an admin sees them. axe-core checks every page
+(no serious or critical violation); screenshots go to $HANZO_TEST_ARTIFACTS (default .artifacts/console/)."""
 
 from __future__ import annotations
 
@@ -164,6 +164,14 @@ def reader_walk(s: Session, reader_key: str) -> None:
     s.open("/console/repositories/secret/app")
     assert "Not allowed" in s.text()
 
+    # the reader's API keys: make one with the keyboard; it is shown once
+    d.find_element(By.LINK_TEXT, "API keys").click()
+    WebDriverWait(d, 10).until(ec.url_contains("/console/keys"))
+    d.find_element(By.ID, "key-name").send_keys("laptop", Keys.ENTER)
+    WebDriverWait(d, 10).until(ec.presence_of_element_located((By.ID, "new-key")))
+    assert d.find_element(By.ID, "new-key").text.startswith("hzr_")
+    s.check("keys")
+
     # log out with the keyboard: the form's button
     logout = d.find_element(By.CSS_SELECTOR, "form.logout button")
     logout.send_keys(Keys.ENTER)
@@ -236,4 +244,4 @@ async def test_console_in_chromium(auth_assembly: Assembly, tmp_path: Path) -> N
                 driver.quit()
 
     checked = await asyncio.to_thread(walk)
-    assert len(checked) == 12, checked
+    assert len(checked) == 13, checked

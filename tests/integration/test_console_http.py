@@ -3,6 +3,7 @@ isolation and admin-only pages, on both assemblies with auth on."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -246,6 +247,49 @@ async def test_the_session_holds_no_more_than_its_key(auth_assembly: Assembly) -
     await api.call("DELETE", f"/v1/registry/users/admin/keys/{limited['prefix']}", expect=204)
     resp = await a.client.get("/console/repositories", allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"].startswith("/console/login")
+
+
+async def test_a_user_makes_and_revokes_its_own_api_keys_in_the_console(auth_assembly: Assembly) -> None:
+    """The keys page: a key made there is shown once and logs docker in (a token at /token with Basic); revoked
+    there, it no longer does. Forms need the session's CSRF value; a session made with a limited key cannot make
+    keys (a new key never holds more than the credential that made it)."""
+    a = auth_assembly
+    key, _ = await _setup(a)
+    csrf = await console_login(a.client, "reader", key)
+    page = await (await a.client.get("/console/keys")).text()
+    assert "API keys" in page and 'aria-current="page">API keys' in page
+    resp = await a.client.post("/console/keys", data={"name": "laptop", "expires_days": "30"})
+    assert resp.status == 403  # no CSRF value
+    resp = await a.client.post("/console/keys", data={"csrf": csrf, "name": "laptop", "expires_days": "0"})
+    assert resp.status == 400 and "whole number of days" in await resp.text()
+    resp = await a.client.post("/console/keys", data={"csrf": csrf, "name": "laptop", "expires_days": "30"})
+    html = await resp.text()
+    assert resp.status == 201, html
+    found = re.search(r'<code id="new-key">(hzr_[^<]+)</code>', html)
+    assert found is not None and "docker login" in html
+    made = found.group(1)
+    token = await a.client.get("/token?service=hanzo-registry&scope=repository:team/app:pull",
+                               headers=basic("reader", made))
+    assert token.status == 200
+    page = await (await a.client.get("/console/keys")).text()
+    assert made not in page and "laptop" in page  # shown once
+    prefix = made.split("_")[1]
+    resp = await a.client.post(f"/console/keys/{prefix}/revoke", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/console/keys"
+    token = await a.client.get("/token?service=hanzo-registry", headers=basic("reader", made))
+    assert token.status == 401
+    # Another user's key cannot be revoked from here
+    admin_prefix = (await Api(a.client, bearer(admin_key(a))).call(
+        "POST", "/v1/registry/users/admin/keys", expect=201, json_body={"name": "x"}))["prefix"]
+    resp = await a.client.post(f"/console/keys/{admin_prefix}/revoke", data={"csrf": csrf})
+    assert resp.status == 404
+    # A session of a limited key may not make keys
+    limited = await Api(a.client, bearer(admin_key(a))).call(
+        "POST", "/v1/registry/users/reader/keys", expect=201, json_body={"name": "ro", "role": "reader"})
+    a.client.session.cookie_jar.clear()
+    csrf = await console_login(a.client, "reader", limited["key"])
+    resp = await a.client.post("/console/keys", data={"csrf": csrf, "name": "more"})
+    assert resp.status == 403 and "no namespace or role limit" in await resp.text()
 
 
 async def test_model_page_shows_the_model_view(auth_assembly: Assembly, tmp_path: Path) -> None:

@@ -554,6 +554,13 @@ def test_console_single_sign_on_makes_a_console_session_and_logout_ends_both(
                 text = await r.text()
             csrf = re.search(r'name="csrf" value="([^"]+)"', text)
             assert csrf is not None
+            # Signed on, no key: the keys page makes one for docker (as Harbor's CLI secret)
+            async with browser.post(f"{base}/console/keys", data={"csrf": csrf.group(1), "name": "laptop"}) as r:
+                assert r.status == 201, await r.text()
+                made = re.search(r'<code id="new-key">(hzr_[^<]+)</code>', await r.text())
+            assert made is not None
+            status, _, _ = call(registry, "GET", "/token?service=hanzo-registry", headers=basic("erin", made.group(1)))
+            assert status == 200
             # Signed on still: the console's SSO link goes straight to done, without the IdP
             async with browser.get(f"{base}/console/login/sso?next={home}", allow_redirects=False) as r:
                 assert r.status == 303 and r.headers["Location"].startswith("/console/login/sso/done?")

@@ -111,6 +111,26 @@ async def read(
     return result
 
 
+async def write(
+    request: web.Request,
+    handler: Handler,
+    response: type[Any],
+    *,
+    body: BaseModel | None = None,
+    params: Mapping[str, str] | None = None,
+) -> Any:
+    """What the management API's (non-GET) route served by `handler` does for this caller (its errors raised):
+    the same requirement, the same handler, the request's body already parsed into the route's model."""
+    route = next((r for r in ROUTES if r.handler is handler and r.method != "GET"), None)
+    if route is None:
+        raise LookupError(f"no route of {handler.__name__} that writes")
+    call = _call(request, namespace=None, repository=None, params=params)
+    await authorize(route, call)
+    result = await (handler(call, body) if body is not None else handler(call))
+    assert isinstance(result, response), f"{route.path} answered {type(result)}"
+    return result
+
+
 def use_principal(request: web.Request, principal: AuthPrincipal) -> None:
     """Authenticate the request as `principal` for everything that asks (TokenAccess.authenticate returns it)."""
     request[PRINCIPAL] = principal
@@ -121,4 +141,4 @@ async def caller(request: web.Request) -> Caller:
     return await require(request, Requirement.USER)
 
 
-__all__ = ["caller", "read", "require", "token_access", "use_principal"]
+__all__ = ["caller", "read", "require", "token_access", "use_principal", "write"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.core.auth.errors import NotFoundError
-from services.distribution.console import admin, login, pages
+from services.distribution.console import admin, keys, login, pages
 from services.distribution.console.context import Ctx, with_session
 from services.distribution.console.headers import secured
 from services.distribution.console.render import CONSOLE, STATIC, environment, error_page, load_static
@@ -62,4 +62,7 @@ def add_console_routes(app: web.Application) -> None:
     router.add_get(PREFIX + "/repositories/{repository:.+}", with_session(pages.tags))
     router.add_get(PREFIX + "/namespaces/{namespace}", with_session(admin.namespace))
     router.add_get(PREFIX + "/admin", with_session(admin.admin))
+    router.add_get(keys.PATH, with_session(keys.keys))
+    router.add_post(keys.PATH, with_session(keys.create))
+    router.add_post(keys.PATH + "/{prefix}/revoke", with_session(keys.revoke))
     router.add_route("*", PREFIX + "/{tail:.*}", with_session(_not_found))
