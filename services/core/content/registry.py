@@ -348,9 +348,7 @@ class Registry:
         # Each attempt moves the tags that still need it, compare-and-set, in one partial commit: a tag
         # that lost its race is retried with a fresh read, and the events of those that moved go out.
         pending = tags
-        moved: list[str] = []
-        forced_moves: list[tuple[str, Digest]] = []
-        moves: list[tuple[str, Digest | None]] = []
+        moves: list[tuple[str, Digest | None]] = []  # (tag, the digest it pointed at before, if any)
         announced = False
         for _attempt in range(_CAS_ATTEMPTS):
             tag_ops: list[Operation] = []
@@ -389,17 +387,16 @@ class Registry:
             known, absent = True, False
             self.meta.remember_manifest(str(repo), parsed.digest)
             lost = [tag for tag, ok in zip(attempted, committed.applied[first_tag_op:], strict=False) if not ok]
-            moved += [tag for tag in attempted if tag not in lost]
-            if force:
-                forced_moves += [(tag, previous_of[tag]) for tag in attempted if tag not in lost and tag in previous_of]
             moves += [(tag, previous_of.get(tag)) for tag in attempted if tag not in lost]
             if not lost:
                 break
             pending = lost
         else:
-            done = f"; manifest {parsed.digest} is stored" + (f" and tags {', '.join(moved)} moved" if moved else "")
+            moved = ", ".join(tag for tag, _ in moves)
+            done = f"; manifest {parsed.digest} is stored" + (f" and tags {moved} moved" if moved else "")
             raise ConflictError(f"tags {', '.join(pending)} of {repo} kept changing; retry the push{done}")
-        return PushedManifest(parsed.digest, record.subject, tuple(tags), tuple(forced_moves), tuple(moves))
+        forced_moves = tuple((tag, previous) for tag, previous in moves if force and previous is not None)
+        return PushedManifest(parsed.digest, record.subject, tuple(tags), forced_moves, tuple(moves))
 
     async def _unstore(self, repo: RepositoryName, parsed: ParsedManifest, stored: PushedManifest,
                        gone: Sequence[str], *, actor: str) -> None:
